@@ -1,0 +1,135 @@
+"""
+Who may open a WebSocket: the origin check, the per-IP rate limit and the
+connection cap, shared by the raw stream and WAMP so both answer alike.
+
+Refusals happen in the opening handshake, before any protocol state exists,
+as plain HTTP errors a browser or a curl user can read: 403, 429, 503.
+"""
+
+import ipaddress
+import re
+from collections import OrderedDict
+
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+
+class RateLimiter:
+    """
+    A token bucket per client IP: C{per_minute} new connections a minute,
+    in bursts of up to C{per_minute}.
+
+    Memory stays bounded however many IPs connect: buckets that have
+    refilled are forgotten (they are the same as no bucket), and at most
+    C{max_ips} are kept, the least recently seen dropped first.
+    """
+
+    def __init__(self, clock, per_minute, max_ips=100_000):
+        self._clock = clock
+        self._burst = float(per_minute)
+        self._rate = per_minute / 60.0
+        self._max_ips = max_ips
+        self._buckets = OrderedDict()
+
+    def __len__(self):
+        return len(self._buckets)
+
+    def allow(self, ip):
+        if self._burst <= 0:
+            return True
+        now = self._clock.seconds()
+        entry = self._buckets.pop(ip, None)
+        tokens = self._burst if entry is None else min(self._burst, entry[0] + (now - entry[1]) * self._rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[ip] = (tokens, now)
+        self._forget(now)
+        return allowed
+
+    def _forget(self, now):
+        buckets = self._buckets
+        while len(buckets) > self._max_ips:
+            buckets.popitem(last=False)
+        # The oldest buckets are the likeliest to be full again; drop a few per call.
+        for _ in range(2):
+            if not buckets:
+                break
+            ip, (tokens, stamp) = next(iter(buckets.items()))
+            if tokens + (now - stamp) * self._rate < self._burst:
+                break
+            del buckets[ip]
+
+
+def _origin_pattern(origin):
+    if origin == "*":
+        return None
+    return re.compile("^" + re.escape(origin).replace(r"\*", "[^/]*") + "$")
+
+
+class OriginPolicy:
+    """
+    C{API_CORS_ORIGINS}: C{*}, or a list of C{scheme://host[:port]} with
+    C{*} wildcards.  Clients that send no Origin (not browsers) pass: the
+    check protects browser users from other sites' pages, nothing else.
+    """
+
+    def __init__(self, origins):
+        self.allowAll = "*" in origins
+        self._patterns = [_origin_pattern(o) for o in origins if o != "*"]
+
+    def allows(self, origin):
+        if self.allowAll or origin is None:
+            return True
+        origin = origin.strip().rstrip("/").lower()
+        return any(p.match(origin) for p in self._patterns)
+
+
+def client_ip(peer):
+    """
+    The client's IP from Autobahn's C{peer} ("tcp4:1.2.3.4:5678", or the
+    bare address it takes from a trusted X-Forwarded-For).
+    """
+    if peer.startswith(("tcp4:", "tcp6:")):
+        return peer[5:].rsplit(":", 1)[0]
+    candidate = peer.strip()
+    if candidate.startswith("[") and "]" in candidate:
+        candidate = candidate[1:candidate.index("]")]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        # host:port from a proxy, or something that is not an address at all
+        head = candidate.rsplit(":", 1)[0] if candidate.count(":") == 1 else candidate
+        return head[:64]
+
+
+class Admission:
+    """The handshake-time checks, in the order a user would expect them."""
+
+    log = Logger()
+
+    def __init__(self, hub, config, metrics, clock):
+        self.hub = hub
+        self.metrics = metrics
+        self.origins = OriginPolicy(config.cors_origins)
+        self.limiter = RateLimiter(clock, config.rate_limit, config.rate_limit_ips)
+
+    def admit(self, protocol, request):
+        """
+        Raise L{ConnectionDeny} (an HTTP error before the upgrade) or take a
+        connection slot for C{protocol}; returns the client's IP.
+        """
+        ip = client_ip(request.peer)
+        origin = request.headers.get("origin")
+        if not self.origins.allows(origin):
+            self._refuse("origin", ip, f"origin {origin[:200]!r} is not allowed", 403)
+        if not self.limiter.allow(ip):
+            self._refuse("rate_limit", ip, "too many new connections from your address; try again in a minute", 429)
+        if not self.hub.reserve(protocol):
+            self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
+        return ip
+
+    def _refuse(self, reason, ip, message, code):
+        self.metrics.connections_refused.labels(reason).inc()
+        self.log.info("refused {ip}: HTTP {code} {message}", ip=ip, code=code, message=message)
+        raise ConnectionDeny(code, message)

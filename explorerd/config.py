@@ -1,0 +1,194 @@
+"""
+Typed, validated settings from the environment and twistd options.
+
+Every setting has one row in L{SETTINGS}: its environment variable, its
+command-line option, its default, its parser and what it does.  The README's
+settings table is written from the same rows.  Options win over the
+environment; a bad value from either stops start-up with a message that names
+the setting and the value.
+"""
+
+import re
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names both."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text):
+    """C{"500ms"}, C{"30s"}, C{"1m"}, C{"2h"} or plain seconds C{"1.5"} → float seconds."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError("expected a duration such as 500ms, 30s or 1m")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def parse_size(text):
+    """Bytes, with an optional KiB/MiB suffix (C{"1MiB"}, C{"64KiB"}, C{"1024"})."""
+    m = re.match(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB|k|K|M)?\s*$", str(text))
+    if not m:
+        raise ValueError("expected a size in bytes such as 1024, 64KiB or 1MiB")
+    unit = {None: 1, "B": 1, "k": 1024, "K": 1024, "KiB": 1024, "KB": 1024,
+            "M": 1 << 20, "MiB": 1 << 20, "MB": 1 << 20}[m.group(2)]
+    return int(m.group(1)) * unit
+
+
+def parse_int(text):
+    text = str(text).strip()
+    if not re.match(r"^[+-]?\d+$", text):
+        raise ValueError("expected a whole number")
+    return int(text)
+
+
+def parse_origins(text):
+    """Comma-separated origins; C{*} allows every origin."""
+    origins = [o.strip().rstrip("/").lower() for o in str(text).split(",") if o.strip()]
+    if not origins:
+        raise ValueError("expected '*' or a comma-separated list of origins")
+    for origin in origins:
+        if origin != "*" and not re.match(r"^(https?|null)(://[^/\s]+)?$", origin):
+            raise ValueError(
+                f"origin {origin!r} is not of the form scheme://host[:port] "
+                "(wildcards like https://*.example.com are allowed)"
+            )
+    return tuple(origins)
+
+
+def parse_endpoint(text):
+    text = str(text).strip()
+    if not text or ":" not in text:
+        raise ValueError("expected a Twisted endpoint string such as tcp:8080:interface=127.0.0.1")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    option: str
+    default: str
+    parse: object
+    minimum: float
+    doc: str
+
+
+SETTINGS = (
+    Setting("listen", "WEBSOCKET_LISTEN", "listen", "tcp:8080:interface=127.0.0.1:backlog=1024",
+            parse_endpoint, None,
+            "Twisted endpoint string the HTTP/WebSocket server listens on "
+            "(`ssl:8443:privateKey=key.pem:certKey=cert.pem` serves `wss://`)."),
+    Setting("max_connections", "WEBSOCKET_MAX_CONNECTIONS", "max-connections", "1000",
+            parse_int, 1,
+            "Most concurrent WebSocket connections (handshakes in progress included); "
+            "more are refused with HTTP 503."),
+    Setting("ping_interval", "WEBSOCKET_PING_INTERVAL", "ping-interval", "30s",
+            parse_duration, 0.01,
+            "How often the hub's single sweep pings every client."),
+    Setting("pong_timeout", "WEBSOCKET_PONG_TIMEOUT", "pong-timeout", "60s",
+            parse_duration, 0.01,
+            "A client that has sent nothing (no pong, no message) for this long is dropped."),
+    Setting("write_deadline", "WEBSOCKET_WRITE_DEADLINE", "write-deadline", "10s",
+            parse_duration, 0.01,
+            "A client whose transport stays paused (not reading) this long is disconnected as too slow."),
+    Setting("send_queue", "WEBSOCKET_SEND_QUEUE", "send-queue", "256",
+            parse_int, 1,
+            "Broadcasts held for a client while its transport is paused (a block, or one block's "
+            "transactions, counts as one); one more disconnects it as too slow."),
+    Setting("read_buffer_size", "WEBSOCKET_READ_BUFFER_SIZE", "read-buffer-size", "1024",
+            parse_size, 1,
+            "Most bytes read from a client socket in one recv() call (TCP listeners)."),
+    Setting("write_buffer_size", "WEBSOCKET_WRITE_BUFFER_SIZE", "write-buffer-size", "1024",
+            parse_size, 1,
+            "Unsent bytes a connection's transport may hold before it pauses the client "
+            "(Twisted's `bufferSize`); the hub then queues for that client instead of writing."),
+    Setting("max_message_size", "WEBSOCKET_MAX_MESSAGE_SIZE", "max-message-size", "1MiB",
+            parse_size, 1,
+            "Largest inbound frame or message; a larger one closes the connection with 1009."),
+    Setting("rate_limit", "WEBSOCKET_RATE_LIMIT", "rate-limit", "10",
+            parse_int, 0,
+            "New connections allowed per minute per client IP (token bucket, bursts up to the "
+            "same number); more are refused with HTTP 429. 0 turns the limit off."),
+    Setting("rate_limit_ips", "WEBSOCKET_RATE_LIMIT_IPS", "rate-limit-ips", "100000",
+            parse_int, 1,
+            "Most client IPs the rate limiter remembers at once; it forgets the least recently seen."),
+    Setting("trusted_proxies", "WEBSOCKET_TRUSTED_PROXIES", "trusted-proxies", "0",
+            parse_int, 0,
+            "Number of reverse proxies in front of explorerd whose `X-Forwarded-For` is trusted; "
+            "0 uses the socket's peer address."),
+    Setting("handshake_timeout", "WEBSOCKET_HANDSHAKE_TIMEOUT", "handshake-timeout", "10s",
+            parse_duration, 0.01,
+            "A WebSocket opening handshake not finished in this time is dropped."),
+    Setting("shutdown_timeout", "WEBSOCKET_SHUTDOWN_TIMEOUT", "shutdown-timeout", "5s",
+            parse_duration, 0,
+            "On SIGTERM, how long to wait for clients to answer the 1001 close before exiting."),
+    Setting("cors_origins", "API_CORS_ORIGINS", "cors-origins", "*",
+            parse_origins, None,
+            "Origins allowed to open a WebSocket (comma list, `*` for all); others get HTTP 403. "
+            "Clients that send no Origin header (non-browsers) are always allowed."),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str
+    max_connections: int
+    ping_interval: float
+    pong_timeout: float
+    write_deadline: float
+    send_queue: int
+    read_buffer_size: int
+    write_buffer_size: int
+    max_message_size: int
+    rate_limit: int
+    rate_limit_ips: int
+    trusted_proxies: int
+    handshake_timeout: float
+    shutdown_timeout: float
+    cors_origins: tuple
+
+    @classmethod
+    def load(cls, environ=None, options=None):
+        """
+        Build a config from defaults, then C{environ}, then C{options}
+        (a mapping of option name → string, C{None} meaning "not given").
+        """
+        environ = {} if environ is None else environ
+        options = {} if options is None else options
+        values = {}
+        for s in SETTINGS:
+            raw, source = s.default, "default"
+            if environ.get(s.env) not in (None, ""):
+                raw, source = environ[s.env], s.env
+            if options.get(s.option) is not None:
+                raw, source = options[s.option], "--" + s.option
+            values[s.name] = _parse(s, raw, source)
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls, **overrides):
+        """Defaults with some values replaced; for tests and embedding."""
+        config = cls.load({}, {})
+        return config.replace(**overrides)
+
+    def replace(self, **changes):
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+
+def _parse(setting, raw, source):
+    where = setting.env if source in ("default", setting.env) else source
+    try:
+        value = setting.parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"invalid {where}={raw!r}: {e}") from None
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(f"invalid {where}={raw!r}: must be at least {setting.minimum:g}")
+    return value

@@ -1,0 +1,402 @@
+"""
+The hub: every client, what it subscribed to, and the fan-out of events.
+
+An event is encoded once and framed once, then the same bytes object is
+written to (or queued for) every subscriber, so a client costs a write, not
+a JSON encode.  Each client is a streaming push producer on its transport:
+while the transport holds more than C{write_buffer_size} unsent bytes it
+pauses the client, and the hub queues references to the shared frames
+instead of writing.  A client whose queue overflows, or that stays paused
+past the write deadline, is closed as too slow; nobody else waits for it.
+
+One C{LoopingCall}, on the clock we are given, pings every client each ping
+interval, drops the ones that went silent and enforces the write deadline.
+There are no per-client timers.
+"""
+
+import itertools
+import time
+from collections import deque
+
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from explorerd import events
+
+CHANNELS = ("newBlocks", "newTxs")
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+# An unmasked, empty PING frame: the same two bytes for every client.
+_PING_FRAME = b"\x89\x00"
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+def frame(payload):
+    """Frame a UTF-8 text payload once, as a server (unmasked, uncompressed)."""
+    return PreparedMessage(payload, False, False, True).payloadHybi
+
+
+@implementer(IPushProducer)
+class Client:
+    """
+    One subscriber as the hub sees it, registered as a streaming producer
+    on its transport so that Twisted tells us when it cannot keep up.
+    """
+
+    __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels",
+                 "paused", "paused_since", "queue", "queued", "last_seen")
+
+    def __init__(self, hub, client_id, protocol, peer, kind):
+        self.id = client_id
+        self.hub = hub
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.peer = peer
+        self.kind = kind
+        self.channels = set()
+        self.paused = False
+        self.paused_since = None
+        self.queue = deque()
+        self.queued = 0
+        self.last_seen = hub.clock.seconds()
+
+    def __repr__(self):
+        return f"<Client {self.id} {self.peer} {self.kind}>"
+
+    # IPushProducer, called by the transport.
+
+    def pauseProducing(self):
+        if self.hub is not None and not self.paused:
+            self.paused = True
+            self.paused_since = self.hub.clock.seconds()
+            self.hub._paused[self] = None
+
+    def resumeProducing(self):
+        if self.hub is not None and self.paused:
+            self.paused = False
+            self.paused_since = None
+            self.hub._paused.pop(self, None)
+            self.hub._flush(self)
+
+    def stopProducing(self):
+        if self.hub is not None:
+            self.hub.detach(self, "connection lost")
+
+
+class Hub(Service):
+    """
+    Owns all clients and their subscriptions; broadcasts events to them.
+
+    @ivar clock: an L{IReactorTime} for the sweep and for timestamps.
+    """
+
+    name = "hub"
+    log = Logger()
+
+    def __init__(self, clock, config, metrics):
+        self.clock = clock
+        self.config = config
+        self.metrics = metrics
+        self._ids = itertools.count(1)
+        self._clients = {}
+        self._subscribers = {channel: {} for channel in CHANNELS}
+        self._paused = {}
+        self._protocols = set()
+        self._closing = {}
+        self._queued_total = 0
+        self._next_ping = None
+        self._sweep = LoopingCall(self._sweepOnce)
+        self._sweep.clock = clock
+        self._sweep_running = None
+        self._drained = None
+        self._stopping = False
+
+    # Connection slots: raw and WAMP connections share one cap.
+
+    @property
+    def connectionCount(self):
+        """Connections holding a slot: open ones and handshakes in progress."""
+        return len(self._protocols)
+
+    @property
+    def clientCount(self):
+        return len(self._clients)
+
+    def reserve(self, protocol):
+        """Take a connection slot for C{protocol}; False when the cap is reached or we are stopping."""
+        if self._stopping or len(self._protocols) >= self.config.max_connections:
+            return False
+        self._protocols.add(protocol)
+        return True
+
+    def release(self, protocol):
+        """Give back the slot once the connection is gone."""
+        self._protocols.discard(protocol)
+        self._closing.pop(protocol, None)
+        if self._drained is not None and not self._protocols:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    # Clients.
+
+    def attach(self, protocol, peer, kind="websocket"):
+        """A handshake finished: make a client and register it as the transport's producer."""
+        client = Client(self, next(self._ids), protocol, peer, kind)
+        transport = protocol.transport
+        # twisted.web's HTTPChannel registered itself as the producer before
+        # the upgrade; it has nothing more to say on this connection.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(client, True)
+        self._clients[client.id] = client
+        self.metrics.connections.set(len(self._clients))
+        self.metrics.connections_accepted.inc()
+        return client
+
+    def detach(self, client, reason):
+        """Forget a client and free its queue; safe to call more than once."""
+        if client.hub is None:
+            return
+        self._clients.pop(client.id, None)
+        for channel in client.channels:
+            self._subscribers[channel].pop(client, None)
+        self._paused.pop(client, None)
+        self._queued_total -= client.queued
+        self.metrics.queued_messages.set(self._queued_total)
+        client.queue.clear()
+        client.queued = 0
+        transport = client.transport
+        if transport is not None and getattr(transport, "producer", None) is client:
+            transport.unregisterProducer()
+        client.hub = client.protocol = client.transport = None
+        self.metrics.connections.set(len(self._clients))
+        self.log.info("client {client} from {peer} detached: {reason}",
+                      client=client.id, peer=client.peer, reason=reason)
+
+    def touch(self, client):
+        """The client said something (a message or a pong): it is alive."""
+        client.last_seen = self.clock.seconds()
+
+    def subscribe(self, client, channels):
+        for channel in channels:
+            if channel not in client.channels:
+                client.channels.add(channel)
+                self._subscribers[channel][client] = None
+        return sorted(client.channels)
+
+    def unsubscribe(self, client, channels):
+        for channel in channels:
+            if channel in client.channels:
+                client.channels.discard(channel)
+                self._subscribers[channel].pop(client, None)
+        return sorted(client.channels)
+
+    def subscriberCount(self, channel):
+        return len(self._subscribers[channel])
+
+    def sendTo(self, client, message):
+        """
+        One message to one client (a reply), behind whatever it has queued,
+        so that replies and broadcasts reach it in the order they happened.
+        """
+        if client.hub is None:
+            return
+        kind = message["type"]
+        if self._deliver(client, frame(events.encode(message)), 1, kind):
+            self.metrics.messages_sent.labels(kind).inc()
+
+    def close(self, client, code, reason, error=None):
+        """
+        Detach the client and start a close handshake with C{code}.  If the
+        peer does not finish it within the shutdown timeout, the sweep (or
+        the shutdown) aborts the connection.
+        """
+        protocol = client.protocol
+        if error is not None:
+            self.metrics.errors.labels(error).inc()
+        self.detach(client, reason)
+        if protocol is not None:
+            self.closeProtocol(protocol, code, reason)
+
+    def closeProtocol(self, protocol, code, reason):
+        if protocol.state == _OPEN:
+            protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        if protocol.state != _CLOSED and protocol in self._protocols:
+            self._closing[protocol] = self.clock.seconds() + self.config.shutdown_timeout
+
+    # Broadcasts.
+
+    def broadcastBlock(self, block):
+        """
+        Publish a block (JSON-RPC shape) to C{newBlocks} subscribers.
+
+        Returns at once: a client that cannot take it now gets it queued.
+        Raises L{events.InvalidBlock} before any client is written if the
+        block lacks a field we publish.
+        """
+        start = time.perf_counter()
+        data = events.block_data(block)
+        payload = frame(events.encode({"type": "newBlock", "data": data}))
+        sent = self._fanout(self._subscribers["newBlocks"], payload, 1, "newBlock", start)
+        self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
+                      height=data["height"], hash=data["hash"], txs=data["tx_count"], clients=sent)
+        return sent
+
+    def broadcastTransactions(self, block, txs):
+        """
+        Publish a block's transactions to C{newTxs} subscribers, one
+        C{newTx} message each, framed once and written in one go per client.
+        """
+        start = time.perf_counter()
+        frames = [
+            frame(events.encode({"type": "newTx", "data": events.tx_data(block, tx, i)}))
+            for i, tx in enumerate(txs)
+        ]
+        if not frames:
+            return 0
+        return self._fanout(self._subscribers["newTxs"], b"".join(frames), len(frames), "newTx", start)
+
+    def _fanout(self, subscribers, payload, count, kind, start):
+        written = 0
+        recipients = len(subscribers)
+        # A snapshot: delivering may close a slow client, which edits the dict.
+        for client in tuple(subscribers):
+            if self._deliver(client, payload, count, kind):
+                written += 1
+        if written:
+            self.metrics.messages_sent.labels(kind).inc(written * count)
+        self.metrics.broadcast_recipients.labels(kind).inc(recipients)
+        self.metrics.broadcast_latency.labels(kind).observe(time.perf_counter() - start)
+        return recipients
+
+    def _deliver(self, client, payload, count, kind):
+        """Write now, or queue while the transport is paused; True if written."""
+        if client.paused or client.queue:
+            config = self.config
+            if len(client.queue) >= config.send_queue:
+                self.close(client, CLOSE_POLICY,
+                           f"too slow: {len(client.queue)} messages waiting to be sent",
+                           "slow_client")
+                return False
+            if client.paused and self.clock.seconds() - client.paused_since > config.write_deadline:
+                self._closeStalled(client)
+                return False
+            client.queue.append((payload, count, kind))
+            client.queued += count
+            self._queued_total += count
+            self.metrics.queued_messages.set(self._queued_total)
+            return False
+        client.transport.write(payload)
+        return True
+
+    def _flush(self, client):
+        """The transport drained: write what waited, until it pauses us again."""
+        sent = {}
+        while client.queue and not client.paused and client.hub is not None:
+            payload, count, kind = client.queue.popleft()
+            client.queued -= count
+            self._queued_total -= count
+            client.transport.write(payload)
+            sent[kind] = sent.get(kind, 0) + count
+        for kind, n in sent.items():
+            self.metrics.messages_sent.labels(kind).inc(n)
+        self.metrics.queued_messages.set(self._queued_total)
+
+    def _closeStalled(self, client):
+        waited = self.clock.seconds() - client.paused_since
+        self.close(client, CLOSE_POLICY,
+                   f"too slow: not reading for {waited:.1f}s (write deadline {self.config.write_deadline:g}s)",
+                   "slow_client")
+
+    # The sweep: pings, dead peers, stalled writers, unfinished closes.
+
+    def _sweepInterval(self):
+        c = self.config
+        return max(0.01, min(c.ping_interval, c.write_deadline / 4, c.pong_timeout / 4))
+
+    def _sweepOnce(self):
+        try:
+            self._sweepBody()
+        except Exception:
+            # A LoopingCall stops for good after one exception.
+            self.log.failure("hub sweep failed; it will run again next tick")
+
+    def _sweepBody(self):
+        now = self.clock.seconds()
+        config = self.config
+        for client in tuple(self._paused):
+            if client.hub is not None and now - client.paused_since > config.write_deadline:
+                self._closeStalled(client)
+        for protocol, deadline in tuple(self._closing.items()):
+            if now >= deadline:
+                self._closing.pop(protocol, None)
+                if protocol.state != _CLOSED:
+                    protocol.dropConnection(abort=True)
+        ping = self._next_ping is None or now >= self._next_ping
+        if ping:
+            self._next_ping = now + config.ping_interval
+        dead = []
+        for client in self._clients.values():
+            if now - client.last_seen > config.pong_timeout:
+                dead.append(client)
+            elif ping and not client.paused:
+                client.transport.write(_PING_FRAME)
+        for client in dead:
+            protocol = client.protocol
+            silent = now - client.last_seen
+            self.metrics.errors.labels("ping_timeout").inc()
+            self.detach(client, f"no pong or message for {silent:.1f}s")
+            protocol.dropConnection(abort=True)
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        self._next_ping = self.clock.seconds() + self.config.ping_interval
+        self._sweep_running = self._sweep.start(self._sweepInterval(), now=False)
+
+    def stopService(self):
+        """
+        Say goodbye: close every connection with 1001 and wait (bounded by
+        the shutdown timeout) for the close handshakes, then abort the rest.
+        """
+        super().stopService()
+        self._stopping = True
+        if self._sweep.running:
+            self._sweep.stop()
+        clients = tuple(self._clients.values())
+        for client in clients:
+            self.close(client, CLOSE_GOING_AWAY, "server shutting down")
+        for protocol in tuple(self._protocols):
+            if protocol.state == _OPEN:
+                self.closeProtocol(protocol, CLOSE_GOING_AWAY, "server shutting down")
+            elif protocol.state != _CLOSED and protocol not in self._closing:
+                protocol.dropConnection(abort=True)
+        self.log.info("shutting down: closing {n} connections", n=len(self._protocols))
+        if not self._protocols:
+            return defer.succeed(None)
+        self._drained = defer.Deferred()
+        timer = self.clock.callLater(self.config.shutdown_timeout, self._abortAll)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return self._drained.addBoth(done)
+
+    def _abortAll(self):
+        remaining = tuple(self._protocols)
+        self.log.warn("shutdown: {n} connections did not close in time; aborting them", n=len(remaining))
+        for protocol in remaining:
+            if protocol.state != _CLOSED:
+                protocol.dropConnection(abort=True)
+            self.release(protocol)

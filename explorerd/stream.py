@@ -1,0 +1,183 @@
+"""
+The raw WebSocket protocol at C{/v1/stream}.
+
+Wire protocol (JSON text frames)::
+
+    client → server
+      {"action": "subscribe",   "channels": ["newBlocks", "newTxs"]}
+      {"action": "unsubscribe", "channels": ["newBlocks"]}
+      {"action": "ping"}
+
+    server → client
+      {"type": "subscribed",   "channels": [...]}   the client's channels after the change
+      {"type": "unsubscribed", "channels": [...]}
+      {"type": "pong"}
+      {"type": "newBlock", "data": {"height", "hash", "parent_hash", "tx_count",
+                                    "timestamp", "miner", "gas_used"}}
+      {"type": "newTx",    "data": {"hash", "from_addr", "to_addr", "value_wei",
+                                    "block_height", "block_hash", "tx_index"}}
+      {"type": "error", "error": {"code": "...", "message": "..."}}
+
+Error codes: C{invalid_json}, C{invalid_message}, C{unknown_action},
+C{unknown_channel}, C{binary_not_supported}.  An error never disconnects;
+valid channels in a message that also names unknown ones are applied, and
+the client gets the error and then the C{subscribed} answer.
+
+Close codes: 1001 server shutting down, 1008 too slow (queue full or not
+reading), 1009 message too big, 1007 invalid UTF-8.
+"""
+
+import json
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
+
+from explorerd.hub import CHANNELS
+
+_SHOWN = 5  # unknown channel names echoed back in an error, at most
+
+
+def _short(value, limit=64):
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+log = Logger()
+
+
+class StreamProtocol(WebSocketServerProtocol):
+    """One raw WebSocket client."""
+
+    _explorer_client = None
+    _explorer_ip = None
+
+    def onConnect(self, request):
+        self._explorer_ip = self.factory.admission.admit(self, request)
+        return None
+
+    def onOpen(self):
+        hub = self.factory.hub
+        self._explorer_client = hub.attach(self, self._explorer_ip, "websocket")
+        log.info("client {client} connected from {peer}",
+                      client=self._explorer_client.id, peer=self._explorer_ip)
+
+    def onMessage(self, payload, isBinary):
+        client = self._explorer_client
+        if client is None or client.hub is None:
+            return
+        hub = client.hub
+        hub.touch(client)
+        self.factory.metrics.messages_received.inc()
+        if isBinary:
+            return self._error(client, "binary_not_supported", "send JSON text frames, not binary")
+        try:
+            message = json.loads(payload)
+        except (ValueError, RecursionError):
+            return self._error(client, "invalid_json", "message is not valid JSON")
+        if not isinstance(message, dict):
+            return self._error(client, "invalid_message", "message must be a JSON object")
+        action = message.get("action")
+        if not isinstance(action, str):
+            return self._error(client, "invalid_message", 'message needs an "action" string')
+        handler = self._actions.get(action)
+        if handler is None:
+            return self._error(client, "unknown_action",
+                               f"unknown action {_short(action)!r}; expected subscribe, unsubscribe or ping")
+        handler(self, hub, client, message)
+
+    def _subscribe(self, hub, client, message):
+        self._changeChannels(hub, client, message, hub.subscribe, "subscribed")
+
+    def _unsubscribe(self, hub, client, message):
+        self._changeChannels(hub, client, message, hub.unsubscribe, "unsubscribed")
+
+    def _changeChannels(self, hub, client, message, change, answer):
+        channels = message.get("channels")
+        if not isinstance(channels, list) or not channels:
+            return self._error(client, "invalid_message", '"channels" must be a non-empty list of channel names')
+        known, unknown = [], []
+        for name in channels:
+            (known if isinstance(name, str) and name in CHANNELS else unknown).append(name)
+        if unknown:
+            shown = ", ".join(repr(_short(u)) for u in unknown[:_SHOWN])
+            more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
+            self._error(client, "unknown_channel",
+                        f"unknown channel {shown}{more}; channels are {', '.join(CHANNELS)}")
+            if not known:
+                return
+        now = change(client, known)
+        log.info("client {client} {answer} {channels}", client=client.id, answer=answer, channels=now)
+        hub.sendTo(client, {"type": answer, "channels": now})
+
+    def _ping(self, hub, client, message):
+        hub.sendTo(client, {"type": "pong"})
+
+    _actions = {"subscribe": _subscribe, "unsubscribe": _unsubscribe, "ping": _ping}
+
+    def _error(self, client, code, text):
+        self.factory.metrics.errors.labels(code).inc()
+        log.info("client {client} error {code}: {text}", client=client.id, code=code, text=text)
+        client.hub.sendTo(client, {"type": "error", "error": {"code": code, "message": text}})
+
+    def onPong(self, payload):
+        client = self._explorer_client
+        if client is not None and client.hub is not None:
+            client.hub.touch(client)
+
+    def onPing(self, payload):
+        self.onPong(payload)
+        super().onPing(payload)
+
+    # No data frame may follow a close frame: leave the hub before either
+    # side's close frame goes out.
+
+    def onCloseFrame(self, code, reasonRaw):
+        self._leaveHub("client closed the connection (code {})".format(code))
+        return super().onCloseFrame(code, reasonRaw)
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+        if not isReply and code == 1009:
+            self.factory.metrics.errors.labels("message_too_big").inc()
+        self._leaveHub(f"closing with code {code}")
+        return super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
+
+    def onClose(self, wasClean, code, reason):
+        self._leaveHub(f"connection closed ({'clean' if wasClean else 'not clean'}, code {code}: {reason})")
+        self.factory.hub.release(self)
+
+    def _leaveHub(self, reason):
+        client = self._explorer_client
+        if client is not None and client.hub is not None:
+            client.hub.detach(client, reason)
+
+
+class StreamFactory(WebSocketServerFactory):
+    """Builds L{StreamProtocol}s that share one hub, admission policy and metrics."""
+
+    protocol = StreamProtocol
+
+    def __init__(self, hub, admission, metrics, config, url=None):
+        super().__init__(url)
+        self.hub = hub
+        self.admission = admission
+        self.metrics = metrics
+        apply_limits(self, config)
+
+
+def apply_limits(factory, config):
+    """The Autobahn options every explorerd WebSocket factory shares."""
+    factory.setProtocolOptions(
+        maxFramePayloadSize=config.max_message_size,
+        maxMessagePayloadSize=config.max_message_size,
+        # Send 1009 and friends as close frames instead of dropping the TCP.
+        failByDrop=False,
+        # The hub's sweep pings everyone; no per-connection timers.
+        autoPingInterval=0,
+        openHandshakeTimeout=config.handshake_timeout,
+        closeHandshakeTimeout=config.shutdown_timeout,
+        trustXForwardedFor=config.trusted_proxies,
+        # Origins are checked by our admission policy (with a 403).
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
+        perMessageCompressionAccept=lambda offers: None,
+    )

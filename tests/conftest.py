@@ -1,0 +1,117 @@
+"""
+Shared fixtures: a real daemon on a loopback port (its hub on a Clock),
+txaio's timers on a Clock, and a check that no test leaks a timer, a port
+or a connection.
+
+Never import twisted.internet.reactor at module level here: pytest-twisted
+installs the reactor in pytest_configure.
+"""
+
+import pytest
+import pytest_twisted
+import txaio
+from twisted.internet.task import Clock, deferLater
+
+txaio.use_twisted()
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def eventually(predicate, timeout=5.0, what="condition"):
+    """
+    Let the reactor run until C{predicate()} holds: for state the server
+    changes on its own (a count dropping to zero), never as a sleep.
+    """
+    reactor = _reactor()
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+@pytest.fixture
+def txaio_clock():
+    """Autobahn's own timers (handshake and close timeouts) run on this Clock."""
+    clock = Clock()
+    original = txaio.config.loop
+    txaio.config.loop = clock
+    try:
+        yield clock
+    finally:
+        txaio.config.loop = original
+
+
+@pytest_twisted.async_yield_fixture
+async def no_leaks(txaio_clock):
+    """Fail a test that leaves a timer, a listening port or a connection behind."""
+    reactor = _reactor()
+    calls = set(reactor.getDelayedCalls())
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    yield
+
+    def leftovers():
+        new_calls = [c for c in reactor.getDelayedCalls() if c not in calls and c.active()]
+        new_selectables = (set(reactor.getReaders()) | set(reactor.getWriters())) - selectables
+        return new_calls, new_selectables
+
+    try:
+        await eventually(lambda: leftovers() == ([], set()), timeout=5.0, what="a clean reactor")
+    except AssertionError:
+        new_calls, new_selectables = leftovers()
+        pytest.fail(f"test leaked timers {new_calls!r} or selectables {new_selectables!r}")
+
+
+class RunningDaemon:
+    """A daemon listening on 127.0.0.1, as a test drives it."""
+
+    def __init__(self, service, clock):
+        self.service = service
+        self.clock = clock
+        self.hub = service.hub
+        self.port = service.listener.port.getHost().port
+        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
+        self.http = f"http://127.0.0.1:{self.port}"
+
+
+@pytest_twisted.async_yield_fixture
+async def start_daemon(no_leaks, txaio_clock):
+    """
+    C{await start_daemon(**config_overrides)} → a L{RunningDaemon}.  Every
+    daemon is stopped at the end: clients get their 1001, and any that do
+    not answer are aborted by advancing the hub's clock past the timeout.
+    """
+    from explorerd.config import Config
+    from explorerd.daemon import Daemon
+
+    reactor = _reactor()
+    started = []
+
+    async def start(**overrides):
+        overrides.setdefault("listen", "tcp:0:interface=127.0.0.1")
+        overrides.setdefault("rate_limit", 0)
+        config = Config.defaults(**overrides)
+        clock = Clock()
+        service = Daemon(config, reactor, clock=clock, web_root="")
+        service.startService()
+        running = RunningDaemon(service, clock)
+        started.append(running)
+        return running
+
+    yield start
+
+    for running in started:
+        d = running.service.stopService()
+        done = []
+        d.addBoth(done.append)
+        try:
+            await eventually(lambda: done, timeout=2.0, what="clients to answer the 1001 close")
+        except AssertionError:
+            running.clock.advance(running.service.config.shutdown_timeout + 1)
+        await eventually(lambda: done, timeout=2.0, what="the daemon to stop")
+        # Let close handshakes that the server finished reach the clients.
+        txaio_clock.advance(60)
