@@ -14,7 +14,7 @@ setup(
     include_package_data=True,
     package_data={"explorerd": ["data/*.jsonl", "data/*.md"]},
     install_requires=[
-        "twisted>=24.3",
+        "twisted[tls]>=24.3",
         "autobahn>=24.4",
         "txaio>=23.1",
         "treq>=23.11",

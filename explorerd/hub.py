@@ -53,7 +53,7 @@ class Client:
     """
 
     __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels",
-                 "paused", "paused_since", "queue", "queued", "last_seen")
+                 "paused", "paused_since", "queue", "queued", "last_seen", "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -264,6 +264,27 @@ class Hub(Service):
         if not frames:
             return 0
         return self._fanout(self._subscribers["newTxs"], b"".join(frames), len(frames), "newTx", start)
+
+    def broadcastReorg(self, depth, common_ancestor, removed):
+        """
+        Tell C{newBlocks} and C{newTxs} subscribers (each once) that the
+        blocks in C{removed} (C{[{"height", "hash"}, ...]}, as published) are
+        no longer canonical, back to C{common_ancestor} (C{{"height", "hash"}}).
+        The replacement blocks follow as ordinary broadcasts.
+        """
+        start = time.perf_counter()
+        data = {
+            "depth": depth,
+            "common_ancestor": {"height": common_ancestor["height"], "hash": common_ancestor["hash"]},
+            "removed": [{"height": r["height"], "hash": r["hash"]} for r in removed],
+        }
+        payload = frame(events.encode({"type": "reorg", "data": data}))
+        recipients = dict(self._subscribers["newBlocks"])
+        recipients.update(self._subscribers["newTxs"])
+        self.log.info("reorg of depth {depth} back to {height} {hash}",
+                      depth=depth, height=data["common_ancestor"]["height"],
+                      hash=data["common_ancestor"]["hash"])
+        return self._fanout(recipients, payload, 1, "reorg", start)
 
     def _fanout(self, subscribers, payload, count, kind, start):
         written = 0

@@ -86,3 +86,38 @@ async def connect(url, headers=None, origin=None, answer_pings=True):
 
 async def connect_many(url, n):
     return list(await defer.gatherResults([defer.ensureDeferred(connect(url)) for _ in range(n)]))
+
+
+async def drain(client, timeout=10.0):
+    """
+    Everything the server sent this client so far: a ping action's pong
+    comes after every message written before it.
+    """
+    got = []
+    client.send_json({"action": "ping"})
+    while True:
+        message = await client.next(timeout)
+        if message == {"type": "pong"}:
+            return got
+        got.append(message)
+
+
+async def in_thread(f, *args, **kwargs):
+    """Run a blocking client (the C{websockets} library) off the reactor thread."""
+    from twisted.internet.threads import deferToThread
+
+    return await deferToThread(f, *args, **kwargs)
+
+
+def handshake_status(url, headers=None, origin=None):
+    """The HTTP status a C{websockets} client gets for its upgrade: 101, or the refusal."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    try:
+        with ws_connect(url, additional_headers=headers, origin=origin, open_timeout=5,
+                        compression=None) as ws:
+            ws.close()
+            return 101
+    except InvalidStatus as e:
+        return e.response.status_code

@@ -1,0 +1,211 @@
+"""Fan-out to many real clients, slow clients, liveness and churn."""
+
+import gc
+import json
+import socket
+import weakref
+
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.chaindata import mainnet_run
+from tests.clients import connect, connect_many, drain, in_thread
+from tests.conftest import eventually
+
+
+def expected_messages(blocks, channels):
+    out = []
+    for block in blocks:
+        if "newBlocks" in channels:
+            out.append(("newBlock", block["hash"]))
+        if "newTxs" in channels:
+            out.extend(("newTx", tx["hash"]) for tx in block["transactions"])
+    return out
+
+
+def summary(messages):
+    return [(m["type"], m["data"]["hash"]) for m in messages]
+
+
+def broadcast(hub, blocks):
+    for block in blocks:
+        hub.broadcastBlock(block)
+        hub.broadcastTransactions(block, block["transactions"])
+
+
+def websockets_subscriber(url, channels):
+    from websockets.sync.client import connect as ws_connect
+
+    ws = ws_connect(url, compression=None, open_timeout=5)
+    ws.send(json.dumps({"action": "subscribe", "channels": channels}))
+    assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
+    return ws
+
+
+def websockets_collect(ws, n):
+    """Read exactly n messages, then make sure nothing else is waiting."""
+    got = [json.loads(ws.recv(timeout=10)) for _ in range(n)]
+    ws.send(json.dumps({"action": "ping"}))
+    assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+    ws.close()
+    return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_100_concurrent_clients_each_get_exactly_their_channels(start_daemon):
+    daemon = await start_daemon(max_connections=200)
+    plans = [["newBlocks"]] * 34 + [["newTxs"]] * 33 + [["newBlocks", "newTxs"]] * 28
+    clients = await connect_many(daemon.url, len(plans))
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(c.request({"action": "subscribe", "channels": p}))
+        for c, p in zip(clients, plans)])
+    assert all(a["type"] == "subscribed" for a in answers)
+    # Five more from an independent client library, in threads.
+    independent = await defer.gatherResults([
+        defer.ensureDeferred(in_thread(websockets_subscriber, daemon.url, ["newBlocks", "newTxs"]))
+        for _ in range(5)])
+    assert daemon.hub.clientCount == 100
+
+    blocks = mainnet_run()[:3]
+    broadcast(daemon.hub, blocks)
+
+    received = await defer.gatherResults([defer.ensureDeferred(drain(c)) for c in clients])
+    for plan, got in zip(plans, received):
+        assert summary(got) == expected_messages(blocks, plan)
+    both = expected_messages(blocks, ["newBlocks", "newTxs"])
+    independent_got = await defer.gatherResults([
+        defer.ensureDeferred(in_thread(websockets_collect, ws, len(both))) for ws in independent])
+    for got in independent_got:
+        assert summary(got) == both
+    await defer.gatherResults([defer.ensureDeferred(c.close()) for c in clients])
+    await eventually(lambda: daemon.hub.connectionCount == 0, what="all clients gone")
+
+
+def constrain(client, hub):
+    """
+    Make a client's path narrow, as a slow mobile link would be: small
+    kernel buffers on both ends, so that a client that stops reading fills
+    them after kilobytes instead of the megabytes loopback would take.
+    Returns the hub's view of that client.
+    """
+    client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    local = client.transport.getHost().port
+    for c in hub._clients.values():
+        if c.transport.getPeer().port == local:
+            c.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            return c
+    raise AssertionError("client not found in the hub")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_is_closed_and_nobody_else_waits(start_daemon):
+    daemon = await start_daemon(max_connections=200, send_queue=8)
+    hub = daemon.hub
+    others = await connect_many(daemon.url, 50)
+    for c in others:
+        await c.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    slow = await connect(daemon.url)
+    await slow.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    constrain(slow, hub)
+    slow.transport.pauseProducing()  # stop reading: its receive window fills and stays full
+
+    blocks = mainnet_run()[:6]
+    sent = []
+    rounds = 0
+    while hub.clientCount == 51:
+        rounds += 1
+        assert rounds < 100, "the slow client was never closed"
+        block = blocks[rounds % len(blocks)]
+        broadcast(hub, [block])
+        sent.append(block)
+        # Every other client has the whole block before the next one is sent.
+        received = await defer.gatherResults([defer.ensureDeferred(drain(c)) for c in others])
+        for got in received:
+            assert summary(got) == expected_messages([block], ["newBlocks", "newTxs"])
+    assert hub.clientCount == 50
+    assert hub.metrics.errors.labels("slow_client")._value.get() == 1
+    assert hub._queued_total == 0
+
+    # When it reads again it finds, after what was already on its way, a close saying why.
+    slow.transport.resumeProducing()
+    code, reason = await slow.closed
+    assert code == 1008
+    assert reason.startswith("too slow")
+    for c in others:
+        await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_paused_past_the_write_deadline_is_closed(start_daemon):
+    daemon = await start_daemon(write_deadline=10, send_queue=1000)
+    hub = daemon.hub
+    healthy = await connect(daemon.url)
+    await healthy.request({"action": "subscribe", "channels": ["newTxs"]})
+    stuck = await connect(daemon.url)
+    await stuck.request({"action": "subscribe", "channels": ["newTxs"]})
+    stuck_client = constrain(stuck, hub)
+    stuck.transport.pauseProducing()
+    block = mainnet_run()[0]
+    while not stuck_client.paused:
+        broadcast(hub, [block])
+        await drain(healthy)
+    daemon.clock.advance(5)
+    assert hub.clientCount == 2, "paused, but not yet past the deadline"
+    daemon.clock.advance(6)
+    assert hub.clientCount == 1
+    assert hub.metrics.errors.labels("slow_client")._value.get() == 1
+    stuck.transport.resumeProducing()
+    code, reason = await stuck.closed
+    assert code == 1008 and "not reading" in reason
+    await healthy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_sweep_pings_everyone_and_drops_the_silent(start_daemon):
+    daemon = await start_daemon(ping_interval=30, pong_timeout=60)
+    lively = await connect(daemon.url)
+    silent = await connect(daemon.url, answer_pings=False)
+    for t in (1, 2):
+        daemon.clock.advance(30)
+        await eventually(lambda: lively.pings == t and silent.pings == t, what=f"ping round {t}")
+        # the lively client's pong arrives before the next round
+        await drain(lively)
+    assert daemon.hub.clientCount == 2, "60 s of silence is not yet more than 60 s"
+    daemon.clock.advance(30)
+    assert daemon.hub.clientCount == 1
+    assert daemon.hub.metrics.errors.labels("ping_timeout")._value.get() == 1
+    await silent.closed
+    assert await lively.request({"action": "ping"}) == {"type": "pong"}
+    await lively.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
+    daemon = await start_daemon(max_connections=100)
+    hub = daemon.hub
+    block = mainnet_run()[1]
+    refs = []
+    for round_ in range(6):
+        clients = await connect_many(daemon.url, 40)
+        for c in clients[::2]:
+            c.send_json({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+        if round_ == 0:
+            await drain(clients[0])
+            refs = [weakref.ref(c) for c in hub._clients.values()]
+            refs += [weakref.ref(p) for p in hub._protocols]
+        broadcast(hub, [block])
+        # half close cleanly, half just drop the TCP connection
+        for i, c in enumerate(clients):
+            if i % 2:
+                c.transport.abortConnection()
+            else:
+                c.sendClose(1000)
+        await eventually(lambda: hub.connectionCount == 0, what="every connection released")
+    assert hub.clientCount == 0
+    assert all(not subs for subs in hub._subscribers.values())
+    assert hub._paused == {} and hub._closing == {} and hub._queued_total == 0
+    assert hub.metrics.connections._value.get() == 0
+    del clients, c
+    gc.collect()
+    alive = [r() for r in refs if r() is not None]
+    assert alive == [], f"{len(alive)} clients or protocols still referenced"
