@@ -66,11 +66,15 @@ class Listener(Service):
         if self.port is not None:
             return
         outcome = []
-        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(outcome.append)
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise SystemExit(f"explorerd: invalid listen address {self.description!r}: {e}") from None
+        endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise RuntimeError(f"endpoint {self.description!r} did not start listening at once")
+            raise SystemExit(f"explorerd: endpoint {self.description!r} did not start listening at once")
         if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
+            raise SystemExit(f"explorerd: cannot listen on {self.description!r}: {outcome[0].value}")
         self.port = outcome[0]
         if self.transport is not None and isinstance(self.port, tcp.Port):
             self.port.transport = self.transport

@@ -7,8 +7,6 @@ test that leaves a delayed call, a reader/writer or a server connection
 behind (pytest-twisted does not check this itself).
 """
 
-import datetime
-import ipaddress
 import json
 
 import pytest
@@ -419,39 +417,7 @@ async def test_keep_alive_reuses_one_connection(serve, client):
 
 # HTTPS ------------------------------------------------------------------------
 
-
-def _self_signed():
-    """A throwaway certificate for 127.0.0.1 (IP SAN, so hostname checks pass)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    from twisted.internet.ssl import PrivateCertificate
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return PrivateCertificate.loadPEM(pem)
+from tests.tls import self_signed as _self_signed  # noqa: E402
 
 
 @implementer(IPolicyForHTTPS)

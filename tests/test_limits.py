@@ -1,0 +1,175 @@
+"""Origin, per-IP rate limit, connection cap and message size: each refused as a user would see it."""
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from explorerd.admission import OriginPolicy, RateLimiter, client_ip
+from tests.clients import connect, handshake_status, in_thread
+from tests.conftest import eventually
+
+
+@pytest_twisted.ensureDeferred
+async def test_disallowed_origin_gets_403_before_the_upgrade(start_daemon):
+    daemon = await start_daemon(cors_origins=("https://explorer.example", "https://*.example.org"))
+    assert await in_thread(handshake_status, daemon.url, origin="https://evil.example") == 403
+    assert await in_thread(handshake_status, daemon.url, origin="https://explorer.example") == 101
+    assert await in_thread(handshake_status, daemon.url, origin="https://app.example.org") == 101
+    assert await in_thread(handshake_status, daemon.url) == 101, "non-browser clients send no Origin"
+    assert daemon.hub.metrics.connections_refused.labels("origin")._value.get() == 1
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_new_connections_from_one_ip_get_429(start_daemon):
+    daemon = await start_daemon(rate_limit=3)
+    statuses = [await in_thread(handshake_status, daemon.url) for _ in range(5)]
+    assert statuses == [101, 101, 101, 429, 429]
+    daemon.clock.advance(20)  # a minute's rate is 3, so 20 s buys one more
+    assert await in_thread(handshake_status, daemon.url) == 101
+    assert await in_thread(handshake_status, daemon.url) == 429
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(start_daemon):
+    daemon = await start_daemon(rate_limit=1, trusted_proxies=1)
+    a = {"X-Forwarded-For": "203.0.113.7"}
+    b = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
+    assert await in_thread(handshake_status, daemon.url, headers=a) == 101
+    assert await in_thread(handshake_status, daemon.url, headers=a) == 429
+    assert await in_thread(handshake_status, daemon.url, headers=b) == 101
+    # A client cannot pick its own address: only the last (proxy-added) entry counts.
+    spoofed = {"X-Forwarded-For": "1.2.3.4, 203.0.113.9"}
+    assert await in_thread(handshake_status, daemon.url, headers=spoofed) == 429
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_trusted_proxies_x_forwarded_for_is_ignored(start_daemon):
+    daemon = await start_daemon(rate_limit=1)
+    assert await in_thread(handshake_status, daemon.url, headers={"X-Forwarded-For": "203.0.113.7"}) == 101
+    assert await in_thread(handshake_status, daemon.url, headers={"X-Forwarded-For": "203.0.113.8"}) == 429
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_cap_gets_503_and_frees_up(start_daemon):
+    daemon = await start_daemon(max_connections=3)
+    clients = [await connect(daemon.url) for _ in range(3)]
+    assert await in_thread(handshake_status, daemon.url) == 503
+    await clients[0].close()
+    await eventually(lambda: daemon.hub.connectionCount == 2, what="the slot to be released")
+    assert await in_thread(handshake_status, daemon.url) == 101
+    assert daemon.hub.metrics.connections_refused.labels("capacity")._value.get() == 1
+    for c in clients[1:]:
+        await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_over_1_mib_closes_with_1009(start_daemon):
+    daemon = await start_daemon()
+    ok = await connect(daemon.url)
+    ok.sendMessage(b" " * (1 << 20))  # exactly 1 MiB: allowed (and not JSON)
+    assert (await ok.next(timeout=20))["error"]["code"] == "invalid_json"
+
+    big = await connect(daemon.url)
+    big.sendMessage(b" " * ((1 << 20) + 1))
+    code, reason = await big.closed
+    assert code == 1009
+
+    fragmented = await connect(daemon.url)
+    fragmented.sendMessage(b" " * (700 * 1024 * 2), fragmentSize=700 * 1024)
+    code, reason = await fragmented.closed
+    assert code == 1009
+    assert daemon.hub.metrics.errors.labels("message_too_big")._value.get() == 2
+    assert await ok.request({"action": "ping"}) == {"type": "pong"}
+    await ok.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_configured_message_size_is_enforced(start_daemon):
+    daemon = await start_daemon(max_message_size=1024)
+    client = await connect(daemon.url)
+    client.send_json({"action": "subscribe", "channels": ["newBlocks"] * 200})
+    code, _ = await client.closed
+    assert code == 1009
+
+
+def test_rate_limiter_memory_stays_bounded():
+    clock = Clock()
+    limiter = RateLimiter(clock, per_minute=10, max_ips=1000)
+    for i in range(200_000):
+        assert limiter.allow(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+        if i % 1000 == 0:
+            clock.advance(0.01)
+    assert len(limiter) <= 1000
+    # Once their buckets refill, quiet addresses are forgotten as new ones arrive.
+    clock.advance(120)
+    for i in range(600):
+        limiter.allow(f"192.0.2.{i % 250}")
+    assert len(limiter) <= 260
+
+
+def test_rate_limiter_refills_over_time():
+    clock = Clock()
+    limiter = RateLimiter(clock, per_minute=2)
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b")
+    clock.advance(30)
+    assert limiter.allow("a") and not limiter.allow("a")
+    assert RateLimiter(clock, per_minute=0).allow("anyone")
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    ("https://explorer.example", True),
+    ("https://EXPLORER.example/", True),
+    ("http://explorer.example", False),
+    ("https://explorer.example:8443", False),
+    ("https://a.b.example.org", True),
+    ("https://example.org", False),
+    ("null", False),
+    (None, True),
+])
+def test_origin_policy(origin, allowed):
+    policy = OriginPolicy(("https://explorer.example", "https://*.b.example.org", "https://*.example.org"))
+    assert policy.allows(origin) is allowed
+
+
+@pytest.mark.parametrize("peer, ip", [
+    ("tcp4:127.0.0.1:5000", "127.0.0.1"),
+    ("tcp6:::1:5000", "::1"),
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("[2001:db8::1]", "2001:db8::1"),
+    ("203.0.113.7:443", "203.0.113.7"),
+])
+def test_client_ip(peer, ip):
+    assert client_ip(peer) == ip
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_from_an_ssl_endpoint_string(start_daemon, tmp_path):
+    import ssl
+
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(self_signed_pem())
+    daemon = await start_daemon(listen=f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}")
+    url = daemon.url.replace("ws://", "wss://")
+
+    def talk():
+        from websockets.sync.client import connect as ws_connect
+
+        context = ssl.create_default_context(cafile=str(pem))
+        with ws_connect(url, ssl=context, compression=None, open_timeout=10) as ws:
+            ws.send('{"action":"subscribe","channels":["newBlocks"]}')
+            subscribed = ws.recv(timeout=10)
+            ws.send('{"action":"ping"}')
+            return subscribed, ws.recv(timeout=10)
+
+    subscribed, pong = await in_thread(talk)
+    assert subscribed == '{"type":"subscribed","channels":["newBlocks"]}'
+    assert pong == '{"type":"pong"}'
+    await eventually(lambda: daemon.hub.connectionCount == 0)
