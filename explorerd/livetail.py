@@ -1,0 +1,745 @@
+"""
+The live-tail: follow one Ethereum JSON-RPC node and feed the hub, in order.
+
+One C{LoopingCall} on the clock we are given runs L{LiveTail.poll}.  The loop
+body returns the poll's Deferred, so polls never overlap, and a poll never
+fails (a LoopingCall stops for good after one exception): faults are caught,
+counted, logged and retried with backoff.
+
+A poll:
+
+ 1. asks C{eth_blockNumber} for the node's head;
+ 2. if the head is above the last block we published, fetches every height
+    after it (C{eth_getBlockByNumber(n, true)}, batched C{batch_size} at a
+    time) and publishes each in height order: C{hub.broadcastBlock} then
+    C{hub.broadcastTransactions}.  A head jump of k gives all k blocks.  A
+    C{null} block (the node, or one backend behind a load balancer, is not
+    there yet) ends the poll at that height; the next poll tries it again;
+ 3. if the head did not move (or went backwards), fetches the header at the
+    head's height and compares its hash with what we published there, so a
+    reorg that keeps the height is seen at once and a load-balanced node
+    that answers from a lagging backend publishes nothing twice.
+
+Reorgs.  Every new block's C{parentHash} must be the hash of the last block
+we published.  When it is not (or the hash check in 3 fails) we fetch the
+node's canonical headers by number, walking down from the divergence, until
+one matches the bounded in-memory chain of the last C{max_reorg_depth + 1}
+blocks we published: that is the common ancestor.  We then call
+C{hub.broadcastReorg(depth, ancestor, removed)} (removed: what we had
+published above the ancestor, ascending) and publish the new canonical
+blocks with their transactions.  A branch that flips back and forth is
+reported every time, because each flip fails the same checks.
+
+A reorg deeper than we remember: we report a reorg that removes every
+block we remember, giving as "common ancestor" the node's canonical block
+just below them (height and hash), and then publish the canonical chain from
+the lowest height we remembered, as if anchoring afresh.  We do not jump to
+the head: the client gets a contiguous new branch.  If that block is the
+parent we recorded for our lowest block, the report is exact (a warning);
+otherwise the reorg went deeper than we can tell and we log an error (a
+client holding a different hash at the ancestor's height can tell too).
+
+Start and restart.  With no saved state the tail anchors at the node's
+current head: it publishes the head block itself, then every block after it.
+With a L{TailState}, it resumes after the saved position; the ordinary
+checks above then notice if the saved hash is no longer canonical (a reorg
+while we were down, reported like any other).  If the node is more than
+C{max_catchup} blocks ahead of what we published -- after a restart or a
+long node outage -- we log a warning and re-anchor at the head instead of
+flooding clients with history; clients see a gap in heights.  This is the
+only case in which heights are skipped.
+
+Faults -- connection refused, timeouts, HTTP errors, malformed JSON, JSON-RPC
+errors, blocks that fail validation -- end the poll where it is.  A block is
+validated in full (every field we publish, every transaction, its number is
+the height we asked for, its hash is a 32-byte hash) before the hub sees it,
+so nothing is ever published partially.  The next poll starts after an
+exponential backoff with jitter (base C{poll_interval}, capped at
+C{max_backoff}, reset by a good poll); a poll due during the backoff is
+skipped.  Ticks of the LoopingCall are the only timers we own.
+
+Everything takes the clock, the RPC client and the hub as arguments; the
+daemon owns the RPC client and closes it after the tail has stopped.
+"""
+
+import random
+import re
+import time
+from collections import deque
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from explorerd import events
+from explorerd.jsonrpc import (
+    RPCError,
+    RPCFailure,
+    RPCHTTPError,
+    RPCProtocolError,
+    RPCTimeout,
+    RPCUnavailable,
+)
+from explorerd.tailstate import Position
+
+__all__ = ["LiveTail", "TailMetrics", "TailFault", "BadBlock", "validate", "redact"]
+
+_HASH = re.compile(r"^0x[0-9a-f]{64}$")
+
+_GET = "eth_getBlockByNumber"
+_GET_BATCH = "batch[eth_getBlockByNumber]"
+_NUMBER = "eth_blockNumber"
+
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+# Bounds a branch that flips on every request: report this many reorgs,
+# then let the next poll carry on (never spin inside one poll).
+_MAX_REORGS_PER_POLL = 8
+
+
+class TailFault(Exception):
+    """The node answered, but not with something we can use; retried like a network fault."""
+
+    kind = "inconsistent"
+
+    def __init__(self, method, message):
+        super().__init__(f"{method}: {message}")
+        self.method = method
+
+
+class BadBlock(TailFault):
+    """A block (or header) that fails validation: never published, fetched again later."""
+
+    kind = "invalid_block"
+
+    def __init__(self, method, height, reason):
+        super().__init__(method, f"block {height}: {reason}")
+        self.height = height
+
+
+def redact(url):
+    """
+    C{scheme://host:port} of a node URL, for logs and C{/healthz}: providers
+    put API keys in the path or the userinfo, which must not leak.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except (TypeError, ValueError):
+        return "?"
+    rest = "/..." if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def _kind(failure_value):
+    """A short label for an error, for metrics and logs."""
+    e = failure_value
+    if isinstance(e, TailFault):
+        return e.kind
+    if isinstance(e, RPCTimeout):
+        return "timeout"
+    if isinstance(e, RPCUnavailable):
+        return "unavailable"
+    if isinstance(e, RPCHTTPError):
+        return "http"
+    if isinstance(e, RPCProtocolError):
+        return "protocol"
+    if isinstance(e, RPCError):
+        return "rpc_error"
+    if isinstance(e, events.InvalidBlock):
+        return "invalid_block"
+    return "internal"
+
+
+def validate(block, height, method=_GET, full=True):
+    """
+    Check a block from the node before anything is published; return the
+    hub's view of it (C{events.block_data}).  With C{full}, every
+    transaction is checked too, because the hub writes the block before
+    it frames the transactions.
+    """
+    try:
+        data = events.block_data(block)
+        if full:
+            for i, tx in enumerate(block["transactions"]):
+                events.tx_data(block, tx, i)
+    except events.InvalidBlock as e:
+        raise BadBlock(method, height, str(e)) from None
+    if data["height"] != height:
+        raise BadBlock(method, height, f"the node answered with block number {data['height']}")
+    if not _HASH.match(data["hash"]):
+        raise BadBlock(method, height, f"hash {data['hash']!r:.80} is not a 32-byte hash")
+    if not _HASH.match(data["parent_hash"]):
+        raise BadBlock(method, height, f"parentHash {data['parent_hash']!r:.80} is not a 32-byte hash")
+    return data
+
+
+class TailMetrics:
+    """The tail's Prometheus metrics (C{explorer_tail_*}), in the registry we are given."""
+
+    def __init__(self, registry=None):
+        r = CollectorRegistry() if registry is None else registry
+        self.registry = r
+        self.head = Gauge("explorer_tail_head_height",
+                          "Latest block height the node reported.", registry=r)
+        self.published_height = Gauge("explorer_tail_published_height",
+                                      "Height of the last block published to clients.", registry=r)
+        self.blocks_behind = Gauge("explorer_tail_blocks_behind",
+                                   "Node head minus the last published height.", registry=r)
+        self.lag_seconds = Gauge("explorer_tail_lag_seconds",
+                                 "Now minus the timestamp of the last published block.", registry=r)
+        self.rpc_calls = Counter("explorer_tail_rpc_calls_total",
+                                 "JSON-RPC requests made by the tail, by method.", ["method"], registry=r)
+        self.rpc_errors = Counter("explorer_tail_rpc_errors_total",
+                                  "Failed JSON-RPC requests and unusable answers, by method and kind.",
+                                  ["method", "kind"], registry=r)
+        self.rpc_latency = Histogram("explorer_tail_rpc_latency_seconds",
+                                     "JSON-RPC request latency, by method.", ["method"],
+                                     buckets=RPC_BUCKETS, registry=r)
+        self.reorgs = Counter("explorer_tail_reorgs_total",
+                              "Chain reorganisations announced to clients.", registry=r)
+        self.reorg_depth = Histogram("explorer_tail_reorg_depth",
+                                     "Blocks removed per announced reorganisation.",
+                                     buckets=REORG_BUCKETS, registry=r)
+        self.blocks_published = Counter("explorer_tail_blocks_published_total",
+                                        "Blocks handed to the hub.", registry=r)
+        self.transactions_published = Counter("explorer_tail_transactions_published_total",
+                                              "Transactions handed to the hub.", registry=r)
+        self.polls = Counter("explorer_tail_polls_total",
+                             "Polls of the node, by outcome (ok, failed).", ["outcome"], registry=r)
+        self.skipped = Counter("explorer_tail_blocks_skipped_total",
+                               "Heights never published because the tail re-anchored at the head "
+                               "(more than max_catchup blocks behind).", registry=r)
+
+
+class LiveTail(Service):
+    """
+    Polls the node and publishes its blocks, transactions and reorgs to the hub.
+
+    @param clock: an L{IReactorTime} for the polling loop and the backoff.
+    @param rpc: an L{explorerd.jsonrpc.JSONRPCClient} (not closed by us).
+    @param hub: anything with C{broadcastBlock}, C{broadcastTransactions}
+        and C{broadcastReorg}.
+    @param state: a L{TailState} to resume from and save to, or C{None}.
+    @param max_lag: blocks behind the node's head before L{health} says
+        C{degraded}.
+    @param max_lag_seconds: optionally, also C{degraded} when the last
+        published block is older than this (a node that stopped syncing).
+    @param now: wall-clock time, compared with block timestamps.
+    @param rng: a C{random.Random} for the backoff jitter.
+    """
+
+    name = "livetail"
+    log = Logger()
+
+    def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
+                 max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
+                 batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None):
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        if max_reorg_depth < 1:
+            raise ValueError(f"max_reorg_depth must be >= 1, got {max_reorg_depth!r}")
+        if max_catchup < 1:
+            raise ValueError(f"max_catchup must be >= 1, got {max_catchup!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.clock = clock
+        self.rpc = rpc
+        self.hub = hub
+        self.poll_interval = float(poll_interval)
+        self.max_reorg_depth = int(max_reorg_depth)
+        self.max_catchup = int(max_catchup)
+        self.max_lag = max_lag
+        self.max_lag_seconds = max_lag_seconds
+        self.batch_size = int(batch_size)
+        self.max_backoff = float(max_backoff)
+        self.state = state
+        self.metrics = TailMetrics(registry)
+        self._now = now
+        self.node = redact(getattr(rpc, "url", ""))
+        self._rng = random.Random() if rng is None else rng
+
+        # The last blocks we published, oldest first; the ancestor of a
+        # reorg of depth max_reorg_depth is still in here.
+        self._chain = deque(maxlen=self.max_reorg_depth + 1)
+        # With an empty chain: the height to publish first (None: the head).
+        self._start_at = None
+        self._published_ts = None
+        self._dirty = False
+        if state is not None:
+            # Read at construction so that an unreadable state file stops
+            # start-up (twistd reports it) rather than a poll later.
+            self._chain.extend(Position(*p) for p in state.load())
+
+        self._head = None
+        self._last_poll_ok = None
+        self._last_error = None
+        self._last_error_at = None
+        self._failures = 0
+        self.backoff = None
+        self._retry_at = None
+        self._doing = None
+
+        self._poll = None
+        self._waiters = []
+        self._stopping = False
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._loop_done = None
+        self.metrics.lag_seconds.set_function(self._lagSeconds)
+
+    def __repr__(self):
+        return f"<LiveTail {self.node}>"
+
+    # Service -------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        tip = self.published
+        self.log.info("live-tail polling {url} every {interval}s, {where}",
+                      url=self.node, interval=self.poll_interval,
+                      where=(f"resuming after block {tip['height']} {tip['hash']}" if tip
+                             else "starting at the node's head"))
+        self._loop_done = self._loop.start(self.poll_interval, now=True)
+        self._loop_done.addErrback(lambda f: self.log.failure("live-tail loop died", f))
+
+    def stopService(self):
+        """
+        Stop polling: cancel the poll in flight (its RPC calls with it) and
+        fire once nothing of ours is running; save the position last.
+        """
+        super().stopService()
+        self._stopping = True
+        waits = []
+        if self._loop.running:
+            self._loop.stop()
+            waits.append(self._loop_done)
+        if self._poll is not None:
+            waiter = defer.Deferred()
+            self._waiters.append(waiter)
+            waits.append(waiter)
+            self._poll.cancel()
+
+        def stopped(_):
+            self._saveState()
+            self.log.info("live-tail stopped at {published}", published=self.published)
+
+        return defer.gatherResults(waits, consumeErrors=True).addBoth(stopped)
+
+    # Public --------------------------------------------------------------
+
+    @property
+    def published(self):
+        """C{{"height", "hash"}} of the last block published (or resumed from), or C{None}."""
+        if not self._chain:
+            return None
+        tip = self._chain[-1]
+        return {"height": tip.height, "hash": tip.hash}
+
+    @property
+    def head(self):
+        """The node's head height as last reported, or C{None}."""
+        return self._head
+
+    def poll(self):
+        """
+        Poll the node once now, whatever the backoff says.
+
+        Returns a Deferred that fires with C{True} if the poll went well and
+        C{False} if it failed (the failure is logged, counted and kept for
+        L{health}); it never errbacks.  If a poll is running, fires when
+        that one finishes: polls never overlap.
+        """
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        if self._poll is None:
+            d = self._poll = defer.ensureDeferred(self._pollOnce())
+            d.addCallbacks(self._pollSucceeded, self._pollFailed)
+            d.addBoth(self._pollFinished)
+        return waiter
+
+    def whenIdle(self):
+        """A Deferred that fires once no poll is running (at once if none is)."""
+        if self._poll is None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter.addCallback(lambda _: None)
+
+    def health(self):
+        """
+        The tail's view for C{/healthz}: C{degraded} while the node is
+        failing (the last poll failed) or we are more than C{max_lag}
+        blocks behind it; C{reasons} says why.
+        """
+        published = self.published
+        head = self._head
+        lag_blocks = None
+        if head is not None and published is not None:
+            lag_blocks = max(0, head - published["height"])
+        lag_seconds = self._lagSeconds()
+        lag_seconds = None if lag_seconds != lag_seconds else round(lag_seconds, 3)
+        reasons = []
+        if self._last_poll_ok is None:
+            reasons.append("no poll has finished yet")
+        elif not self._last_poll_ok:
+            reasons.append(f"last poll failed: {self._last_error}")
+        elif published is None:
+            reasons.append("nothing published yet")
+        if lag_blocks is not None and lag_blocks > self.max_lag:
+            reasons.append(f"{lag_blocks} blocks behind the node (max_lag {self.max_lag})")
+        if (self.max_lag_seconds is not None and lag_seconds is not None
+                and lag_seconds > self.max_lag_seconds):
+            reasons.append(f"last block is {lag_seconds:.0f}s old (max {self.max_lag_seconds:g}s)")
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "node": self.node,
+            "head": head,
+            "published": published,
+            "lag_blocks": lag_blocks,
+            "lag_seconds": lag_seconds,
+            "last_error": self._last_error,
+            "last_error_at": self._last_error_at,
+            "consecutive_failures": self._failures,
+            "retry_in": (None if self._retry_at is None
+                         else round(max(0.0, self._retry_at - self.clock.seconds()), 3)),
+        }
+
+    # The loop ------------------------------------------------------------
+
+    def _tick(self):
+        """The LoopingCall body: poll unless backing off; never raises."""
+        try:
+            if self._retry_at is not None and self.clock.seconds() < self._retry_at:
+                return None
+            return self.poll()
+        except Exception:
+            self.log.failure("live-tail tick failed; trying again next tick")
+            return None
+
+    def _pollSucceeded(self, _):
+        self.metrics.polls.labels("ok").inc()
+        if self._failures:
+            self.log.info("node {url} answering again after {n} failed polls",
+                          url=self.node, n=self._failures)
+        self._last_poll_ok = True
+        self._failures = 0
+        self.backoff = None
+        self._retry_at = None
+        return True
+
+    def _pollFailed(self, failure):
+        if self._stopping and failure.check(defer.CancelledError, RPCUnavailable):
+            return False  # we cancelled it
+        e = failure.value
+        kind = _kind(e)
+        method = getattr(e, "method", None) or "-"
+        self.metrics.polls.labels("failed").inc()
+        self._last_poll_ok = False
+        self._failures += 1
+        self._last_error = f"{kind}: {e}" if str(e) else kind
+        self._last_error_at = self._now()
+        base = min(self.max_backoff, self.poll_interval * 2 ** min(self._failures - 1, 30))
+        self.backoff = base / 2 + self._rng.uniform(0, base / 2)
+        self._retry_at = self.clock.seconds() + self.backoff
+        fields = dict(url=self.node, kind=kind, method=method,
+                      error=str(e), during=self._doing, attempt=self._failures,
+                      retry_in=self.backoff, published=self.published, head=self._head)
+        if kind == "internal":
+            self.log.failure("live-tail poll crashed while {during}; retry in {retry_in:.2f}s",
+                             failure, **fields)
+        else:
+            self.log.warn("live-tail poll failed ({kind}) while {during}: {error}; "
+                          "attempt {attempt}, retry in {retry_in:.2f}s", **fields)
+        return False
+
+    def _pollFinished(self, ok):
+        if isinstance(ok, Failure):
+            self.log.failure("live-tail poll bookkeeping failed", ok)
+            ok = False
+        self._poll = None
+        self._doing = None
+        try:
+            self._saveState()
+        except Exception:
+            self.log.failure("saving the tail state failed")
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(ok)
+        return None
+
+    # One poll ------------------------------------------------------------
+
+    async def _pollOnce(self):
+        self._doing = "asking for the head"
+        head = await self._call(_NUMBER, self.rpc.blockNumber)
+        self._observeHead(head)
+        reorgs = 0
+        while not self._stopping:
+            if not self._chain:
+                start = head if self._start_at is None else self._start_at
+                if head - start + 1 > self.max_catchup:
+                    self._skip(start, head)
+                    start = head
+                if start > head:
+                    return  # the node is below where we must start: wait for it
+                diverged = await self._forward(start, head, None)
+            else:
+                tip = self._chain[-1]
+                if head <= tip.height:
+                    if await self._headMatches(head):
+                        return
+                    diverged = True
+                elif head - tip.height > self.max_catchup:
+                    self._skip(tip.height + 1, head)
+                    self._chain.clear()
+                    self._start_at = None
+                    continue
+                else:
+                    diverged = await self._forward(tip.height + 1, head, tip.hash)
+            if not diverged:
+                return
+            if reorgs == _MAX_REORGS_PER_POLL:
+                self.log.warn("{n} reorgs in one poll: the node keeps switching branches; "
+                              "carrying on next poll", n=reorgs)
+                return
+            reorgs += 1
+            await self._reorg(min(head, self._chain[-1].height))
+
+    def _skip(self, first, head):
+        skipped = head - first
+        self.metrics.skipped.inc(max(0, skipped))
+        self.log.warn("the node is {n} blocks ahead of us (max_catchup {max_catchup}): "
+                      "skipping heights {first}-{last} and re-anchoring at the head {head}",
+                      n=head - first + 1, max_catchup=self.max_catchup, first=first,
+                      last=head - 1, head=head)
+
+    async def _headMatches(self, head):
+        """
+        The head is at or below the last block we published: is the node's
+        block there the one we published?  (No: a reorg.)  If we cannot
+        tell -- the node is further back than we remember, or has no block
+        there -- we wait.
+        """
+        lowest = self._chain[0].height
+        if head < lowest:
+            self.log.info("the node's head {head} is below every block we remember "
+                          "({lowest}-{tip}); waiting for it", head=head, lowest=lowest,
+                          tip=self._chain[-1].height)
+            return True
+        self._doing = f"checking the hash of block {head}"
+        header = (await self._fetch([head], full=False))[0]
+        if header is None:
+            self.log.info("the node has no block {height} though it reports it as its head; "
+                          "waiting", height=head)
+            return True
+        data = self._validated(header, head, _GET, full=False)
+        ours = self._chain[head - lowest]
+        if data["hash"] != ours.hash:
+            self.log.info("block {height} is now {new}, we published {old}: reorg",
+                          height=head, new=data["hash"], old=ours.hash)
+            return False
+        if head == self._chain[-1].height:
+            self._published_ts = data["timestamp"]
+        return True
+
+    async def _forward(self, first, head, parent):
+        """
+        Publish heights C{first}..C{head} in order, C{batch_size} per round
+        trip.  Returns C{True} when a block does not extend the last one we
+        published (a reorg), C{False} when done or stopped at a null block.
+        """
+        height = first
+        while height <= head and not self._stopping:
+            last = min(head, height + self.batch_size - 1)
+            heights = list(range(height, last + 1))
+            self._doing = (f"fetching block {height}" if height == last
+                           else f"fetching blocks {height}-{last}")
+            blocks = await self._fetch(heights, full=True)
+            method = _GET if len(heights) == 1 else _GET_BATCH
+            for h, block in zip(heights, blocks):
+                if block is None:
+                    self.log.debug("the node has no block {height} yet (head {head}); "
+                                  "trying again next poll", height=h, head=head)
+                    return False
+                data = self._validated(block, h, method, full=True)
+                if parent is not None and data["parent_hash"] != parent:
+                    self.log.info("block {height} {hash} has parent {parent}, we published {ours}: "
+                                  "reorg", height=h, hash=data["hash"], parent=data["parent_hash"],
+                                  ours=parent)
+                    return True
+                self._publish(block, data, method)
+                parent = data["hash"]
+            self._saveState()
+            height = last + 1
+        return False
+
+    async def _reorg(self, start):
+        """
+        Find the common ancestor at or below C{start}, tell the hub what was
+        removed and forget it; the caller then publishes the new branch.
+        """
+        chain = self._chain
+        lowest = chain[0].height
+        ancestor, bottom = await self._findAncestor(start)
+        if ancestor is not None:
+            removed = [p for p in chain if p.height > ancestor.height]
+            common = {"height": ancestor.height, "hash": ancestor.hash}
+            while chain[-1].height > ancestor.height:
+                chain.pop()
+            if not removed:
+                self.log.info("the node is back on our branch at {height}; nothing to report",
+                              height=ancestor.height)
+                return
+        else:
+            removed = list(chain)
+            common = {"height": lowest - 1, "hash": bottom["parent_hash"]}
+            if chain[0].parent is not None and chain[0].parent == bottom["parent_hash"]:
+                # The parent of the lowest block we remember is still
+                # canonical: a reorg of exactly what we remember.
+                self.log.warn("reorg removes all {n} blocks we remember ({lowest}-{tip})",
+                              n=len(removed), lowest=lowest, tip=chain[-1].height)
+            else:
+                self.log.error("reorg deeper than max_reorg_depth {max}: none of blocks "
+                               "{lowest}-{tip} is canonical any more; reporting the {n} we "
+                               "remember and publishing the new branch from {lowest}",
+                               max=self.max_reorg_depth, lowest=lowest, tip=chain[-1].height,
+                               n=len(removed))
+            chain.clear()
+            self._start_at = lowest
+        depth = len(removed)
+        self.hub.broadcastReorg(depth, common,
+                                [{"height": p.height, "hash": p.hash} for p in removed])
+        self.metrics.reorgs.inc()
+        self.metrics.reorg_depth.observe(depth)
+        self._published_ts = None
+        self._setPublishedGauges()
+        self._dirty = True
+        self._saveState()
+        self.log.warn("reorg of depth {depth}: back to {height} {hash}, removed {first}-{last}",
+                      depth=depth, height=common["height"], hash=common["hash"],
+                      first=removed[0].height, last=removed[-1].height,
+                      removed=[p.hash for p in removed])
+
+    async def _findAncestor(self, start):
+        """
+        Walk down from C{start} comparing the node's canonical hashes with
+        ours.  Returns C{(position, None)} for the highest match, or
+        C{(None, header_at_lowest)} when nothing we remember matches.
+        """
+        chain = self._chain
+        lowest = chain[0].height
+        height = min(start, chain[-1].height)
+        step = 4
+        bottom = None
+        while height >= lowest:
+            low = max(lowest, height - step + 1)
+            heights = list(range(height, low - 1, -1))
+            self._doing = f"looking for the common ancestor at {low}-{height}"
+            headers = await self._fetch(heights, full=False)
+            method = _GET if len(heights) == 1 else _GET_BATCH
+            for h, header in zip(heights, headers):
+                if header is None:
+                    self.metrics.rpc_errors.labels(method, TailFault.kind).inc()
+                    raise TailFault(method, f"no block {h} below the node's head while looking "
+                                            "for the common ancestor")
+                data = self._validated(header, h, method, full=False)
+                ours = chain[h - lowest]
+                if data["hash"] == ours.hash:
+                    return ours, None
+                bottom = data
+            height = low - 1
+            step = min(step * 4, self.batch_size)
+        return None, bottom
+
+    # Helpers -------------------------------------------------------------
+
+    def _validated(self, block, height, method, full):
+        try:
+            return validate(block, height, method, full)
+        except BadBlock:
+            self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
+            raise
+
+    def _publish(self, block, data, method):
+        """Hand one validated block and its transactions to the hub, then remember it."""
+        try:
+            self.hub.broadcastBlock(block)
+        except events.InvalidBlock as e:
+            # The hub refused it before writing to anyone.
+            self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
+            raise BadBlock(method, data["height"], f"refused by the hub: {e}") from None
+        txs = block["transactions"]
+        try:
+            self.hub.broadcastTransactions(block, txs)
+        except Exception:
+            # The block is out; clients have it, so we must remember it.
+            self.log.failure("block {height} {hash} published but its {n} transactions were not",
+                             height=data["height"], hash=data["hash"], n=len(txs))
+        self._chain.append(Position(data["height"], data["hash"], data["parent_hash"]))
+        self._start_at = None
+        self._published_ts = data["timestamp"]
+        self._dirty = True
+        self.metrics.blocks_published.inc()
+        if txs:
+            self.metrics.transactions_published.inc(len(txs))
+        self._setPublishedGauges()
+
+    async def _call(self, method, fn, *args):
+        """One RPC call, counted and timed by method."""
+        m = self.metrics
+        m.rpc_calls.labels(method).inc()
+        start = time.perf_counter()
+        try:
+            return await fn(*args)
+        except RPCFailure as e:
+            if not self._stopping:
+                m.rpc_errors.labels(method, _kind(e)).inc()
+            raise
+        finally:
+            m.rpc_latency.labels(method).observe(time.perf_counter() - start)
+
+    async def _fetch(self, heights, full):
+        if len(heights) == 1:
+            return [await self._call(_GET, self.rpc.getBlockByNumber, heights[0], full)]
+        return await self._call(_GET_BATCH, self.rpc.getBlocksByNumber, heights, full)
+
+    def _observeHead(self, head):
+        if self._head is not None and head < self._head:
+            self.log.debug("the node's head went back from {old} to {new}", old=self._head, new=head)
+        self._head = head
+        self.metrics.head.set(head)
+        self._setPublishedGauges()
+
+    def _setPublishedGauges(self):
+        if self._chain:
+            tip = self._chain[-1].height
+            self.metrics.published_height.set(tip)
+            if self._head is not None:
+                self.metrics.blocks_behind.set(max(0, self._head - tip))
+
+    def _lagSeconds(self):
+        if self._published_ts is None:
+            return float("nan")
+        return max(0.0, self._now() - self._published_ts)
+
+    def _saveState(self):
+        if self.state is None or not self._dirty:
+            return
+        try:
+            self.state.save(self._chain)
+        except OSError as e:
+            # Publishing goes on; a restart would resume from an older
+            # position (and republish a little), which is the lesser evil.
+            self.log.error("could not save the tail position to {path}: {error}",
+                           path=self.state.path, error=str(e))
+            return
+        self._dirty = False

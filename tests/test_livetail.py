@@ -1,0 +1,1047 @@
+"""
+The live-tail, three ways:
+
+1. against a real anvil (``--no-mining``; blocks, transactions and reorgs
+   made with evm_mine, anvil_mine, eth_sendTransaction and anvil_reorg),
+   feeding a real daemon's hub, watched by a real WebSocket client;
+2. the same through L{tests.faultproxy.FaultProxy}, which drops, delays,
+   truncates and garbles answers at random (seeded): after the run the
+   client's chain, reorgs applied, must be anvil's canonical chain;
+3. against a scripted fake node (a small twisted.web JSON-RPC server) for
+   the corner cases: null blocks, lagging backends, flip-flops, deep reorgs,
+   restarts, health, invalid blocks, backoff and shutdown.
+
+Polls are driven by calling C{tail.poll()} (or by advancing the tail's
+Clock); waits are Deferreds, never sleeps.  C{no_leaks} fails a test that
+leaves a timer or a socket behind.
+"""
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+
+import pytest
+import pytest_twisted
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from explorerd import events
+from explorerd.jsonrpc import JSONRPCClient
+from explorerd.livetail import LiveTail, redact
+from explorerd.tailstate import Position, TailState
+from tests.anvil import DEV_ACCOUNTS, Anvil
+from tests.clients import connect
+from tests.conftest import eventually
+from tests.faultproxy import FAULTS, FaultProxy, _QuietSite, _Tracking
+
+T0 = 1_700_000_000  # timestamp of the fake node's genesis
+ZERO = "0x" + "00" * 32
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+# Fixtures --------------------------------------------------------------------
+
+
+class Env:
+    """Makes nodes, clients and tails for one test; tears them down in order."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.tails = []
+        self.rpcs = []
+        self.nodes = []
+        self.proxies = []
+        self.anvils = []
+
+    async def anvil(self):
+        node = await Anvil(self.reactor, no_mining=True).start()
+        self.anvils.append(node)
+        return node
+
+    async def proxy(self, upstream, **kw):
+        proxy = await FaultProxy(self.reactor, upstream, **kw).start()
+        self.proxies.append(proxy)
+        return proxy
+
+    async def fake_node(self):
+        node = FakeNode(self.reactor)
+        await node.up()
+        self.nodes.append(node)
+        return node
+
+    def rpc(self, url, timeout=5.0):
+        client = JSONRPCClient(self.reactor, url, timeout=timeout)
+        self.rpcs.append(client)
+        return client
+
+    def tail(self, rpc, hub, clock=None, **kw):
+        kw.setdefault("registry", CollectorRegistry())
+        kw.setdefault("rng", random.Random(1))
+        tail = LiveTail(Clock() if clock is None else clock, rpc, hub, **kw)
+        self.tails.append(tail)
+        return tail
+
+    async def close(self):
+        for tail in self.tails:
+            await tail.stopService()
+        for rpc in self.rpcs:
+            await rpc.close()
+        for proxy in self.proxies:
+            await proxy.stop()
+        for node in self.nodes:
+            await node.stop()
+        for node in self.anvils:
+            await node.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def env(no_leaks):
+    e = Env(_reactor())
+    yield e
+    await e.close()
+
+
+@pytest.fixture
+def logged():
+    """Every log event emitted during the test."""
+    seen = []
+    observer = seen.append
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
+
+
+def messages_at(logged, level):
+    return [formatEvent(e) for e in logged if e.get("log_level") == level]
+
+
+def sample(tail, name, **labels):
+    return tail.metrics.registry.get_sample_value(name, labels) or 0
+
+
+# A scripted fake node --------------------------------------------------------
+
+
+def _hash(*parts):
+    return "0x" + hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def make_block(height, parent, branch="a", ntx=1):
+    block_hash = _hash("block", branch, height, parent)
+    txs = [
+        {
+            "hash": _hash("tx", block_hash, i),
+            "from": "0x" + "11" * 20,
+            "to": "0x" + "22" * 20,
+            "value": hex(10**18 * height + i),
+            "transactionIndex": hex(i),
+            "blockHash": block_hash,
+            "blockNumber": hex(height),
+        }
+        for i in range(ntx)
+    ]
+    return {
+        "number": hex(height),
+        "hash": block_hash,
+        "parentHash": parent,
+        "timestamp": hex(T0 + 12 * height),
+        "miner": "0x" + "33" * 20,
+        "gasUsed": hex(21000 * ntx),
+        "transactions": txs,
+    }
+
+
+class FakeNode(Resource):
+    """
+    A JSON-RPC node whose chain and misbehaviour the test scripts:
+    C{blocks} (index = height), C{head} (reported head; None = the last
+    block), C{missing} (heights answered with null), C{served} (height →
+    block served instead of the canonical one) and C{faults} (what to do to
+    the next requests: "500", "garbage", "rpc_error", "drop", "hang").
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor):
+        super().__init__()
+        self.reactor = reactor
+        self.blocks = [make_block(0, ZERO, ntx=0)]
+        self.head = None
+        self.missing = set()
+        self.served = {}
+        self.faults = []
+        self.methods = Counter()  # answered calls, by method
+        self.requests = 0  # HTTP requests, answered or not
+        self.hanging = []
+        self.port = None
+        self.portNumber = 0
+        self.factory = _Tracking(_QuietSite(self, timeout=None))
+
+    # The chain.
+
+    def grow(self, n, branch="a", ntx=1):
+        for _ in range(n):
+            parent = self.blocks[-1]
+            self.blocks.append(make_block(len(self.blocks), parent["hash"], branch, ntx))
+
+    def fork(self, height, branch, ntx=1):
+        """Replace every block from C{height} up with blocks of C{branch}."""
+        top = len(self.blocks)
+        del self.blocks[height:]
+        self.grow(top - height, branch, ntx)
+
+    def hash(self, height):
+        return self.blocks[height]["hash"]
+
+    @property
+    def reported(self):
+        return len(self.blocks) - 1 if self.head is None else self.head
+
+    # Serving.
+
+    async def up(self):
+        self.port = self.reactor.listenTCP(self.portNumber, self.factory, interface="127.0.0.1")
+        self.portNumber = self.port.getHost().port
+        self.url = f"http://127.0.0.1:{self.portNumber}"
+
+    async def down(self):
+        """Refuse connections (and cut the open ones) until up() again."""
+        port, self.port = self.port, None
+        await port.stopListening()
+        self.factory.abortAll()
+        await self.factory.whenIdle()
+
+    async def stop(self):
+        if self.port is not None:
+            await self.down()
+
+    def render_POST(self, request):
+        self.requests += 1
+        body = json.loads(request.content.read())
+        if self.faults:
+            fault = self.faults.pop(0)
+            if fault == "500":
+                request.setResponseCode(500)
+                return b"internal error"
+            if fault == "garbage":
+                return b"<html>not json"
+            if fault == "drop":
+                request.channel.transport.abortConnection()
+                return NOT_DONE_YET
+            if fault == "hang":
+                self.hanging.append(request)
+                return NOT_DONE_YET
+            if fault == "rpc_error":
+                return json.dumps({"jsonrpc": "2.0", "id": body["id"],
+                                   "error": {"code": -32000, "message": "header not found"}}).encode()
+            raise AssertionError(f"unknown fault {fault}")
+        if isinstance(body, list):
+            answer = [self._answer(item) for item in body]
+        else:
+            answer = self._answer(body)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(answer).encode()
+
+    def _answer(self, req):
+        method, params = req["method"], req["params"]
+        self.methods[method] += 1
+        head = self.reported
+        if method == "eth_blockNumber":
+            result = hex(head)
+        elif method == "eth_getBlockByNumber":
+            tag, full = params
+            n = head if tag == "latest" else int(tag, 16)
+            if n > head or n in self.missing or n >= len(self.blocks):
+                result = None
+            else:
+                result = json.loads(json.dumps(self.served.get(n, self.blocks[n])))
+                if not full and isinstance(result.get("transactions"), list):
+                    result["transactions"] = [
+                        tx["hash"] if isinstance(tx, dict) else tx for tx in result["transactions"]]
+        else:
+            return {"jsonrpc": "2.0", "id": req["id"],
+                    "error": {"code": -32601, "message": f"no method {method}"}}
+        return {"jsonrpc": "2.0", "id": req["id"], "result": result}
+
+
+class RecordingHub:
+    """The hub's broadcast API, validating like the real one, recording what it was given."""
+
+    def __init__(self):
+        self.events = []
+        self.refuse = set()
+
+    def broadcastBlock(self, block):
+        data = events.block_data(block)
+        if data["height"] in self.refuse:
+            raise events.InvalidBlock(f"refusing block {data['height']} for the test")
+        self.events.append(("block", data["height"], data["hash"]))
+        return 1
+
+    def broadcastTransactions(self, block, txs):
+        datas = [events.tx_data(block, tx, i) for i, tx in enumerate(txs)]
+        self.events.append(("txs", block["hash"], [d["hash"] for d in datas]))
+        return 1
+
+    def broadcastReorg(self, depth, common_ancestor, removed):
+        self.events.append(("reorg", depth, dict(common_ancestor), [dict(r) for r in removed]))
+        return 1
+
+    def take(self):
+        taken, self.events = self.events, []
+        return taken
+
+
+def blocks_of(recorded):
+    return [(e[1], e[2]) for e in recorded if e[0] == "block"]
+
+
+def chain_of(node, lo, hi):
+    return [(h, node.hash(h)) for h in range(lo, hi + 1)]
+
+
+def removed_of(node_blocks, lo, hi):
+    return [{"height": h, "hash": node_blocks[h]["hash"]} for h in range(lo, hi + 1)]
+
+
+def assert_block_with_txs(recorded, node):
+    """Each block is followed by its transactions, all from the node's canonical chain."""
+    for i, e in enumerate(recorded):
+        if e[0] == "block":
+            block = node.blocks[e[1]]
+            assert e[2] == block["hash"]
+            assert recorded[i + 1] == ("txs", block["hash"], [tx["hash"] for tx in block["transactions"]])
+
+
+async def fake_setup(env, **kw):
+    node = await env.fake_node()
+    hub = RecordingHub()
+    tail = env.tail(env.rpc(node.url), hub, **kw)
+    return node, hub, tail
+
+
+# Against anvil, with a real daemon and WebSocket client -----------------------
+
+
+async def subscribed(url):
+    client = await connect(url)
+    answer = await client.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    assert answer == {"type": "subscribed", "channels": ["newBlocks", "newTxs"]}
+    return client
+
+
+async def drain(client):
+    """Everything the server sent before it answered this ping, in order."""
+    client.send_json({"action": "ping"})
+    out = []
+    while True:
+        message = await client.next()
+        if message == {"type": "pong"}:
+            return out
+        out.append(message)
+
+
+class ClientView:
+    """A client's chain after applying the stream, checked message by message."""
+
+    def __init__(self):
+        self.chain = []  # [(height, hash)]
+        self.txs = {}  # block hash -> [newTx data]
+        self.tx_counts = {}
+        self.reorgs = []
+
+    def apply(self, messages):
+        for m in messages:
+            kind, d = m["type"], m["data"]
+            if kind == "newBlock":
+                if self.chain:
+                    top_height, top_hash = self.chain[-1]
+                    assert d["height"] == top_height + 1, f"gap or double: {d} after {self.chain[-1]}"
+                    assert d["parent_hash"] == top_hash, f"unannounced reorg at {d}"
+                self.chain.append((d["height"], d["hash"]))
+                self.txs[d["hash"]] = []
+                self.tx_counts[d["hash"]] = d["tx_count"]
+            elif kind == "newTx":
+                assert (d["block_height"], d["block_hash"]) == self.chain[-1]
+                self.txs[d["block_hash"]].append(d)
+            elif kind == "reorg":
+                removed = [(r["height"], r["hash"]) for r in d["removed"]]
+                assert d["depth"] == len(removed) > 0
+                assert removed == self.chain[-len(removed):], "removed is not what the client had"
+                del self.chain[-len(removed):]
+                ancestor = (d["common_ancestor"]["height"], d["common_ancestor"]["hash"])
+                if self.chain:
+                    assert ancestor == self.chain[-1]
+                else:
+                    assert ancestor[0] == removed[0][0] - 1
+                self.reorgs.append(d)
+            else:
+                raise AssertionError(f"unexpected message {m}")
+
+    def check_txs(self):
+        for block_hash, count in self.tx_counts.items():
+            assert len(self.txs[block_hash]) == count
+
+
+async def send_tx(ctl, value, frm=0, to=1):
+    return await ctl.call("eth_sendTransaction", [
+        {"from": DEV_ACCOUNTS[frm], "to": DEV_ACCOUNTS[to], "value": hex(value)}])
+
+
+async def mine(ctl, n=1):
+    if n == 1:
+        await ctl.call("evm_mine")
+    else:
+        await ctl.call("anvil_mine", [hex(n)])
+
+
+async def canonical(ctl, lo, hi):
+    blocks = await ctl.getBlocksByNumber(list(range(lo, hi + 1)), True)
+    return {int(b["number"], 16): b for b in blocks}
+
+
+async def assert_view_is_canonical(view, ctl):
+    head = await ctl.blockNumber()
+    lo = view.chain[0][0]
+    blocks = await canonical(ctl, lo, head)
+    assert view.chain == [(h, blocks[h]["hash"]) for h in range(lo, head + 1)]
+    for h, block in blocks.items():
+        assert [t["hash"] for t in view.txs[block["hash"]]] == [t["hash"] for t in block["transactions"]]
+    view.check_txs()
+
+
+async def anvil_setup(start_daemon, env, **kw):
+    node = await env.anvil()
+    daemon = await start_daemon()
+    client = await subscribed(daemon.url)
+    ctl = env.rpc(node.url)
+    tail = env.tail(env.rpc(node.url), daemon.hub, **kw)
+    return ctl, client, tail
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_daemon, env):
+    ctl, client, tail = await anvil_setup(start_daemon, env)
+    await mine(ctl, 2)
+    assert await tail.poll()
+    first = await drain(client)
+    # No saved position: the tail starts at the node's head, with the head block itself.
+    assert [(m["type"], m["data"]["height"]) for m in first] == [("newBlock", 2)]
+
+    sent = {}
+    for frm, to, value in [(0, 1, 1), (1, 0, 12345), (0, 1, 10**21 + 7)]:  # the last > 2**53
+        sent[await send_tx(ctl, value, frm, to)] = (DEV_ACCOUNTS[frm], DEV_ACCOUNTS[to], value)
+    await mine(ctl)  # 3: three transactions
+    await mine(ctl)  # 4: none
+    sent[await send_tx(ctl, 42)] = (DEV_ACCOUNTS[0], DEV_ACCOUNTS[1], 42)
+    await mine(ctl)  # 5: one
+    assert await tail.poll()
+    messages = await drain(client)
+    assert [(m["type"], m["data"].get("height", m["data"].get("block_height"))) for m in messages] == [
+        ("newBlock", 3), ("newTx", 3), ("newTx", 3), ("newTx", 3),
+        ("newBlock", 4), ("newBlock", 5), ("newTx", 5)]
+
+    blocks = await canonical(ctl, 2, 5)
+    for m in messages:
+        d = m["data"]
+        if m["type"] == "newBlock":
+            b = blocks[d["height"]]
+            assert d == {
+                "height": d["height"], "hash": b["hash"], "parent_hash": b["parentHash"],
+                "tx_count": len(b["transactions"]), "timestamp": int(b["timestamp"], 16),
+                "miner": b["miner"].lower(), "gas_used": int(b["gasUsed"], 16)}
+        else:
+            b = blocks[d["block_height"]]
+            frm, to, value = sent.pop(d["hash"])
+            position = [t["hash"] for t in b["transactions"]].index(d["hash"])
+            assert d == {"hash": d["hash"], "from_addr": frm, "to_addr": to, "value_wei": str(value),
+                         "block_height": d["block_height"], "block_hash": b["hash"],
+                         "tx_index": position}
+    assert sent == {}
+    view = ClientView()
+    view.apply(first + messages)
+    await assert_view_is_canonical(view, ctl)
+    assert sample(tail, "explorer_tail_blocks_published_total") == 4
+    assert sample(tail, "explorer_tail_transactions_published_total") == 4
+    assert tail.health()["status"] == "ok"
+    await client.close()
+
+
+@pytest.mark.parametrize("depth, then_mine", [(1, 0), (3, 2), (10, 0)],
+                         ids=["depth1-same-height", "depth3-then-2-blocks", "depth10-same-height"])
+@pytest_twisted.ensureDeferred
+async def test_anvil_reorg_gives_one_reorg_message_then_the_new_branch(start_daemon, env, depth, then_mine):
+    ctl, client, tail = await anvil_setup(start_daemon, env)
+    await mine(ctl)
+    assert await tail.poll()
+    for i in range(12):
+        if i % 3 == 0:
+            await send_tx(ctl, 1000 + i)
+        await mine(ctl)
+    assert await tail.poll()
+    view = ClientView()
+    view.apply(await drain(client))
+    before = list(view.chain)
+    head = before[-1][0]
+    assert head == 13 == await ctl.blockNumber()
+
+    # One transaction in the first replacement block, one in the last.
+    await ctl.call("anvil_reorg", [depth, [
+        [{"from": DEV_ACCOUNTS[1], "to": DEV_ACCOUNTS[0], "value": hex(777)}, 0],
+        [{"from": DEV_ACCOUNTS[0], "to": DEV_ACCOUNTS[1], "value": hex(888)}, depth - 1]]])
+    if then_mine:
+        await mine(ctl, then_mine)
+    else:
+        assert await ctl.blockNumber() == head  # same height: only the hash check can see it
+    assert await tail.poll()
+    messages = await drain(client)
+
+    assert [m["type"] for m in messages].count("reorg") == 1
+    assert messages[0] == {"type": "reorg", "data": {
+        "depth": depth,
+        "common_ancestor": {"height": head - depth, "hash": before[-depth - 1][1]},
+        "removed": [{"height": h, "hash": x} for h, x in before[-depth:]]}}
+    new_heights = [m["data"]["height"] for m in messages if m["type"] == "newBlock"]
+    assert new_heights == list(range(head - depth + 1, head + then_mine + 1))
+    values = {(m["data"]["block_height"], m["data"]["value_wei"]) for m in messages if m["type"] == "newTx"}
+    assert values == {(head - depth + 1, "777"), (head, "888")}
+    view.apply(messages)
+    await assert_view_is_canonical(view, ctl)
+    assert sample(tail, "explorer_tail_reorgs_total") == 1
+    assert sample(tail, "explorer_tail_reorg_depth_sum") == depth
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_jump_of_50_blocks_arrives_complete_and_in_order(start_daemon, env):
+    ctl, client, tail = await anvil_setup(start_daemon, env, batch_size=16)
+    await mine(ctl)
+    assert await tail.poll()
+    view = ClientView()
+    view.apply(await drain(client))
+    await send_tx(ctl, 5)
+    await send_tx(ctl, 6, 1, 0)
+    await mine(ctl, 50)
+    assert await tail.poll()
+    messages = await drain(client)
+    assert [m["data"]["height"] for m in messages if m["type"] == "newBlock"] == list(range(2, 52))
+    view.apply(messages)
+    await assert_view_is_canonical(view, ctl)
+    assert len(view.txs[view.chain[1][1]]) == 2
+    assert tail.health()["lag_blocks"] == 0
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="batch[eth_getBlockByNumber]") == 4
+    await client.close()
+
+
+# Through a faulty proxy -------------------------------------------------------
+
+RATES = {"drop": 0.06, "error": 0.06, "delay": 0.02, "truncate": 0.04, "cut": 0.04, "garbage": 0.04}
+
+
+@pytest_twisted.ensureDeferred
+async def test_faulty_node_still_converges_to_the_canonical_chain(start_daemon, env):
+    node = await env.anvil()
+    daemon = await start_daemon()
+    client = await subscribed(daemon.url)
+    ctl = env.rpc(node.url)
+    proxy = await env.proxy(node.url, seed=20240601, rates=RATES, delay=0.5)
+    tail = env.tail(env.rpc(proxy.url, timeout=0.25), daemon.hub, batch_size=7,
+                    max_reorg_depth=16, poll_interval=0.1, max_backoff=1.0)
+    rng = random.Random(99)
+    await mine(ctl, 3)
+    for _ in range(50):
+        if await tail.poll():
+            break
+    else:
+        pytest.fail("no poll got through the proxy")
+
+    reorgs = 0
+    for _step in range(60):
+        head = await ctl.blockNumber()
+        if rng.random() < 0.25 and head > 8:
+            depth = rng.randint(1, 5)
+            txs = [[{"from": DEV_ACCOUNTS[1], "to": DEV_ACCOUNTS[0], "value": hex(rng.randint(1, 10**6))},
+                    rng.randrange(depth)] for _ in range(rng.randint(0, 2))]
+            await ctl.call("anvil_reorg", [depth, txs])
+            reorgs += 1
+            if rng.random() < 0.5:
+                await mine(ctl, rng.randint(1, 2))
+        else:
+            for _ in range(rng.randint(0, 2)):
+                await send_tx(ctl, rng.randint(1, 10**20))
+            await mine(ctl, rng.randint(1, 3))
+        for _ in range(rng.randint(0, 3)):
+            await tail.poll()
+
+    proxy.rates = {}  # honest again: a good poll catches up in one go
+    for _ in range(5):  # (a loaded machine may still time out at 0.25 s)
+        if await tail.poll():
+            break
+    head = await ctl.getBlockByNumber("latest", False)
+    assert tail.published == {"height": int(head["number"], 16), "hash": head["hash"]}
+    view = ClientView()
+    view.apply(await drain(client))
+    await assert_view_is_canonical(view, ctl)
+    assert view.chain[-1][0] >= 60
+    # Reorgs that happened between two good polls are seen as one, or not at all.
+    assert reorgs >= 8 and len(view.reorgs) >= 1
+    assert all(proxy.counts[f] > 0 for f in FAULTS), proxy.counts
+    errors = sum(s.value for m in tail.metrics.registry.collect()
+                 if m.name == "explorer_tail_rpc_errors" for s in m.samples
+                 if s.name.endswith("_total"))
+    assert errors >= 10
+    assert sample(tail, "explorer_tail_reorgs_total") == len(view.reorgs)
+    assert tail.health()["status"] == "ok"
+    await client.close()
+
+
+# Against a scripted node -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_state_starts_at_the_head_then_follows(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(5)
+    assert await tail.poll()
+    recorded = hub.take()
+    assert blocks_of(recorded) == chain_of(node, 5, 5)
+    assert_block_with_txs(recorded, node)
+    node.grow(3)
+    assert await tail.poll()
+    recorded = hub.take()
+    assert blocks_of(recorded) == chain_of(node, 6, 8)
+    assert_block_with_txs(recorded, node)
+    assert tail.published == {"height": 8, "hash": node.hash(8)}
+    health = tail.health()
+    assert health["status"] == "ok" and health["head"] == 8 and health["lag_blocks"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_null_block_is_retried_next_poll_not_skipped(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(5)
+    assert await tail.poll()
+    hub.take()
+    node.grow(3)
+    node.missing = {7}  # the node reports 8 but has no 7 yet
+    fetched = node.methods["eth_getBlockByNumber"]
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 6, 6)
+    assert node.methods["eth_getBlockByNumber"] - fetched == 3  # one batch 6-8; the poll stops at 7
+    assert await tail.poll()
+    assert hub.take() == []
+    node.missing.clear()
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 7, 8)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_going_back_with_the_same_hashes_publishes_nothing_twice(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(3)
+    assert await tail.poll()
+    node.grow(7)
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 3, 10)
+    for lagging in (8, 9, 5, 10):  # a load balancer answering from lagging backends
+        node.head = lagging
+        assert await tail.poll()
+        assert hub.take() == []
+    node.head = 3  # below everything we remember: nothing to compare, wait
+    assert await tail.poll()
+    assert hub.take() == []
+    node.head = None
+    node.grow(1)
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 11, 11)
+    assert sample(tail, "explorer_tail_reorgs_total") == 0
+    assert tail.health()["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_flip_flop_between_branches_is_reported_each_time(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(3)
+    assert await tail.poll()
+    node.grow(7)
+    assert await tail.poll()
+    hub.take()
+    branch_a = list(node.blocks)
+    node.fork(8, "b")
+    branch_b = list(node.blocks)
+    expected_reorgs = 0
+    for old, new in [(branch_a, branch_b), (branch_b, branch_a), (branch_a, branch_b)]:
+        node.blocks = list(new)
+        assert await tail.poll()
+        recorded = hub.take()
+        expected_reorgs += 1
+        assert recorded[0] == ("reorg", 3, {"height": 7, "hash": new[7]["hash"]}, removed_of(old, 8, 10))
+        assert blocks_of(recorded) == [(h, new[h]["hash"]) for h in range(8, 11)]
+        assert_block_with_txs(recorded[1:], node)
+    assert sample(tail, "explorer_tail_reorgs_total") == expected_reorgs
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_seen_when_the_head_moves_and_when_it_does_not(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(4)
+    assert await tail.poll()
+    node.grow(6)
+    assert await tail.poll()
+    old = list(node.blocks)
+    hub.take()
+    # Same height: the hash check finds it.
+    node.fork(10, "b")
+    assert await tail.poll()
+    assert hub.take()[:2] == [("reorg", 1, {"height": 9, "hash": old[9]["hash"]}, removed_of(old, 10, 10)),
+                              ("block", 10, node.hash(10))]
+    # Height moves on: the parentHash check finds it.
+    old = list(node.blocks)
+    node.fork(8, "c")
+    node.grow(2, "c")
+    assert await tail.poll()
+    recorded = hub.take()
+    assert recorded[0] == ("reorg", 3, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 10))
+    assert blocks_of(recorded) == chain_of(node, 8, 12)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_to_a_shorter_chain(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(3)
+    assert await tail.poll()
+    node.grow(7)
+    assert await tail.poll()
+    old = list(node.blocks)
+    hub.take()
+    node.fork(8, "b")
+    del node.blocks[9:]  # the new branch is only at 8 so far
+    assert await tail.poll()
+    recorded = hub.take()
+    assert recorded[0] == ("reorg", 3, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 10))
+    assert blocks_of(recorded) == chain_of(node, 8, 8)
+    node.grow(3, "b")
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 9, 11)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reorg_deeper_than_max_reorg_depth(env, logged):
+    node, hub, tail = await fake_setup(env, max_reorg_depth=3)
+    node.grow(2)
+    assert await tail.poll()
+    node.grow(8)
+    assert await tail.poll()
+    hub.take()
+    # Exactly max_reorg_depth: an ordinary reorg.
+    old = list(node.blocks)
+    node.fork(8, "b")
+    assert await tail.poll()
+    recorded = hub.take()
+    assert recorded[0] == ("reorg", 3, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 10))
+    assert not messages_at(logged, LogLevel.error)
+    # Deeper: we remember 7..10 (max_reorg_depth + 1 blocks), the fork is at 5.
+    old = list(node.blocks)
+    node.fork(5, "c")
+    assert await tail.poll()
+    recorded = hub.take()
+    assert recorded[0] == ("reorg", 4, {"height": 6, "hash": node.hash(6)}, removed_of(old, 7, 10))
+    assert blocks_of(recorded) == chain_of(node, 7, 10)
+    assert_block_with_txs(recorded[1:], node)
+    errors = messages_at(logged, LogLevel.error)
+    assert len(errors) == 1 and "deeper than max_reorg_depth 3" in errors[0]
+    node.grow(1, "c")
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 11, 11)
+    assert tail.health()["status"] == "ok"
+    # One more than max_reorg_depth, with the ancestor's hash still known
+    # as the parent of the lowest block we remember: exact, no error.
+    old = list(node.blocks)
+    node.fork(8, "d")
+    assert await tail.poll()
+    recorded = hub.take()
+    assert recorded[0] == ("reorg", 4, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 11))
+    assert blocks_of(recorded) == chain_of(node, 8, 11)
+    assert len(messages_at(logged, LogLevel.error)) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_saved_position(env, tmp_path):
+    path = tmp_path / "state" / "livetail.json"
+    node, hub, tail = await fake_setup(env, state=TailState(path))
+    node.grow(5)
+    assert await tail.poll()
+    node.grow(2)
+    assert await tail.poll()
+    await tail.stopService()
+    saved = json.loads(path.read_text())
+    assert (saved["height"], saved["hash"]) == (7, node.hash(7))
+    assert [p["height"] for p in saved["chain"]] == [5, 6, 7]
+    assert os.listdir(path.parent) == ["livetail.json"]  # no temporary files left
+
+    node.grow(3)
+    hub2 = RecordingHub()
+    tail2 = env.tail(env.rpc(node.url), hub2, state=TailState(path))
+    assert tail2.published == {"height": 7, "hash": node.hash(7)}
+    assert await tail2.poll()
+    recorded = hub2.take()
+    assert blocks_of(recorded) == chain_of(node, 8, 10)
+    assert_block_with_txs(recorded, node)
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_a_position_that_is_no_longer_canonical(env, tmp_path):
+    path = tmp_path / "livetail.json"
+    node, hub, tail = await fake_setup(env, state=TailState(path))
+    node.grow(3)
+    assert await tail.poll()
+    node.grow(4)
+    assert await tail.poll()
+    await tail.stopService()
+    old = list(node.blocks)
+    node.fork(6, "b")  # while we were down
+    hub2 = RecordingHub()
+    for head_moved in (False, True):
+        if head_moved:
+            node.grow(2, "b")
+        tail2 = env.tail(env.rpc(node.url), hub2, state=TailState(path))
+        assert await tail2.poll()
+        recorded = hub2.take()
+        if not head_moved:
+            assert recorded[0] == ("reorg", 2, {"height": 5, "hash": old[5]["hash"]}, removed_of(old, 6, 7))
+            assert blocks_of(recorded) == chain_of(node, 6, 7)
+        else:
+            assert blocks_of(recorded) == chain_of(node, 8, 9)
+        await tail2.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_too_far_behind_re_anchors_at_the_head_with_a_warning(env, tmp_path, logged):
+    path = tmp_path / "livetail.json"
+    node, hub, tail = await fake_setup(env, state=TailState(path))
+    node.grow(7)
+    assert await tail.poll()
+    await tail.stopService()
+    node.grow(30)
+    hub2 = RecordingHub()
+    tail2 = env.tail(env.rpc(node.url), hub2, state=TailState(path), max_catchup=10)
+    assert await tail2.poll()
+    assert blocks_of(hub2.take()) == chain_of(node, 37, 37)
+    warnings = [m for m in messages_at(logged, LogLevel.warn) if "max_catchup 10" in m]
+    assert len(warnings) == 1 and "skipping heights 8-36" in warnings[0]
+    assert sample(tail2, "explorer_tail_blocks_skipped_total") == 29
+    # Within max_catchup: every block.
+    node.grow(10)
+    assert await tail2.poll()
+    assert blocks_of(hub2.take()) == chain_of(node, 38, 47)
+
+
+def test_node_urls_are_redacted_for_logs_and_health():
+    assert redact("https://user:secret@mainnet.infura.io/v3/0123abcd") == "https://mainnet.infura.io/..."
+    assert redact("https://eth.example.com/?key=abc") == "https://eth.example.com/..."
+    assert redact("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+    assert redact("http://127.0.0.1:8545/") == "http://127.0.0.1:8545"
+
+
+def test_tail_state_round_trip_and_unusable_files(tmp_path, logged):
+    path = tmp_path / "deep" / "dir" / "tail.json"
+    state = TailState(path)
+    assert state.load() == [] and state.last is None
+    positions = [Position(10 + i, _hash(i), _hash(i - 1)) for i in range(3)]
+    state.save(positions)
+    assert TailState(path).load() == positions
+    assert state.last == positions[-1]
+    state.save(positions[1:])
+    assert TailState(path).load() == positions[1:]
+    assert sorted(os.listdir(path.parent)) == ["tail.json"]
+    for bad in (b"{not json", b'{"version": 99}', b'{"version": 1, "chain": [{"height": 1}]}',
+                json.dumps({"version": 1, "chain": [{"height": 1, "hash": _hash(1), "parent": None},
+                                                    {"height": 3, "hash": _hash(3), "parent": None}]}).encode()):
+        path.write_bytes(bad)
+        assert TailState(path).load() == []
+    assert len(messages_at(logged, LogLevel.error)) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_degraded_while_the_node_is_unreachable_then_ok(env):
+    node, hub, tail = await fake_setup(env)
+    assert tail.health()["status"] == "degraded"  # nothing polled yet
+    node.grow(3)
+    assert await tail.poll()
+    assert tail.health()["status"] == "ok" and tail.health()["last_error"] is None
+    await node.down()
+    assert not await tail.poll()
+    health = tail.health()
+    assert health["status"] == "degraded"
+    assert health["last_error"].startswith("unavailable:")
+    assert health["last_error_at"] is not None
+    assert health["published"] == {"height": 3, "hash": node.hash(3)}
+    assert health["node"] == node.url
+    assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_blockNumber", kind="unavailable") >= 1
+    await node.up()
+    node.grow(1)
+    assert await tail.poll()
+    health = tail.health()
+    assert health["status"] == "ok" and health["reasons"] == []
+    assert health["published"]["height"] == 4
+    assert health["last_error"].startswith("unavailable:")  # kept, with its time, for the operator
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_degraded_when_lagging(env):
+    now = [T0 + 12 * 3 + 5.0]
+    node, hub, tail = await fake_setup(env, max_lag=5, now=lambda: now[0])
+    node.grow(3)
+    assert await tail.poll()
+    health = tail.health()
+    assert health["status"] == "ok" and health["lag_seconds"] == 5.0
+    node.grow(10)
+    node.missing = {4}  # we cannot get past 3
+    assert await tail.poll()
+    health = tail.health()
+    assert health["status"] == "degraded"
+    assert health["lag_blocks"] == 10 and "10 blocks behind" in health["reasons"][0]
+    assert sample(tail, "explorer_tail_blocks_behind") == 10
+    node.missing.clear()
+    now[0] = T0 + 12 * 13 + 2.5
+    assert await tail.poll()
+    health = tail.health()
+    assert health["status"] == "ok" and health["lag_blocks"] == 0 and health["lag_seconds"] == 2.5
+    assert sample(tail, "explorer_tail_lag_seconds") == 2.5
+    assert sample(tail, "explorer_tail_head_height") == 13
+    assert sample(tail, "explorer_tail_published_height") == 13
+
+
+def _without_from(block):
+    block["transactions"][1].pop("from")
+
+
+def _wrong_number(block):
+    block["number"] = hex(int(block["number"], 16) + 1)
+
+
+def _no_hash(block):
+    block["hash"] = None
+
+
+def _short_hash(block):
+    block["hash"] = "0x1234"
+
+
+def _hashes_only(block):
+    block["transactions"] = [tx["hash"] for tx in block["transactions"]]
+
+
+@pytest.mark.parametrize("breakage", [_without_from, _wrong_number, _no_hash, _short_hash, _hashes_only, "hub"])
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_block_is_never_published_and_is_retried(env, breakage):
+    node, hub, tail = await fake_setup(env)
+    node.grow(3)
+    assert await tail.poll()
+    hub.take()
+    node.grow(3, ntx=2)
+    if breakage == "hub":
+        hub.refuse = {5}
+    else:
+        broken = json.loads(json.dumps(node.blocks[5]))
+        breakage(broken)
+        node.served[5] = broken
+    for expected in (chain_of(node, 4, 4), []):
+        assert not await tail.poll()
+        recorded = hub.take()
+        assert blocks_of(recorded) == expected  # 4 went out; 5 never, not even in part
+        assert all(node.hash(5) not in e for e in recorded)
+        health = tail.health()
+        assert health["status"] == "degraded" and health["last_error"].startswith("invalid_block:")
+        assert health["published"]["height"] == 4
+    assert sample(tail, "explorer_tail_rpc_errors_total",
+                  method="batch[eth_getBlockByNumber]", kind="invalid_block") == 2
+    node.served.clear()
+    hub.refuse = set()
+    assert await tail.poll()
+    recorded = hub.take()
+    assert blocks_of(recorded) == chain_of(node, 5, 6)
+    assert_block_with_txs(recorded, node)
+    assert tail.health()["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_faults_are_counted_by_method_and_kind(env):
+    node, hub, tail = await fake_setup(env)
+    node.grow(2)
+    node.faults = ["500", "garbage", "rpc_error", "drop"]
+    for kind in ("http", "protocol", "rpc_error", "unavailable"):
+        assert not await tail.poll()
+        assert tail.health()["last_error"].startswith(kind + ":")
+        assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_blockNumber", kind=kind) == 1
+    assert await tail.poll()
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="eth_blockNumber") == 5
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="eth_getBlockByNumber") == 1
+    assert sample(tail, "explorer_tail_rpc_latency_seconds_count", method="eth_blockNumber") == 5
+    assert sample(tail, "explorer_tail_polls_total", outcome="failed") == 4
+    assert sample(tail, "explorer_tail_polls_total", outcome="ok") == 1
+    names = {m.name for m in tail.metrics.registry.collect()}
+    assert {"explorer_tail_head_height", "explorer_tail_blocks_behind", "explorer_tail_lag_seconds",
+            "explorer_tail_rpc_calls", "explorer_tail_rpc_errors", "explorer_tail_rpc_latency_seconds",
+            "explorer_tail_reorgs", "explorer_tail_reorg_depth", "explorer_tail_blocks_published",
+            "explorer_tail_transactions_published"} <= names
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_loop_backs_off_exponentially_and_resets_on_success(env):
+    clock = Clock()
+    node, hub, tail = await fake_setup(env, clock=clock, poll_interval=1.0, max_backoff=8.0)
+    node.grow(2)
+    node.faults = ["500"] * 6
+    tail.startService()  # polls at once
+    await tail.whenIdle()
+    attempts = [(clock.seconds(), tail.backoff)]
+    seen = node.requests
+    while clock.seconds() < 60:
+        clock.advance(0.25)
+        await tail.whenIdle()
+        if node.requests != seen:
+            seen = node.requests
+            attempts.append((clock.seconds(), tail.backoff))
+    failing = attempts[:6]
+    for n, (_, backoff) in enumerate(failing, 1):
+        base = min(8.0, 2 ** (n - 1))
+        assert base / 2 <= backoff <= base
+    assert len({backoff / min(8.0, 2 ** n) for n, (_, backoff) in enumerate(failing)}) > 1  # jitter
+    for (t, backoff), (t_next, _) in zip(failing, attempts[1:7]):
+        assert backoff <= t_next - t < backoff + 1.0  # the first tick after the backoff
+    # Success resets the backoff: one poll per tick from then on.
+    assert attempts[6][1] is None
+    after = [t for t, _ in attempts[6:]]
+    assert all(b - a == 1.0 for a, b in zip(after, after[1:]))
+    assert tail.health()["status"] == "ok" and tail.health()["consecutive_failures"] == 0
+    assert blocks_of(hub.take()) == chain_of(node, 2, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_cancels_a_hung_poll_and_leaves_nothing_running(env):
+    clock = Clock()
+    node = await env.fake_node()
+    rpc = env.rpc(node.url, timeout=30.0)
+    tail = env.tail(rpc, RecordingHub(), clock=clock)
+    node.faults = ["hang"]
+    tail.startService()
+    await eventually(lambda: node.hanging, what="the poll to reach the node")
+    stopped = tail.stopService()
+    stopped.addTimeout(2.0, _reactor())
+    await stopped
+    assert tail.health()["last_error"] is None  # a cancelled poll is not a node fault
+    assert clock.getDelayedCalls() == []
+    # The tail did not close the client: the daemon owns it.
+    node.grow(1)
+    assert await rpc.blockNumber() == 1
