@@ -59,6 +59,27 @@ def parse_origins(text):
     return tuple(origins)
 
 
+def parse_url(text):
+    """An http(s) node URL, or empty for the embedded replay node."""
+    from urllib.parse import urlsplit
+
+    text = str(text).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL of a JSON-RPC node")
+    try:
+        parts.port
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+def parse_path(text):
+    return str(text).strip()
+
+
 def parse_endpoint(text):
     text = str(text).strip()
     if not text or ":" not in text:
@@ -126,6 +147,39 @@ SETTINGS = (
     Setting("shutdown_timeout", "WEBSOCKET_SHUTDOWN_TIMEOUT", "shutdown-timeout", "5s",
             parse_duration, 0,
             "On SIGTERM, how long to wait for clients to answer the 1001 close before exiting."),
+    Setting("history_blocks", "EXPLORERD_HISTORY_BLOCKS", "history-blocks", "256",
+            parse_int, 1,
+            "Recent blocks (with their transactions) kept for clients that resume with `since`."),
+    Setting("rpc_url", "EXPLORERD_RPC_URL", "rpc-url", "",
+            parse_url, None,
+            "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
+            "real recorded blocks on 127.0.0.1 and tail that."),
+    Setting("rpc_timeout", "EXPLORERD_RPC_TIMEOUT", "rpc-timeout", "10s",
+            parse_duration, 0.01,
+            "Deadline for each JSON-RPC call, body included."),
+    Setting("poll_interval", "EXPLORERD_POLL_INTERVAL", "poll-interval", "1s",
+            parse_duration, 0.01,
+            "How often the live-tail asks the node for its head."),
+    Setting("rpc_batch_size", "EXPLORERD_RPC_BATCH_SIZE", "rpc-batch-size", "50",
+            parse_int, 1,
+            "Blocks fetched per JSON-RPC batch while catching up."),
+    Setting("max_catchup", "EXPLORERD_MAX_CATCHUP", "max-catchup", "1000",
+            parse_int, 1,
+            "Most blocks published to catch up (after a restart or an outage); further behind, "
+            "the tail jumps to the head with a logged warning."),
+    Setting("max_reorg_depth", "EXPLORERD_MAX_REORG_DEPTH", "max-reorg-depth", "64",
+            parse_int, 1,
+            "How far back the tail walks to find the common ancestor of a reorg."),
+    Setting("max_lag", "EXPLORERD_MAX_LAG", "max-lag", "10",
+            parse_int, 0,
+            "Blocks behind the node's head after which /healthz says degraded."),
+    Setting("state_dir", "EXPLORERD_STATE_DIR", "state-dir", "explorerd-state",
+            parse_path, None,
+            "Directory (relative to the working directory) where the last published blocks are "
+            "kept, so a restart resumes where it stopped. Empty: keep nothing."),
+    Setting("replay_block_time", "EXPLORERD_REPLAY_BLOCK_TIME", "replay-block-time", "2s",
+            parse_duration, 0.01,
+            "With no --rpc-url: how often the embedded replay node produces a block."),
     Setting("cors_origins", "API_CORS_ORIGINS", "cors-origins", "*",
             parse_origins, None,
             "Origins allowed to open a WebSocket (comma list, `*` for all); others get HTTP 403. "
@@ -151,6 +205,16 @@ class Config:
     trusted_proxies: int
     handshake_timeout: float
     shutdown_timeout: float
+    history_blocks: int
+    rpc_url: str
+    rpc_timeout: float
+    poll_interval: float
+    rpc_batch_size: int
+    max_catchup: int
+    max_reorg_depth: int
+    max_lag: int
+    state_dir: str
+    replay_block_time: float
     cors_origins: tuple
 
     @classmethod

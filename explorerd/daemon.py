@@ -16,7 +16,10 @@ from twisted.python.failure import Failure
 
 from explorerd.admission import Admission
 from explorerd.hub import Hub
+from explorerd.jsonrpc import JSONRPCClient
+from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
+from explorerd.tailstate import TailState
 from explorerd.stream import StreamFactory
 from explorerd.web import Site, build_root, default_web_root
 
@@ -54,11 +57,12 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, description, factory, transport=None):
+    def __init__(self, reactor, description, factory, transport=None, label="explorerd"):
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.transport = transport
+        self.label = label
         self.port = None
 
     def privilegedStartService(self):
@@ -80,9 +84,9 @@ class Listener(Service):
             self.port.transport = self.transport
         address = self.port.getHost()
         host = getattr(address, "host", "?")
-        self.log.info("listening on {description}: http://{host}:{port}/ "
-                      "(WebSocket /v1/stream, metrics /metrics, health /healthz)",
-                      description=self.description, host=host, port=getattr(address, "port", "?"))
+        self.log.info("{label} listening on {description}: http://{host}:{port}/",
+                      label=self.label, description=self.description, host=host,
+                      port=getattr(address, "port", "?"))
 
     def startService(self):
         if self.port is None:
@@ -96,10 +100,49 @@ class Listener(Service):
             return port.stopListening()
 
 
+class EmbeddedNode(Service):
+    """
+    With no node configured: a replay node of real recorded blocks on its
+    own loopback port, polled over HTTP by the live-tail exactly as a real
+    node would be.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, clock, block_time, rpc):
+        from explorerd.replaynode import ReplayNode
+
+        self.node = ReplayNode(clock, block_time=block_time)
+        self.rpc = rpc
+        self.listener = Listener(reactor, "tcp:0:interface=127.0.0.1", self.node.http_factory(reactor),
+                                 label="embedded replay node")
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self.listener.privilegedStartService()
+        address = self.listener.port.getHost()
+        self.rpc.url = f"http://{address.host}:{address.port}/"
+        self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
+                      "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
+                      url=self.rpc.url, block_time=self.node.block_time)
+
+    def startService(self):
+        if self.listener.port is None:
+            self.privilegedStartService()
+        super().startService()
+        self.node.start()
+        self.listener.startService()
+
+    def stopService(self):
+        super().stopService()
+        self.node.stop()
+        return self.listener.stopService()
+
+
 class Daemon(MultiService):
     """Everything one explorerd process runs, built from a L{Config}."""
 
-    def __init__(self, config, reactor, clock=None, web_root=None):
+    def __init__(self, config, reactor, clock=None, web_root=None, tail=True):
         super().__init__()
         clock = reactor if clock is None else clock
         self.config = config
@@ -107,6 +150,20 @@ class Daemon(MultiService):
         self.metrics = Metrics()
         self.hub = Hub(clock, config, self.metrics)
         self.hub.setServiceParent(self)
+        self.embedded = self.tail = None
+        self.rpc = JSONRPCClient(reactor, config.rpc_url or "http://127.0.0.1:1/", timeout=config.rpc_timeout)
+        if tail:
+            if not config.rpc_url:
+                self.embedded = EmbeddedNode(reactor, clock, config.replay_block_time, self.rpc)
+                self.embedded.setServiceParent(self)
+            state = None
+            if config.state_dir and config.rpc_url:
+                state = TailState.inDirectory(config.state_dir, _state_name(config.rpc_url))
+            self.tail = LiveTail(clock, self.rpc, self.hub, poll_interval=config.poll_interval,
+                                 max_reorg_depth=config.max_reorg_depth, max_catchup=config.max_catchup,
+                                 max_lag=config.max_lag, batch_size=config.rpc_batch_size,
+                                 state=state, registry=self.metrics.registry)
+            self.tail.setServiceParent(self)
         self.admission = Admission(self.hub, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,
@@ -116,10 +173,27 @@ class Daemon(MultiService):
                                  sized_server(config.read_buffer_size, config.write_buffer_size))
         self.listener.setServiceParent(self)
 
+    def stopService(self):
+        """Children stop in reverse (listener, tail, node, hub); then the node connections close."""
+        d = super().stopService()
+        d.addBoth(lambda result: self.rpc.close().addBoth(lambda _: result))
+        return d
+
     def health(self):
-        return {
+        status = {
             "status": "ok",
             "connections": self.hub.connectionCount,
             "clients": self.hub.clientCount,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+        if self.tail is not None:
+            status["tail"] = self.tail.health()
+            status["status"] = status["tail"]["status"]
+        return status
+
+
+def _state_name(url):
+    """One state file per node, so pointing explorerd at another chain never resumes the wrong one."""
+    import hashlib
+
+    return "livetail-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:16] + ".json"

@@ -26,17 +26,21 @@ def _quantity(obj, key, what):
         raise InvalidBlock(f"{what} field {key!r} is not a hex quantity: {value!r:.80}") from None
 
 
-def _hexdata(obj, key, what, nullable=False):
+_HASH, _ADDRESS = 32, 20
+
+
+def _hexdata(obj, key, what, size, nullable=False):
+    """0x-hex of exactly C{size} bytes, lowercased."""
     value = obj.get(key)
     if value is None and nullable:
         return None
-    if not isinstance(value, str) or not value.startswith(("0x", "0X")):
-        raise InvalidBlock(f"{what} field {key!r} is not 0x-hex: {value!r:.80}")
+    if not isinstance(value, str) or len(value) != 2 + 2 * size or not value.startswith(("0x", "0X")):
+        raise InvalidBlock(f"{what} field {key!r} is not a {size}-byte 0x-hex value: {value!r:.80}")
     value = value.lower()
     try:
-        int(value[2:] or "0", 16)
+        int(value[2:], 16)
     except ValueError:
-        raise InvalidBlock(f"{what} field {key!r} is not 0x-hex: {value!r:.80}") from None
+        raise InvalidBlock(f"{what} field {key!r} is not a {size}-byte 0x-hex value: {value!r:.80}") from None
     return value
 
 
@@ -49,11 +53,11 @@ def block_data(block):
         raise InvalidBlock("block has no transactions list")
     return {
         "height": _quantity(block, "number", "block"),
-        "hash": _hexdata(block, "hash", "block"),
-        "parent_hash": _hexdata(block, "parentHash", "block"),
+        "hash": _hexdata(block, "hash", "block", _HASH),
+        "parent_hash": _hexdata(block, "parentHash", "block", _HASH),
         "tx_count": len(txs),
         "timestamp": _quantity(block, "timestamp", "block"),
-        "miner": _hexdata(block, "miner", "block"),
+        "miner": _hexdata(block, "miner", "block", _ADDRESS),
         "gas_used": _quantity(block, "gasUsed", "block"),
     }
 
@@ -71,12 +75,12 @@ def tx_data(block, tx, position):
     what = f"transaction {position}"
     index = tx.get("transactionIndex")
     return {
-        "hash": _hexdata(tx, "hash", what),
-        "from_addr": _hexdata(tx, "from", what),
-        "to_addr": _hexdata(tx, "to", what, nullable=True),
+        "hash": _hexdata(tx, "hash", what, _HASH),
+        "from_addr": _hexdata(tx, "from", what, _ADDRESS),
+        "to_addr": _hexdata(tx, "to", what, _ADDRESS, nullable=True),
         "value_wei": str(_quantity(tx, "value", what)),
         "block_height": _quantity(block, "number", "block"),
-        "block_hash": _hexdata(block, "hash", "block"),
+        "block_hash": _hexdata(block, "hash", "block", _HASH),
         "tx_index": position if index is None else _quantity(tx, "transactionIndex", what),
     }
 

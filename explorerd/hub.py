@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd import events
+from explorerd.history import Entry, History
 
 CHANNELS = ("newBlocks", "newTxs")
 
@@ -119,6 +120,27 @@ class Hub(Service):
         self._sweep_running = None
         self._drained = None
         self._stopping = False
+        self.history = History(getattr(config, "history_blocks", 256))
+        self._prepared = None
+        self._observers = []
+
+    def addObserver(self, observer):
+        """
+        C{observer(kind, data)} is called with every event as it is published,
+        after the raw clients have been written to: C{("block", block_data)},
+        C{("transactions", (block_data, [tx_data, ...]))}, C{("reorg",
+        reorg_data)}, the same dicts the raw protocol sends as C{data}.  This
+        is how other wire formats (WAMP) get the stream.  An observer that
+        raises is logged and does not stop the others.
+        """
+        self._observers.append(observer)
+
+    def _notify(self, kind, data):
+        for observer in self._observers:
+            try:
+                observer(kind, data)
+            except Exception:
+                self.log.failure("observer {observer} failed on {kind}", observer=observer, kind=kind)
 
     # Connection slots: raw and WAMP connections share one cap.
 
@@ -210,9 +232,7 @@ class Hub(Service):
         """
         if client.hub is None:
             return
-        kind = message["type"]
-        if self._deliver(client, frame(events.encode(message)), 1, kind):
-            self.metrics.messages_sent.labels(kind).inc()
+        self.deliver(client, frame(events.encode(message)), 1, message["type"])
 
     def close(self, client, code, reason, error=None):
         """
@@ -235,35 +255,65 @@ class Hub(Service):
 
     # Broadcasts.
 
+    def prepare(self, block):
+        """
+        Validate a whole block, its transactions included, and frame it:
+        an L{Entry} ready to publish.  Raises L{events.InvalidBlock} before
+        anything is written to anyone.
+        """
+        data = events.block_data(block)
+        txs_data = [events.tx_data(block, tx, i) for i, tx in enumerate(block["transactions"])]
+        block_frame = frame(events.encode({"type": "newBlock", "data": data}))
+        txs_frame = b"".join(frame(events.encode({"type": "newTx", "data": tx})) for tx in txs_data)
+        return Entry(data, block_frame, txs_frame, txs_data)
+
     def broadcastBlock(self, block):
         """
-        Publish a block (JSON-RPC shape) to C{newBlocks} subscribers.
+        Publish a block (JSON-RPC shape, full transactions) to C{newBlocks}
+        subscribers and remember it for clients that resume.
 
         Returns at once: a client that cannot take it now gets it queued.
-        Raises L{events.InvalidBlock} before any client is written if the
-        block lacks a field we publish.
+        The block and all its transactions are validated first; a block
+        lacking a field we publish raises L{events.InvalidBlock} and reaches
+        nobody.
         """
         start = time.perf_counter()
-        data = events.block_data(block)
-        payload = frame(events.encode({"type": "newBlock", "data": data}))
-        sent = self._fanout(self._subscribers["newBlocks"], payload, 1, "newBlock", start)
+        entry = self.prepare(block)
+        self._prepared = (block, entry)
+        self.history.add(entry)
+        sent = self._fanout(self._subscribers["newBlocks"], entry.block_frame, 1, "newBlock", start)
+        if self._observers:
+            self._notify("block", entry.data)
         self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
-                      height=data["height"], hash=data["hash"], txs=data["tx_count"], clients=sent)
+                      height=entry.height, hash=entry.hash, txs=entry.tx_count, clients=sent)
         return sent
 
     def broadcastTransactions(self, block, txs):
         """
-        Publish a block's transactions to C{newTxs} subscribers, one
-        C{newTx} message each, framed once and written in one go per client.
+        Publish a block's transactions to C{newTxs} subscribers, one C{newTx}
+        message each, framed once and written in one go per client.  After
+        L{broadcastBlock} of the same block this reuses its frames.
         """
         start = time.perf_counter()
-        frames = [
-            frame(events.encode({"type": "newTx", "data": events.tx_data(block, tx, i)}))
-            for i, tx in enumerate(txs)
-        ]
-        if not frames:
+        prepared = self._prepared
+        if prepared is not None and prepared[0] is block and txs is block.get("transactions"):
+            entry = prepared[1]
+            block_data, txs_data, payload = entry.data, entry.txs_data, entry.txs_frame
+        else:
+            block_data = events.block_data(block)
+            txs_data = [events.tx_data(block, tx, i) for i, tx in enumerate(txs)]
+            payload = b"".join(frame(events.encode({"type": "newTx", "data": tx})) for tx in txs_data)
+        self._prepared = None
+        if not txs_data:
             return 0
-        return self._fanout(self._subscribers["newTxs"], b"".join(frames), len(frames), "newTx", start)
+        sent = self._fanout(self._subscribers["newTxs"], payload, len(txs_data), "newTx", start)
+        if self._observers:
+            self._notify("transactions", (block_data, txs_data))
+        return sent
+
+    def remember(self, block):
+        """Add a block to the history without sending it: what clients saw before a restart."""
+        self.history.add(self.prepare(block))
 
     def broadcastReorg(self, depth, common_ancestor, removed):
         """
@@ -279,12 +329,55 @@ class Hub(Service):
             "removed": [{"height": r["height"], "hash": r["hash"]} for r in removed],
         }
         payload = frame(events.encode({"type": "reorg", "data": data}))
+        self.history.rollback(data["common_ancestor"]["height"])
         recipients = dict(self._subscribers["newBlocks"])
         recipients.update(self._subscribers["newTxs"])
         self.log.info("reorg of depth {depth} back to {height} {hash}",
                       depth=depth, height=data["common_ancestor"]["height"],
                       hash=data["common_ancestor"]["hash"])
-        return self._fanout(recipients, payload, 1, "reorg", start)
+        sent = self._fanout(recipients, payload, 1, "reorg", start)
+        if self._observers:
+            self._notify("reorg", data)
+        return sent
+
+    def replay(self, client, since, announce=None):
+        """
+        Catch a resuming client up from C{since} (C{{"height", "hash"}}, the
+        last block it holds): a C{reorg} for its blocks that are gone, then
+        every newer block of its channels, written in this same reactor turn
+        so nothing live can slip in between.  Returns the number of blocks
+        replayed, or C{None} when the history cannot serve it.
+        """
+        status, ancestor, removed = self.history.resume(since["height"], since["hash"])
+        if status != "ok":
+            return None
+        entries = self.history.after(ancestor)
+        if announce is not None:
+            announce(len(entries))
+        if removed:
+            self.deliver(client, frame(events.encode({"type": "reorg", "data": {
+                "depth": len(removed),
+                "common_ancestor": {"height": ancestor, "hash": self._hashAt(ancestor)},
+                "removed": removed,
+            }})), 1, "reorg")
+        blocks = "newBlocks" in client.channels
+        txs = "newTxs" in client.channels
+        frames, count = [], 0
+        for e in entries:
+            if blocks:
+                frames.append(e.block_frame)
+                count += 1
+            if txs and e.tx_count:
+                frames.append(e.txs_frame)
+                count += e.tx_count
+        if frames:
+            self.deliver(client, frames, count, "replay")
+        return len(entries)
+
+    def _hashAt(self, height):
+        for e in self.history.after(height - 1):
+            return e.hash
+        return None
 
     def _fanout(self, subscribers, payload, count, kind, start):
         written = 0
@@ -298,6 +391,18 @@ class Hub(Service):
         self.metrics.broadcast_recipients.labels(kind).inc(recipients)
         self.metrics.broadcast_latency.labels(kind).observe(time.perf_counter() - start)
         return recipients
+
+    def deliver(self, client, payload, count, kind):
+        """
+        Send C{payload} (framed bytes, or a list of them, holding C{count}
+        messages) to one client through its queue; True if written now.
+        """
+        if client.hub is None:
+            return False
+        written = self._deliver(client, payload, count, kind)
+        if written:
+            self.metrics.messages_sent.labels(kind).inc(count)
+        return written
 
     def _deliver(self, client, payload, count, kind):
         """Write now, or queue while the transport is paused; True if written."""
@@ -316,7 +421,10 @@ class Hub(Service):
             self._queued_total += count
             self.metrics.queued_messages.set(self._queued_total)
             return False
-        client.transport.write(payload)
+        if payload.__class__ is list:
+            client.transport.writeSequence(payload)
+        else:
+            client.transport.write(payload)
         return True
 
     def _flush(self, client):
@@ -326,7 +434,10 @@ class Hub(Service):
             payload, count, kind = client.queue.popleft()
             client.queued -= count
             self._queued_total -= count
-            client.transport.write(payload)
+            if payload.__class__ is list:
+                client.transport.writeSequence(payload)
+            else:
+                client.transport.write(payload)
             sent[kind] = sent.get(kind, 0) + count
         for kind, n in sent.items():
             self.metrics.messages_sent.labels(kind).inc(n)

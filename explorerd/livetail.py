@@ -262,7 +262,6 @@ class LiveTail(Service):
         self.state = state
         self.metrics = TailMetrics(registry)
         self._now = now
-        self.node = redact(getattr(rpc, "url", ""))
         self._rng = random.Random() if rng is None else rng
 
         # The last blocks we published, oldest first; the ancestor of a
@@ -372,6 +371,11 @@ class LiveTail(Service):
         waiter = defer.Deferred()
         self._waiters.append(waiter)
         return waiter.addCallback(lambda _: None)
+
+    @property
+    def node(self):
+        """The node's URL without credentials, for logs and /healthz."""
+        return redact(getattr(self.rpc, "url", ""))
 
     def health(self):
         """

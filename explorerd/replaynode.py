@@ -595,6 +595,10 @@ class ReplayNode:
             return defer.succeed(None)
         return self.factory.when_idle()
 
+    def http_factory(self, reactor) -> "_TrackingFactory":
+        """The HTTP server factory to listen with (one per node)."""
+        return self._factory(reactor)
+
     def _factory(self, reactor) -> "_TrackingFactory":
         if self.factory is None:
             self.factory = _TrackingFactory(self.site(reactor))

@@ -45,6 +45,22 @@ def _short(value, limit=64):
 log = Logger()
 
 
+def _since(value):
+    """A valid C{since} as C{{"height": int, "hash": str}}, or None."""
+    if not isinstance(value, dict):
+        return None
+    height, block_hash = value.get("height"), value.get("hash")
+    if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+        return None
+    if not isinstance(block_hash, str) or len(block_hash) != 66 or not block_hash.startswith("0x"):
+        return None
+    try:
+        int(block_hash[2:], 16)
+    except ValueError:
+        return None
+    return {"height": height, "hash": block_hash.lower()}
+
+
 class StreamProtocol(WebSocketServerProtocol):
     """One raw WebSocket client."""
 
@@ -86,12 +102,34 @@ class StreamProtocol(WebSocketServerProtocol):
         handler(self, hub, client, message)
 
     def _subscribe(self, hub, client, message):
-        self._changeChannels(hub, client, message, hub.subscribe, "subscribed")
+        since = message.get("since")
+        if since is not None:
+            since = _since(since)
+            if since is None:
+                return self._error(client, "invalid_message",
+                                   '"since" must be {"height": <block number>, "hash": "0x<64 hex digits>"}')
+        channels = self._changeChannels(hub, client, message, hub.subscribe, "subscribed", since is None)
+        if channels is None or since is None:
+            return
+
+        def announce(n):
+            hub.sendTo(client, {"type": "subscribed", "channels": channels, "replayed": n})
+
+        if hub.replay(client, since, announce) is None:
+            oldest = hub.history.oldest
+            self._error(client, "history_unavailable",
+                        f"cannot resume after block {since['height']} {since['hash']}: it is older than "
+                        "the history kept, or not a block this server published; live data follows",
+                        oldest_height=None if oldest is None else oldest.height)
+            announce(0)
 
     def _unsubscribe(self, hub, client, message):
-        self._changeChannels(hub, client, message, hub.unsubscribe, "unsubscribed")
+        if message.get("since") is not None:
+            return self._error(client, "invalid_message", '"since" belongs to subscribe')
+        self._changeChannels(hub, client, message, hub.unsubscribe, "unsubscribed", True)
 
-    def _changeChannels(self, hub, client, message, change, answer):
+    def _changeChannels(self, hub, client, message, change, answer, reply):
+        """Apply a (un)subscription; returns the client's channels after it, or None."""
         channels = message.get("channels")
         if not isinstance(channels, list) or not channels:
             return self._error(client, "invalid_message", '"channels" must be a non-empty list of channel names')
@@ -107,17 +145,19 @@ class StreamProtocol(WebSocketServerProtocol):
                 return
         now = change(client, known)
         log.info("client {client} {answer} {channels}", client=client.id, answer=answer, channels=now)
-        hub.sendTo(client, {"type": answer, "channels": now})
+        if reply:
+            hub.sendTo(client, {"type": answer, "channels": now})
+        return now
 
     def _ping(self, hub, client, message):
         hub.sendTo(client, {"type": "pong"})
 
     _actions = {"subscribe": _subscribe, "unsubscribe": _unsubscribe, "ping": _ping}
 
-    def _error(self, client, code, text):
+    def _error(self, client, code, text, **details):
         self.factory.metrics.errors.labels(code).inc()
         log.info("client {client} error {code}: {text}", client=client.id, code=code, text=text)
-        client.hub.sendTo(client, {"type": "error", "error": {"code": code, "message": text}})
+        client.hub.sendTo(client, {"type": "error", "error": {"code": code, "message": text, **details}})
 
     def onPong(self, payload):
         client = self._explorer_client

@@ -81,7 +81,9 @@ class RunningDaemon:
 @pytest_twisted.async_yield_fixture
 async def start_daemon(no_leaks, txaio_clock):
     """
-    C{await start_daemon(**config_overrides)} → a L{RunningDaemon}.  Every
+    C{await start_daemon(**config_overrides)} → a L{RunningDaemon}; the
+    hub is driven by the test unless C{with_tail=True} (then the live-tail
+    polls C{rpc_url}, or the embedded replay node without one).  Every
     daemon is stopped at the end: clients get their 1001, and any that do
     not answer are aborted by advancing the hub's clock past the timeout.
     """
@@ -91,12 +93,13 @@ async def start_daemon(no_leaks, txaio_clock):
     reactor = _reactor()
     started = []
 
-    async def start(**overrides):
+    async def start(with_tail=False, clock=None, **overrides):
         overrides.setdefault("listen", "tcp:0:interface=127.0.0.1")
         overrides.setdefault("rate_limit", 0)
+        overrides.setdefault("state_dir", "")
         config = Config.defaults(**overrides)
-        clock = Clock()
-        service = Daemon(config, reactor, clock=clock, web_root="")
+        clock = Clock() if clock is None else clock
+        service = Daemon(config, reactor, clock=clock, web_root="", tail=with_tail)
         service.startService()
         running = RunningDaemon(service, clock)
         started.append(running)

@@ -45,6 +45,11 @@ BAD = [
     ("WEBSOCKET_RATE_LIMIT", "-1"), ("WEBSOCKET_TRUSTED_PROXIES", "one"), ("WEBSOCKET_HANDSHAKE_TIMEOUT", "never"),
     ("WEBSOCKET_SHUTDOWN_TIMEOUT", "-1s"), ("API_CORS_ORIGINS", "example.com"), ("API_CORS_ORIGINS", " , "),
     ("WEBSOCKET_LISTEN", "8080"), ("WEBSOCKET_RATE_LIMIT_IPS", "0"),
+    ("EXPLORERD_RPC_URL", "localhost:8545"), ("EXPLORERD_RPC_URL", "ws://127.0.0.1:8546"),
+    ("EXPLORERD_RPC_URL", "http://127.0.0.1:99999/"), ("EXPLORERD_POLL_INTERVAL", "fast"),
+    ("EXPLORERD_RPC_TIMEOUT", "0"), ("EXPLORERD_MAX_CATCHUP", "0"), ("EXPLORERD_MAX_REORG_DEPTH", "-3"),
+    ("EXPLORERD_MAX_LAG", "x"), ("EXPLORERD_HISTORY_BLOCKS", "0"), ("EXPLORERD_REPLAY_BLOCK_TIME", "-1s"),
+    ("EXPLORERD_RPC_BATCH_SIZE", "0"),
 ]
 
 
@@ -64,5 +69,5 @@ def test_every_setting_has_an_env_an_option_and_a_doc():
     names = {f for f in Config.__dataclass_fields__}
     assert {s.name for s in SETTINGS} == names
     for s in SETTINGS:
-        assert s.env.startswith(("WEBSOCKET_", "API_")) and s.option and s.doc
+        assert s.env.startswith(("WEBSOCKET_", "API_", "EXPLORERD_")) and s.option and s.doc
         Config.load({s.env: s.default}, {})
