@@ -1,4 +1,16 @@
+import os
+
 from setuptools import setup
+
+
+def web_files():
+    """The dashboard in web/, installed to <prefix>/share/explorerd/web (explorerd.web finds it there)."""
+    out = []
+    for folder, _, files in os.walk("web"):
+        if files:
+            out.append((os.path.join("share", "explorerd", folder), [os.path.join(folder, f) for f in files]))
+    return out
+
 
 setup(
     name="explorerd",
@@ -13,6 +25,7 @@ setup(
     packages=["explorerd", "twisted.plugins"],
     include_package_data=True,
     package_data={"explorerd": ["data/*.jsonl", "data/*.md"]},
+    data_files=web_files(),
     install_requires=[
         "twisted[tls]>=24.3",
         "autobahn>=24.4",
