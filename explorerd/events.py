@@ -9,6 +9,8 @@ before anything reaches a client, so no client ever sees half a block.
 
 import json
 
+from autobahn.websocket.protocol import PreparedMessage
+
 
 class InvalidBlock(ValueError):
     """The node gave us a block or transaction we cannot publish."""
@@ -88,3 +90,24 @@ def tx_data(block, tx, position):
 def encode(message):
     """One compact UTF-8 JSON encoding, done once per event for every client."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def frame(payload):
+    """Frame a UTF-8 text payload once, as a server (unmasked, uncompressed)."""
+    return PreparedMessage(payload, False, False, True).payloadHybi
+
+
+def tx_hash_data(tx):
+    """A C{newTx} for clients that asked for C{hashes_only}."""
+    return {"hash": tx["hash"], "block_height": tx["block_height"], "block_hash": tx["block_hash"],
+            "tx_index": tx["tx_index"]}
+
+
+def batch_data(block, txs, hashes_only=False):
+    """The C{data} of a C{newTxs} message: one block's transactions in one frame."""
+    data = {"block_height": block["height"], "block_hash": block["hash"]}
+    if hashes_only:
+        data["hashes"] = [tx["hash"] for tx in txs]
+    else:
+        data["txs"] = txs
+    return data

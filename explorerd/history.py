@@ -1,31 +1,95 @@
 """
-The hub's memory of recent blocks, so a client that reconnects can resume.
+Published blocks as frames, and the hub's memory of recent ones so a client
+that reconnects can resume.
 
-The last C{size} canonical blocks are kept as the frames that were sent
-(one for the block, one joined run for its transactions), so a replay is
-writes of bytes we already have.  Blocks a reorg removed are remembered too
-(height and parent only), so a client that still holds one can be told
-exactly which of its blocks are gone.
+An L{Entry} holds a block's frames, built once and shared by every client:
+the C{newBlock} frame, and its transactions in each shape a client can ask
+for (one C{newTx} per transaction or one C{newTxs} batch; full or hashes
+only), each made the first time someone needs it.
+
+L{History} keeps the last C{size} canonical entries, so a replay is writes
+of bytes we already have, and remembers blocks a reorg removed (height and
+parent only), so a client that still holds one can be told exactly which
+of its blocks are gone.
 """
 
 from collections import OrderedDict, deque
 
+from explorerd.events import batch_data, encode, frame, tx_hash_data
+
+# How a client takes a block's transactions.
+PLAIN, HASHES, BATCH, BATCH_HASHES = "plain", "hashes", "batch", "batch_hashes"
+
 
 class Entry:
-    __slots__ = ("height", "hash", "parent_hash", "block_frame", "txs_frame", "tx_count", "data", "txs_data")
+    __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "block_frame",
+                 "_txs", "_tx_frames", "_groups")
 
-    def __init__(self, data, block_frame, txs_frame, txs_data):
+    def __init__(self, data, txs_data):
         self.height = data["height"]
         self.hash = data["hash"]
         self.parent_hash = data["parent_hash"]
         self.data = data
-        self.block_frame = block_frame
-        self.txs_frame = txs_frame
-        self.tx_count = len(txs_data)
         self.txs_data = txs_data
+        self.tx_count = len(txs_data)
+        self.block_frame = frame(encode({"type": "newBlock", "data": data}))
+        self._txs = {}
+        self._tx_frames = {}
+        self._groups = {}
 
     def ref(self):
         return {"height": self.height, "hash": self.hash}
+
+    def tx_frames(self, hashes_only=False):
+        """One C{newTx} frame per transaction, in block order."""
+        frames = self._tx_frames.get(hashes_only)
+        if frames is None:
+            shape = tx_hash_data if hashes_only else (lambda tx: tx)
+            frames = [frame(encode({"type": "newTx", "data": shape(tx)})) for tx in self.txs_data]
+            self._tx_frames[hashes_only] = frames
+        return frames
+
+    def txs(self, mode):
+        """C{(payload, messages)}: this block's transactions as a client in C{mode} takes them."""
+        cached = self._txs.get(mode)
+        if cached is None:
+            if not self.tx_count:
+                cached = (b"", 0)
+            elif mode in (PLAIN, HASHES):
+                cached = (b"".join(self.tx_frames(mode == HASHES)), self.tx_count)
+            else:
+                body = batch_data(self.data, self.txs_data, hashes_only=mode == BATCH_HASHES)
+                cached = (frame(encode({"type": "newTxs", "data": body})), 1)
+            self._txs[mode] = cached
+        return cached
+
+    def matching(self, indexes, mode):
+        """C{(payload, messages)}: only the transactions at C{indexes}, for an address filter."""
+        if not indexes:
+            return b"", 0
+        if mode in (PLAIN, HASHES):
+            frames = self.tx_frames(mode == HASHES)
+            return b"".join(frames[i] for i in indexes), len(indexes)
+        txs = [self.txs_data[i] for i in indexes]
+        body = batch_data(self.data, txs, hashes_only=mode == BATCH_HASHES)
+        return frame(encode({"type": "newTxs", "data": body})), 1
+
+    def payload(self, blocks, mode):
+        """
+        C{(payload, messages)} for a whole group of clients: the block frame
+        if they take blocks, then the transactions in their mode, as one
+        bytes object shared by the group.
+        """
+        key = (blocks, mode)
+        cached = self._groups.get(key)
+        if cached is None:
+            txs, n = self.txs(mode) if mode is not None else (b"", 0)
+            if blocks:
+                cached = (self.block_frame + txs, 1 + n) if n else (self.block_frame, 1)
+            else:
+                cached = (txs, n)
+            self._groups[key] = cached
+        return cached
 
 
 class History:
@@ -87,17 +151,18 @@ class History:
     def resume(self, height, block_hash):
         """
         Where a client that holds C{(height, block_hash)} stands:
-        C{("ok", ancestor_height, removed)} where C{removed} lists the
-        client's blocks that are no longer canonical (newest last) and the
-        client should be sent everything above C{ancestor_height}; or
-        C{("unavailable", None, None)} when we cannot tell.
+        C{("ok", ancestor, removed)} where C{ancestor} is C{{"height",
+        "hash"}} of the newest block the client holds that is still
+        canonical, C{removed} lists the client's blocks that are not (oldest
+        first), and the client should be sent everything above the
+        ancestor; or C{("unavailable", None, None)} when we cannot tell.
         """
         entry = self._by_hash.get(block_hash)
         if entry is not None:
-            return "ok", entry.height, []
+            return "ok", entry.ref(), []
         oldest = self.oldest
         if oldest is not None and block_hash == oldest.parent_hash:
-            return "ok", oldest.height - 1, []
+            return "ok", {"height": oldest.height - 1, "hash": block_hash}, []
         removed = []
         cursor_hash, cursor_height = block_hash, height
         while cursor_hash in self._orphans:
@@ -106,8 +171,8 @@ class History:
                 break
             removed.append({"height": orphan_height, "hash": cursor_hash})
             ancestor = self._by_hash.get(parent)
-            if ancestor is not None:
+            if ancestor is not None or (oldest is not None and parent == oldest.parent_hash):
                 removed.reverse()
-                return "ok", ancestor.height, removed
+                return "ok", {"height": orphan_height - 1, "hash": parent}, removed
             cursor_hash, cursor_height = parent, orphan_height - 1
         return "unavailable", None, None

@@ -18,7 +18,7 @@ import itertools
 import time
 from collections import deque
 
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd import events
-from explorerd.history import Entry, History
+from explorerd.events import frame
+from explorerd.history import BATCH, BATCH_HASHES, HASHES, PLAIN, Entry, History
 
 CHANNELS = ("newBlocks", "newTxs")
 
@@ -41,9 +42,27 @@ _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
-def frame(payload):
-    """Frame a UTF-8 text payload once, as a server (unmasked, uncompressed)."""
-    return PreparedMessage(payload, False, False, True).payloadHybi
+class TxOptions:
+    """
+    How a client takes C{newTxs}: one message per transaction or one batch
+    per block, full or hashes only, all or only those touching C{addresses}.
+    """
+
+    __slots__ = ("batch", "hashes_only", "addresses")
+
+    def __init__(self, batch=False, hashes_only=False, addresses=None):
+        self.batch = batch
+        self.hashes_only = hashes_only
+        self.addresses = frozenset(addresses) if addresses else None
+
+    @property
+    def mode(self):
+        if self.batch:
+            return BATCH_HASHES if self.hashes_only else BATCH
+        return HASHES if self.hashes_only else PLAIN
+
+
+DEFAULT_TX_OPTIONS = TxOptions()
 
 
 @implementer(IPushProducer)
@@ -53,8 +72,8 @@ class Client:
     on its transport so that Twisted tells us when it cannot keep up.
     """
 
-    __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels",
-                 "paused", "paused_since", "queue", "queued", "last_seen", "__weakref__")
+    __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels", "tx_options",
+                 "group", "paused", "paused_since", "queue", "queued", "last_seen", "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -64,6 +83,8 @@ class Client:
         self.peer = peer
         self.kind = kind
         self.channels = set()
+        self.tx_options = DEFAULT_TX_OPTIONS
+        self.group = None
         self.paused = False
         self.paused_since = None
         self.queue = deque()
@@ -110,6 +131,11 @@ class Hub(Service):
         self._ids = itertools.count(1)
         self._clients = {}
         self._subscribers = {channel: {} for channel in CHANNELS}
+        # Clients that take the same bytes for every block, by (blocks?, tx mode);
+        # address-filtered clients get their own bytes, found through _by_address.
+        self._groups = {}
+        self._filtered = {}
+        self._by_address = {}
         self._paused = {}
         self._protocols = set()
         self._closing = {}
@@ -191,6 +217,7 @@ class Hub(Service):
         self._clients.pop(client.id, None)
         for channel in client.channels:
             self._subscribers[channel].pop(client, None)
+        self._ungroup(client)
         self._paused.pop(client, None)
         self._queued_total -= client.queued
         self.metrics.queued_messages.set(self._queued_total)
@@ -208,19 +235,64 @@ class Hub(Service):
         """The client said something (a message or a pong): it is alive."""
         client.last_seen = self.clock.seconds()
 
-    def subscribe(self, client, channels):
+    def subscribe(self, client, channels, tx_options=None):
+        """
+        Add channels; C{tx_options} (a L{TxOptions}) sets how C{newTxs} is
+        delivered when C{newTxs} is among them.  Returns the channels after.
+        """
+        self._ungroup(client)
         for channel in channels:
             if channel not in client.channels:
                 client.channels.add(channel)
                 self._subscribers[channel][client] = None
+        if "newTxs" in channels:
+            client.tx_options = tx_options or DEFAULT_TX_OPTIONS
+        self._regroup(client)
         return sorted(client.channels)
 
     def unsubscribe(self, client, channels):
+        self._ungroup(client)
         for channel in channels:
             if channel in client.channels:
                 client.channels.discard(channel)
                 self._subscribers[channel].pop(client, None)
+        if "newTxs" not in client.channels:
+            client.tx_options = DEFAULT_TX_OPTIONS
+        self._regroup(client)
         return sorted(client.channels)
+
+    @staticmethod
+    def _profile(client):
+        blocks = "newBlocks" in client.channels
+        mode = client.tx_options.mode if "newTxs" in client.channels else None
+        return blocks, mode
+
+    def _regroup(self, client):
+        blocks, mode = self._profile(client)
+        if not blocks and mode is None:
+            return
+        addresses = client.tx_options.addresses if mode is not None else None
+        if addresses:
+            client.group = self._filtered
+            self._filtered[client] = None
+            for address in addresses:
+                self._by_address.setdefault(address, {})[client] = None
+        else:
+            client.group = self._groups.setdefault((blocks, mode), {})
+            client.group[client] = None
+
+    def _ungroup(self, client):
+        group, client.group = client.group, None
+        if group is None:
+            return
+        group.pop(client, None)
+        if group is self._filtered:
+            for address in client.tx_options.addresses or ():
+                subscribers = self._by_address.get(address)
+                if subscribers is not None:
+                    subscribers.pop(client, None)
+                    if not subscribers:
+                        del self._by_address[address]
 
     def subscriberCount(self, channel):
         return len(self._subscribers[channel])
@@ -263,53 +335,116 @@ class Hub(Service):
         """
         data = events.block_data(block)
         txs_data = [events.tx_data(block, tx, i) for i, tx in enumerate(block["transactions"])]
-        block_frame = frame(events.encode({"type": "newBlock", "data": data}))
-        txs_frame = b"".join(frame(events.encode({"type": "newTx", "data": tx})) for tx in txs_data)
-        return Entry(data, block_frame, txs_frame, txs_data)
+        return Entry(data, txs_data)
+
+    def publishBlock(self, block):
+        """
+        Publish a block (JSON-RPC shape, full transactions) and its
+        transactions in one go: each client gets one write with everything
+        it subscribed to (its C{newBlock} frame, then its transactions).
+        The whole block is validated first and reaches nobody if it lacks
+        a field we publish (L{events.InvalidBlock}).
+        """
+        return self.publishEntry(self.prepare(block))
+
+    def publishData(self, block_data, txs_data):
+        """The same for a block already in wire shape (an edge fed by a WAMP router)."""
+        return self.publishEntry(Entry(block_data, txs_data))
+
+    def publishEntry(self, entry, blocks=True, txs=True, remember=True):
+        start = time.perf_counter()
+        if remember:
+            self.history.add(entry)
+        recipients = 0
+        for (takes_blocks, mode), group in self._groups.items():
+            if not group:
+                continue
+            wants_blocks = takes_blocks and blocks
+            wants_mode = mode if txs else None
+            if not wants_blocks and wants_mode is None:
+                continue
+            payload, count = entry.payload(wants_blocks, wants_mode)
+            if not count:
+                continue
+            recipients += self._fanout(group, payload, self._counts(wants_blocks, wants_mode, entry))
+        if self._filtered and (txs or blocks):
+            recipients += self._fanoutFiltered(entry, blocks, txs)
+        kind = "block" if blocks else "transactions"
+        self.metrics.broadcast_latency.labels(kind).observe(time.perf_counter() - start)
+        if self._observers:
+            if blocks:
+                self._notify("block", entry.data)
+            if txs and entry.tx_count:
+                self._notify("transactions", (entry.data, entry.txs_data))
+        if blocks:
+            self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
+                          height=entry.height, hash=entry.hash, txs=entry.tx_count, clients=recipients)
+        return recipients
+
+    @staticmethod
+    def _counts(blocks, mode, entry):
+        counts = []
+        if blocks:
+            counts.append(("newBlock", 1))
+        if mode in (PLAIN, HASHES) and entry.tx_count:
+            counts.append(("newTx", entry.tx_count))
+        elif mode is not None and entry.tx_count:
+            counts.append(("newTxs", 1))
+        return tuple(counts)
+
+    def _fanoutFiltered(self, entry, blocks, txs):
+        """Address filters: O(transactions + matches), not O(clients x transactions)."""
+        matches = {}
+        if txs:
+            by_address = self._by_address
+            for i, tx in enumerate(entry.txs_data):
+                for address in (tx["from_addr"], tx["to_addr"]):
+                    subscribers = by_address.get(address)
+                    if subscribers:
+                        for client in subscribers:
+                            found = matches.setdefault(client, [])
+                            if not found or found[-1] != i:
+                                found.append(i)
+        recipients = 0
+        for client in tuple(self._filtered):
+            wants_blocks = blocks and "newBlocks" in client.channels
+            indexes = matches.get(client)
+            if not wants_blocks and not indexes:
+                continue
+            mode = client.tx_options.mode
+            payload, n = entry.matching(indexes, mode)
+            counts = []
+            if wants_blocks:
+                payload = entry.block_frame + payload
+                counts.append(("newBlock", 1))
+            if n:
+                counts.append(("newTx" if mode in (PLAIN, HASHES) else "newTxs", n))
+            if self._deliver(client, payload, tuple(counts)):
+                for kind, k in counts:
+                    self.metrics.messages_sent.labels(kind).inc(k)
+            recipients += 1
+        return recipients
 
     def broadcastBlock(self, block):
         """
-        Publish a block (JSON-RPC shape, full transactions) to C{newBlocks}
-        subscribers and remember it for clients that resume.
-
-        Returns at once: a client that cannot take it now gets it queued.
-        The block and all its transactions are validated first; a block
-        lacking a field we publish raises L{events.InvalidBlock} and reaches
-        nobody.
+        Publish only a block's C{newBlock} (and remember it for resuming
+        clients); L{broadcastTransactions} sends its transactions.  The live
+        tail uses L{publishBlock}, which does both in one write per client.
         """
-        start = time.perf_counter()
         entry = self.prepare(block)
         self._prepared = (block, entry)
-        self.history.add(entry)
-        sent = self._fanout(self._subscribers["newBlocks"], entry.block_frame, 1, "newBlock", start)
-        if self._observers:
-            self._notify("block", entry.data)
-        self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
-                      height=entry.height, hash=entry.hash, txs=entry.tx_count, clients=sent)
-        return sent
+        return self.publishEntry(entry, blocks=True, txs=False)
 
     def broadcastTransactions(self, block, txs):
-        """
-        Publish a block's transactions to C{newTxs} subscribers, one C{newTx}
-        message each, framed once and written in one go per client.  After
-        L{broadcastBlock} of the same block this reuses its frames.
-        """
-        start = time.perf_counter()
-        prepared = self._prepared
+        """Publish a block's transactions (after L{broadcastBlock} of it, whose frames it reuses)."""
+        prepared, self._prepared = self._prepared, None
         if prepared is not None and prepared[0] is block and txs is block.get("transactions"):
             entry = prepared[1]
-            block_data, txs_data, payload = entry.data, entry.txs_data, entry.txs_frame
         else:
-            block_data = events.block_data(block)
-            txs_data = [events.tx_data(block, tx, i) for i, tx in enumerate(txs)]
-            payload = b"".join(frame(events.encode({"type": "newTx", "data": tx})) for tx in txs_data)
-        self._prepared = None
-        if not txs_data:
+            entry = Entry(events.block_data(block), [events.tx_data(block, tx, i) for i, tx in enumerate(txs)])
+        if not entry.tx_count:
             return 0
-        sent = self._fanout(self._subscribers["newTxs"], payload, len(txs_data), "newTx", start)
-        if self._observers:
-            self._notify("transactions", (block_data, txs_data))
-        return sent
+        return self.publishEntry(entry, blocks=False, txs=True, remember=False)
 
     def remember(self, block):
         """Add a block to the history without sending it: what clients saw before a restart."""
@@ -335,7 +470,8 @@ class Hub(Service):
         self.log.info("reorg of depth {depth} back to {height} {hash}",
                       depth=depth, height=data["common_ancestor"]["height"],
                       hash=data["common_ancestor"]["hash"])
-        sent = self._fanout(recipients, payload, 1, "reorg", start)
+        sent = self._fanout(recipients, payload, (("reorg", 1),))
+        self.metrics.broadcast_latency.labels("reorg").observe(time.perf_counter() - start)
         if self._observers:
             self._notify("reorg", data)
         return sent
@@ -344,67 +480,78 @@ class Hub(Service):
         """
         Catch a resuming client up from C{since} (C{{"height", "hash"}}, the
         last block it holds): a C{reorg} for its blocks that are gone, then
-        every newer block of its channels, written in this same reactor turn
-        so nothing live can slip in between.  Returns the number of blocks
-        replayed, or C{None} when the history cannot serve it.
+        every newer block as its subscription takes it, written in this same
+        reactor turn so nothing live can slip in between.  Returns the
+        number of blocks replayed, or C{None} when the history cannot serve it.
         """
         status, ancestor, removed = self.history.resume(since["height"], since["hash"])
         if status != "ok":
             return None
-        entries = self.history.after(ancestor)
+        entries = self.history.after(ancestor["height"])
         if announce is not None:
             announce(len(entries))
         if removed:
             self.deliver(client, frame(events.encode({"type": "reorg", "data": {
-                "depth": len(removed),
-                "common_ancestor": {"height": ancestor, "hash": self._hashAt(ancestor)},
-                "removed": removed,
+                "depth": len(removed), "common_ancestor": ancestor, "removed": removed,
             }})), 1, "reorg")
-        blocks = "newBlocks" in client.channels
-        txs = "newTxs" in client.channels
-        frames, count = [], 0
+        blocks, mode = self._profile(client)
+        addresses = client.tx_options.addresses
+        frames, counts = [], {}
         for e in entries:
-            if blocks:
-                frames.append(e.block_frame)
-                count += 1
-            if txs and e.tx_count:
-                frames.append(e.txs_frame)
-                count += e.tx_count
+            if addresses and mode is not None:
+                indexes = [i for i, tx in enumerate(e.txs_data)
+                           if tx["from_addr"] in addresses or tx["to_addr"] in addresses]
+                txs, n = e.matching(indexes, mode)
+                if blocks:
+                    txs = e.block_frame + txs
+                    counts["newBlock"] = counts.get("newBlock", 0) + 1
+            else:
+                txs, n = e.payload(blocks, mode)
+                if blocks:
+                    counts["newBlock"] = counts.get("newBlock", 0) + 1
+                    n -= 1
+            if n:
+                kind = "newTx" if mode in (PLAIN, HASHES) else "newTxs"
+                counts[kind] = counts.get(kind, 0) + n
+            if txs:
+                frames.append(txs)
         if frames:
-            self.deliver(client, frames, count, "replay")
+            self._send(client, frames, tuple(counts.items()))
         return len(entries)
 
-    def _hashAt(self, height):
-        for e in self.history.after(height - 1):
-            return e.hash
-        return None
-
-    def _fanout(self, subscribers, payload, count, kind, start):
+    def _fanout(self, subscribers, payload, counts):
+        """Write (or queue) one shared payload to every client in C{subscribers}."""
         written = 0
-        recipients = len(subscribers)
         # A snapshot: delivering may close a slow client, which edits the dict.
         for client in tuple(subscribers):
-            if self._deliver(client, payload, count, kind):
+            if self._deliver(client, payload, counts):
                 written += 1
         if written:
-            self.metrics.messages_sent.labels(kind).inc(written * count)
-        self.metrics.broadcast_recipients.labels(kind).inc(recipients)
-        self.metrics.broadcast_latency.labels(kind).observe(time.perf_counter() - start)
-        return recipients
+            for kind, n in counts:
+                self.metrics.messages_sent.labels(kind).inc(written * n)
+        for kind, n in counts:
+            self.metrics.broadcast_recipients.labels(kind).inc(len(subscribers))
+        return len(subscribers)
 
     def deliver(self, client, payload, count, kind):
         """
         Send C{payload} (framed bytes, or a list of them, holding C{count}
-        messages) to one client through its queue; True if written now.
+        messages of type C{kind}) to one client through its queue, under the
+        slow-client policy; True if written now.
         """
+        return self._send(client, payload, ((kind, count),))
+
+    def _send(self, client, payload, counts):
+        """L{deliver} for a payload of several message types: C{counts} is C{((type, n), ...)}."""
         if client.hub is None:
             return False
-        written = self._deliver(client, payload, count, kind)
+        written = self._deliver(client, payload, counts)
         if written:
-            self.metrics.messages_sent.labels(kind).inc(count)
+            for kind, n in counts:
+                self.metrics.messages_sent.labels(kind).inc(n)
         return written
 
-    def _deliver(self, client, payload, count, kind):
+    def _deliver(self, client, payload, counts):
         """Write now, or queue while the transport is paused; True if written."""
         if client.paused or client.queue:
             config = self.config
@@ -416,7 +563,8 @@ class Hub(Service):
             if client.paused and self.clock.seconds() - client.paused_since > config.write_deadline:
                 self._closeStalled(client)
                 return False
-            client.queue.append((payload, count, kind))
+            count = sum(n for _, n in counts)
+            client.queue.append((payload, counts))
             client.queued += count
             self._queued_total += count
             self.metrics.queued_messages.set(self._queued_total)
@@ -431,14 +579,15 @@ class Hub(Service):
         """The transport drained: write what waited, until it pauses us again."""
         sent = {}
         while client.queue and not client.paused and client.hub is not None:
-            payload, count, kind = client.queue.popleft()
-            client.queued -= count
-            self._queued_total -= count
+            payload, counts = client.queue.popleft()
+            for kind, n in counts:
+                client.queued -= n
+                self._queued_total -= n
+                sent[kind] = sent.get(kind, 0) + n
             if payload.__class__ is list:
                 client.transport.writeSequence(payload)
             else:
                 client.transport.write(payload)
-            sent[kind] = sent.get(kind, 0) + count
         for kind, n in sent.items():
             self.metrics.messages_sent.labels(kind).inc(n)
         self.metrics.queued_messages.set(self._queued_total)

@@ -5,6 +5,10 @@ Wire protocol (JSON text frames)::
 
     client → server
       {"action": "subscribe",   "channels": ["newBlocks", "newTxs"]}
+          optional: "since": {"height": H, "hash": "0x…"}   resume after the block held
+                    "batch": true         newTxs as one {"type": "newTxs"} frame per block
+                    "hashes_only": true   newTx data reduced to hash, block and index
+                    "filter": {"addresses": ["0x…", …]}   only txs from/to these (≤ 1000)
       {"action": "unsubscribe", "channels": ["newBlocks"]}
       {"action": "ping"}
 
@@ -16,10 +20,14 @@ Wire protocol (JSON text frames)::
                                     "timestamp", "miner", "gas_used"}}
       {"type": "newTx",    "data": {"hash", "from_addr", "to_addr", "value_wei",
                                     "block_height", "block_hash", "tx_index"}}
+      {"type": "newTxs",   "data": {"block_height", "block_hash", "txs": [...] | "hashes": [...]}}
+      {"type": "reorg",    "data": {"depth", "common_ancestor": {"height", "hash"},
+                                    "removed": [{"height", "hash"}, ...]}}
       {"type": "error", "error": {"code": "...", "message": "..."}}
 
 Error codes: C{invalid_json}, C{invalid_message}, C{unknown_action},
-C{unknown_channel}, C{binary_not_supported}.  An error never disconnects;
+C{unknown_channel}, C{binary_not_supported}, C{history_unavailable} (with
+C{oldest_height}).  An error never disconnects;
 valid channels in a message that also names unknown ones are applied, and
 the client gets the error and then the C{subscribed} answer.
 
@@ -32,7 +40,9 @@ import json
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
-from explorerd.hub import CHANNELS
+from explorerd.hub import CHANNELS, TxOptions
+
+MAX_FILTER_ADDRESSES = 1000
 
 _SHOWN = 5  # unknown channel names echoed back in an error, at most
 
@@ -59,6 +69,44 @@ def _since(value):
     except ValueError:
         return None
     return {"height": height, "hash": block_hash.lower()}
+
+
+def _tx_options(message):
+    """C{(TxOptions or None, problem or None)} from a subscribe message's newTxs options."""
+    batch, hashes_only, flt = message.get("batch"), message.get("hashes_only"), message.get("filter")
+    if batch is None and hashes_only is None and flt is None:
+        return None, None
+    if batch is not None and not isinstance(batch, bool):
+        return None, '"batch" must be true or false'
+    if hashes_only is not None and not isinstance(hashes_only, bool):
+        return None, '"hashes_only" must be true or false'
+    addresses = None
+    if flt is not None:
+        raw = flt.get("addresses") if isinstance(flt, dict) else None
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_FILTER_ADDRESSES:
+            return None, (f'"filter" must be {{"addresses": [...]}} with 1 to {MAX_FILTER_ADDRESSES} '
+                          "addresses")
+        addresses = set()
+        for a in raw:
+            if not (isinstance(a, str) and len(a) == 42 and a[:2] in ("0x", "0X")):
+                return None, f"filter address {_short(a)!r} is not a 20-byte 0x-hex address"
+            try:
+                int(a[2:], 16)
+            except ValueError:
+                return None, f"filter address {_short(a)!r} is not a 20-byte 0x-hex address"
+            addresses.add(a.lower())
+    return TxOptions(batch=bool(batch), hashes_only=bool(hashes_only), addresses=addresses), None
+
+
+def _describe(options):
+    described = {}
+    if options.batch:
+        described["batch"] = True
+    if options.hashes_only:
+        described["hashes_only"] = True
+    if options.addresses:
+        described["filter"] = {"addresses": len(options.addresses)}
+    return described
 
 
 class StreamProtocol(WebSocketServerProtocol):
@@ -108,12 +156,20 @@ class StreamProtocol(WebSocketServerProtocol):
             if since is None:
                 return self._error(client, "invalid_message",
                                    '"since" must be {"height": <block number>, "hash": "0x<64 hex digits>"}')
-        channels = self._changeChannels(hub, client, message, hub.subscribe, "subscribed", since is None)
-        if channels is None or since is None:
+        options, problem = _tx_options(message)
+        if problem:
+            return self._error(client, "invalid_message", problem)
+        channels = self._changeChannels(hub, client, message, "subscribed", options)
+        if channels is None:
             return
+        answer = {"type": "subscribed", "channels": channels}
+        if "newTxs" in channels and options is not None:
+            answer.update(_describe(options))
+        if since is None:
+            return hub.sendTo(client, answer)
 
         def announce(n):
-            hub.sendTo(client, {"type": "subscribed", "channels": channels, "replayed": n})
+            hub.sendTo(client, dict(answer, replayed=n))
 
         if hub.replay(client, since, announce) is None:
             oldest = hub.history.oldest
@@ -124,11 +180,14 @@ class StreamProtocol(WebSocketServerProtocol):
             announce(0)
 
     def _unsubscribe(self, hub, client, message):
-        if message.get("since") is not None:
-            return self._error(client, "invalid_message", '"since" belongs to subscribe')
-        self._changeChannels(hub, client, message, hub.unsubscribe, "unsubscribed", True)
+        for key in ("since", "batch", "filter", "hashes_only"):
+            if message.get(key) is not None:
+                return self._error(client, "invalid_message", f'"{key}" belongs to subscribe')
+        channels = self._changeChannels(hub, client, message, "unsubscribed", None)
+        if channels is not None:
+            hub.sendTo(client, {"type": "unsubscribed", "channels": channels})
 
-    def _changeChannels(self, hub, client, message, change, answer, reply):
+    def _changeChannels(self, hub, client, message, answer, options):
         """Apply a (un)subscription; returns the client's channels after it, or None."""
         channels = message.get("channels")
         if not isinstance(channels, list) or not channels:
@@ -143,10 +202,14 @@ class StreamProtocol(WebSocketServerProtocol):
                         f"unknown channel {shown}{more}; channels are {', '.join(CHANNELS)}")
             if not known:
                 return
-        now = change(client, known)
+        if options is not None and "newTxs" not in known:
+            return self._error(client, "invalid_message",
+                               '"batch", "filter" and "hashes_only" apply to the newTxs channel')
+        if answer == "subscribed":
+            now = hub.subscribe(client, known, options)
+        else:
+            now = hub.unsubscribe(client, known)
         log.info("client {client} {answer} {channels}", client=client.id, answer=answer, channels=now)
-        if reply:
-            hub.sendTo(client, {"type": answer, "channels": now})
         return now
 
     def _ping(self, hub, client, message):
