@@ -125,6 +125,30 @@ class StreamProtocol(WebSocketServerProtocol):
         log.info("client {client} connected from {peer}",
                       client=self._explorer_client.id, peer=self._explorer_ip)
 
+    _explorer_tokens = None
+    _explorer_stamp = None
+
+    def _withinBudget(self, hub):
+        """
+        A token bucket per connection: C{message_rate} messages a second in
+        bursts of C{message_burst}.  One client flooding us with requests
+        costs everyone CPU; past its budget it is closed, with the reason.
+        """
+        rate, burst = self.factory.messageRate, self.factory.messageBurst
+        if not rate:
+            return True
+        now = hub.clock.seconds()
+        if self._explorer_tokens is None:
+            tokens = burst
+        else:
+            tokens = min(burst, self._explorer_tokens + (now - self._explorer_stamp) * rate)
+        self._explorer_stamp = now
+        if tokens < 1.0:
+            self._explorer_tokens = tokens
+            return False
+        self._explorer_tokens = tokens - 1.0
+        return True
+
     def onMessage(self, payload, isBinary):
         client = self._explorer_client
         if client is None or client.hub is None:
@@ -132,6 +156,11 @@ class StreamProtocol(WebSocketServerProtocol):
         hub = client.hub
         hub.touch(client)
         self.factory.metrics.messages_received.inc()
+        if not self._withinBudget(hub):
+            log.info("client {client} from {peer} exceeded its message budget", client=client.id,
+                     peer=client.peer)
+            return hub.close(client, 1008, f"too many messages: the budget is {self.factory.messageRate:g} "
+                             f"a second, bursts of {self.factory.messageBurst:g}", "message_budget")
         if isBinary:
             return self._error(client, "binary_not_supported", "send JSON text frames, not binary")
         try:
@@ -264,6 +293,8 @@ class StreamFactory(WebSocketServerFactory):
         self.hub = hub
         self.admission = admission
         self.metrics = metrics
+        self.messageRate = float(getattr(config, "message_rate", 20))
+        self.messageBurst = float(getattr(config, "message_burst", 60))
         apply_limits(self, config)
 
 

@@ -57,6 +57,7 @@ async def test_fuzzed_messages_get_answers_and_never_cost_the_connection(start_d
     from twisted.internet import reactor
 
     daemon = await start_daemon()
+    daemon.service.streamFactory.messageRate = 0  # the fuzzer sends hundreds a second; no budget here
     bystander = await connect(daemon.url)
     await bystander.request({"action": "subscribe", "channels": ["newBlocks"]})
     block = mainnet_run()[6]
@@ -142,3 +143,27 @@ async def test_unmasked_client_frames_are_refused(start_daemon):
     client.transport.write(b"\x81\x11" + b'{"action":"ping"}')
     code, _ = await client.closed
     assert code == 1002
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_requests_ends_that_client_only(start_daemon):
+    daemon = await start_daemon()
+    daemon.service.streamFactory.messageRate = 10
+    daemon.service.streamFactory.messageBurst = 30
+    bystander = await connect(daemon.url)
+    await bystander.request({"action": "subscribe", "channels": ["newBlocks"]})
+    flooder = await connect(daemon.url)
+    for i in range(30):  # the burst is allowed
+        flooder.send_json({"action": "subscribe" if i % 2 else "unsubscribe", "channels": ["newTxs"]})
+    for _ in range(30):
+        await flooder.next()
+    daemon.clock.advance(1.0)  # ten more
+    for _ in range(11):
+        flooder.send_json({"action": "ping"})
+    code, reason = await flooder.closed
+    assert code == 1008 and reason.startswith("too many messages")
+    assert [m["type"] for m in flooder.received[30:]] == ["pong"] * 10
+    assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
+    daemon.hub.publishBlock(mainnet_run()[0])
+    assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
+    await bystander.close()
