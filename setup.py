@@ -28,6 +28,8 @@ setup(
     data_files=web_files(),
     install_requires=[
         "twisted[tls]>=24.3",
+        "msgpack>=1.0",
+        "cbor2>=5.4",
         "autobahn>=24.4",
         "txaio>=23.1",
         "treq>=23.11",

@@ -9,7 +9,7 @@ the setting and the value.
 """
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,48 @@ def parse_url(text):
 
 def parse_path(text):
     return str(text).strip()
+
+
+_URI = re.compile(r"^[^\s.#]+(\.[^\s.#]+)*$")
+
+
+def parse_uri(text):
+    """A WAMP URI such as C{explorer} or C{com.example.realm}."""
+    text = str(text).strip()
+    if not _URI.match(text):
+        raise ValueError("expected a WAMP URI such as explorer or com.example.explorer")
+    return text
+
+
+def parse_ws_url(text):
+    """A ws:// or wss:// URL of a WAMP router, or empty for none."""
+    from urllib.parse import urlsplit
+
+    text = str(text).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("expected a ws:// or wss:// URL of a WAMP router, e.g. ws://127.0.0.1:8088/ws")
+    try:
+        parts.port
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+def parse_text(text):
+    return str(text).strip()
+
+
+def parse_source(text):
+    text = str(text).strip().lower()
+    if text not in SOURCES:
+        raise ValueError(f"expected one of {', '.join(SOURCES)}")
+    return text
+
+
+SOURCES = ("node", "wamp")
 
 
 def parse_endpoint(text):
@@ -180,6 +222,34 @@ SETTINGS = (
     Setting("replay_block_time", "EXPLORERD_REPLAY_BLOCK_TIME", "replay-block-time", "2s",
             parse_duration, 0.01,
             "With no --rpc-url: how often the embedded replay node produces a block."),
+    Setting("source", "EXPLORERD_SOURCE", "source", "node",
+            parse_source, None,
+            "Where blocks come from: `node` tails a JSON-RPC node (`--rpc-url`, or the embedded replay "
+            "node); `wamp` makes this an edge that subscribes to the topics of the router at "
+            "`--wamp-router` and serves them to its own clients."),
+    Setting("wamp_realm", "EXPLORERD_WAMP_REALM", "wamp-realm", "explorer",
+            parse_uri, None,
+            "Realm of the WAMP broker at `/v1/wamp`; a HELLO for another realm gets ABORT "
+            "`wamp.error.no_such_realm`."),
+    Setting("wamp_router", "EXPLORERD_WAMP_ROUTER", "wamp-router", "",
+            parse_ws_url, None,
+            "A WAMP router (Crossbar.io) to join as a client, e.g. `ws://127.0.0.1:8088/ws`. With "
+            "`--source node` every block, transaction and reorg is also published there; with "
+            "`--source wamp` they are read from there. Empty: no router."),
+    Setting("wamp_router_realm", "EXPLORERD_WAMP_ROUTER_REALM", "wamp-router-realm", "explorer",
+            parse_uri, None,
+            "Realm to join on `--wamp-router`."),
+    Setting("wamp_router_authid", "EXPLORERD_WAMP_ROUTER_AUTHID", "wamp-router-authid", "explorerd",
+            parse_text, None,
+            "Authentication ID for ticket authentication on `--wamp-router`."),
+    Setting("wamp_router_ticket", "EXPLORERD_WAMP_ROUTER_TICKET", "wamp-router-ticket", "",
+            parse_text, None,
+            "Ticket (shared secret) for `--wamp-router`; empty joins anonymously. Prefer the "
+            "environment variable: options are visible in the process list."),
+    Setting("wamp_router_retry", "EXPLORERD_WAMP_ROUTER_RETRY", "wamp-router-retry", "10s",
+            parse_duration, 0.01,
+            "Longest wait between attempts to reconnect to `--wamp-router` (exponential backoff "
+            "with jitter from 0.25 s)."),
     Setting("cors_origins", "API_CORS_ORIGINS", "cors-origins", "*",
             parse_origins, None,
             "Origins allowed to open a WebSocket (comma list, `*` for all); others get HTTP 403. "
@@ -215,6 +285,13 @@ class Config:
     max_lag: int
     state_dir: str
     replay_block_time: float
+    source: str
+    wamp_realm: str
+    wamp_router: str
+    wamp_router_realm: str
+    wamp_router_authid: str
+    wamp_router_ticket: str = field(repr=False)
+    wamp_router_retry: float
     cors_origins: tuple
 
     @classmethod
@@ -233,7 +310,18 @@ class Config:
             if options.get(s.option) is not None:
                 raw, source = options[s.option], "--" + s.option
             values[s.name] = _parse(s, raw, source)
-        return cls(**values)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self):
+        """Settings that only make sense together; raises L{ConfigError}."""
+        if self.source == "wamp" and not self.wamp_router:
+            raise ConfigError("invalid EXPLORERD_SOURCE='wamp': an edge needs EXPLORERD_WAMP_ROUTER "
+                              "(--wamp-router ws://host:port/path) to read blocks from")
+        if self.source == "wamp" and self.rpc_url:
+            raise ConfigError("invalid EXPLORERD_RPC_URL: an edge (EXPLORERD_SOURCE=wamp) reads "
+                              "blocks from the WAMP router, not from a node; unset one of them")
 
     @classmethod
     def defaults(cls, **overrides):

@@ -1,15 +1,17 @@
 """
-The daemon's service tree: hub first, listener last.
+The daemon's service tree: hub first, then the WAMP broker, the source (the
+live-tail, or an edge's router subscription), the router publisher, and the
+listener last.
 
 C{MultiService} stops children in reverse order, so on SIGTERM the listener
-stops accepting first and the hub then says goodbye (1001) to every client.
+stops accepting first, the sources stop, the broker says GOODBYE to its
+sessions and the hub then says goodbye (1001) to every client.
 """
 
 import time
-from errno import EWOULDBLOCK
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import main, tcp
+from twisted.internet import tcp
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,32 +22,10 @@ from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
 from explorerd.tailstate import TailState
+from explorerd.transport import sized_server
 from explorerd.stream import StreamFactory
+from explorerd.wamp import Broker, WampFactory
 from explorerd.web import Site, build_root, default_web_root
-
-
-class SizedServer(tcp.Server):
-    """
-    A TCP connection with the configured buffer sizes.  Twisted uses one
-    attribute, C{bufferSize}, both as the size of a socket read and as the
-    unsent-bytes mark at which it pauses a producer; explorerd sets them
-    apart: C{WEBSOCKET_READ_BUFFER_SIZE} and C{WEBSOCKET_WRITE_BUFFER_SIZE}.
-    """
-
-    readSize = 65536
-
-    def doRead(self):
-        try:
-            data = self.socket.recv(self.readSize)
-        except OSError as se:
-            if se.args[0] == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        return self._dataReceived(data)
-
-
-def sized_server(read_size, write_size):
-    return type("SizedServer", (SizedServer,), {"readSize": read_size, "bufferSize": write_size})
 
 
 class Listener(Service):
@@ -150,9 +130,17 @@ class Daemon(MultiService):
         self.metrics = Metrics()
         self.hub = Hub(clock, config, self.metrics)
         self.hub.setServiceParent(self)
-        self.embedded = self.tail = None
+        self.broker = Broker(self.hub, config.wamp_realm, self.metrics.registry)
+        self.broker.setServiceParent(self)
+        self.embedded = self.tail = self.edge = self.publisher = None
         self.rpc = JSONRPCClient(reactor, config.rpc_url or "http://127.0.0.1:1/", timeout=config.rpc_timeout)
-        if tail:
+        if config.source == "wamp":
+            if tail:
+                from explorerd.wampclient import EdgeSource
+
+                self.edge = EdgeSource(reactor, self.hub, config, self.metrics.registry)
+                self.edge.setServiceParent(self)
+        elif tail:
             if not config.rpc_url:
                 self.embedded = EmbeddedNode(reactor, clock, config.replay_block_time, self.rpc)
                 self.embedded.setServiceParent(self)
@@ -164,10 +152,17 @@ class Daemon(MultiService):
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
                                  state=state, registry=self.metrics.registry)
             self.tail.setServiceParent(self)
+        if config.wamp_router and config.source == "node":
+            from explorerd.wampclient import RouterPublisher
+
+            self.publisher = RouterPublisher(reactor, self.hub, config, self.metrics.registry)
+            self.publisher.setServiceParent(self)
         self.admission = Admission(self.hub, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
+        self.wampFactory = WampFactory(self.broker, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,
-                          default_web_root() if web_root is None else web_root)
+                          default_web_root() if web_root is None else web_root,
+                          wamp_factory=self.wampFactory)
         self.site = Site(root, config)
         self.listener = Listener(reactor, config.listen, self.site,
                                  sized_server(config.read_buffer_size, config.write_buffer_size))
@@ -184,11 +179,17 @@ class Daemon(MultiService):
             "status": "ok",
             "connections": self.hub.connectionCount,
             "clients": self.hub.clientCount,
+            "wamp_sessions": self.broker.sessionCount,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
         if self.tail is not None:
             status["tail"] = self.tail.health()
             status["status"] = status["tail"]["status"]
+        if self.edge is not None:
+            status["edge"] = self.edge.health()
+            status["status"] = status["edge"]["status"]
+        if self.publisher is not None:
+            status["router"] = self.publisher.health()
         return status
 
 

@@ -207,6 +207,7 @@ class Hub(Service):
         transport.registerProducer(client, True)
         self._clients[client.id] = client
         self.metrics.connections.set(len(self._clients))
+        self.metrics.connections_by_protocol.labels(kind).inc()
         self.metrics.connections_accepted.inc()
         return client
 
@@ -228,6 +229,7 @@ class Hub(Service):
             transport.unregisterProducer()
         client.hub = client.protocol = client.transport = None
         self.metrics.connections.set(len(self._clients))
+        self.metrics.connections_by_protocol.labels(client.kind).dec()
         self.log.info("client {client} from {peer} detached: {reason}",
                       client=client.id, peer=client.peer, reason=reason)
 
@@ -366,7 +368,7 @@ class Hub(Service):
             payload, count = entry.payload(wants_blocks, wants_mode)
             if not count:
                 continue
-            recipients += self._fanout(group, payload, self._counts(wants_blocks, wants_mode, entry))
+            recipients += self.fanout(group, payload, self._counts(wants_blocks, wants_mode, entry))
         if self._filtered and (txs or blocks):
             recipients += self._fanoutFiltered(entry, blocks, txs)
         kind = "block" if blocks else "transactions"
@@ -470,7 +472,7 @@ class Hub(Service):
         self.log.info("reorg of depth {depth} back to {height} {hash}",
                       depth=depth, height=data["common_ancestor"]["height"],
                       hash=data["common_ancestor"]["hash"])
-        sent = self._fanout(recipients, payload, (("reorg", 1),))
+        sent = self.fanout(recipients, payload, (("reorg", 1),))
         self.metrics.broadcast_latency.labels("reorg").observe(time.perf_counter() - start)
         if self._observers:
             self._notify("reorg", data)
@@ -519,8 +521,12 @@ class Hub(Service):
             self._send(client, frames, tuple(counts.items()))
         return len(entries)
 
-    def _fanout(self, subscribers, payload, counts):
-        """Write (or queue) one shared payload to every client in C{subscribers}."""
+    def fanout(self, subscribers, payload, counts):
+        """
+        Write (or queue) one shared payload to every client in C{subscribers}
+        (any iterable of L{Client}s), under the slow-client policy; C{counts}
+        is C{((message type, how many), ...)} for the metrics.
+        """
         written = 0
         # A snapshot: delivering may close a slow client, which edits the dict.
         for client in tuple(subscribers):

@@ -23,6 +23,10 @@ class Metrics:
         self.connections = Gauge(
             "explorer_websocket_connections",
             "WebSocket connections open now (handshake done).", registry=r)
+        self.connections_by_protocol = Gauge(
+            "explorer_websocket_connections_by_protocol",
+            "WebSocket connections open now, by protocol (websocket = /v1/stream, wamp = /v1/wamp).",
+            ["protocol"], registry=r)
         self.connections_accepted = Counter(
             "explorer_websocket_connections_accepted_total",
             "WebSocket connections that completed the opening handshake.", registry=r)

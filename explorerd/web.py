@@ -1,5 +1,5 @@
 """
-The HTTP resource tree: C{/v1/stream} (WebSocket), C{/metrics},
+The HTTP resource tree: C{/v1/stream} (WebSocket), C{/v1/wamp} (WAMP), C{/metrics},
 C{/healthz} and the dashboard in C{web/} at C{/}, all on one port.
 """
 
@@ -61,17 +61,20 @@ def default_web_root():
     return None
 
 
-def build_root(stream_factory, metrics, health, web_root=None):
+def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None):
     if web_root and os.path.isdir(web_root):
         root = File(web_root)
     else:
         root = Resource()
         root.putChild(b"", Data(
             b"<!doctype html><title>explorerd</title><p>explorerd is running. "
-            b"WebSocket: <code>/v1/stream</code>, metrics: <code>/metrics</code>.</p>",
+            b"WebSocket: <code>/v1/stream</code>, WAMP: <code>/v1/wamp</code>, "
+            b"metrics: <code>/metrics</code>.</p>",
             "text/html; charset=utf-8"))
     v1 = Resource()
     v1.putChild(b"stream", UpgradeResource(stream_factory))
+    if wamp_factory is not None:
+        v1.putChild(b"wamp", UpgradeResource(wamp_factory))
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(health))

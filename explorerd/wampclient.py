@@ -1,0 +1,675 @@
+"""
+explorerd as a client of a WAMP router (Crossbar.io), for scale-out.
+
+Tail → router → edges::
+
+    explorerd --rpc-url ... --wamp-router ws://router:8088/ws     (the tail; publishes)
+    explorerd --source wamp --wamp-router ws://router:8088/ws      (an edge; as many as needed)
+
+L{RouterLink} keeps one WAMP session on the router and reconnects with
+exponential backoff and jitter (0.25 s doubling up to C{--wamp-router-retry});
+the backoff resets only once a session has joined, so a router that refuses
+us (bad ticket, no such realm) is retried as slowly as one that is down.  Ticket
+authentication when C{--wamp-router-ticket} is set, else anonymous.
+
+L{RouterPublisher} (on the tail) observes the hub and publishes every block,
+transaction and reorg to C{explorer.block}, C{explorer.tx} and
+C{explorer.reorg}, and registers C{explorer.head} and
+C{explorer.blocks_since} on the router, answered from the tail's history.
+It never holds the tail back: a publish is a write to the router
+connection.  While the router is unreachable, or more than 4 MiB wait unsent
+to it (it is not reading), events are B{dropped}, a whole block or a whole
+block's transactions at a time, and counted
+(C{explorer_wamp_router_dropped_total}); nothing else is buffered.  The
+gap is closed by the edges, which catch up through C{explorer.blocks_since}
+when they rejoin or see a block that does not follow theirs.
+
+L{EdgeSource} (C{--source wamp}) subscribes to C{explorer.} (prefix, one
+subscription, so the three topics arrive in the publisher's order) and feeds
+the hub of this process with whole blocks (a block with all its
+transactions), so the edge's raw and WAMP clients, history, resume and
+limits work as on the tail.  Blocks are checked to follow the edge's newest
+block; when one does not (events lost while the router or the tail was away,
+or the edge joined mid-block), the edge calls C{explorer.blocks_since} with
+its newest block and applies the answer (a reorg, then the missing blocks)
+before going on; events arriving meanwhile wait in order.  If the tail is
+not there to answer, the next block that does not follow ours asks again;
+if the gap is older than the tail's history, the edge goes on from the next
+live block and its clients see a gap in heights (as after a long outage of
+the tail itself).
+"""
+
+import collections
+from functools import partial
+
+from autobahn.twisted.wamp import ApplicationSession
+from autobahn.twisted.websocket import WampWebSocketClientFactory, WampWebSocketClientProtocol
+from autobahn.wamp.exception import ApplicationError
+from autobahn.wamp.types import ComponentConfig, RegisterOptions, SubscribeOptions
+from autobahn.websocket.util import parse_url
+from prometheus_client import Counter, Gauge
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from explorerd import events
+from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, PROCEDURES, REORG, TX, Procedures
+
+log = Logger()
+
+# Reconnection backoff: 0.25 s, doubling, up to the configured maximum, plus
+# up to 0.25 s of jitter.
+_INITIAL_DELAY = 0.25
+# Unsent bytes to the router beyond which the publisher drops events.
+_SEND_BUFFER = 4 << 20
+
+
+# ---------------------------------------------------------------------------
+# The link.
+
+class _LinkProtocol(WampWebSocketClientProtocol):
+    """Tells the link when the connection goes, whether or not a session was ever opened."""
+
+    def onClose(self, wasClean, code, reason):
+        super().onClose(wasClean, code, reason)
+        self.factory.link._closed(self, reason)
+
+
+class _LinkSession(ApplicationSession):
+    def __init__(self, link):
+        super().__init__(ComponentConfig(realm=link.realm))
+        self._link = link
+
+    def onConnect(self):
+        link = self._link
+        if link.ticket:
+            self.join(link.realm, authmethods=["ticket"], authid=link.authid)
+        else:
+            self.join(link.realm, authmethods=["anonymous"])
+
+    def onChallenge(self, challenge):
+        if challenge.method == "ticket" and self._link.ticket:
+            return self._link.ticket
+        raise ApplicationError("explorer.error.cannot_authenticate",
+                               f"explorerd has no answer to a {challenge.method!r} challenge")
+
+    def onJoin(self, details):
+        return self._link._joined(self, details)
+
+    def onLeave(self, details):
+        self._link._left(self, details)
+        self.disconnect()
+
+
+@implementer(IPushProducer)
+class _Flow:
+    """Whether the router connection's send buffer is full (Twisted pauses us)."""
+
+    paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def stopProducing(self):
+        self.paused = True
+
+
+class LinkMetrics:
+    def __init__(self, registry):
+        r = registry
+        self.connected = Gauge(
+            "explorer_wamp_router_connected", "1 while the WAMP router session is joined.", registry=r)
+        self.joins = Counter(
+            "explorer_wamp_router_joins_total", "WAMP router sessions joined.", registry=r)
+        self.failures = Counter(
+            "explorer_wamp_router_failures_total",
+            "Router connections that ended before or after joining, by stage.", ["stage"], registry=r)
+
+
+class RouterLink(Service):
+    """
+    One WAMP session on the router that comes back by itself.
+
+    C{onJoin(session)} runs after each join (it may return a Deferred; the
+    link counts as up once it fires); C{onLeave()} after each loss of a
+    joined session.  Reconnection is our own loop rather than Twisted's
+    C{ClientService}, so that a connection only counts as made once its
+    session has joined: a router that answers but refuses us backs off like
+    one that is down.
+    """
+
+    def __init__(self, reactor, config, onJoin, onLeave, registry, clock=None):
+        self.url = config.wamp_router
+        self.realm = config.wamp_router_realm
+        self.authid = config.wamp_router_authid
+        self.ticket = config.wamp_router_ticket
+        self.max_delay = config.wamp_router_retry
+        self.session = None
+        self.metrics = LinkMetrics(registry)
+        self._onJoin = onJoin
+        self._onLeave = onLeave
+        self._clock = reactor if clock is None else clock
+        self._endpoint = _endpoint(reactor, self.url)
+        self._attempt = 0
+        self._retry = None
+        self._connecting = None
+        self._protocol = None
+        self._gone = []
+        self._stopping = False
+        self._complaint = None
+        factory = WampWebSocketClientFactory(lambda: _LinkSession(self), url=self.url,
+                                             serializers=_serializers())
+        factory.protocol = _LinkProtocol
+        factory.link = self
+        factory.setProtocolOptions(
+            autoPingInterval=10, autoPingTimeout=20,
+            openHandshakeTimeout=10, closeHandshakeTimeout=2,
+            perMessageCompressionOffers=[],
+        )
+        self.factory = factory
+
+    def __repr__(self):
+        return f"<RouterLink {self.url} realm {self.realm}>"
+
+    def health(self):
+        return {"url": self.url, "realm": self.realm, "connected": self.session is not None}
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        log.info("joining WAMP router {url} realm {realm} as {who}", url=self.url, realm=self.realm,
+                 who=f"{self.authid!r} (ticket)" if self.ticket else "anonymous")
+        self._connect()
+
+    def stopService(self):
+        """Stop retrying; leave the session (GOODBYE) and close the connection; fires once it is closed."""
+        super().stopService()
+        self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        protocol = self._protocol
+        if protocol is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._gone.append(d)
+        session = self.session
+        if session is not None and session.is_attached():
+            try:
+                session.leave("wamp.close.normal", "explorerd stopping")
+            except Exception:
+                pass
+        if protocol.transport is not None:
+            # Whatever is buffered (the GOODBYE) goes out first.
+            protocol.transport.loseConnection()
+        return d
+
+    # The reconnection loop.
+
+    def _connect(self):
+        self._retry = None
+        d = self._connecting = self._endpoint.connect(self.factory)
+
+        def connected(protocol):
+            self._connecting = None
+            self._protocol = protocol
+
+        def failed(failure):
+            self._connecting = None
+            if self._stopping or failure.check(defer.CancelledError):
+                return
+            self.metrics.failures.labels("connecting").inc()
+            self._complain(f"cannot reach the WAMP router {self.url}: {failure.getErrorMessage()}")
+            self._again()
+
+        d.addCallbacks(connected, failed)
+
+    def _again(self):
+        if self._stopping or self._retry is not None:
+            return
+        self._attempt += 1
+        delay = min(_INITIAL_DELAY * 2 ** min(self._attempt - 1, 30), self.max_delay)
+        delay += _jitter() * _INITIAL_DELAY
+        self._retry = self._clock.callLater(delay, self._connect)
+
+    def _complain(self, text):
+        # Once per kind of trouble, not once per attempt.
+        if text != self._complaint:
+            self._complaint = text
+            log.warn("{text}; retrying with backoff up to {max}s", text=text, max=self.max_delay)
+
+    # Session events.
+
+    def _joined(self, session, details):
+        def up(_):
+            if not session.is_attached():
+                return
+            self.session = session
+            self._attempt = 0
+            self._complaint = None
+            self.metrics.connected.set(1)
+            self.metrics.joins.inc()
+            log.info("joined WAMP router {url} realm {realm} as {authid} ({authrole})", url=self.url,
+                     realm=details.realm, authid=details.authid, authrole=details.authrole)
+
+        def failed(failure):
+            log.failure("setting up the WAMP router session failed; leaving to try again", failure)
+            if session.is_attached():
+                session.leave("wamp.close.normal", "explorerd could not set up its session")
+
+        d = defer.maybeDeferred(self._onJoin, session)
+        d.addCallbacks(up, failed)
+        return d
+
+    def _left(self, session, details):
+        if details.reason not in ("wamp.close.normal", "wamp.close.goodbye_and_out"):
+            self._complain(f"the WAMP router {self.url} ended the session: {details.reason} "
+                           f"{details.message or ''}".rstrip())
+        self._lost(session._transport)
+
+    def _closed(self, protocol, reason):
+        self._lost(protocol)
+        if protocol is self._protocol:
+            self._protocol = None
+            gone, self._gone = self._gone, []
+            for d in gone:
+                d.callback(None)
+            self._again()
+
+    def _lost(self, protocol):
+        session = self.session
+        if session is not None and session._transport is protocol:
+            self.session = None
+            self.metrics.connected.set(0)
+            self.metrics.failures.labels("joined").inc()
+            if not self._stopping:
+                log.warn("lost the WAMP router {url}; reconnecting with backoff", url=self.url)
+            self._onLeave()
+
+
+def _jitter():
+    import random
+
+    return random.random()
+
+
+def _serializers():
+    from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
+
+    return [MsgPackSerializer(), JsonSerializer()]
+
+
+def _endpoint(reactor, url):
+    from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
+
+    secure, host, port, _, _, _ = parse_url(url)
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=10)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=10)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=10)
+    if secure:
+        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+    return endpoint
+
+
+# ---------------------------------------------------------------------------
+# The tail's side: publish what the hub publishes.
+
+class PublisherMetrics:
+    def __init__(self, registry):
+        r = registry
+        self.published = Counter(
+            "explorer_wamp_router_published_total", "Events published to the WAMP router, by topic.",
+            ["topic"], registry=r)
+        self.dropped = Counter(
+            "explorer_wamp_router_dropped_total",
+            "Events not published to the WAMP router because it was unreachable or not reading, by topic.",
+            ["topic"], registry=r)
+
+
+class RouterPublisher(Service):
+    """Publishes every hub event to the router; registers the history procedures there."""
+
+    name = "wamp-router"
+
+    def __init__(self, reactor, hub, config, registry, clock=None):
+        self.hub = hub
+        self.procedures = Procedures(hub.history)
+        self.metrics = PublisherMetrics(registry)
+        self.link = RouterLink(reactor, config, self._joined, self._left, registry, clock=clock)
+        self._session = None
+        self._flow = _Flow()
+        hub.addObserver(self._observe)
+
+    def health(self):
+        return self.link.health()
+
+    def startService(self):
+        super().startService()
+        self.link.startService()
+
+    def stopService(self):
+        super().stopService()
+        self._session = None
+        return self.link.stopService()
+
+    async def _joined(self, session):
+        for procedure in PROCEDURES:
+            await session.register(partial(self._answer, procedure), procedure,
+                                   options=RegisterOptions(force_reregister=True))
+        self._flow = _Flow()
+        transport = session._transport.transport
+        # Twisted pauses a producer at 64 KiB unsent, less than one busy
+        # block's transactions: allow a few blocks in flight, drop past that.
+        transport.bufferSize = max(getattr(transport, "bufferSize", 0), _SEND_BUFFER)
+        if getattr(transport, "producer", None) is None:
+            transport.registerProducer(self._flow, True)
+        self._session = session
+
+    def _left(self):
+        self._session = None
+
+    def _answer(self, procedure, *args, **kwargs):
+        return self.procedures.call(procedure, args, kwargs)
+
+    def _observe(self, kind, data):
+        if kind == "block":
+            topic, items = BLOCK, (data,)
+        elif kind == "transactions":
+            topic, items = TX, data[1]
+        elif kind == "reorg":
+            topic, items = REORG, (data,)
+        else:
+            return
+        session = self._session
+        if session is None or self._flow.paused or not session.is_attached():
+            self.metrics.dropped.labels(topic).inc(len(items))
+            return
+        publish = session.publish
+        done = 0
+        try:
+            for item in items:
+                publish(topic, item)
+                done += 1
+        except Exception as e:
+            log.warn("publishing to the WAMP router failed: {error}", error=repr(e))
+        self.metrics.published.labels(topic).inc(done)
+        if done < len(items):
+            self.metrics.dropped.labels(topic).inc(len(items) - done)
+
+
+# ---------------------------------------------------------------------------
+# The edge's side: feed the hub from the router.
+
+def rpc_shape(block_data, txs_data):
+    """
+    The JSON-RPC shape of a block we published as C{block_data} with
+    C{txs_data}, so that C{hub.broadcastBlock} can publish it again (and
+    validate it, as it does every block).  Raises L{events.InvalidBlock}.
+    """
+    try:
+        if len(txs_data) != block_data["tx_count"]:
+            raise events.InvalidBlock(f"block {block_data['height']} says {block_data['tx_count']} "
+                                      f"transactions, {len(txs_data)} came")
+        txs = []
+        for tx in txs_data:
+            if tx["block_hash"] != block_data["hash"] or tx["block_height"] != block_data["height"]:
+                raise events.InvalidBlock(f"transaction {tx['hash']} is not from block {block_data['hash']}")
+            value = tx["value_wei"]
+            txs.append({"hash": tx["hash"], "from": tx["from_addr"], "to": tx["to_addr"],
+                        "value": int(value) if isinstance(value, str) and value.isdigit() else value,
+                        "transactionIndex": tx["tx_index"]})
+        return {"number": block_data["height"], "hash": block_data["hash"],
+                "parentHash": block_data["parent_hash"], "timestamp": block_data["timestamp"],
+                "miner": block_data["miner"], "gasUsed": block_data["gas_used"], "transactions": txs}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise events.InvalidBlock(f"not a block as explorerd publishes it: {e!r:.80}") from None
+
+
+def publish_data(hub, block_data, txs_data):
+    """
+    Publish a block that arrived already converted (the C{data} dicts clients
+    get) through the hub: its raw and WAMP clients, its history.  The data is
+    checked and normalized by the same code as a node's blocks first, so an
+    edge publishes exactly what the tail did, or nothing
+    (L{events.InvalidBlock}).
+    """
+    block = rpc_shape(block_data, txs_data)
+    data = events.block_data(block)
+    txs = [events.tx_data(block, tx, i) for i, tx in enumerate(block["transactions"])]
+    publish = getattr(hub, "publishData", None)
+    if publish is not None:
+        return publish(data, txs)
+    hub.broadcastBlock(block)
+    return hub.broadcastTransactions(block, block["transactions"])
+
+
+class EdgeMetrics:
+    def __init__(self, registry):
+        r = registry
+        self.blocks = Counter(
+            "explorer_wamp_edge_blocks_total", "Blocks this edge published from the router.", registry=r)
+        self.reorgs = Counter(
+            "explorer_wamp_edge_reorgs_total", "Reorgs this edge published from the router.", registry=r)
+        self.resyncs = Counter(
+            "explorer_wamp_edge_resyncs_total",
+            "Catch-ups through explorer.blocks_since, by outcome.", ["outcome"], registry=r)
+        self.discarded = Counter(
+            "explorer_wamp_edge_discarded_total",
+            "Router events an edge could not use, by reason.", ["reason"], registry=r)
+
+
+class EdgeSource(Service):
+    """C{--source wamp}: the router's events, as whole blocks, into the hub."""
+
+    name = "edge"
+    BACKLOG = 100_000
+
+    def __init__(self, reactor, hub, config, registry, clock=None):
+        self.hub = hub
+        self.metrics = EdgeMetrics(registry)
+        self.link = RouterLink(reactor, config, self._joined, self._left, registry, clock=clock)
+        self._session = None
+        self._pending = None  # [block_data, [tx_data, ...]] waiting for its transactions
+        self._syncing = False
+        self._backlog = collections.deque()
+        self._gap_ok = False
+        self._more = False
+        self._tail_missing = False
+
+    def health(self):
+        status = self.link.health()
+        status["status"] = "ok" if status["connected"] else "degraded"
+        newest = self.hub.history.newest
+        status["height"] = None if newest is None else newest.height
+        return status
+
+    def startService(self):
+        super().startService()
+        self.link.startService()
+
+    def stopService(self):
+        super().stopService()
+        self._session = None
+        return self.link.stopService()
+
+    async def _joined(self, session):
+        await session.subscribe(self._onEvent, "explorer.", options=SubscribeOptions(match="prefix", details=True))
+        self._session = session
+        self._pending = None
+        # Catch up on what the router carried while we were away.
+        self._resync("joined the router")
+
+    def _left(self):
+        self._session = None
+        self._pending = None
+
+    def _onEvent(self, data, details=None):
+        topic = details.topic if details is not None else None
+        # A live event: if the tail was missing a moment ago, it may be back.
+        self._tail_missing = False
+        if self._syncing:
+            if len(self._backlog) >= self.BACKLOG:
+                self.metrics.discarded.labels("backlog_full").inc()
+                return
+            self._backlog.append((topic, data))
+            return
+        self._apply(topic, data)
+
+    def _apply(self, topic, data):
+        if not isinstance(data, dict):
+            self.metrics.discarded.labels("invalid").inc()
+            return
+        if topic == BLOCK:
+            if self._pending is not None:
+                self.metrics.discarded.labels("incomplete_block").inc()
+            self._pending = [data, []]
+            if data.get("tx_count") == 0:
+                self._complete()
+        elif topic == TX:
+            pending = self._pending
+            if pending is None or data.get("block_hash") != pending[0].get("hash"):
+                # We joined in the middle of a block; its block event is the
+                # resync's business.
+                self.metrics.discarded.labels("orphan_tx").inc()
+                return
+            pending[1].append(data)
+            if len(pending[1]) >= (pending[0].get("tx_count") or 0):
+                self._complete()
+        elif topic == REORG:
+            self._pending = None
+            self._reorg(data)
+        else:
+            self.metrics.discarded.labels("unknown_topic").inc()
+
+    def _complete(self):
+        block, txs = self._pending
+        self._pending = None
+        history = self.hub.history
+        if history.canonical(block.get("hash")) is not None:
+            return  # we have it (a resync brought it first)
+        newest = history.newest
+        if newest is None or block.get("parent_hash") == newest.hash or self._gap_ok:
+            if newest is not None and block.get("parent_hash") != newest.hash:
+                log.warn("edge: block {height} {hash} does not follow our newest {newest}; "
+                         "the tail could not fill the gap, going on from here",
+                         height=block.get("height"), hash=block.get("hash"), newest=newest.height)
+            self._publish(block, txs)
+            return
+        if self._tail_missing:
+            # The catch-up just failed and this block waited for it: drop it;
+            # the next live block that does not follow asks again.
+            self.metrics.discarded.labels("unlinked").inc()
+            return
+        # Something went missing: catch up from the tail's history, then go
+        # on with this block (and whatever arrives meanwhile).
+        self._backlog.extendleft([(TX, tx) for tx in reversed(txs)])
+        self._backlog.appendleft((BLOCK, block))
+        self._resync(f"block {block.get('height')} does not follow our newest block {newest.height}")
+
+    def _publish(self, block, txs):
+        try:
+            publish_data(self.hub, block, txs)
+        except events.InvalidBlock as e:
+            self.metrics.discarded.labels("invalid").inc()
+            log.warn("edge: discarded an invalid block from the router: {error}", error=str(e))
+            return False
+        self._gap_ok = False
+        self.metrics.blocks.inc()
+        return True
+
+    def _reorg(self, data):
+        try:
+            ancestor = data["common_ancestor"]
+            height, block_hash = ancestor["height"], ancestor["hash"]
+        except (KeyError, TypeError):
+            self.metrics.discarded.labels("invalid").inc()
+            return
+        history = self.hub.history
+        newest = history.newest
+        if newest is None or newest.height <= height:
+            return  # nothing we published is affected
+        ours = history.canonical(block_hash)
+        if ours is None or ours.height != height:
+            self._resync(f"a reorg back to {height} {block_hash}, a block we do not hold")
+            return
+        self._rollback(ours)
+
+    def _rollback(self, ancestor):
+        removed = [e.ref() for e in self.hub.history.after(ancestor.height)]
+        if removed:
+            self.hub.broadcastReorg(len(removed), ancestor.ref(), removed)
+            self.metrics.reorgs.inc()
+
+    def _resync(self, why):
+        """Ask the tail (through the router) for everything after our newest block."""
+        if self._syncing:
+            return  # the backlog is applied when the catch-up in flight is done
+        newest = self.hub.history.newest
+        session = self._session
+        if newest is None or session is None:
+            # Nothing to catch up from, or nobody to ask: go on from here.
+            self._gap_ok = newest is not None
+            self._drain()
+            return
+        self._syncing = True
+        log.info("edge: catching up after block {height} ({why})", height=newest.height, why=why)
+        d = session.call("explorer.blocks_since", newest.height, newest.hash)
+        d.addCallbacks(self._caughtUp, self._notCaughtUp, callbackArgs=(newest,))
+        d.addErrback(lambda f: log.failure("edge: applying a catch-up failed", f))
+        d.addBoth(self._synced)
+
+    def _caughtUp(self, result, newest):
+        reorg, blocks = result.get("reorg"), result.get("blocks") or []
+        if reorg:
+            ancestor = self.hub.history.canonical(reorg["common_ancestor"]["hash"])
+            if ancestor is not None:
+                self._rollback(ancestor)
+        published = 0
+        for item in blocks:
+            block, txs = item["block"], item["txs"]
+            if self.hub.history.canonical(block["hash"]) is None and self._publish(block, txs):
+                published += 1
+        self.metrics.resyncs.labels("ok").inc()
+        self._more = bool(result.get("more"))
+        log.info("edge: caught up with {n} blocks from the tail's history{more}", n=published,
+                 more=", asking for more" if self._more else "")
+
+    def _notCaughtUp(self, failure):
+        error = getattr(failure.value, "error", None) or repr(failure.value)
+        if error == HISTORY_UNAVAILABLE:
+            # The tail's history does not reach back to us: a gap it is.
+            self.metrics.resyncs.labels("unavailable").inc()
+            log.warn("edge: the gap is older than the tail's history ({error}); going on from the "
+                     "next block", error=error)
+            self._gap_ok = True
+        else:
+            # The tail is not there (yet): its next block, which will not
+            # follow ours either, tries again.
+            self.metrics.resyncs.labels("failed").inc()
+            self._tail_missing = True
+            log.warn("edge: could not catch up ({error}); trying again with the next block", error=error)
+
+    def _synced(self, _):
+        self._syncing = False
+        if self._more:
+            self._more = False
+            self._resync("the tail has more")
+        else:
+            self._drain()
+
+    def _drain(self):
+        while self._backlog and not self._syncing:
+            topic, data = self._backlog.popleft()
+            self._apply(topic, data)
