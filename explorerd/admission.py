@@ -125,7 +125,9 @@ class Admission:
             self._refuse("origin", ip, f"origin {origin[:200]!r} is not allowed", 403)
         if not self.limiter.allow(ip):
             self._refuse("rate_limit", ip, "too many new connections from your address; try again in a minute", 429)
-        if not self.hub.reserve(protocol):
+        if self.hub.ipFull(ip):
+            self._refuse("ip_capacity", ip, "too many connections from your address", 429)
+        if not self.hub.reserve(protocol, ip):
             self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         return ip
 

@@ -176,6 +176,18 @@ SETTINGS = (
             parse_int, 0,
             "New connections allowed per minute per client IP (token bucket, bursts up to the "
             "same number); more are refused with HTTP 429. 0 turns the limit off."),
+    Setting("max_connections_per_ip", "WEBSOCKET_MAX_CONNECTIONS_PER_IP", "max-connections-per-ip", "100",
+            parse_int, 0,
+            "Most connections open at once from one client IP, unfinished HTTP requests included; "
+            "more are refused with HTTP 429. Counted by socket address, and by the forwarded address "
+            "for WebSockets behind trusted proxies. 0 turns the limit off."),
+    Setting("message_rate", "WEBSOCKET_MESSAGE_RATE", "message-rate", "20",
+            parse_int, 0,
+            "Messages a client may send per second (token bucket, bursts of WEBSOCKET_MESSAGE_BURST); "
+            "past it the client is closed with 1008. 0 turns the budget off."),
+    Setting("message_burst", "WEBSOCKET_MESSAGE_BURST", "message-burst", "60",
+            parse_int, 1,
+            "The burst of messages a client may send at once before its budget applies."),
     Setting("rate_limit_ips", "WEBSOCKET_RATE_LIMIT_IPS", "rate-limit-ips", "100000",
             parse_int, 1,
             "Most client IPs the rate limiter remembers at once; it forgets the least recently seen."),
@@ -185,7 +197,8 @@ SETTINGS = (
             "0 uses the socket's peer address."),
     Setting("handshake_timeout", "WEBSOCKET_HANDSHAKE_TIMEOUT", "handshake-timeout", "10s",
             parse_duration, 0.01,
-            "A WebSocket opening handshake not finished in this time is dropped."),
+            "A connection that has not sent a complete HTTP request (or upgrade) in this time "
+            "from connecting is dropped, however slowly it keeps sending."),
     Setting("shutdown_timeout", "WEBSOCKET_SHUTDOWN_TIMEOUT", "shutdown-timeout", "5s",
             parse_duration, 0,
             "On SIGTERM, how long to wait for clients to answer the 1001 close before exiting."),
@@ -271,6 +284,9 @@ class Config:
     write_buffer_size: int
     max_message_size: int
     rate_limit: int
+    max_connections_per_ip: int
+    message_rate: int
+    message_burst: int
     rate_limit_ips: int
     trusted_proxies: int
     handshake_timeout: float

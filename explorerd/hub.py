@@ -137,7 +137,10 @@ class Hub(Service):
         self._filtered = {}
         self._by_address = {}
         self._paused = {}
-        self._protocols = set()
+        self._protocols = {}
+        self._pending = {}
+        self._lingering = {}
+        self._per_ip = {}
         self._closing = {}
         self._queued_total = 0
         self._next_ping = None
@@ -172,23 +175,80 @@ class Hub(Service):
 
     @property
     def connectionCount(self):
-        """Connections holding a slot: open ones and handshakes in progress."""
-        return len(self._protocols)
+        """Connections holding a slot: WebSockets, and HTTP requests still arriving."""
+        return len(self._protocols) + len(self._pending)
 
     @property
     def clientCount(self):
         return len(self._clients)
 
-    def reserve(self, protocol):
-        """Take a connection slot for C{protocol}; False when the cap is reached or we are stopping."""
-        if self._stopping or len(self._protocols) >= self.config.max_connections:
+    def _countIP(self, ip, delta):
+        n = self._per_ip.get(ip, 0) + delta
+        if n > 0:
+            self._per_ip[ip] = n
+        else:
+            self._per_ip.pop(ip, None)
+
+    def ipFull(self, ip):
+        cap = getattr(self.config, "max_connections_per_ip", 0)
+        return bool(cap) and self._per_ip.get(ip, 0) >= cap
+
+    def admitPending(self, channel, ip):
+        """
+        A TCP connection was accepted: hold a slot for it until its request
+        is complete.  Returns C{None} (admitted), C{(status, reason)} (to be
+        refused once its request head is read, within the handshake
+        timeout), or C{"drop"} when even the refusals are too many.
+        """
+        refusal = None
+        if self._stopping or self.connectionCount >= self.config.max_connections:
+            self.metrics.connections_refused.labels("capacity").inc()
+            refusal = (503, "Service Unavailable")
+        track_ip = not getattr(self.config, "trusted_proxies", 0)
+        if refusal is None and track_ip and self.ipFull(ip):
+            self.metrics.connections_refused.labels("ip_capacity").inc()
+            refusal = (429, "Too Many Requests")
+        if refusal is not None:
+            if len(self._lingering) >= max(100, self.config.max_connections // 10):
+                return "drop"
+            self._lingering[channel] = self.clock.seconds() + self.config.handshake_timeout
+            return refusal
+        self._pending[channel] = (self.clock.seconds() + self.config.handshake_timeout,
+                                  ip if track_ip else None)
+        if track_ip:
+            self._countIP(ip, 1)
+        return None
+
+    def unlinger(self, channel):
+        """A refused connection got its answer, or went away."""
+        self._lingering.pop(channel, None)
+
+    def unpend(self, channel):
+        """The connection's request arrived (or it went away): it no longer holds a pending slot."""
+        held = self._pending.pop(channel, None)
+        if held is not None and held[1] is not None:
+            self._countIP(held[1], -1)
+
+    def reserve(self, protocol, ip=None):
+        """
+        Take a connection slot for a WebSocket C{protocol} from C{ip}; False
+        when the cap (or the per-IP cap) is reached or we are stopping.
+        """
+        if self._stopping or self.connectionCount >= self.config.max_connections:
             return False
-        self._protocols.add(protocol)
+        if ip is not None and self.ipFull(ip):
+            return False
+        self._protocols[protocol] = ip
+        if ip is not None:
+            self._countIP(ip, 1)
         return True
 
     def release(self, protocol):
         """Give back the slot once the connection is gone."""
-        self._protocols.discard(protocol)
+        if protocol in self._protocols:
+            ip = self._protocols.pop(protocol)
+            if ip is not None:
+                self._countIP(ip, -1)
         self._closing.pop(protocol, None)
         if self._drained is not None and not self._protocols:
             d, self._drained = self._drained, None
@@ -608,7 +668,8 @@ class Hub(Service):
 
     def _sweepInterval(self):
         c = self.config
-        return max(0.01, min(c.ping_interval, c.write_deadline / 4, c.pong_timeout / 4))
+        return max(0.01, min(c.ping_interval, c.write_deadline / 4, c.pong_timeout / 4,
+                             c.handshake_timeout / 4))
 
     def _sweepOnce(self):
         try:
@@ -623,6 +684,18 @@ class Hub(Service):
         for client in tuple(self._paused):
             if client.hub is not None and now - client.paused_since > config.write_deadline:
                 self._closeStalled(client)
+        for channel, deadline in tuple(self._lingering.items()):
+            if now >= deadline:
+                self._lingering.pop(channel, None)
+                if channel.transport is not None:
+                    channel.transport.abortConnection()
+        for channel, (deadline, ip) in tuple(self._pending.items()):
+            if now >= deadline:
+                self.unpend(channel)
+                self.metrics.errors.labels("handshake_timeout").inc()
+                transport = channel.transport
+                if transport is not None:
+                    transport.abortConnection()
         for protocol, deadline in tuple(self._closing.items()):
             if now >= deadline:
                 self._closing.pop(protocol, None)
@@ -662,6 +735,11 @@ class Hub(Service):
         clients = tuple(self._clients.values())
         for client in clients:
             self.close(client, CLOSE_GOING_AWAY, "server shutting down")
+        for channel in tuple(self._pending) + tuple(self._lingering):
+            self.unpend(channel)
+            self.unlinger(channel)
+            if channel.transport is not None:
+                channel.transport.abortConnection()
         for protocol in tuple(self._protocols):
             if protocol.state == _OPEN:
                 self.closeProtocol(protocol, CLOSE_GOING_AWAY, "server shutting down")

@@ -8,7 +8,7 @@ import os
 import sys
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
@@ -45,9 +45,70 @@ class HealthResource(Resource):
         return json.dumps(status, separators=(",", ":")).encode("utf-8")
 
 
+class Channel(http.HTTPChannel):
+    """
+    An HTTP connection that holds a connection slot from the moment it is
+    accepted: until its first request is complete it is "pending", counted
+    in the connection cap and the per-IP limit, and dropped by the hub's
+    sweep if the request does not arrive within the handshake timeout from
+    connecting (slowloris: the idle timer alone is reset by every byte).
+    """
+
+    _explorer_pending = False
+    _explorer_refusal = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        peer = self.transport.getPeer()
+        verdict = self.site.hub.admitPending(self, getattr(peer, "host", ""))
+        if verdict is None:
+            self._explorer_pending = True
+        elif verdict == "drop":
+            self.transport.abortConnection()
+        else:
+            # Refused; answer once its request head is in, as HTTP clients
+            # expect (answering before reading makes some of them fail oddly).
+            self._explorer_refusal = verdict
+
+    def allHeadersReceived(self):
+        if self._explorer_refusal is None:
+            self._explorerDone()
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        refusal = self._explorer_refusal
+        if not refusal:
+            return super().allContentReceived()
+        self.site.hub.unlinger(self)
+        code, reason = refusal
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                             % (code, reason.encode("ascii")))
+        self.transport.loseConnection()
+        self._explorer_refusal = ()
+
+    def dataReceived(self, data):
+        if self._explorer_refusal == ():
+            return  # answered and closing: nothing more to parse
+        super().dataReceived(data)
+
+    def connectionLost(self, reason):
+        self._explorerDone()
+        if self._explorer_refusal is not None:
+            self.site.hub.unlinger(self)
+        super().connectionLost(reason)
+
+    def _explorerDone(self):
+        if self._explorer_pending:
+            self._explorer_pending = False
+            self.site.hub.unpend(self)
+
+
 class Site(server.Site):
-    def __init__(self, resource, config):
+    protocol = Channel
+
+    def __init__(self, resource, config, hub):
         super().__init__(resource, timeout=config.handshake_timeout)
+        self.hub = hub
         self.displayTracebacks = False
 
 

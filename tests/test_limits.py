@@ -173,3 +173,69 @@ async def test_wss_from_an_ssl_endpoint_string(start_daemon, tmp_path):
     assert subscribed == '{"type":"subscribed","channels":["newBlocks"]}'
     assert pong == '{"type":"pong"}'
     await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+def _open_raw(port, source="127.0.0.1"):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    s.setblocking(False)
+    return s
+
+
+def _closed_by_server(s):
+    try:
+        return s.recv(100) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowloris_connections_count_against_the_cap_and_are_dropped_in_time(start_daemon):
+    daemon = await start_daemon(max_connections=3, handshake_timeout=10)
+    trickle = [_open_raw(daemon.port) for _ in range(3)]
+    await eventually(lambda: daemon.hub.connectionCount == 3, what="three pending connections")
+    for s in trickle:
+        s.send(b"GET /v1/str")  # a request head that never finishes
+    assert await in_thread(handshake_status, daemon.url) == 503
+    for _ in range(4):  # keep trickling: the deadline counts from connecting, not from the last byte
+        daemon.clock.advance(2.5)
+        for s in trickle:
+            s.send(b"e")
+    daemon.clock.advance(2.5)
+    await eventually(lambda: all(_closed_by_server(s) for s in trickle), what="slow requests dropped")
+    assert daemon.hub.connectionCount == 0
+    assert daemon.hub.metrics.errors.labels("handshake_timeout")._value.get() == 3
+    assert await in_thread(handshake_status, daemon.url) == 101
+    for s in trickle:
+        s.close()
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_per_ip_count_unfinished_requests(start_daemon):
+    daemon = await start_daemon(max_connections_per_ip=2)
+    idle = [_open_raw(daemon.port) for _ in range(2)]
+    await eventually(lambda: daemon.hub.connectionCount == 2)
+    assert await in_thread(handshake_status, daemon.url) == 429
+
+    def from_another_address():
+        import socket
+
+        from websockets.sync.client import connect as ws_connect
+
+        sock = socket.create_connection(("127.0.0.1", daemon.port), source_address=("127.0.0.2", 0))
+        with ws_connect(daemon.url, sock=sock, compression=None, open_timeout=5):
+            return True
+
+    assert await in_thread(from_another_address), "another address has its own allowance"
+    for s in idle:
+        s.close()
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+    clients = [await connect(daemon.url) for _ in range(2)]
+    assert await in_thread(handshake_status, daemon.url) == 429, "open WebSockets count too"
+    assert daemon.hub.metrics.connections_refused.labels("ip_capacity")._value.get() >= 2
+    for c in clients:
+        await c.close()
