@@ -71,3 +71,11 @@ def test_every_setting_has_an_env_an_option_and_a_doc():
     for s in SETTINGS:
         assert s.env.startswith(("WEBSOCKET_", "API_", "EXPLORERD_")) and s.option and s.doc
         Config.load({s.env: s.default}, {})
+
+
+def test_the_readme_documents_every_setting():
+    import os
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    for s in SETTINGS:
+        assert f"`{s.env}`" in readme and f"`--{s.option}`" in readme, s.env
