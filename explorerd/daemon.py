@@ -150,8 +150,10 @@ class Daemon(MultiService):
             self.tail = LiveTail(clock, self.rpc, self.hub, poll_interval=config.poll_interval,
                                  max_reorg_depth=config.max_reorg_depth, max_catchup=config.max_catchup,
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
-                                 state=state, registry=self.metrics.registry)
+                                 state=state, registry=self.metrics.registry,
+                                 remember=config.history_blocks)
             self.tail.setServiceParent(self)
+            self.hub.holdResumes(self.tail.whenRestored())
         if config.wamp_router and config.source == "node":
             from explorerd.wampclient import RouterPublisher
 
@@ -163,7 +165,7 @@ class Daemon(MultiService):
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory)
-        self.site = Site(root, config)
+        self.site = Site(root, config, self.hub)
         self.listener = Listener(reactor, config.listen, self.site,
                                  sized_server(config.read_buffer_size, config.write_buffer_size))
         self.listener.setServiceParent(self)

@@ -126,12 +126,23 @@ class History:
             old = self._chain.popleft()
             del self._by_hash[old.hash]
 
-    def rollback(self, height):
-        """A reorg: every block above C{height} is no longer canonical."""
+    def rollback(self, height, removed=(), ancestor_hash=None):
+        """
+        A reorg: every block above C{height} is no longer canonical.
+        C{removed} (C{[{"height", "hash"}, ...]}, ascending, above the
+        ancestor C{ancestor_hash}) names the orphans as the reorg reported
+        them, so that those we do not hold (not restored after a restart)
+        are known too.
+        """
         while self._chain and self._chain[-1].height > height:
             gone = self._chain.pop()
             del self._by_hash[gone.hash]
             self._orphans[gone.hash] = (gone.height, gone.parent_hash)
+        parent = ancestor_hash
+        for r in removed:
+            if parent is not None and r["hash"] not in self._orphans and r["hash"] not in self._by_hash:
+                self._orphans[r["hash"]] = (r["height"], parent)
+            parent = r["hash"]
         while len(self._orphans) > self.size:
             self._orphans.popitem(last=False)
 

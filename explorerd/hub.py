@@ -73,7 +73,8 @@ class Client:
     """
 
     __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels", "tx_options",
-                 "group", "paused", "paused_since", "queue", "queued", "last_seen", "__weakref__")
+                 "group", "paused", "paused_since", "queue", "queued", "backlog", "last_seen",
+                 "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -89,6 +90,7 @@ class Client:
         self.paused_since = None
         self.queue = deque()
         self.queued = 0
+        self.backlog = 0  # replayed blocks in the queue: not counted against send_queue
         self.last_seen = hub.clock.seconds()
 
     def __repr__(self):
@@ -152,6 +154,36 @@ class Hub(Service):
         self.history = History(getattr(config, "history_blocks", 256))
         self._prepared = None
         self._observers = []
+        self._held = None  # resumes waiting for the history to be restored, or None
+
+    def holdResumes(self, restored, timeout=30.0):
+        """
+        Until the Deferred C{restored} fires (at most C{timeout} seconds),
+        resumes (subscribe with C{since}) wait: the live-tail is giving the
+        history back after a restart (L{LiveTail.whenRestored}).
+        """
+        if restored.called:
+            return
+        held = self._held = []
+
+        def release(result=None):
+            if timer.active():
+                timer.cancel()
+            if self._held is held:
+                self._held = None
+                for resume in held:
+                    resume()
+            return result
+
+        timer = self.clock.callLater(timeout, release)
+        restored.addBoth(release)
+
+    def whenResumable(self, resume):
+        """Call C{resume()} now, or once the history is restored."""
+        if self._held is None:
+            resume()
+        else:
+            self._held.append(resume)
 
     def addObserver(self, observer):
         """
@@ -284,6 +316,7 @@ class Hub(Service):
         self.metrics.queued_messages.set(self._queued_total)
         client.queue.clear()
         client.queued = 0
+        client.backlog = 0
         transport = client.transport
         if transport is not None and getattr(transport, "producer", None) is client:
             transport.unregisterProducer()
@@ -526,7 +559,8 @@ class Hub(Service):
             "removed": [{"height": r["height"], "hash": r["hash"]} for r in removed],
         }
         payload = frame(events.encode({"type": "reorg", "data": data}))
-        self.history.rollback(data["common_ancestor"]["height"])
+        self.history.rollback(data["common_ancestor"]["height"], data["removed"],
+                              data["common_ancestor"]["hash"])
         recipients = dict(self._subscribers["newBlocks"])
         recipients.update(self._subscribers["newTxs"])
         self.log.info("reorg of depth {depth} back to {height} {hash}",
@@ -552,14 +586,15 @@ class Hub(Service):
         entries = self.history.after(ancestor["height"])
         if announce is not None:
             announce(len(entries))
+        items = []
         if removed:
-            self.deliver(client, frame(events.encode({"type": "reorg", "data": {
+            items.append((frame(events.encode({"type": "reorg", "data": {
                 "depth": len(removed), "common_ancestor": ancestor, "removed": removed,
-            }})), 1, "reorg")
+            }})), (("reorg", 1),)))
         blocks, mode = self._profile(client)
         addresses = client.tx_options.addresses
-        frames, counts = [], {}
         for e in entries:
+            counts = {}
             if addresses and mode is not None:
                 indexes = [i for i, tx in enumerate(e.txs_data)
                            if tx["from_addr"] in addresses or tx["to_addr"] in addresses]
@@ -576,9 +611,14 @@ class Hub(Service):
                 kind = "newTx" if mode in (PLAIN, HASHES) else "newTxs"
                 counts[kind] = counts.get(kind, 0) + n
             if txs:
-                frames.append(txs)
-        if frames:
-            self._send(client, frames, tuple(counts.items()))
+                items.append((txs, tuple(counts.items())))
+        # Through the queue, one block per write: the transport pauses us
+        # after each and resumes us once it drained, so the write deadline
+        # measures progress, and a long replay is not "too slow" by itself.
+        for payload, counts in items:
+            self._enqueue(client, payload, counts, replayed=True)
+        if not client.paused:
+            self._flush(client)
         return len(entries)
 
     def fanout(self, subscribers, payload, counts):
@@ -621,19 +661,15 @@ class Hub(Service):
         """Write now, or queue while the transport is paused; True if written."""
         if client.paused or client.queue:
             config = self.config
-            if len(client.queue) >= config.send_queue:
+            if len(client.queue) - client.backlog >= config.send_queue:
                 self.close(client, CLOSE_POLICY,
-                           f"too slow: {len(client.queue)} messages waiting to be sent",
+                           f"too slow: {len(client.queue) - client.backlog} messages waiting to be sent",
                            "slow_client")
                 return False
             if client.paused and self.clock.seconds() - client.paused_since > config.write_deadline:
                 self._closeStalled(client)
                 return False
-            count = sum(n for _, n in counts)
-            client.queue.append((payload, counts))
-            client.queued += count
-            self._queued_total += count
-            self.metrics.queued_messages.set(self._queued_total)
+            self._enqueue(client, payload, counts)
             return False
         if payload.__class__ is list:
             client.transport.writeSequence(payload)
@@ -641,11 +677,20 @@ class Hub(Service):
             client.transport.write(payload)
         return True
 
+    def _enqueue(self, client, payload, counts, replayed=False):
+        count = sum(n for _, n in counts)
+        client.queue.append((payload, counts, replayed))
+        client.backlog += replayed
+        client.queued += count
+        self._queued_total += count
+        self.metrics.queued_messages.set(self._queued_total)
+
     def _flush(self, client):
         """The transport drained: write what waited, until it pauses us again."""
         sent = {}
         while client.queue and not client.paused and client.hub is not None:
-            payload, counts = client.queue.popleft()
+            payload, counts, replayed = client.queue.popleft()
+            client.backlog -= replayed
             for kind, n in counts:
                 client.queued -= n
                 self._queued_total -= n

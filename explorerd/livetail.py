@@ -11,8 +11,8 @@ A poll:
  1. asks C{eth_blockNumber} for the node's head;
  2. if the head is above the last block we published, fetches every height
     after it (C{eth_getBlockByNumber(n, true)}, batched C{batch_size} at a
-    time) and publishes each in height order: C{hub.broadcastBlock} then
-    C{hub.broadcastTransactions}.  A head jump of k gives all k blocks.  A
+    time) and publishes each in height order with its transactions
+    (C{hub.publishBlock}).  A head jump of k gives all k blocks.  A
     C{null} block (the node, or one backend behind a load balancer, is not
     there yet) ends the poll at that height; the next poll tries it again;
  3. if the head did not move (or went backwards), fetches the header at the
@@ -48,6 +48,38 @@ C{max_catchup} blocks ahead of what we published -- after a restart or a
 long node outage -- we log a warning and re-anchor at the head instead of
 flooding clients with history; clients see a gap in heights.  This is the
 only case in which heights are skipped.
+
+The state file holds the last C{remember} blocks we published (at least
+C{max_reorg_depth + 1}; the daemon passes the hub's history size), so that a
+restart can give the hub back its history for clients that resume with
+C{since}.  Before the first poll after a restart publishes anything, we
+fetch exactly those blocks from the node by hash (C{eth_getBlockByHash(hash,
+true)}, batched) -- the blocks clients saw, even one that was orphaned while
+we were down -- and hand them to C{hub.remember(block)}, oldest first: they
+go into the history without being sent.  Blocks the node does not have
+(C{null}: pruned below, or an orphan it forgot) end the run we restore (we
+keep the longest run from the oldest block it has; logged), and so do
+answers we cannot use (a JSON-RPC error such as an unsupported method, an
+invalid block): the tail then carries on without that history.  A node that
+cannot be reached fails the poll as usual, and the restore is tried again
+first thing next poll, where it stopped; after three polls in which the node
+answered C{eth_blockNumber} but not the restore (a batch too large for a
+provider, say), we carry on without the rest.  The ordinary checks then run and report any reorg
+that happened while we were down; C{hub.broadcastReorg} rolls the history
+back, so a client still holding an orphan is told which of its blocks are
+gone.  L{LiveTail.whenRestored} fires at the end of that poll: until then a
+resuming client cannot be served right, and the hub should hold resumes.
+Nothing is restored when the node is more than C{max_catchup} blocks ahead
+(we re-anchor anyway).
+
+The position is saved (atomically, see L{TailState}) once per batch of
+blocks, before the batch is handed to the hub (whose writes may reach the
+socket at once): whatever a client received is in the file, so a restart,
+even after SIGKILL, republishes nothing a client already has.  A crash
+between the save and the broadcast leaves blocks in the file that nobody
+got; the restart restores them into the history like the others, so a
+client that resumes gets them.  After a reorg the position is saved once
+the hub has been told.
 
 Faults -- connection refused, timeouts, HTTP errors, malformed JSON, JSON-RPC
 errors, blocks that fail validation -- end the poll where it is.  A block is
@@ -92,6 +124,8 @@ _HASH = re.compile(r"^0x[0-9a-f]{64}$")
 
 _GET = "eth_getBlockByNumber"
 _GET_BATCH = "batch[eth_getBlockByNumber]"
+_BY_HASH = "eth_getBlockByHash"
+_BY_HASH_BATCH = "batch[eth_getBlockByHash]"
 _NUMBER = "eth_blockNumber"
 
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -100,6 +134,10 @@ REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 # Bounds a branch that flips on every request: report this many reorgs,
 # then let the next poll carry on (never spin inside one poll).
 _MAX_REORGS_PER_POLL = 8
+
+# Polls in which restoring the history failed though the node answered
+# eth_blockNumber, before we carry on without (the rest of) it.
+_MAX_RESTORE_FAILURES = 3
 
 
 class TailFault(Exception):
@@ -224,9 +262,14 @@ class LiveTail(Service):
 
     @param clock: an L{IReactorTime} for the polling loop and the backoff.
     @param rpc: an L{explorerd.jsonrpc.JSONRPCClient} (not closed by us).
-    @param hub: anything with C{broadcastBlock}, C{broadcastTransactions}
-        and C{broadcastReorg}.
+    @param hub: anything with C{publishBlock} (or C{broadcastBlock} and
+        C{broadcastTransactions}) and C{broadcastReorg}; and
+        C{remember(block)}, if it keeps a history that a restart should
+        restore.
     @param state: a L{TailState} to resume from and save to, or C{None}.
+    @param remember: how many of the last published blocks the state file
+        keeps, and a restart restores into the hub's history (at least
+        C{max_reorg_depth + 1}, the default).
     @param max_lag: blocks behind the node's head before L{health} says
         C{degraded}.
     @param max_lag_seconds: optionally, also C{degraded} when the last
@@ -240,7 +283,8 @@ class LiveTail(Service):
 
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
-                 batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None):
+                 batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
+                 remember=None):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -249,6 +293,8 @@ class LiveTail(Service):
             raise ValueError(f"max_catchup must be >= 1, got {max_catchup!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if remember is not None and remember < 1:
+            raise ValueError(f"remember must be >= 1, got {remember!r}")
         self.clock = clock
         self.rpc = rpc
         self.hub = hub
@@ -267,14 +313,36 @@ class LiveTail(Service):
         # The last blocks we published, oldest first; the ancestor of a
         # reorg of depth max_reorg_depth is still in here.
         self._chain = deque(maxlen=self.max_reorg_depth + 1)
+        # The published blocks just below those (contiguous with them),
+        # kept only for the state file: up to `remember` blocks in all.
+        keep = self._chain.maxlen if remember is None else max(int(remember), self._chain.maxlen)
+        self.remember = keep
+        self._older = deque(maxlen=keep - self._chain.maxlen)
+        # Whether blocks have left _chain at the bottom since we anchored
+        # (if not, a fork below it is below the first block we published).
+        self._trimmed = False
         # With an empty chain: the height to publish first (None: the head).
         self._start_at = None
         self._published_ts = None
         self._dirty = False
+        # Saved blocks still to be handed to the hub's history, or None.
+        self._restore = None
+        self._restore_at = 0  # index in _restore of the next block to fetch
+        self._restore_skipped = []  # the oldest ones, which the node did not have
+        self._restored = 0  # blocks handed to hub.remember
+        self._restore_failures = 0  # attempts that failed though the node answered
+        self._restore_waiters = None  # whenRestored() Deferreds; None once released
         if state is not None:
             # Read at construction so that an unreadable state file stops
             # start-up (twistd reports it) rather than a poll later.
-            self._chain.extend(Position(*p) for p in state.load())
+            positions = [Position(*p) for p in state.load()]
+            n = self._chain.maxlen
+            self._chain.extend(positions[-n:])
+            self._older.extend(positions[:-n])
+            self._trimmed = len(positions) >= n
+            if positions and callable(getattr(hub, "remember", None)):
+                self._restore = list(self._older) + list(self._chain)
+                self._restore_waiters = []
 
         self._head = None
         self._last_poll_ok = None
@@ -328,6 +396,8 @@ class LiveTail(Service):
 
         def stopped(_):
             self._saveState()
+            self._restoreOver()
+            self._releaseRestored()
             self.log.info("live-tail stopped at {published}", published=self.published)
 
         return defer.gatherResults(waits, consumeErrors=True).addBoth(stopped)
@@ -363,6 +433,27 @@ class LiveTail(Service):
             d.addCallbacks(self._pollSucceeded, self._pollFailed)
             d.addBoth(self._pollFinished)
         return waiter
+
+    def whenRestored(self):
+        """
+        A Deferred that fires, with the number of blocks handed to
+        C{hub.remember}, once the history is restored after a restart and
+        the poll that restored it has finished: any reorg that happened
+        while we were down has then been reported (C{hub.broadcastReorg}
+        rolled the history back) and the blocks since published, so the
+        hub can serve clients that resume.  At once when there is nothing
+        to restore; with what we have if the tail stops first.
+        """
+        if self._restore_waiters is None:
+            return defer.succeed(self._restored)
+        waiter = defer.Deferred()
+        self._restore_waiters.append(waiter)
+        return waiter
+
+    def _releaseRestored(self):
+        waiters, self._restore_waiters = self._restore_waiters, None
+        for waiter in waiters or ():
+            waiter.callback(self._restored)
 
     def whenIdle(self):
         """A Deferred that fires once no poll is running (at once if none is)."""
@@ -475,6 +566,8 @@ class LiveTail(Service):
             self._saveState()
         except Exception:
             self.log.failure("saving the tail state failed")
+        if self._restore is None and self._restore_waiters is not None:
+            self._releaseRestored()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(ok)
@@ -486,6 +579,8 @@ class LiveTail(Service):
         self._doing = "asking for the head"
         head = await self._call(_NUMBER, self.rpc.blockNumber)
         self._observeHead(head)
+        if self._restore is not None:
+            await self._restoreHistory(head)
         reorgs = 0
         while not self._stopping:
             if not self._chain:
@@ -505,6 +600,8 @@ class LiveTail(Service):
                 elif head - tip.height > self.max_catchup:
                     self._skip(tip.height + 1, head)
                     self._chain.clear()
+                    self._older.clear()
+                    self._trimmed = False
                     self._start_at = None
                     continue
                 else:
@@ -517,6 +614,78 @@ class LiveTail(Service):
                 return
             reorgs += 1
             await self._reorg(min(head, self._chain[-1].height))
+
+    async def _restoreHistory(self, head):
+        """
+        After a restart: give the hub back the blocks clients saw before it,
+        fetched by hash, oldest first, before anything new is published.
+        A poll that fails here (node unreachable) resumes where it stopped.
+        """
+        positions = self._restore
+        if head - positions[-1].height > self.max_catchup:
+            self.log.info("not restoring the history of {n} blocks: the node is {ahead} blocks "
+                          "ahead, we re-anchor at its head", n=len(positions),
+                          ahead=head - positions[-1].height)
+            return self._restoreOver()
+        while self._restore_at < len(positions) and not self._stopping:
+            batch = positions[self._restore_at:self._restore_at + self.batch_size]
+            self._doing = (f"restoring the history: fetching block {batch[0].height}"
+                           + (f"-{batch[-1].height}" if len(batch) > 1 else "") + " by hash")
+            method = _BY_HASH if len(batch) == 1 else _BY_HASH_BATCH
+            try:
+                blocks = await self._fetchByHash([p.hash for p in batch])
+                for p, block in zip(batch, blocks):
+                    if block is None:
+                        if not self._restored:
+                            self._restore_skipped.append(p)  # pruned: try the next one up
+                            self._restore_at += 1
+                            continue
+                        self.log.warn("the node no longer has block {height} {hash} (orphaned while "
+                                      "we were down?): the history is restored up to block {last} only",
+                                      height=p.height, hash=p.hash, last=p.height - 1)
+                        return self._restoreOver()
+                    data = self._validated(block, p.height, method, full=True)
+                    if data["hash"] != p.hash:
+                        self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
+                        raise BadBlock(method, p.height, f"asked for {p.hash}, got {data['hash']}")
+                    self.hub.remember(block)
+                    self._restored += 1
+                    self._restore_at += 1
+            except (RPCError, TailFault, events.InvalidBlock) as e:
+                # Answers we cannot use: carry on without (the rest of) the history.
+                self.log.warn("cannot restore the history from the node ({kind}: {error}); restored "
+                              "{n} of {total} blocks", kind=_kind(e), error=str(e), n=self._restored,
+                              total=len(positions))
+                return self._restoreOver()
+            except RPCFailure as e:
+                # The node answered eth_blockNumber a moment ago: a batch that
+                # keeps failing (too large for a provider, timing out) must
+                # not hold publishing back for ever.
+                self._restore_failures += 1
+                if self._restore_failures < _MAX_RESTORE_FAILURES or self._stopping:
+                    raise
+                self.log.warn("giving up restoring the history after {n} failed attempts ({kind}: "
+                              "{error}); restored {restored} of {total} blocks",
+                              n=self._restore_failures, kind=_kind(e), error=str(e),
+                              restored=self._restored, total=len(positions))
+                return self._restoreOver()
+        if not self._stopping:
+            self._restoreOver()
+
+    def _restoreOver(self):
+        """The history restore is done or given up: say so, once."""
+        if self._restore is None:
+            return
+        positions, self._restore = self._restore, None
+        skipped, n = self._restore_skipped, self._restored
+        if skipped:
+            self.log.warn("the node has none of blocks {first}-{last} any more (pruned?); the "
+                          "restored history starts above them", first=skipped[0].height,
+                          last=skipped[-1].height)
+        if n:
+            first = positions[len(skipped)].height
+            self.log.info("restored the history of {n} blocks ({first}-{last}) for clients that resume",
+                          n=n, first=first, last=first + n - 1)
 
     def _skip(self, first, head):
         skipped = head - first
@@ -569,22 +738,58 @@ class LiveTail(Service):
                            else f"fetching blocks {height}-{last}")
             blocks = await self._fetch(heights, full=True)
             method = _GET if len(heights) == 1 else _GET_BATCH
+            # Check the batch first: the blocks we publish now, and why we
+            # stop after them (a null block, a reorg, an invalid block).
+            ready, stop, fault = [], None, None
             for h, block in zip(heights, blocks):
                 if block is None:
                     self.log.debug("the node has no block {height} yet (head {head}); "
-                                  "trying again next poll", height=h, head=head)
-                    return False
-                data = self._validated(block, h, method, full=True)
+                                   "trying again next poll", height=h, head=head)
+                    stop = False
+                    break
+                try:
+                    data = self._validated(block, h, method, full=True)
+                except BadBlock as e:
+                    fault = e
+                    break
                 if parent is not None and data["parent_hash"] != parent:
                     self.log.info("block {height} {hash} has parent {parent}, we published {ours}: "
                                   "reorg", height=h, hash=data["hash"], parent=data["parent_hash"],
                                   ours=parent)
-                    return True
-                self._publish(block, data, method)
+                    stop = True
+                    break
+                ready.append((block, data))
                 parent = data["hash"]
-            self._saveState()
+            if ready:
+                self._publishAll(ready, method)
+            if fault is not None:
+                raise fault
+            if stop is not None:
+                return stop
             height = last + 1
         return False
+
+    def _publishAll(self, ready, method):
+        """
+        Publish validated C{(block, data)} in order.  The state file names
+        them first: the hub's writes may reach clients before this reactor
+        turn ends, and whatever a client got must be in the file (a crash
+        in between leaves blocks in the file that nobody got: a restart puts
+        them in the history, and resuming clients get them from there).
+        """
+        saved = self._saveState(ahead=[Position(d["height"], d["hash"], d["parent_hash"])
+                                       for _, d in ready])
+        published = 0
+        try:
+            for block, data in ready:
+                self._publish(block, data, method)
+                published += 1
+        finally:
+            if published < len(ready):
+                self._dirty = True  # the hub refused one: the file must not name it
+                self._saveState()
+            else:
+                self._dirty = not saved
 
     async def _reorg(self, start):
         """
@@ -611,6 +816,15 @@ class LiveTail(Service):
                 # canonical: a reorg of exactly what we remember.
                 self.log.warn("reorg removes all {n} blocks we remember ({lowest}-{tip})",
                               n=len(removed), lowest=lowest, tip=chain[-1].height)
+            elif not self._trimmed:
+                # We have not published max_reorg_depth blocks yet (a fresh
+                # start): the fork is below the first one.
+                self.log.error("reorg below the first block we published: none of blocks "
+                               "{lowest}-{tip} is canonical any more and the fork point is "
+                               "unknown; reporting the {n} we published and publishing the new "
+                               "branch from {lowest}, on top of {parent}",
+                               lowest=lowest, tip=chain[-1].height, n=len(removed),
+                               parent=bottom["parent_hash"])
             else:
                 self.log.error("reorg deeper than max_reorg_depth {max}: none of blocks "
                                "{lowest}-{tip} is canonical any more; reporting the {n} we "
@@ -618,6 +832,9 @@ class LiveTail(Service):
                                max=self.max_reorg_depth, lowest=lowest, tip=chain[-1].height,
                                n=len(removed))
             chain.clear()
+            # What lies below may be gone too: do not offer it to a restart.
+            self._older.clear()
+            self._trimmed = False
             self._start_at = lowest
         depth = len(removed)
         self.hub.broadcastReorg(depth, common,
@@ -674,21 +891,34 @@ class LiveTail(Service):
             raise
 
     def _publish(self, block, data, method):
-        """Hand one validated block and its transactions to the hub, then remember it."""
+        """
+        Hand one validated block and its transactions to the hub, then
+        remember it: C{hub.publishBlock} (one write per client) when the hub
+        has it, else C{broadcastBlock} then C{broadcastTransactions}.
+        """
+        txs = block["transactions"]
+        publish = getattr(self.hub, "publishBlock", None)
         try:
-            self.hub.broadcastBlock(block)
+            if publish is not None:
+                publish(block)
+            else:
+                self.hub.broadcastBlock(block)
         except events.InvalidBlock as e:
             # The hub refused it before writing to anyone.
             self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
             raise BadBlock(method, data["height"], f"refused by the hub: {e}") from None
-        txs = block["transactions"]
-        try:
-            self.hub.broadcastTransactions(block, txs)
-        except Exception:
-            # The block is out; clients have it, so we must remember it.
-            self.log.failure("block {height} {hash} published but its {n} transactions were not",
-                             height=data["height"], hash=data["hash"], n=len(txs))
-        self._chain.append(Position(data["height"], data["hash"], data["parent_hash"]))
+        if publish is None:
+            try:
+                self.hub.broadcastTransactions(block, txs)
+            except Exception:
+                # The block is out; clients have it, so we must remember it.
+                self.log.failure("block {height} {hash} published but its {n} transactions were not",
+                                 height=data["height"], hash=data["hash"], n=len(txs))
+        chain = self._chain
+        if len(chain) == chain.maxlen:
+            self._older.append(chain[0])
+            self._trimmed = True
+        chain.append(Position(data["height"], data["hash"], data["parent_hash"]))
         self._start_at = None
         self._published_ts = data["timestamp"]
         self._dirty = True
@@ -710,6 +940,17 @@ class LiveTail(Service):
             raise
         finally:
             m.rpc_latency.labels(method).observe(time.perf_counter() - start)
+
+    async def _fetchByHash(self, hashes):
+        if len(hashes) == 1:
+            return [await self._call(_BY_HASH, self.rpc.getBlockByHash, hashes[0], True)]
+        answers = await self._call(_BY_HASH_BATCH, self.rpc.batch,
+                                   [(_BY_HASH, [h, True]) for h in hashes])
+        for answer in answers:
+            if answer is not None and not isinstance(answer, dict):
+                self.metrics.rpc_errors.labels(_BY_HASH_BATCH, TailFault.kind).inc()
+                raise TailFault(_BY_HASH_BATCH, f"a block is neither an object nor null: {answer!r:.80}")
+        return answers
 
     async def _fetch(self, heights, full):
         if len(heights) == 1:
@@ -735,15 +976,18 @@ class LiveTail(Service):
             return float("nan")
         return max(0.0, self._now() - self._published_ts)
 
-    def _saveState(self):
-        if self.state is None or not self._dirty:
-            return
+    def _saveState(self, ahead=()):
+        """Write the last C{remember} positions (and C{ahead}, about to be published); True if saved."""
+        if self.state is None or not (self._dirty or ahead):
+            return False
+        positions = list(self._older) + list(self._chain) + list(ahead)
         try:
-            self.state.save(self._chain)
+            self.state.save(positions[-self.remember:])
         except OSError as e:
             # Publishing goes on; a restart would resume from an older
             # position (and republish a little), which is the lesser evil.
             self.log.error("could not save the tail position to {path}: {error}",
                            path=self.state.path, error=str(e))
-            return
+            return False
         self._dirty = False
+        return True

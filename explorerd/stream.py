@@ -36,6 +36,7 @@ reading), 1009 message too big, 1007 invalid UTF-8.
 """
 
 import json
+import re
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
@@ -45,6 +46,7 @@ from explorerd.hub import CHANNELS, TxOptions
 MAX_FILTER_ADDRESSES = 1000
 
 _SHOWN = 5  # unknown channel names echoed back in an error, at most
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 
 
 def _short(value, limit=64):
@@ -62,11 +64,7 @@ def _since(value):
     height, block_hash = value.get("height"), value.get("hash")
     if not isinstance(height, int) or isinstance(height, bool) or height < 0:
         return None
-    if not isinstance(block_hash, str) or len(block_hash) != 66 or not block_hash.startswith("0x"):
-        return None
-    try:
-        int(block_hash[2:], 16)
-    except ValueError:
+    if not isinstance(block_hash, str) or not _HASH.match(block_hash):
         return None
     return {"height": height, "hash": block_hash.lower()}
 
@@ -185,6 +183,14 @@ class StreamProtocol(WebSocketServerProtocol):
             if since is None:
                 return self._error(client, "invalid_message",
                                    '"since" must be {"height": <block number>, "hash": "0x<64 hex digits>"}')
+            # After a restart the live-tail gives the hub its history back
+            # before it publishes anything: a resume waits for that.
+            return hub.whenResumable(lambda: self._subscribeNow(hub, client, message, since))
+        self._subscribeNow(hub, client, message, None)
+
+    def _subscribeNow(self, hub, client, message, since):
+        if client.hub is None:
+            return  # gone while it waited
         options, problem = _tx_options(message)
         if problem:
             return self._error(client, "invalid_message", problem)

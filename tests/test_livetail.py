@@ -168,6 +168,9 @@ class FakeNode(Resource):
     block), C{missing} (heights answered with null), C{served} (height →
     block served instead of the canonical one) and C{faults} (what to do to
     the next requests: "500", "garbage", "rpc_error", "drop", "hang").
+    C{eth_getBlockByHash} answers every block ever made, orphans included,
+    unless its hash is in C{forgotten}; with C{by_hash=False} it is an
+    unknown method, as on some providers.
     """
 
     isLeaf = True
@@ -177,9 +180,13 @@ class FakeNode(Resource):
         self.reactor = reactor
         self.blocks = [make_block(0, ZERO, ntx=0)]
         self.head = None
+        self.known = {self.blocks[0]["hash"]: self.blocks[0]}
         self.missing = set()
         self.served = {}
         self.faults = []
+        self.known = {}  # every block ever made, by hash
+        self.forgotten = set()
+        self.by_hash = True
         self.methods = Counter()  # answered calls, by method
         self.requests = 0  # HTTP requests, answered or not
         self.hanging = []
@@ -192,7 +199,9 @@ class FakeNode(Resource):
     def grow(self, n, branch="a", ntx=1):
         for _ in range(n):
             parent = self.blocks[-1]
-            self.blocks.append(make_block(len(self.blocks), parent["hash"], branch, ntx))
+            block = make_block(len(self.blocks), parent["hash"], branch, ntx)
+            self.blocks.append(block)
+            self.known[block["hash"]] = block
 
     def fork(self, height, branch, ntx=1):
         """Replace every block from C{height} up with blocks of C{branch}."""
@@ -230,7 +239,9 @@ class FakeNode(Resource):
         body = json.loads(request.content.read())
         if self.faults:
             fault = self.faults.pop(0)
-            if fault == "500":
+            if fault == "ok":
+                fault = None
+            elif fault == "500":
                 request.setResponseCode(500)
                 return b"internal error"
             if fault == "garbage":
@@ -244,7 +255,8 @@ class FakeNode(Resource):
             if fault == "rpc_error":
                 return json.dumps({"jsonrpc": "2.0", "id": body["id"],
                                    "error": {"code": -32000, "message": "header not found"}}).encode()
-            raise AssertionError(f"unknown fault {fault}")
+            if fault is not None:
+                raise AssertionError(f"unknown fault {fault}")
         if isinstance(body, list):
             answer = [self._answer(item) for item in body]
         else:
@@ -268,6 +280,11 @@ class FakeNode(Resource):
                 if not full and isinstance(result.get("transactions"), list):
                     result["transactions"] = [
                         tx["hash"] if isinstance(tx, dict) else tx for tx in result["transactions"]]
+        elif method == "eth_getBlockByHash" and self.by_hash:
+            block_hash, full = params
+            assert full is True
+            block = self.known.get(block_hash)
+            result = None if block is None or block_hash in self.forgotten else block
         else:
             return {"jsonrpc": "2.0", "id": req["id"],
                     "error": {"code": -32601, "message": f"no method {method}"}}
@@ -844,6 +861,246 @@ async def test_resume_too_far_behind_re_anchors_at_the_head_with_a_warning(env, 
     node.grow(10)
     assert await tail2.poll()
     assert blocks_of(hub2.take()) == chain_of(node, 38, 47)
+
+
+class RememberingHub(RecordingHub):
+    """A hub with a history: C{remember(block)} records what a restart gives back."""
+
+    def remember(self, block):
+        data = events.block_data(block)
+        for i, tx in enumerate(block["transactions"]):
+            events.tx_data(block, tx, i)
+        self.events.append(("remember", data["height"], data["hash"]))
+
+
+def remembered_of(recorded):
+    return [(e[1], e[2]) for e in recorded if e[0] == "remember"]
+
+
+async def restart_setup(env, path, node=None, **kw):
+    """A tail that published blocks 2-12 of a fresh fake node, then stopped."""
+    kw.setdefault("max_reorg_depth", 3)
+    kw.setdefault("remember", 8)
+    kw.setdefault("batch_size", 3)
+    if node is None:
+        node = await env.fake_node()
+    tail = env.tail(env.rpc(node.url), RecordingHub(), state=TailState(path), **kw)
+    node.grow(2)
+    assert await tail.poll()
+    node.grow(10)
+    assert await tail.poll()
+    await tail.stopService()
+    return node, kw
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_gives_the_hub_back_its_history_by_hash_before_publishing(env, tmp_path, logged):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    saved = json.loads(path.read_text())["chain"]
+    assert [(p["height"], p["hash"]) for p in saved] == chain_of(node, 5, 12)  # remember=8
+
+    node.grow(2)
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    restored = tail.whenRestored()
+    assert not restored.called
+    assert await tail.poll()
+    recorded = hub.take()
+    # Exactly the saved blocks, oldest first, before anything new is published.
+    assert recorded[:8] == [("remember", h, x) for h, x in chain_of(node, 5, 12)]
+    assert blocks_of(recorded) == chain_of(node, 13, 14)
+    assert_block_with_txs(recorded[8:], node)
+    assert restored.result == 8 and tail.whenRestored().result == 8
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="batch[eth_getBlockByHash]") == 3  # 3+3+2
+    assert any("restored the history of 8 blocks (5-12)" in m for m in messages_at(logged, LogLevel.info))
+    node.grow(1)
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 15, 15)  # restored once only
+    assert node.methods["eth_getBlockByHash"] == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_restores_blocks_orphaned_while_down_then_reports_the_reorg(env, tmp_path):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    old = list(node.blocks)
+    node.fork(10, "b")  # while we were down; the node still has the orphans by hash
+    node.grow(1, "b")
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    when_restored = []
+    tail.whenRestored().addCallback(lambda n: when_restored.append((n, list(hub.events))))
+    assert await tail.poll()
+    recorded = hub.take()
+    # Released once the reorg was reported and the new branch published: resumes can be served.
+    assert when_restored == [(8, recorded)]
+    assert remembered_of(recorded) == [(h, old[h]["hash"]) for h in range(5, 13)]  # what clients saw
+    reorg = recorded[8]
+    assert reorg == ("reorg", 3, {"height": 9, "hash": old[9]["hash"]}, removed_of(old, 10, 12))
+    assert blocks_of(recorded) == chain_of(node, 10, 13)
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_stops_at_a_block_the_node_forgot_and_skips_pruned_ones(env, tmp_path, logged):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    old = list(node.blocks)
+    node.fork(10, "b")
+    # Pruned below, and the orphan at 11 forgotten (anvil forgets them all).
+    node.forgotten = {old[5]["hash"], old[6]["hash"], old[11]["hash"]}
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    assert await tail.poll()
+    recorded = hub.take()
+    assert remembered_of(recorded) == [(h, old[h]["hash"]) for h in range(7, 11)]
+    assert recorded[4] == ("reorg", 3, {"height": 9, "hash": old[9]["hash"]}, removed_of(old, 10, 12))
+    assert blocks_of(recorded) == chain_of(node, 10, 12)
+    warnings = messages_at(logged, LogLevel.warn)
+    assert any("no longer has block 11" in m and "up to block 10 only" in m for m in warnings)
+    assert any("none of blocks 5-6 any more" in m for m in warnings)
+    assert await tail.whenRestored() == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_without_get_block_by_hash_restores_nothing_and_the_tail_goes_on(env, tmp_path, logged):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    node.by_hash = False
+    node.grow(1)
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    assert await tail.poll()
+    recorded = hub.take()
+    assert remembered_of(recorded) == []
+    assert blocks_of(recorded) == chain_of(node, 13, 13)
+    assert await tail.whenRestored() == 0
+    assert any("cannot restore the history" in m and "rpc_error" in m for m in messages_at(logged, LogLevel.warn))
+
+
+@pytest_twisted.ensureDeferred
+async def test_restore_is_tried_again_after_the_node_was_unreachable(env, tmp_path):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    node.grow(1)
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    restored = tail.whenRestored()
+    node.faults = ["ok", "ok", "500"]  # the second batch of the restore fails
+    assert not await tail.poll()
+    assert remembered_of(hub.take()) == chain_of(node, 5, 7)
+    assert not restored.called
+    await node.down()
+    assert not await tail.poll()
+    assert hub.take() == [] and not restored.called
+    await node.up()
+    assert await tail.poll()
+    recorded = hub.take()
+    assert remembered_of(recorded) == chain_of(node, 8, 12)  # where it stopped
+    assert blocks_of(recorded) == chain_of(node, 13, 13)
+    assert restored.result == 8
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_that_keeps_failing_is_given_up_after_three_polls(env, tmp_path, logged):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    node.grow(1)
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), **kw)
+    node.faults = ["ok", "ok", "500"]  # the node answers, but not the second batch (8-10) ...
+    assert not await tail.poll()
+    assert remembered_of(hub.take()) == chain_of(node, 5, 7)
+    node.faults = ["ok", "500"]  # ... nor on the second poll ...
+    assert not await tail.poll()
+    node.faults = ["ok", "500"]  # ... nor the third: we carry on without it
+    assert await tail.poll()
+    recorded = hub.take()
+    assert remembered_of(recorded) == [] and blocks_of(recorded) == chain_of(node, 13, 13)
+    assert await tail.whenRestored() == 3  # 5-7, from the first attempt
+    assert any("giving up restoring the history after 3 failed attempts" in m
+               for m in messages_at(logged, LogLevel.warn))
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_restore_when_the_node_is_too_far_ahead(env, tmp_path):
+    path = tmp_path / "livetail.json"
+    node, kw = await restart_setup(env, path)
+    node.grow(30)
+    hub = RememberingHub()
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), max_catchup=10, **kw)
+    assert await tail.poll()
+    recorded = hub.take()
+    assert remembered_of(recorded) == [] and blocks_of(recorded) == chain_of(node, 42, 42)
+    assert node.methods["eth_getBlockByHash"] == 0
+    assert await tail.whenRestored() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_state_file_keeps_remember_blocks_and_forgets_them_after_a_deep_reorg(env, tmp_path):
+    path = tmp_path / "livetail.json"
+    node, hub, tail = await fake_setup(env, state=TailState(path), max_reorg_depth=3, remember=6)
+    node.grow(2)
+    assert await tail.poll()
+    node.grow(3)
+    assert await tail.poll()
+    assert [p["height"] for p in json.loads(path.read_text())["chain"]] == [2, 3, 4, 5]
+    node.grow(5)
+    assert await tail.poll()
+    assert [p["height"] for p in json.loads(path.read_text())["chain"]] == list(range(5, 11))
+    node.fork(8, "b")  # depth 3: ordinary, what lies below stays
+    assert await tail.poll()
+    assert [(p["height"], p["hash"]) for p in json.loads(path.read_text())["chain"]] == chain_of(node, 5, 10)
+    node.fork(5, "c")  # deeper than we can tell: below may be gone too
+    assert await tail.poll()
+    assert [(p["height"], p["hash"]) for p in json.loads(path.read_text())["chain"]] == chain_of(node, 7, 10)
+
+
+class FileCheckingHub(RecordingHub):
+    """Fails the test if a block reaches the hub before the state file names it."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def broadcastBlock(self, block):
+        saved = {(p["height"], p["hash"]) for p in json.loads(self.path.read_text())["chain"]}
+        assert (int(block["number"], 16), block["hash"]) in saved, "published before it was saved"
+        return super().broadcastBlock(block)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_state_file_names_every_block_before_the_hub_gets_it(env, tmp_path):
+    # The hub's writes may reach a client at once (explorerd's transport
+    # writes through): what a client got must already be in the file, so
+    # that a SIGKILL never makes a restart republish blocks a client has.
+    path = tmp_path / "livetail.json"
+    node = await env.fake_node()
+    hub = FileCheckingHub(path)
+    path.write_text(json.dumps({"version": 1, "chain": []}))
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), batch_size=3)
+    node.grow(2)
+    assert await tail.poll()
+    node.grow(7)
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 2, 9)
+    # A batch cut short by a reorg: 10 goes out (saved first), then the search.
+    node.grow(3)
+    node.served[11] = make_block(11, _hash("elsewhere"), "x")
+    node.faults = ["ok", "ok", "hang"]  # the common-ancestor search hangs
+    polled = tail.poll()
+    await eventually(lambda: node.hanging, what="the ancestor search to reach the node")
+    assert blocks_of(hub.take()) == chain_of(node, 10, 10)
+    assert json.loads(path.read_text())["height"] == 10
+    await tail.stopService()
+    assert not await polled
+    # A block the hub refuses is not left in the file.
+    node.served.clear()
+    hub.refuse = {12}
+    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), batch_size=3)
+    assert not await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 11, 11)
+    assert json.loads(path.read_text())["height"] == 11
 
 
 def test_node_urls_are_redacted_for_logs_and_health():
