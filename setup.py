@@ -7,7 +7,7 @@ def web_files():
     """The dashboard in web/, installed to <prefix>/share/explorerd/web (explorerd.web finds it there)."""
     out = []
     for folder, _, files in os.walk("web"):
-        if files:
+        if files and "screenshots" not in folder.split(os.sep):
             out.append((os.path.join("share", "explorerd", folder), [os.path.join(folder, f) for f in files]))
     return out
 

@@ -78,10 +78,17 @@ class OriginPolicy:
         self.allowAll = "*" in origins
         self._patterns = [_origin_pattern(o) for o in origins if o != "*"]
 
-    def allows(self, origin):
+    def allows(self, origin, host=None):
+        """
+        Whether a page from C{origin} may connect.  A page the daemon served
+        itself (the dashboard: Origin's host and port are the request's Host)
+        always may.
+        """
         if self.allowAll or origin is None:
             return True
         origin = origin.strip().rstrip("/").lower()
+        if host and origin.split("://", 1)[-1] == host.strip().lower():
+            return True
         return any(p.match(origin) for p in self._patterns)
 
 
@@ -121,7 +128,7 @@ class Admission:
         """
         ip = client_ip(request.peer)
         origin = request.headers.get("origin")
-        if not self.origins.allows(origin):
+        if not self.origins.allows(origin, request.headers.get("host")):
             self._refuse("origin", ip, f"origin {origin[:200]!r} is not allowed", 403)
         if not self.limiter.allow(ip):
             self._refuse("rate_limit", ip, "too many new connections from your address; try again in a minute", 429)

@@ -112,6 +112,14 @@ class Site(server.Site):
         self.displayTracebacks = False
 
 
+class Static(File):
+    """The dashboard's files, revalidated on every load so an upgrade never mixes old and new modules."""
+
+    def render_GET(self, request):
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return super().render_GET(request)
+
+
 def default_web_root():
     """The dashboard: the repo's C{web/} when run from a checkout, else the installed copy."""
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
@@ -124,7 +132,7 @@ def default_web_root():
 
 def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None):
     if web_root and os.path.isdir(web_root):
-        root = File(web_root)
+        root = Static(web_root)
     else:
         root = Resource()
         root.putChild(b"", Data(

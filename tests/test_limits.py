@@ -239,3 +239,12 @@ async def test_connections_per_ip_count_unfinished_requests(start_daemon):
     assert daemon.hub.metrics.connections_refused.labels("ip_capacity")._value.get() >= 2
     for c in clients:
         await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemons_own_pages_may_connect_whatever_the_origin_list(start_daemon):
+    daemon = await start_daemon(cors_origins=("https://explorer.example",))
+    own = f"http://127.0.0.1:{daemon.port}"
+    assert await in_thread(handshake_status, daemon.url, origin=own) == 101
+    assert await in_thread(handshake_status, daemon.url, origin="http://127.0.0.1:1") == 403
+    await eventually(lambda: daemon.hub.connectionCount == 0)
