@@ -41,6 +41,7 @@ import re
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
+from explorerd.connection import HubConnection
 from explorerd.hub import CHANNELS, TxOptions
 
 MAX_FILTER_ADDRESSES = 1000
@@ -107,11 +108,8 @@ def _describe(options):
     return described
 
 
-class StreamProtocol(WebSocketServerProtocol):
+class StreamProtocol(HubConnection, WebSocketServerProtocol):
     """One raw WebSocket client."""
-
-    _explorer_client = None
-    _explorer_ip = None
 
     def onConnect(self, request):
         self._explorer_ip = self.factory.admission.admit(self, request)
@@ -256,37 +254,6 @@ class StreamProtocol(WebSocketServerProtocol):
         self.factory.metrics.errors.labels(code).inc()
         log.info("client {client} error {code}: {text}", client=client.id, code=code, text=text)
         client.hub.sendTo(client, {"type": "error", "error": {"code": code, "message": text, **details}})
-
-    def onPong(self, payload):
-        client = self._explorer_client
-        if client is not None and client.hub is not None:
-            client.hub.touch(client)
-
-    def onPing(self, payload):
-        self.onPong(payload)
-        super().onPing(payload)
-
-    # No data frame may follow a close frame: leave the hub before either
-    # side's close frame goes out.
-
-    def onCloseFrame(self, code, reasonRaw):
-        self._leaveHub("client closed the connection (code {})".format(code))
-        return super().onCloseFrame(code, reasonRaw)
-
-    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
-        if not isReply and code == 1009:
-            self.factory.metrics.errors.labels("message_too_big").inc()
-        self._leaveHub(f"closing with code {code}")
-        return super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-
-    def onClose(self, wasClean, code, reason):
-        self._leaveHub(f"connection closed ({'clean' if wasClean else 'not clean'}, code {code}: {reason})")
-        self.factory.hub.release(self)
-
-    def _leaveHub(self, reason):
-        client = self._explorer_client
-        if client is not None and client.hub is not None:
-            client.hub.detach(client, reason)
 
 
 class StreamFactory(WebSocketServerFactory):

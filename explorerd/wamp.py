@@ -77,6 +77,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from explorerd.connection import HubConnection
 from explorerd.metrics import LATENCY_BUCKETS
 from explorerd.stream import apply_limits
 
@@ -586,15 +587,13 @@ class BrokerSession:
 # ---------------------------------------------------------------------------
 # The WebSocket side.
 
-class WampProtocol(WampWebSocketServerProtocol):
+class WampProtocol(HubConnection, WampWebSocketServerProtocol):
     """
     One WAMP-over-WebSocket connection: admission and subprotocol choice in
     the handshake, a hub client from the moment it opens, every outgoing
     message through the hub.
     """
 
-    _explorer_client = None
-    _explorer_ip = None
     _explorer_ser = None
 
     def onConnect(self, request):
@@ -651,39 +650,11 @@ class WampProtocol(WampWebSocketServerProtocol):
     def isOpen(self):
         return self._session is not None
 
-    def onPong(self, payload):
-        client = self._explorer_client
-        if client is not None and client.hub is not None:
-            client.hub.touch(client)
-
-    def onPing(self, payload):
-        self.onPong(payload)
-        super().onPing(payload)
-
-    # No data frame may follow a close frame: leave the hub before either
-    # side's close frame goes out (as the raw stream does).
-
-    def onCloseFrame(self, code, reasonRaw):
-        self._leaveHub(f"client closed the connection (code {code})")
-        return super().onCloseFrame(code, reasonRaw)
-
-    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
-        if not isReply and code == 1009:
-            self.factory.metrics.errors.labels("message_too_big").inc()
-        self._leaveHub(f"closing with code {code}")
-        return super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-
-    def onClose(self, wasClean, code, reason):
-        self._leaveHub(f"connection closed ({'clean' if wasClean else 'not clean'}, code {code}: {reason})")
-        self.factory.hub.release(self)
-
     def _leaveHub(self, reason):
         session, self._session = self._session, None
         if session is not None:
             session.onClose(False)
-        client = self._explorer_client
-        if client is not None and client.hub is not None:
-            client.hub.detach(client, reason)
+        super()._leaveHub(reason)
 
 
 class WampFactory(WampWebSocketServerFactory):

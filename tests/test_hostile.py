@@ -6,7 +6,6 @@ import socket
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer
 
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain, in_thread
