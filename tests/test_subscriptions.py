@@ -140,7 +140,7 @@ async def test_subscribing_again_replaces_the_options(start_daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_block_is_one_ordered_write_per_client(start_daemon):
+async def test_publish_block_sends_each_client_its_block_then_its_transactions(start_daemon):
     daemon = await start_daemon()
     both, _ = await subscriber(daemon, channels=["newBlocks", "newTxs"])
     blocks_only, _ = await subscriber(daemon, channels=["newBlocks"])
