@@ -1,63 +1,57 @@
-"""Turn a hub server log and a loadgen summary into latency, completion, loss and CPU figures."""
+"""
+Re-render a report from a run's raw results, e.g. after a run was interrupted, or to merge runs:
 
+  python3 bench/analyze.py bench/results/<date>/results.json [more results.json ...] [--out bench/RESULTS.md]
+
+The per-run figures are computed by bench/run.py (analyze()) while it runs; this only aggregates
+(median, min–max) and writes the Markdown tables.
+"""
+
+import argparse
+import datetime
 import json
+import os
 import sys
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
-def pct(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+import run  # noqa: E402
 
 
-def analyze(server_path, load_path):
-    blocks = {}
-    done = {}
-    for line in open(server_path):
-        m = json.loads(line)
-        if m["event"] == "block":
-            blocks[m["height"]] = m
-        elif m["event"] == "done":
-            done = m
-    load = [json.loads(line) for line in open(load_path)]
-    summary = next(m for m in load if m["event"] == "done")
-    latencies, completions, lost, dupes, delivered = [], [], 0, 0, 0
-    per_block_last = {h: [] for h in blocks}
-    for c in summary["perClient"]:
-        dupes += c["dupes"]
-        for h, b in blocks.items():
-            got = c["blocks"].get(str(h))
-            if got is None:
-                lost += 1 + b["txs"]
-                continue
-            t_block, t_last, ntx, _ = got
-            delivered += (1 if t_block else 0) + ntx
-            if ntx < b["txs"] and ntx:
-                lost += b["txs"] - ntx
-            first = t_block if t_block else t_last
-            latencies.append(first - b["t"])
-            per_block_last[h].append(t_last - b["t"])
-    for h, lasts in per_block_last.items():
-        if lasts:
-            completions.append(max(lasts))
-    ms = lambda v: None if v is None else round(v * 1000, 1)
-    result = {
-        "clients": summary["clients"], "subscribed": summary["subscribed"], "silent": summary["silent"],
-        "blocks": len(blocks), "delivered": delivered, "lost": lost, "dupes": dupes,
-        "first_msg_p50_ms": ms(pct(latencies, 50)), "first_msg_p99_ms": ms(pct(latencies, 99)),
-        "whole_block_p50_ms": ms(pct([x for v in per_block_last.values() for x in v], 50)),
-        "whole_block_p99_ms": ms(pct([x for v in per_block_last.values() for x in v], 99)),
-        "completion_max_ms": ms(max(completions) if completions else None),
-        "completion_p50_ms": ms(pct(completions, 50)),
-        "hub_took_ms_p50": ms(pct([b["took"] for b in blocks.values()], 50)),
-        "server_cpu_s": round(done.get("cpu", 0), 3),
-        "cpu_us_per_msg": round(done.get("cpu", 0) / delivered * 1e6, 2) if delivered else None,
-        "rss_idle_kb": done.get("rss_idle_kb"), "rss_base_kb": done.get("rss_base_kb"), "rss_kb": done.get("rss_kb"),
-        "closed_by_server": summary["closeCodes"], "slow_closed": done.get("slow_closed"),
-    }
-    return result
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+")
+    p.add_argument("--out", default="-")
+    args = p.parse_args()
+    results, meta, command = [], None, None
+    for path in args.results:
+        with open(path) as f:
+            data = json.load(f)
+        results += data["results"]
+        meta = meta or data["meta"]
+        command = command or data["command"]
+    scenarios = {}
+    for r in results:
+        name = r["scenario"]
+        if name not in run.FULL:
+            continue
+        spec = scenarios.setdefault(name, dict(run.FULL[name], clients={}, blocks_for={}, blocks=r["blocks"]))
+        spec["clients"][r["clients"]] = spec["clients"].get(r["clients"], 0) + 1
+        if r["blocks"] != spec["blocks"]:
+            spec["blocks_for"][r["clients"]] = r["blocks"]
+    files = {}
+    for name in scenarios:
+        for path in args.results:
+            d = os.path.dirname(path)
+            raw = os.path.join(d, f"{name}.wire.json")
+            if os.path.exists(raw):
+                files[name] = run.file_facts(raw)
+                break
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = args.out if args.out != "-" else "/dev/stdout"
+    run.report(results, meta, out, command, files, now, now, scenarios)
 
 
 if __name__ == "__main__":
-    print(json.dumps(analyze(sys.argv[1], sys.argv[2])))
+    main()

@@ -1,120 +1,102 @@
 """
-A benchmark server: the real explorerd daemon (hub, /v1/stream, admission,
-metrics) with blocks handed to the hub at a fixed rate by this script, so the
-hub's receive time is known exactly.  Prints JSON lines:
+The explorerd benchmark server: the real explorerd Daemon (hub, /v1/stream under twisted.web,
+admission, metrics, explorerd's TCP transport) with blocks handed to the hub at a fixed rate by
+this script instead of the live-tail, so the moment the hub receives each block is known exactly.
 
-  {"event": "listening", "port": P}
-  {"event": "block", "height": H, "t": <epoch s at hand-off>, "took": <s in the hub>, "clients": N}
-  {"event": "done", "cpu": <s user+sys>, "rss_kb": ..., "rss_idle_kb": ..., ...}
+  python bench/hubserver.py --events blocks.json [--rate 1] [--api publish|split] [--profile out.prof]
 
-  python bench/hubserver.py --clients 1000 --blocks 10 --rate 1 --recording mainnet_15478281-15478287
+--events is a JSON list of JSON-RPC blocks (full transactions), as bench/blocks.py makes them.
+--api publish (default) hands each block to hub.publishBlock (block and txs, one write per
+client: what the live-tail does); --api split uses hub.broadcastBlock + broadcastTransactions.
+Control protocol and output: see bench/benchserver.py.  The daemon logs to --log (a file, as
+under twistd) so its per-connection log events do not pile up in memory.
 """
 
 import argparse
+import dataclasses
 import json
 import os
-import resource
 import sys
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
 
+from benchserver import Control, common_arguments, raise_nofile  # noqa: E402
 
-def rss_kb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+BENCH_SETTINGS = {"rate_limit": 0, "max_connections_per_ip": 0}
 
 
-def cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+class HubServer:
+    def __init__(self, daemon, api):
+        self.daemon = daemon
+        self.hub = daemon.hub
+        self.api = api
 
+    def clientCount(self):
+        return self.hub.clientCount
 
-def emit(**fields):
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    def extra(self):
+        def error_count(kind):
+            try:
+                return self.daemon.metrics.errors.labels(kind)._value.get()
+            except Exception:
+                return None
+
+        return {"slow_closed": error_count("slow_client"), "ping_timeouts": error_count("ping_timeout"),
+                "queued": getattr(self.hub, "_queued_total", None), "connections": self.hub.connectionCount}
+
+    def publish(self, i, block):
+        if self.api == "split":
+            self.hub.broadcastBlock(block)
+            self.hub.broadcastTransactions(block, block["transactions"])
+        else:
+            self.hub.publishBlock(block)
+        return {"height": int(block["number"], 16), "txs": len(block["transactions"])}
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--listen", default="tcp:0:interface=127.0.0.1:backlog=4096")
-    p.add_argument("--clients", type=int, required=True, help="start once this many are subscribed")
-    p.add_argument("--blocks", type=int, default=10)
-    p.add_argument("--rate", type=float, default=1.0, help="blocks per second")
-    p.add_argument("--recording", default="mainnet_15478281-15478287")
-    p.add_argument("--profile", default="")
-    p.add_argument("--idle", type=float, default=0.0, help="seconds to hold idle connections first")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_arguments(p)
+    p.add_argument("--api", choices=("publish", "split"), default="publish")
+    p.add_argument("--max-connections", type=int, default=20000)
+    p.add_argument("--log", default=os.devnull, help="explorerd's log file (default: discarded)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a Config field, e.g. --set write_deadline=5")
     args = p.parse_args()
+    raise_nofile()
 
     from twisted.internet import epollreactor
 
     epollreactor.install()
-    from twisted.internet import reactor, task
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from explorerd.config import Config
     from explorerd.daemon import Daemon
-    from explorerd.replaynode import load_recording
 
-    blocks = [json.loads(json.dumps(b)) for b in load_recording(args.recording).blocks]
-    config = Config.defaults(listen=args.listen, rate_limit=0, max_connections=args.clients + 100,
-                             state_dir="", send_queue=256)
+    log_file = open(args.log, "a")
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)], redirectStandardIO=False)
+
+    with open(args.events) as f:
+        blocks = json.load(f)
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        current = getattr(Config.defaults(), name)
+        overrides[name] = type(current)(value)
+    # Every client comes from one of a few loopback addresses: per-IP limits off (those that
+    # exist in this version of explorerd), everything else at its default.
+    known = {f.name for f in dataclasses.fields(Config)}
+    settings = {name: value for name, value in BENCH_SETTINGS.items() if name in known}
+    settings.update(listen=f"tcp:{args.port}:interface=127.0.0.1:backlog={args.backlog}",
+                    max_connections=args.max_connections, state_dir="")
+    settings.update(overrides)
+    config = Config.defaults(**settings)
     daemon = Daemon(config, reactor, web_root="", tail=False)
     daemon.startService()
-    emit(event="listening", port=daemon.listener.port.getHost().port)
-    hub = daemon.hub
-    base_rss = rss_kb()
-    state = {"sent": 0, "cpu0": None, "rss_idle": None}
-    profiler = None
-
-    def wait_for_clients():
-        subscribed = hub.subscriberCount("newBlocks") + hub.subscriberCount("newTxs")
-        if hub.clientCount >= args.clients and subscribed >= args.clients:
-            state["rss_idle"] = rss_kb()
-            reactor.callLater(args.idle, begin)
-        else:
-            reactor.callLater(0.05, wait_for_clients)
-
-    def begin():
-        nonlocal profiler
-        state["rss_idle"] = max(state["rss_idle"], rss_kb())
-        state["cpu0"] = cpu()
-        if args.profile:
-            import cProfile
-            profiler = cProfile.Profile()
-            profiler.enable()
-        loop = task.LoopingCall(one)
-        loop.start(1.0 / args.rate, now=True)
-        state["loop"] = loop
-
-    def one():
-        if state["sent"] >= args.blocks:
-            state["loop"].stop()
-            reactor.callLater(2.0, finish)
-            return
-        block = blocks[state["sent"] % len(blocks)]
-        block = dict(block, number=hex(1_000_000 + state["sent"]))
-        t = time.time()
-        t0 = time.perf_counter()
-        hub.broadcastBlock(block)
-        hub.broadcastTransactions(block, block["transactions"])
-        took = time.perf_counter() - t0
-        emit(event="block", height=1_000_000 + state["sent"], t=t, took=took, clients=hub.clientCount,
-             txs=len(block["transactions"]))
-        state["sent"] += 1
-
-    def finish():
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(args.profile)
-        emit(event="done", cpu=cpu() - state["cpu0"], rss_kb=rss_kb(), rss_idle_kb=state["rss_idle"],
-             rss_base_kb=base_rss, clients=hub.clientCount,
-             slow_closed=hub.metrics.errors.labels("slow_client")._value.get())
-        reactor.stop()
-
-    reactor.callLater(0.05, wait_for_clients)
+    control = Control(reactor, HubServer(daemon, args.api), blocks[:args.count or None], args.rate, args.profile)
+    control.start(daemon.listener.port.getHost().port)
     reactor.run()
 
 

@@ -1,95 +1,400 @@
-// Load generator: N WebSocket clients in one process (Node ws), each subscribing
-// and recording every message's arrival.  Prints one JSON summary line on exit.
+// Load generator: N WebSocket clients in one Node process (npm "ws"), each subscribing and
+// recording when every message of every block arrives.  Driven by bench/run.py over stdin/stdout:
 //
-//   node loadgen.mjs --url ws://127.0.0.1:8080/v1/stream --clients 1000 \
-//        --channels newBlocks,newTxs --duration 20 [--batch] [--silent 0.1] [--hosts 4]
+//   node loadgen.mjs --url ws://127.0.0.1:PORT/v1/stream --clients 1000 \
+//        [--channels newBlocks,newTxs] [--batch] [--silent 0.1] [--hosts 4] [--host-base 2] \
+//        [--concurrency 200] [--max-seconds 900] [--id 0] [--verify] [--silent-keepalive 15]
 //
-// Arrival is recorded per (client, block height): the time its newBlock came, the time its
-// last newTx for that block came, and how many newTx it got. Clients with --silent share
-// stop reading after subscribing (their socket is paused), to test slow-client isolation.
+// stdout (JSON lines):  {"event":"ready", ...}  once every client is subscribed (or gave up);
+//                       {"event":"progress", ...} for each "progress" line read on stdin;
+//                       {"event":"done", ...}  on "report" (or stdin EOF, or --max-seconds), then exit;
+//                       with --report-file F the summary goes to F and the line is {"event":"done","file":F}.
+//
+// Times are CLOCK_MONOTONIC seconds (process.hrtime), the clock the servers log hand-offs with
+// (Python's time.monotonic(), Node's process.hrtime), so latencies need no wall-clock sync.
+// A message's arrival time is the moment the read holding its last bytes came off the socket:
+// reads are stamped and queued, and parsed later in ~1 ms slices between socket polls, so
+// the time spent parsing one client's frames is not charged to the next client's latency.
+//
+// Parsing is cheap on purpose (the client shares 2 cores with the server): ws does the handshake,
+// pings and closes, but text frames are cut out of the socket's bytes here and the type, height
+// and tx_index read straight from them; --verify JSON.parses every message as well and counts any
+// disagreement (use it in smoke runs to check each server's output).
+// Clients in the --silent share stop reading once subscribed (socket paused), to test slow-client
+// isolation; at "report" they are resumed for a moment to learn how the server closed them.
+// With --silent-keepalive S they send {"action":"ping"} every S s (writing, never reading), so a
+// server cannot drop them for silence and only its slow-client policy can close them.
 import WebSocket from "ws";
-import { performance } from "node:perf_hooks";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { createInterface } from "node:readline";
+import { writeFileSync } from "node:fs";
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
-  if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1] && !all[i + 1].startsWith("--") ? all[i + 1] : "true"]);
-  return acc;
-}, []));
+const args = {};
+for (let i = 2; i < process.argv.length; i++) {
+  const a = process.argv[i];
+  if (!a.startsWith("--")) continue;
+  const next = process.argv[i + 1];
+  if (next !== undefined && !next.startsWith("--")) { args[a.slice(2)] = next; i++; } else args[a.slice(2)] = "true";
+}
 const url = args.url;
 const N = parseInt(args.clients || "100", 10);
 const channels = (args.channels || "newBlocks,newTxs").split(",");
-const duration = parseFloat(args.duration || "20") * 1000;
 const silentShare = parseFloat(args.silent || "0");
+const silentKeepalive = parseFloat(args["silent-keepalive"] || "0");
 const hosts = parseInt(args.hosts || "1", 10);
+const hostBase = parseInt(args["host-base"] || "1", 10);
+const concurrency = parseInt(args.concurrency || "200", 10);
+const maxSeconds = parseFloat(args["max-seconds"] || "900");
+const connectSeconds = parseFloat(args["connect-seconds"] || "120");
 const batch = args.batch === "true";
-const epoch0 = Date.now() - performance.now();          // wall clock = epoch0 + performance.now()
-const now = () => (epoch0 + performance.now()) / 1000;   // seconds since the Unix epoch, sub-ms
+const verify = args.verify === "true";
+const id = parseInt(args.id || "0", 10);
+const reportFile = args["report-file"] || "";
+
+const mono = () => Number(process.hrtime.bigint()) / 1e9;
+const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+
+const T_OTHER = 0, T_BLOCK = 1, T_TX = 2, T_TXS = 3, T_SUB = 4;
+const PREFIX = Buffer.from('{"type":"');
+const K_HEIGHT = Buffer.from('"height":');
+const K_BHEIGHT = Buffer.from('"block_height":');
+const K_INDEX = Buffer.from('"tx_index":');
+const K_HASH = Buffer.from('"hash":');
+const K_HASHES = Buffer.from('"hashes":[');
+
+function intAfter(buf, key, from = 0) {
+  const i = buf.indexOf(key, from);
+  if (i < 0) return -1;
+  let v = 0, j = i + key.length;
+  for (; j < buf.length; j++) {
+    const ch = buf[j];
+    if (ch < 48 || ch > 57) break;
+    v = v * 10 + (ch - 48);
+  }
+  return v;
+}
+
+function count(buf, key) {
+  let n = 0, i = buf.indexOf(key);
+  while (i >= 0) { n++; i = buf.indexOf(key, i + key.length); }
+  return n;
+}
+
+// -> [type, height, txIndex or txCount]
+function fastParse(buf) {
+  if (buf.length < 16 || buf.compare(PREFIX, 0, 9, 0, 9) !== 0) return null;
+  if (buf[9] === 0x6e && buf[10] === 0x65 && buf[11] === 0x77) {            // "new..."
+    if (buf[12] === 0x42) return [T_BLOCK, intAfter(buf, K_HEIGHT, 20), 0];   // newBlock
+    if (buf[12] === 0x54 && buf[13] === 0x78) {                              // newTx / newTxs
+      if (buf[14] === 0x22) {
+        const h = intAfter(buf, K_BHEIGHT, 20);
+        return [T_TX, h, intAfter(buf, K_INDEX, 20)];
+      }
+      if (buf[14] === 0x73 && buf[15] === 0x22) {
+        const h = intAfter(buf, K_BHEIGHT, 20);
+        const hi = buf.indexOf(K_HASHES);
+        const n = hi >= 0 ? (buf[hi + K_HASHES.length] === 0x5d ? 0 : count(buf.subarray(hi), ",") + 1)
+          : count(buf, K_HASH);
+        return [T_TXS, h, n];
+      }
+    }
+  }
+  if (buf[9] === 0x73 && buf[10] === 0x75 && buf[11] === 0x62) return [T_SUB, 0, 0]; // subscribed
+  return [T_OTHER, 0, 0];
+}
+
+function slowParse(buf) {
+  const m = JSON.parse(buf.toString("utf8"));
+  switch (m.type) {
+    case "newBlock": return [T_BLOCK, m.data.height, 0];
+    case "newTx": return [T_TX, m.data.block_height, m.data.tx_index];
+    case "newTxs": return [T_TXS, m.data.block_height, (m.data.txs || m.data.hashes).length];
+    case "subscribed": return [T_SUB, 0, 0];
+    default: return [T_OTHER, 0, 0];
+  }
+}
 
 const clients = [];
-let opened = 0, subscribed = 0, closed = 0, errors = 0;
+let opened = 0, subscribed = 0, failed = 0, closedN = 0, errors = 0, retries = 0, verifyErrors = 0;
+let totalUnique = 0, totalDupes = 0, orderErrors = 0, otherMessages = 0;
 const closeCodes = {};
-let ready;
-const allSubscribed = new Promise(r => (ready = r));
+const errorKinds = {};
+const silentCloseCodes = {};
+let readyResolve;
+const allSettled = new Promise((r) => (readyResolve = r));
+let settled = 0;                       // clients subscribed or given up
+const settle = () => { if (++settled === N) readyResolve(); };
 
-function start(i) {
-  const silent = i < Math.round(N * silentShare);
-  const localAddress = `127.0.0.${1 + (i % hosts)}`;
-  const ws = new WebSocket(url, { perMessageDeflate: false, localAddress });
-  const c = { i, silent, ws, blocks: new Map(), txs: 0, dupes: 0, messages: 0 };
-  clients.push(c);
+function isSilent(i) {
+  return Math.floor((i + 1) * silentShare) > Math.floor(i * silentShare);
+}
+
+// Per client, per block height: [first arrival, last arrival, unique messages, next tx index, txs,
+// newBlock seen (0/1)]
+function onMessage(c, data) {
+  const t = c.tData;
+  let p = fastParse(data);
+  if (p === null) p = slowParse(data);
+  else if (verify) {
+    const q = slowParse(data);
+    if (q[0] !== p[0] || q[1] !== p[1] || q[2] !== p[2]) verifyErrors++;
+  }
+  const type = p[0];
+  if (c.silent) c.silentMessages++;
+  if (type === T_BLOCK) {
+    const h = p[1];
+    const b = c.blocks.get(h);
+    if (b === undefined) {
+      if (h < c.lastHeight) orderErrors++;
+      c.lastHeight = h;
+      c.blocks.set(h, [t, t, 1, 0, 0, 1]);
+      if (!c.silent) totalUnique++;
+    } else if (b[5] === 1) {
+      totalDupes++;
+    } else {
+      orderErrors++;                       // its txs came before the block
+      b[5] = 1; b[2]++; b[1] = t;
+      if (!c.silent) totalUnique++;
+    }
+  } else if (type === T_TX || type === T_TXS) {
+    const h = p[1];
+    let b = c.blocks.get(h);
+    if (b === undefined) {
+      if (h < c.lastHeight) orderErrors++;
+      c.lastHeight = h;
+      b = [t, t, 0, 0, 0, 0];
+      if (c.wantsBlocks) orderErrors++;    // a tx before its block
+      c.blocks.set(h, b);
+    }
+    if (type === T_TX) {
+      const idx = p[2];
+      if (idx < b[3]) { totalDupes++; return; }
+      if (idx > b[3]) orderErrors++;       // a gap (or reordering)
+      b[3] = idx + 1; b[4]++;
+    } else {
+      if (b[4] > 0) { totalDupes++; return; }
+      b[4] += p[2];
+    }
+    b[1] = t; b[2]++;
+    if (!c.silent) totalUnique++;
+  } else if (type === T_SUB) {
+    if (!c.subscribed) {
+      c.subscribed = true; subscribed++;
+      if (c.silent) {
+        c.ws.pause();
+        // Still alive (it writes), just never reads: then only a slow-client policy can close it.
+        if (silentKeepalive > 0) c.keepalive = setInterval(() => { if (c.closed === null) c.ws.send('{"action":"ping"}'); }, silentKeepalive * 1000);
+      }
+      settle();
+    }
+  } else {
+    otherMessages++;
+  }
+}
+
+const subscribeMessage = JSON.stringify(Object.assign({ action: "subscribe", channels }, batch ? { batch: true } : {}));
+const wantsBlocks = channels.includes("newBlocks");
+
+// The socket's bytes are taken before ws's parser: each read is stamped and queued, and the
+// queue is parsed in slices of at most ~1 ms between socket polls, so one client's parsing
+// does not delay another client's arrival stamp.  Text frames are parsed here (server frames
+// are unmasked); anything else (ping, close, fragments) is handed, whole frame by whole frame,
+// to ws's own receiver, which answers pings and runs the close handshake.
+const pending = [];           // c, chunk (null: end of stream), t
+let pendingHead = 0, draining = false;
+function enqueue(c, chunk) {
+  pending.push(c, chunk, mono());
+  if (!draining) { draining = true; setImmediate(drainQueue); }
+}
+function drainQueue() {
+  const until = mono() + 0.001;
+  let k = 0;
+  while (pendingHead < pending.length) {
+    const c = pending[pendingHead], chunk = pending[pendingHead + 1], t = pending[pendingHead + 2];
+    pending[pendingHead] = pending[pendingHead + 1] = null;
+    pendingHead += 3;
+    c.tData = t;
+    if (chunk === null) { if (c.onEnd !== null && !c.socketClosed) c.onEnd.call(c.ws._socket); }
+    else if (!c.socketClosed && !c.ws._receiver._writableState.ending) onChunk(c, chunk);
+    if ((++k & 7) === 0 && mono() > until) break;
+  }
+  if (pendingHead >= pending.length) { pending.length = 0; pendingHead = 0; draining = false; }
+  else setImmediate(drainQueue);
+}
+
+function frameTotal(buf, off) {            // header + payload length, or -1 if the header is incomplete
+  const avail = buf.length - off;
+  if (avail < 2) return -1;
+  const b1 = buf[off + 1];
+  let len = b1 & 0x7f, hdr = 2;
+  if (len === 126) { if (avail < 4) return -1; len = buf.readUInt16BE(off + 2); hdr = 4; }
+  else if (len === 127) { if (avail < 10) return -1; len = buf.readUInt32BE(off + 2) * 4294967296 + buf.readUInt32BE(off + 6); hdr = 10; }
+  if (b1 & 0x80) hdr += 4;
+  return hdr + len;
+}
+
+function onFrame(c, buf, start, end) {
+  const b0 = buf[start], b1 = buf[start + 1];
+  if (b0 === 0x81 && (b1 & 0x80) === 0) {  // FIN + text, unmasked
+    const len7 = b1 & 0x7f;
+    const hdr = len7 === 126 ? 4 : len7 === 127 ? 10 : 2;
+    onMessage(c, buf.subarray(start + hdr, end));
+  } else {
+    c.ws._receiver.write(buf.subarray(start, end));
+  }
+}
+
+function onChunk(c, chunk) {
+  let buf = chunk, off = 0;
+  if (c.rest !== null) {
+    const rest = c.rest;
+    const total = frameTotal(rest, 0);
+    if (total >= 0 && rest.length + chunk.length >= total) {
+      const need = total - rest.length;
+      c.rest = null;
+      onFrame(c, Buffer.concat([rest, chunk.subarray(0, need)]), 0, total);
+      off = need;
+    } else {
+      buf = Buffer.concat([rest, chunk]);
+      c.rest = null;
+    }
+  }
+  while (off < buf.length) {
+    const total = frameTotal(buf, off);
+    if (total < 0 || off + total > buf.length) break;
+    onFrame(c, buf, off, off + total);
+    off += total;
+  }
+  if (off < buf.length) c.rest = buf.subarray(off);
+}
+
+function connect(c, done) {
+  const localAddress = `127.0.0.${hostBase + (c.i % hosts)}`;
+  const ws = new WebSocket(url, { perMessageDeflate: false, localAddress, skipUTF8Validation: !verify, handshakeTimeout: 30000 });
+  c.ws = ws;
+  let isOpen = false;
   ws.on("open", () => {
-    opened++;
-    const sub = { action: "subscribe", channels };
-    if (batch) sub.batch = true;
-    ws.send(JSON.stringify(sub));
+    isOpen = true; opened++;
+    c.tData = mono();
+    const socket = ws._socket;
+    for (const f of socket.listeners("data")) if (f.name === "socketOnData") socket.removeListener("data", f);
+    for (const f of socket.listeners("end")) if (f.name === "socketOnEnd") { c.onEnd = f; socket.removeListener("end", f); }
+    socket.on("data", (chunk) => enqueue(c, chunk));
+    socket.on("end", () => enqueue(c, null));
+    socket.on("close", () => { c.socketClosed = true; });   // after ws's own close handling
+    ws.send(subscribeMessage);
+    done();
   });
-  ws.on("message", (data) => {
-    const t = now();
-    c.messages++;
-    const m = JSON.parse(data);
-    if (m.type === "subscribed") {
-      if (++subscribed === N) ready();
-      if (silent) ws._socket.pause();
-      return;
-    }
-    if (m.type === "newBlock") {
-      const h = m.data.height;
-      if (c.blocks.has(h)) { c.dupes++; return; }
-      c.blocks.set(h, { block: t, last: t, txs: 0, expect: m.data.tx_count });
-    } else if (m.type === "newTx") {
-      const h = m.data.block_height;
-      let b = c.blocks.get(h);
-      if (!b) { b = { block: null, last: t, txs: 0, expect: null }; c.blocks.set(h, b); }
-      b.txs++; b.last = t; c.txs++;
-    } else if (m.type === "newTxs") {
-      const h = m.data.block_height;
-      let b = c.blocks.get(h);
-      if (!b) { b = { block: null, last: t, txs: 0, expect: null }; c.blocks.set(h, b); }
-      b.txs += m.data.txs.length; b.last = t; c.txs += m.data.txs.length;
+  // Messages ws parsed itself (fragmented ones, or data read at close): same bookkeeping.
+  ws.on("message", (data) => onMessage(c, data));
+  ws.on("close", (code) => {
+    if (!isOpen) return;
+    closedN++;
+    const into = c.silent ? silentCloseCodes : closeCodes;
+    into[code] = (into[code] || 0) + 1;
+    c.closed = code;
+    if (c.keepalive) clearInterval(c.keepalive);
+    if (!c.subscribed && !c.gaveUp) { c.gaveUp = true; failed++; settle(); }
+  });
+  ws.on("error", (err) => {
+    errors++;
+    const key = err.code || String(err.message).slice(0, 60);
+    errorKinds[key] = (errorKinds[key] || 0) + 1;
+    if (isOpen || c.gaveUp) return;
+    if (c.attempts++ < 5) {
+      retries++;
+      setTimeout(() => connect(c, () => {}), 200 * c.attempts);
+      done();
+    } else {
+      failed++; c.gaveUp = true; settle(); done();
     }
   });
-  ws.on("close", (code) => { closed++; closeCodes[code] = (closeCodes[code] || 0) + 1; });
-  ws.on("error", () => { errors++; });
 }
 
-const t0 = now();
-for (let i = 0; i < N; i++) {
-  start(i);
-  if (i % 200 === 199) await new Promise(r => setTimeout(r, 5));
+const t0 = mono();
+// Connect with at most `concurrency` handshakes in flight.
+{
+  let next = 0, inFlight = 0;
+  const pump = () => {
+    while (inFlight < concurrency && next < N) {
+      const i = next++;
+      const c = { i, silent: isSilent(i), wantsBlocks, ws: null, blocks: new Map(), lastHeight: -1, tData: 0,
+        subscribed: false, attempts: 0, closed: null, gaveUp: false, silentMessages: 0, rest: null, onEnd: null, socketClosed: false };
+      clients.push(c);
+      inFlight++;
+      let once = false;
+      connect(c, () => { if (!once) { once = true; inFlight--; setImmediate(pump); } });
+    }
+  };
+  pump();
 }
-const timer = setTimeout(() => ready(), 60000);
-await allSubscribed;
-clearTimeout(timer);
-console.error(`loadgen: ${subscribed}/${N} subscribed in ${(now() - t0).toFixed(2)}s`);
-process.stdout.write(JSON.stringify({ event: "ready", t: now(), subscribed }) + "\n");
-await new Promise(r => setTimeout(r, duration));
+const connectTimer = setTimeout(() => {
+  for (const c of clients) if (!c.subscribed && !c.gaveUp) { c.gaveUp = true; failed++; settle(); }
+  while (settled < N) { failed++; settle(); }
+}, connectSeconds * 1000);
+await allSettled;
+clearTimeout(connectTimer);
+const tReady = mono();
+process.stderr.write(`loadgen ${id}: ${subscribed}/${N} subscribed in ${(tReady - t0).toFixed(2)}s (${retries} retries, errors ${JSON.stringify(errorKinds)})\n`);
+const loop = monitorEventLoopDelay({ resolution: 10 });
+loop.enable();
+const cpu0 = process.cpuUsage();
+emit({ event: "ready", id, t: tReady, subscribed, failed, retries, errorKinds, connect_s: tReady - t0 });
 
-const summary = { event: "done", clients: N, subscribed, opened, closed, errors, closeCodes, silent: 0, perClient: [] };
-for (const c of clients) {
-  if (c.silent) { summary.silent++; continue; }
+let reported = false;
+async function report(reason) {
+  if (reported) return;
+  reported = true;
+  const cpu = process.cpuUsage(cpu0);
+  loop.disable();
+  const tEnd = mono();
+  // Let the silent clients read again briefly, to see whether the server closed them (and how).
+  const silentClients = clients.filter((c) => c.silent);
+  let silentOpen = 0;
+  if (silentClients.length) {
+    for (const c of silentClients) if (c.ws && c.closed === null) c.ws.resume();
+    await new Promise((r) => setTimeout(r, 1500));
+    for (const c of silentClients) if (c.subscribed && c.closed === null) silentOpen++;
+  }
+  const base = tReady;
   const blocks = {};
-  for (const [h, b] of c.blocks) blocks[h] = [b.block, b.last, b.txs, b.expect];
-  summary.perClient.push({ dupes: c.dupes, txs: c.txs, blocks });
+  let nonSilent = 0;
+  for (const c of clients) {
+    if (c.silent || !c.subscribed) continue;
+    nonSilent++;
+    for (const [h, b] of c.blocks) {
+      let e = blocks[h];
+      if (e === undefined) e = blocks[h] = { first: [], last: [], n: [], txs: [] };
+      e.first.push(Math.round((b[0] - base) * 1e6));
+      e.last.push(Math.round((b[1] - base) * 1e6));
+      e.n.push(b[2]);
+      e.txs.push(b[4]);
+    }
+  }
+  const summary = {
+    event: "done", id, reason, base, clients: N, subscribed, failed, retries, opened, errors,
+    closed: closedN, closeCodes, errorKinds, nonSilent, verify, verifyErrors,
+    silent: { count: silentClients.length, messages: silentClients.reduce((s, c) => s + c.silentMessages, 0),
+      closeCodes: silentCloseCodes, stillOpen: silentOpen },
+    unique: totalUnique, dupes: totalDupes, orderErrors, otherMessages,
+    cpu_s: (cpu.user + cpu.system) / 1e6, window_s: tEnd - tReady,
+    loop_delay_ms: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
+    blocks,
+  };
+  // The summary can be megabytes: into a file (written synchronously), and a short line out.
+  if (reportFile) {
+    writeFileSync(reportFile, JSON.stringify(summary));
+    emit({ event: "done", id, file: reportFile });
+  } else emit(summary);
+  for (const c of clients) { if (c.keepalive) clearInterval(c.keepalive); if (c.ws) c.ws.terminate(); }
+  setTimeout(() => process.exit(0), 50);
 }
-process.stdout.write(JSON.stringify(summary) + "\n");
-for (const c of clients) c.ws.terminate();
-process.exit(0);
+
+setTimeout(() => report("max-seconds"), maxSeconds * 1000).unref();
+const rl = createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+  const cmd = line.trim();
+  if (cmd === "progress") emit({ event: "progress", id, t: mono(), unique: totalUnique, dupes: totalDupes });
+  else if (cmd === "report") report("report");
+});
+rl.on("close", () => report("stdin closed"));

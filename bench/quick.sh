@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# quick.sh N CHANNELS BLOCKS [PROFILE]: one explorerd hub run against N clients; prints the server's lines
-# and the loadgen summary line.
+# quick.sh N SCENARIO [SERVERS] [BLOCKS]: one cell of the benchmark, one run, report to stdout.
+#   PY=/tmp/venv/bin/python ./bench/quick.sh 10000 blocks explorerd 5
+# SCENARIO: blocks | txs | batch | silent | e2e.  SERVERS: comma list (default explorerd,ws,autobahn).
 set -euo pipefail
-cd "$(dirname "$0")"
-N=$1; CH=$2; B=$3; PROF=${4:-}
+cd "$(dirname "$0")/.."
+N=$1; SCENARIO=${2:-blocks}; SERVERS=${3:-explorerd,ws,autobahn}; BLOCKS=${4:-5}
 PY=${PY:-python3}
 out=$(mktemp -d)
-$PY hubserver.py --clients "$N" --blocks "$B" ${PROF:+--profile $PROF} > "$out/server" &
-spid=$!
-until grep -q listening "$out/server" 2>/dev/null; do sleep 0.05; done
-port=$(grep listening "$out/server" | python3 -c 'import json,sys; print(json.load(sys.stdin)["port"])')
-node loadgen.mjs --url "ws://127.0.0.1:$port/v1/stream" --clients "$N" --channels "$CH" --duration $((B + 4)) --hosts 4 > "$out/load" &
-lpid=$!
-wait $spid || true
-wait $lpid || true
-python3 analyze.py "$out/server" "$out/load"
+"$PY" bench/run.py --scenarios "$SCENARIO" --servers "$SERVERS" --clients "$N" --runs 1 --blocks "$BLOCKS" \
+    --out "$out/RESULTS.md"
+cat "$out/RESULTS.md"

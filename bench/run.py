@@ -1,0 +1,1205 @@
+#!/usr/bin/env python3
+"""
+explorerd's benchmark suite, in one command.
+
+  python3 bench/run.py --quick        # smoke run: small N, 1 run per cell (~6 min)
+  python3 bench/run.py                # the full matrix, 3 runs per key cell (see bench/README.md)
+
+Runs explorerd (bench/hubserver.py: the real Daemon fed at a fixed block rate) and the peer
+servers (bench/peers/: a minimal Node "ws" server and a minimal Autobahn prepared-message
+server) against the same load from bench/loadgen.mjs, and writes bench/RESULTS.md (or --out)
+plus raw per-run JSON under bench/results/<date>/.  The Python running this script runs
+explorerd and the Autobahn peer: it must have explorerd's dependencies (Twisted, Autobahn, ...).
+Node's "ws" is installed with `npm ci --prefix bench` when missing.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import math
+import os
+import platform
+import queue
+import random
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(1, REPO)
+
+import blocks as blockdata  # noqa: E402
+
+SERVERS = ("explorerd", "ws", "autobahn")
+ALL_SERVERS = ("explorerd", "explorerd-split", "ws", "ws-prepared", "autobahn")
+ANVIL = os.path.join(REPO, "tests", "node", "node_modules", "@foundry-rs", "anvil-linux-amd64", "bin", "anvil")
+MAINNET_200 = {"recordings": ["mainnet_11880804-11880810"], "min_txs": 100}  # 6 blocks, 167-209 txs
+SMALL = {"recordings": ["mainnet_15478281-15478287"], "min_txs": 0}
+
+# Scenario -> how it runs.  "clients": {N: runs}.
+FULL = {
+    "blocks": dict(title="(a) newBlocks only, 1 block/s", channels="newBlocks", data=SMALL, blocks=10,
+                   clients={100: 3, 1000: 3, 5000: 3, 10000: 3}, per_loadgen=10000),
+    "txs": dict(title="(b)/(c) newBlocks + newTxs, mainnet blocks (~190 txs), 1 block/s",
+                channels="newBlocks,newTxs", data=MAINNET_200, blocks=10,
+                clients={100: 3, 1000: 3, 5000: 1, 10000: 1}, blocks_for={5000: 5, 10000: 5}, per_loadgen=2500,
+                # publishBlock (one write per client: block + txs) against broadcastBlock then
+                # broadcastTransactions (every client's newBlock first, then the txs).
+                extra_servers={"explorerd-split": (100, 1000)}),
+    "batch": dict(title='(d) newBlocks + newTxs with "batch": true, mainnet blocks, 1 block/s',
+                  channels="newBlocks,newTxs", batch=True, data=MAINNET_200, blocks=10,
+                  clients={1000: 3}, per_loadgen=5000),
+    # A client that does not read has ~4.3 MB of kernel socket buffers on loopback (~62 mainnet
+    # blocks) before its server sees any backpressure; explorerd closes it 10 s (write deadline)
+    # after that, so the run must last well past a minute to show the policy.  The silent clients
+    # send an app-level ping every 15 s (they write, never read): otherwise explorerd's 60 s pong
+    # timeout drops them first and the slow-client policy is never reached.
+    "silent": dict(title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
+                   channels="newBlocks,newTxs", silent=0.1, data=MAINNET_200, blocks=75,
+                   silent_keepalive=15, clients={1000: 3}, peer_runs=1, per_loadgen=2500,
+                   phases={"blocks 1-50 (silent ones held by the kernel)": (0, 50),
+                           "blocks 63-75 (after)": (62, 75)}),
+    "e2e": dict(title="end to end: anvil evm_mine -> twistd explorerd (--poll-interval 0.1s) -> clients",
+                channels="newBlocks,newTxs", blocks=10, txs_per_block=5, clients={1000: 3},
+                per_loadgen=5000, servers=("explorerd",)),
+}
+QUICK = {
+    "blocks": dict(FULL["blocks"], blocks=4, clients={100: 1, 1000: 1}),
+    "txs": dict(FULL["txs"], blocks=4, clients={100: 1, 500: 1}, blocks_for={}),
+    "batch": dict(FULL["batch"], blocks=4, clients={200: 1}),
+    "silent": dict(FULL["silent"], blocks=13, clients={200: 1}, phases={}),
+    "e2e": dict(FULL["e2e"], blocks=4, clients={100: 1}),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every one we start is remembered and killed (by PID, its own process group) at the
+# end, on error, on SIGINT/SIGTERM.
+
+_procs = []
+
+
+class Proc:
+    def __init__(self, name, argv, log_dir, json_lines=True, cwd=None, env=None):
+        self.name = name
+        self.json_lines = json_lines
+        self.stderr_path = os.path.join(log_dir, f"{name}.stderr")
+        self.stdout_path = os.path.join(log_dir, f"{name}.stdout")
+        self._stderr = open(self.stderr_path, "w")
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                  cwd=cwd or REPO, env=env, text=True, bufsize=1, start_new_session=True)
+        _procs.append(self)
+        self.pid = self.p.pid
+        self.q = queue.Queue()
+        self.lines = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        with open(self.stdout_path, "w") as copy:
+            for line in self.p.stdout:
+                if len(line) < 4096:
+                    copy.write(line)
+                    copy.flush()
+                if self.json_lines:
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                else:
+                    msg = line.rstrip("\n")
+                self.lines.append(msg)
+                self.q.put(msg)
+        self.q.put(None)
+
+    def send(self, line):
+        try:
+            self.p.stdin.write(line + "\n")
+            self.p.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def expect(self, event, timeout):
+        """The next message with this event (others are kept in .lines); raises on timeout/exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.name}: no {event!r} within {timeout:.0f}s (see {self.stderr_path})")
+            try:
+                msg = self.q.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if msg is None:
+                raise BenchError(f"{self.name} exited (code {self.p.wait()}) before {event!r}; see {self.stderr_path}")
+            if self.json_lines and msg.get("event") == event:
+                return msg
+            if not self.json_lines and event in msg:
+                return msg
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, grace=5.0):
+        if self.p.poll() is None:
+            try:
+                self.p.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.p.poll() is not None:
+                break
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.p.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+        self._stderr.close()
+        if self in _procs:
+            _procs.remove(self)
+
+
+def kill_all():
+    for proc in list(_procs):
+        try:
+            proc.stop(grace=0.5)
+        except Exception:
+            pass
+
+
+atexit.register(kill_all)
+
+
+def _on_signal(signum, frame):
+    kill_all()
+    sys.exit(128 + signum)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings.
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """user+sys seconds of a process (clock-tick precision)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError):
+        return None
+
+
+def proc_rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def system_busy():
+    """(busy, total) jiffies over all CPUs."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+class Sampler(threading.Thread):
+    """Samples a process's RSS every 0.1 s; .peak is the highest seen."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            rss = proc_rss_kb(self.pid)
+            if rss:
+                self.peak = max(self.peak, rss)
+            self.stopped.wait(0.1)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run of one cell.
+
+def foreign_cores(busy0, busy1, ours0, ours1):
+    """Cores' worth of CPU that processes other than ours used between two readings."""
+    cores = os.cpu_count() or 1
+    window_jiffies = (busy1[1] - busy0[1]) or 1
+    return round(max(0.0, (busy1[0] - busy0[0]) / CLK_TCK - (ours1 - ours0)) / (window_jiffies / CLK_TCK / cores), 2)
+
+
+def pct(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
+    return values[k]
+
+
+def server_argv(server, files, rate, count, log_dir, profile=""):
+    common = ["--rate", str(rate), "--count", str(count)]
+    if server.startswith("explorerd"):
+        argv = [sys.executable, os.path.join(HERE, "hubserver.py"), "--events", files["raw"], *common,
+                "--log", os.path.join(log_dir, "explorerd.log")]
+        if server == "explorerd-split":
+            argv += ["--api", "split"]
+        if profile:
+            argv += ["--profile", profile]
+        return argv
+    if server == "autobahn":
+        argv = [sys.executable, os.path.join(HERE, "peers", "autobahn_server.py"), "--events", files["wire"], *common]
+        return argv + (["--profile", profile] if profile else [])
+    if server in ("ws", "ws-prepared"):
+        return ["node", os.path.join(HERE, "peers", "ws_server.mjs"), "--events", files["wire"], *common,
+                "--mode", "prepared" if server == "ws-prepared" else "send"]
+    raise ValueError(server)
+
+
+def start_loadgens(spec, n, url, log_dir, verify, max_seconds):
+    k = max(1, math.ceil(n / spec["per_loadgen"]))
+    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    loadgens = []
+    for i, size in enumerate(sizes):
+        argv = ["node", os.path.join(HERE, "loadgen.mjs"), "--url", url, "--clients", str(size),
+                "--channels", spec["channels"], "--hosts", "4", "--host-base", str(2 + 4 * i), "--id", str(i),
+                "--max-seconds", str(int(max_seconds))]
+        if spec.get("batch"):
+            argv.append("--batch")
+        if spec.get("silent"):
+            argv += ["--silent", str(spec["silent"])]
+        if spec.get("silent_keepalive"):
+            argv += ["--silent-keepalive", str(spec["silent_keepalive"])]
+        if verify:
+            argv.append("--verify")
+        argv += ["--report-file", os.path.join(log_dir, f"loadgen{i}.json")]
+        loadgens.append(Proc(f"loadgen{i}", argv, log_dir))
+    return loadgens
+
+
+def read_done(msg):
+    if "file" in msg:
+        with open(msg["file"]) as f:
+            done = json.load(f)
+        os.unlink(msg["file"])
+        return done
+    return msg
+
+
+def expected_messages(spec, txs):
+    channels = spec["channels"].split(",")
+    m = 1 if "newBlocks" in channels else 0
+    if "newTxs" in channels:
+        m += (1 if txs else 0) if spec.get("batch") else txs
+    return m
+
+
+def wait_ready(loadgens, n):
+    ready = []
+    for lg in loadgens:
+        ready.append(lg.expect("ready", 60 + n / 50))
+    return ready
+
+
+def drain(loadgens, expected_total, max_wait, stall=4.0):
+    """Poll the loadgens until they hold every expected message, stop progressing, or max_wait."""
+    start = time.monotonic()
+    last, last_change = -1, start
+    while True:
+        total = 0
+        for lg in loadgens:
+            lg.send("progress")
+        for lg in loadgens:
+            total += lg.expect("progress", 30)["unique"]
+        now = time.monotonic()
+        if total >= expected_total:
+            return total, now - start, "complete"
+        if total != last:
+            last, last_change = total, now
+        elif now - last_change > stall:
+            return total, now - start, "stalled"
+        if now - start > max_wait:
+            return total, now - start, "timeout"
+        time.sleep(0.2)
+
+
+def start_pyspy(pid, output, log_dir):
+    spy = subprocess.Popen([pyspy_binary(), "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
+                            "--output", output, "--nonblocking"] + (["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else []),
+                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(log_dir, "py-spy.stderr"), "a"),
+                           start_new_session=True)
+    time.sleep(1.5)
+    return spy
+
+
+def stop_pyspy(spy):
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(5)
+
+
+def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False, profile="", pyspy="",
+             pyspy_setup=""):
+    """One run: start server and loadgens, publish, collect; returns a result dict."""
+    cell = f"{scenario}-{server}-{n}-r{run_index}"
+    log_dir = os.path.join(out_dir, "logs", cell)
+    os.makedirs(log_dir, exist_ok=True)
+    rate, nblocks = spec.get("rate", 1.0), blocks_for(spec, n)
+    result = {"scenario": scenario, "server": server, "clients": n, "run": run_index, "blocks": nblocks,
+              "rate": rate, "channels": spec["channels"], "batch": bool(spec.get("batch")),
+              "silent_share": spec.get("silent", 0), "errors": []}
+    procs = []
+    try:
+        srv = Proc("server", server_argv(server, files, rate, nblocks, log_dir, profile), log_dir)
+        procs.append(srv)
+        listening = srv.expect("listening", 60)
+        port = listening["port"]
+        time.sleep(0.5)
+        srv.send("stats")
+        base = srv.expect("stats", 30)
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        setup_spy = start_pyspy(srv.pid, pyspy_setup, log_dir) if pyspy_setup else None
+        max_seconds = 900 + n / 20 + nblocks / rate
+        loadgens = start_loadgens(spec, n, url, log_dir, verify, max_seconds)
+        procs += loadgens
+        ready = wait_ready(loadgens, n)
+        stop_pyspy(setup_spy)
+        subscribed = sum(r["subscribed"] for r in ready)
+        result["subscribed"] = subscribed
+        result["connect_s"] = max(r["connect_s"] for r in ready)
+        if subscribed < n:
+            kinds = {}
+            for r in ready:
+                for k, v in r.get("errorKinds", {}).items():
+                    kinds[k] = kinds.get(k, 0) + v
+            result["errors"].append(f"only {subscribed}/{n} clients subscribed (connect errors: {kinds})")
+        time.sleep(2.0)
+        srv.send("stats")
+        idle = srv.expect("stats", 30)
+        spy = start_pyspy(srv.pid, pyspy, log_dir) if pyspy else None
+        sampler = Sampler(srv.pid)
+        sampler.start()
+        ours0 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
+        busy0 = system_busy()
+        srv.send("go")
+        blocks = [srv.expect("block", 30 + n / 100 + (nblocks / rate if i == 0 else 0)) for i in range(nblocks)]
+        srv.expect("sent_all", 30 + n / 100)
+        non_silent = n - sum(round_silent(spec, size) for size in loadgen_sizes(spec, n))
+        expected_total = sum(expected_messages(spec, b["txs"]) for b in blocks) * min(non_silent, subscribed)
+        # Generous: an overloaded peer may take tens of seconds per block; a stall ends it sooner.
+        got, drain_s, how = drain(loadgens, expected_total, max_wait=60 + expected_total / 5e4)
+        srv.send("stats")
+        end = srv.expect("stats", 60)
+        if profile:
+            srv.send("profile_stop")
+        busy1 = system_busy()
+        ours1 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
+        sampler.stop()
+        stop_pyspy(spy)
+        if how != "complete":
+            result["errors"].append(f"delivery {how} after {drain_s:.1f}s: {got}/{expected_total} messages")
+        dones = []
+        for lg in loadgens:
+            lg.send("report")
+        for lg in loadgens:
+            dones.append(read_done(lg.expect("done", 120)))
+        srv.send("quit")
+        try:
+            final = srv.expect("stats", 20)
+        except BenchError:
+            final = end
+        result.update(analyze(spec, blocks, dones, base, idle, end, final, sampler.peak, n))
+        result["foreign_cpu_cores"] = foreign_cores(busy0, busy1, ours0, ours1)
+        result["loadavg"] = open("/proc/loadavg").read().split()[:3]
+    except BenchError as e:
+        result["errors"].append(str(e))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    with open(os.path.join(out_dir, f"{cell}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def blocks_for(spec, n):
+    return spec.get("blocks_for", {}).get(n, spec["blocks"])
+
+
+def loadgen_sizes(spec, n):
+    k = max(1, math.ceil(n / spec["per_loadgen"]))
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def round_silent(spec, size):
+    share = spec.get("silent", 0)
+    return sum(1 for i in range(size) if math.floor((i + 1) * share) > math.floor(i * share))
+
+
+def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
+    handoff = {b["height"]: b for b in blocks}
+    phases = {}
+    first_lat, whole_lat = [], []
+    per_block_first, per_block_last = {}, {}
+    unique = dupes = order = verify_err = 0
+    received_by_block = {}
+    tx_mismatch = 0
+    non_silent = 0
+    silent = {"count": 0, "messages": 0, "closeCodes": {}, "stillOpen": 0}
+    lg_cpu, loop_p99, loop_max = [], [], []
+    for d in dones:
+        unique += d["unique"]
+        dupes += d["dupes"]
+        order += d["orderErrors"]
+        verify_err += d.get("verifyErrors", 0)
+        non_silent += d["nonSilent"]
+        s = d["silent"]
+        silent["count"] += s["count"]
+        silent["messages"] += s["messages"]
+        silent["stillOpen"] += s["stillOpen"]
+        for code, k in s["closeCodes"].items():
+            silent["closeCodes"][code] = silent["closeCodes"].get(code, 0) + k
+        lg_cpu.append(d["cpu_s"] / max(d["window_s"], 1e-9))
+        loop_p99.append(d["loop_delay_ms"]["p99"])
+        loop_max.append(d["loop_delay_ms"]["max"])
+        b0 = d["base"]
+        for h, e in d["blocks"].items():
+            h = int(h)
+            b = handoff.get(h)
+            if b is None:
+                continue
+            t = b["t"]
+            exp_msgs = expected_messages(spec, b["txs"])
+            firsts = [b0 + f / 1e6 - t for f in e["first"]]
+            lasts = [b0 + x / 1e6 - t for x in e["last"]]
+            first_lat += firsts
+            whole_lat += lasts
+            per_block_first.setdefault(h, []).extend(firsts)
+            per_block_last.setdefault(h, []).extend(lasts)
+            received_by_block[h] = received_by_block.get(h, 0) + sum(min(k, exp_msgs) for k in e["n"])
+            if "newTxs" in spec["channels"]:
+                tx_mismatch += sum(1 for k in e["txs"] if k != b["txs"])
+    for label, (lo, hi) in spec.get("phases", {}).items():
+        heights = [b["height"] for b in blocks[lo:hi]]
+        lat = [x for h in heights for x in per_block_first.get(h, [])]
+        whole = [x for h in heights for x in per_block_last.get(h, [])]
+        phases[label] = {"lat_p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
+                         "whole_p99_ms": round(pct(whole, 99) * 1000, 2) if whole else None}
+    expected = sum(expected_messages(spec, b["txs"]) for b in blocks) * non_silent
+    delivered = sum(received_by_block.values())
+    lost = expected - delivered
+    completion = []
+    for h in per_block_first:
+        completion.append(max(per_block_last[h]) - min(per_block_first[h]))
+    last_arrival = max((max(v) + handoff[h]["t"] for h, v in per_block_last.items()), default=None)
+    window = (last_arrival - blocks[0]["t"]) if blocks and last_arrival else None
+    cpu = end["cpu"] - idle["cpu"]
+    ms = lambda v: None if v is None else round(v * 1000, 2)
+    msgs_per_block = [expected_messages(spec, b["txs"]) * non_silent for b in blocks]
+    fanout_rates = [m / c for m, c in zip(msgs_per_block, completion) if c > 0]
+    out = {
+        "non_silent": non_silent, "expected": expected, "delivered": delivered, "lost": lost, "dupes": dupes,
+        "order_errors": order, "verify_errors": verify_err, "tx_count_mismatch": tx_mismatch,
+        "lat_p50_ms": ms(pct(first_lat, 50)), "lat_p99_ms": ms(pct(first_lat, 99)),
+        "lat_max_ms": ms(max(first_lat) if first_lat else None),
+        "whole_p50_ms": ms(pct(whole_lat, 50)), "whole_p99_ms": ms(pct(whole_lat, 99)),
+        "whole_max_ms": ms(max(whole_lat) if whole_lat else None),
+        "completion_p50_ms": ms(pct(completion, 50)), "completion_max_ms": ms(max(completion) if completion else None),
+        "handoff_took_p50_ms": ms(pct([b["took"] for b in blocks], 50)),
+        "handoff_took_max_ms": ms(max((b["took"] for b in blocks), default=None)),
+        "behind_schedule_max_s": round(max((b["t"] - b["t_sched"] for b in blocks if "t_sched" in b), default=0), 3),
+        "msgs_per_s": round(delivered / window) if window else None,
+        "fanout_msgs_per_s": round(pct(fanout_rates, 50)) if fanout_rates else None,
+        "server_cpu_s": round(cpu, 4),
+        # The kernel splits user/sys by tick sampling: no use for small totals.
+        "server_sys_share": round((end["sys"] - idle["sys"]) / cpu, 2) if cpu > 0.2 and "sys" in idle and "sys" in end else None,
+        "cpu_us_per_msg": round(cpu / delivered * 1e6, 3) if delivered else None,
+        "rss_base_kb": base["rss_kb"], "rss_idle_kb": idle["rss_kb"], "rss_peak_kb": max(rss_peak, end["rss_kb"]),
+        "rss_end_kb": end["rss_kb"],
+        "rss_per_conn_idle_kb": round((idle["rss_kb"] - base["rss_kb"]) / n, 2),
+        "setup_cpu_us_per_conn": round((idle["cpu"] - base["cpu"]) / n * 1e6) if "cpu" in base else None,
+        "rss_per_conn_load_kb": round((max(rss_peak, end["rss_kb"]) - base["rss_kb"]) / n, 2),
+        "server_clients_end": end.get("clients"), "slow_closed": final.get("slow_closed", end.get("slow_closed")),
+        "ping_timeouts": final.get("ping_timeouts", end.get("ping_timeouts")),
+        "silent": silent,
+        "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
+        "loadgen_loop_p99_ms": [round(x, 1) for x in loop_p99], "loadgen_loop_max_ms": [round(x, 1) for x in loop_max],
+        "block_txs": [b["txs"] for b in blocks],
+        "phases": phases,
+    }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end with anvil and a real `twistd explorerd`.
+
+def rpc(url, method, params=()):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        answer = json.loads(r.read())
+    if "error" in answer:
+        raise BenchError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+def twistd_argv():
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [sys.executable, script]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def run_e2e(spec, n, run_index, out_dir, verify=False):
+    cell = f"e2e-explorerd-{n}-r{run_index}"
+    log_dir = os.path.join(out_dir, "logs", cell)
+    os.makedirs(log_dir, exist_ok=True)
+    rate, nblocks, k_txs = spec.get("rate", 1.0), spec["blocks"], spec.get("txs_per_block", 0)
+    result = {"scenario": "e2e", "server": "explorerd", "clients": n, "run": run_index, "blocks": nblocks,
+              "rate": rate, "channels": spec["channels"], "batch": False, "silent_share": 0, "errors": []}
+    procs = []
+    try:
+        if not os.path.exists(ANVIL):
+            raise BenchError(f"no anvil binary at {ANVIL} (npm ci --prefix tests/node)")
+        anvil = Proc("anvil", [ANVIL, "--host", "127.0.0.1", "--port", "0", "--no-mining"], log_dir, json_lines=False)
+        procs.append(anvil)
+        line = anvil.expect("Listening on", 30)
+        rpc_url = "http://127.0.0.1:%s/" % re.search(r"Listening on [0-9.]+:(\d+)", line).group(1)
+        for _ in range(100):
+            try:
+                rpc(rpc_url, "eth_chainId")
+                break
+            except OSError:
+                time.sleep(0.1)
+        log_path = os.path.join(log_dir, "twistd.log")
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        argv = twistd_argv() + ["-n", "--pidfile=", "--logfile", log_path, "explorerd", "--rpc-url", rpc_url,
+                                "--poll-interval", "0.1s", "--listen", "tcp:0:interface=127.0.0.1:backlog=4096",
+                                "--max-connections", str(n + 100), "--state-dir", ""] + limits_off()
+        srv = Proc("server", argv, log_dir, json_lines=False, cwd=log_dir, env=env)
+        procs.append(srv)
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            if not srv.alive():
+                raise BenchError(f"twistd explorerd exited; see {log_path} and {srv.stderr_path}")
+            try:
+                m = re.search(r"explorerd listening on .*?http://127\.0\.0\.1:(\d+)/", open(log_path).read())
+                port = m and m.group(1)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        if port is None:
+            raise BenchError(f"twistd explorerd did not log its port; see {log_path}")
+        base_rss = proc_rss_kb(srv.pid)
+        loadgens = start_loadgens(spec, n, f"ws://127.0.0.1:{port}/v1/stream", log_dir, verify,
+                                  120 + n / 50 + nblocks / rate + 120)
+        procs += loadgens
+        ready = wait_ready(loadgens, n)
+        subscribed = sum(r["subscribed"] for r in ready)
+        result["subscribed"] = subscribed
+        result["connect_s"] = max(r["connect_s"] for r in ready)
+        if subscribed < n:
+            result["errors"].append(f"only {subscribed}/{n} clients subscribed")
+        time.sleep(2.0)
+        idle_rss = proc_rss_kb(srv.pid)
+        sampler = Sampler(srv.pid)
+        sampler.start()
+        cpu0 = proc_cpu(srv.pid)
+        ours0 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
+        busy0 = system_busy()
+        head = int(rpc(rpc_url, "eth_blockNumber"), 16)
+        blocks = []
+        t_start = time.monotonic()
+        # Mining on a fixed 1/rate grid would keep the same phase against the tail's 0.1 s poll
+        # ticks for the whole run (a constant, arbitrary latency): jitter over one poll interval.
+        jitter = random.Random(1000 * run_index + n)
+        for i in range(nblocks):
+            wait = t_start + i / rate + jitter.uniform(0, 0.1) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            for j in range(k_txs):
+                rpc(rpc_url, "eth_sendTransaction", [{"from": blockdata_dev(0), "to": blockdata_dev(1), "value": hex(1 + j)}])
+            t = time.monotonic()
+            t0 = time.perf_counter()
+            rpc(rpc_url, "evm_mine")
+            blocks.append({"height": head + 1 + i, "t": t, "took": time.perf_counter() - t0, "txs": k_txs})
+        non_silent = n
+        expected_total = sum(expected_messages(spec, b["txs"]) for b in blocks) * min(non_silent, subscribed)
+        got, drain_s, how = drain(loadgens, expected_total, max_wait=60)
+        cpu1 = proc_cpu(srv.pid)
+        busy1 = system_busy()
+        ours1 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
+        sampler.stop()
+        if how != "complete":
+            result["errors"].append(f"delivery {how} after {drain_s:.1f}s: {got}/{expected_total} messages")
+        dones = []
+        for lg in loadgens:
+            lg.send("report")
+        for lg in loadgens:
+            dones.append(read_done(lg.expect("done", 120)))
+        idle = {"cpu": cpu0, "rss_kb": idle_rss}
+        end = {"cpu": cpu1, "rss_kb": proc_rss_kb(srv.pid)}
+        result.update(analyze(spec, blocks, dones, {"rss_kb": base_rss}, idle, end, {}, sampler.peak, n))
+        result["note"] = "latency from the evm_mine request to arrival; CPU from /proc (10 ms ticks)"
+        result["foreign_cpu_cores"] = foreign_cores(busy0, busy1, ours0, ours1)
+    except BenchError as e:
+        result["errors"].append(str(e))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    with open(os.path.join(out_dir, f"{cell}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def limits_off():
+    """twistd options that turn per-IP limits off, for those this version of explorerd has."""
+    from explorerd.config import SETTINGS
+    from hubserver import BENCH_SETTINGS
+
+    argv = []
+    for setting in SETTINGS:
+        if setting.name in BENCH_SETTINGS:
+            argv += ["--" + setting.option, str(BENCH_SETTINGS[setting.name])]
+    return argv
+
+
+def blockdata_dev(i):
+    return ("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up, machine facts, the report.
+
+def ensure_node_deps():
+    if not shutil.which("node") or not shutil.which("npm"):
+        raise SystemExit("bench: Node.js and npm are needed (the load generator and the ws peer)")
+    if not os.path.isfile(os.path.join(HERE, "node_modules", "ws", "package.json")):
+        print("bench: installing the Node dependencies: npm ci --prefix bench", flush=True)
+        subprocess.run(["npm", "ci", "--prefix", HERE, "--no-audit", "--no-fund"], check=True)
+
+
+def ensure_python_deps():
+    try:
+        import autobahn  # noqa: F401
+        import twisted  # noqa: F401
+        sys.path.insert(0, REPO)
+        import explorerd.daemon  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"bench: this Python ({sys.executable}) cannot run explorerd: {e}. "
+                         "Run with the Python that has explorerd's dependencies "
+                         "(e.g. `pip install -e .` first, or a tox/venv interpreter).")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def machine():
+    def read(path):
+        try:
+            return open(path).read()
+        except OSError:
+            return ""
+
+    cpuinfo = read("/proc/cpuinfo")
+    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    mhz = re.search(r"cpu MHz\s*:\s*(.*)", cpuinfo)
+    mem = re.search(r"MemTotal:\s*(\d+)", read("/proc/meminfo"))
+    import autobahn
+    import twisted
+
+    def cmd(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
+        except OSError:
+            return "?"
+
+    ws_version = json.load(open(os.path.join(HERE, "node_modules", "ws", "package.json")))["version"]
+    return {
+        "nproc": cmd(["nproc"]), "cpu": (model.group(1) if model else "?") + (f" ({mhz.group(1)} MHz)" if mhz else ""),
+        "ram_gib": round(int(mem.group(1)) / 1024 / 1024, 1) if mem else None,
+        "kernel": platform.release(), "python": platform.python_version(), "twisted": twisted.__version__,
+        "autobahn": autobahn.__version__, "node": cmd(["node", "--version"]), "ws": ws_version,
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "somaxconn": read("/proc/sys/net/core/somaxconn").strip(),
+        "loadavg_start": read("/proc/loadavg").split()[:3],
+        "git": cmd(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+    }
+
+
+def make_files(spec, out_dir, key):
+    """The run's blocks: raw JSON-RPC for explorerd and wire events for the peers."""
+    data = spec["data"]
+    raw = blockdata.raw_blocks(data["recordings"], spec["blocks"], min_txs=data["min_txs"])
+    wire = blockdata.wire_events(raw)
+    files = {"raw": os.path.join(out_dir, f"{key}.raw.json"), "wire": os.path.join(out_dir, f"{key}.wire.json")}
+    with open(files["raw"], "w") as f:
+        json.dump(raw, f)
+    with open(files["wire"], "w") as f:
+        json.dump(wire, f)
+    files.update(file_facts(files["wire"]))
+    return files
+
+
+def file_facts(wire_path):
+    """Frame sizes (as explorerd encodes them) and transactions per block of a wire-events file."""
+    import explorerd.events as ev
+
+    with open(wire_path) as f:
+        wire = json.load(f)
+    sizes = [len(ev.frame(ev.encode({"type": "newBlock", "data": w["block"]}))) for w in wire]
+    tx_sizes = [len(ev.frame(ev.encode({"type": "newTx", "data": t}))) for w in wire for t in w["txs"]]
+    return {"block_frame_bytes": round(statistics.mean(sizes)),
+            "tx_frame_bytes": round(statistics.mean(tx_sizes)) if tx_sizes else 0,
+            "txs_per_block": [len(w["txs"]) for w in wire]}
+
+
+def fmt(values, digits=1):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    f = lambda v: f"{v:,.{digits}f}" if isinstance(v, float) or digits else f"{v:,}"
+    if len(values) == 1:
+        return f(med)
+    return f"{f(med)} ({f(min(values))}–{f(max(values))})"
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+COLUMNS = [
+    ("lat p50 ms", "lat_p50_ms", 1), ("lat p99 ms", "lat_p99_ms", 1), ("lat max ms", "lat_max_ms", 1),
+    ("fan-out ms", "completion_p50_ms", 1), ("msg/s", "msgs_per_s", 0), ("fan-out msg/s", "fanout_msgs_per_s", 0),
+    ("CPU µs/msg", "cpu_us_per_msg", 2), ("of it sys", "server_sys_share", 2),
+    ("RSS/conn idle KiB", "rss_per_conn_idle_kb", 1),
+    ("RSS/conn load KiB", "rss_per_conn_load_kb", 1), ("publish call ms", "handoff_took_p50_ms", 1),
+    ("setup s", "connect_s", 1), ("setup CPU µs/conn", "setup_cpu_us_per_conn", 0),
+]
+TX_COLUMNS = COLUMNS[:3] + [("whole block p50 ms", "whole_p50_ms", 1), ("whole block p99 ms", "whole_p99_ms", 1)] + COLUMNS[3:]
+
+
+def report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles=()):
+    lines = []
+    w = lines.append
+    w("# explorerd benchmark results\n")
+    w(f"Command: `{command}`  ")
+    w(f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} min)  ")
+    w(f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['ram_gib']} GiB RAM, Linux {meta['kernel']}, "
+      f"open files {meta['nofile']}, somaxconn {meta['somaxconn']}  ")
+    w(f"Software: Python {meta['python']}, Twisted {meta['twisted']}, Autobahn {meta['autobahn']}, "
+      f"Node {meta['node']}, ws {meta['ws']}; explorerd at `{meta['git']}`  ")
+    w(f"Load average at start: {' '.join(meta['loadavg_start'])}; at end: {' '.join(meta.get('loadavg_end', []))}\n")
+    w("Servers: **explorerd** = the real Daemon (bench/hubserver.py, `hub.publishBlock`, one write per client "
+      "per block); **ws** = minimal Node `ws` server, `client.send(str)` per message (bench/peers/ws_server.mjs); "
+      "**ws-prepared** = the same framing each message once and writing a client's frames in one corked write; "
+      "**autobahn** = minimal Autobahn server, `prepareMessage` once, `sendPreparedMessage` per client and message "
+      "(bench/peers/autobahn_server.py). All load from bench/loadgen.mjs (Node `ws` clients), same blocks, same rate.\n")
+    w("Figures are the median over runs, with (min–max) when there was more than one run. Latency: from the "
+      "server's hand-off of the block (hub/broadcast call) to the moment each client process read the first frame of "
+      "the block (CLOCK_MONOTONIC on both sides); *whole block* = its last transaction frame. *Fan-out* = last "
+      "client's last frame − first client's first frame, per block (median over blocks). *msg/s* = messages "
+      "delivered / (last arrival − first hand-off); *fan-out msg/s* = one block's messages / its fan-out time. "
+      "*CPU µs/msg* = server process user+sys CPU (getrusage / process.cpuUsage) from just before the first block "
+      "to the last delivery, / messages delivered; *of it sys* = the kernel's share of that CPU (on loopback a "
+      "sender's send() also runs the receiving side's TCP processing, so sys time is higher than over a NIC). "
+      "*RSS/conn* = (RSS with N subscribed idle clients − RSS before any "
+      "client) / N; *load* uses the peak RSS sampled every 0.1 s during the run. `foreign CPU` = cores' worth of "
+      "CPU used by other processes on the machine during the window (noise indicator). *publish call* = "
+      "time inside the server's publish call for one block (for explorerd: JSON-RPC → wire conversion, encoding "
+      "and every client's write; median). *setup s* = time for all N clients to connect and subscribe (200 "
+      "handshakes in flight); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = busiest load generator's CPU share over its run (if near 100 % the "
+      "client, not the server, is the limit). *lost* counts messages not received by the end of the run.\n")
+    for scenario in scenarios:
+        rows = [r for r in results if r["scenario"] == scenario]
+        if not rows:
+            continue
+        spec = scenarios[scenario]
+        files = files_by_scenario.get(scenario, {})
+        w(f"## {spec['title']}\n")
+        if files:
+            txs = files.get("txs_per_block", [])
+            w(f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s, channels `{spec['channels']}`"
+              f"{', batch' if spec.get('batch') else ''}{', silent share %g' % spec['silent'] if spec.get('silent') else ''}; "
+              f"newBlock frame {files['block_frame_bytes']} B"
+              + (f", newTx frame {files['tx_frame_bytes']} B, txs per block {min(txs)}–{max(txs)} (mean {statistics.mean(txs):.0f})"
+                 if "newTxs" in spec["channels"] else "") + "\n")
+        else:
+            w(f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s, channels `{spec['channels']}`, "
+              f"{spec.get('txs_per_block', 0)} txs per block\n")
+        cols = TX_COLUMNS if "newTxs" in spec["channels"] else COLUMNS
+        w("| N | server | runs | " + " | ".join(c[0] for c in cols) + " | lost | dup | order | loadgen CPU | foreign CPU | notes |")
+        w("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|")
+        keys = sorted({(r["clients"], r["server"]) for r in rows},
+                      key=lambda k: (k[0], ALL_SERVERS.index(k[1]) if k[1] in ALL_SERVERS else 99))
+        for n, server in keys:
+            rs = [r for r in rows if r["clients"] == n and r["server"] == server]
+            ok = [r for r in rs if "lat_p50_ms" in r]
+            cells = [fmt([r.get(key) for r in ok], d) for _, key, d in cols]
+            lost = sum(r.get("lost", 0) for r in ok)
+            dup = sum(r.get("dupes", 0) for r in ok)
+            order = sum(r.get("order_errors", 0) for r in ok)
+            lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
+            foreign = fmt([r.get("foreign_cpu_cores") for r in ok], 2)
+            notes = []
+            for r in rs:
+                notes += r["errors"]
+            if spec.get("silent"):
+                for r in ok:
+                    for label, ph in (r.get("phases") or {}).items():
+                        notes.append(f"{label}: p99 {ph['lat_p99_ms']} ms, whole p99 {ph['whole_p99_ms']} ms")
+                    s = r["silent"]
+                    notes.append(f"silent {s['count']}: server closed {r.get('slow_closed') or 0} as too slow, "
+                                 f"{r.get('ping_timeouts') or 0} on ping timeout; close codes seen "
+                                 f"{s['closeCodes'] or '{}'}, still open {s['stillOpen']}; RSS peak "
+                                 f"{r['rss_peak_kb'] / 1024:.0f} MiB")
+            elif any(r.get("slow_closed") for r in ok):
+                notes.append(f"slow-closed {sum(r.get('slow_closed') or 0 for r in ok)}")
+            behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
+            if behind > 0.5:
+                notes.append(f"fell behind the block rate by up to {behind:.1f} s")
+            if blocks_for(spec, n) != spec["blocks"]:
+                notes.append(f"{blocks_for(spec, n)} blocks")
+            w(f"| {n:,} | {server} | {len(ok)}/{len(rs)} | " + " | ".join(cells) +
+              f" | {lost} | {dup} | {order} | {'–' if lg is None else f'{lg:.0%}'} | {foreign} | {'; '.join(notes)} |")
+        w("")
+        # Ratios explorerd / peer for the key figures.
+        peers = [s for s in ALL_SERVERS if s not in ("explorerd", "explorerd-split") and any(r["server"] == s for r in rows)]
+        if any(r["server"] == "explorerd" for r in rows) and peers:
+            w("explorerd ÷ peer (medians; < 1 means explorerd is lower, i.e. better):\n")
+            w("| N | vs | lat p99 | " + ("whole block p99 | " if "newTxs" in spec["channels"] else "")
+              + "fan-out | CPU µs/msg | RSS/conn idle | RSS/conn load |")
+            w("|---|---|---|---|---|---|---|" + ("---|" if "newTxs" in spec["channels"] else ""))
+            for n in sorted({r["clients"] for r in rows}):
+                e = [r for r in rows if r["clients"] == n and r["server"] == "explorerd" and "lat_p50_ms" in r]
+                for peer in peers:
+                    p = [r for r in rows if r["clients"] == n and r["server"] == peer and "lat_p50_ms" in r]
+                    if not e or not p:
+                        continue
+                    m = lambda rs, key: median([r.get(key) for r in rs])
+                    whole = f"{ratio(m(e, 'whole_p99_ms'), m(p, 'whole_p99_ms'))} | " if "newTxs" in spec["channels"] else ""
+                    w(f"| {n:,} | {peer} | {ratio(m(e, 'lat_p99_ms'), m(p, 'lat_p99_ms'))} | {whole}"
+                      f"{ratio(m(e, 'completion_p50_ms'), m(p, 'completion_p50_ms'))} | "
+                      f"{ratio(m(e, 'cpu_us_per_msg'), m(p, 'cpu_us_per_msg'))} | "
+                      f"{ratio(m(e, 'rss_per_conn_idle_kb'), m(p, 'rss_per_conn_idle_kb'))} | "
+                      f"{ratio(m(e, 'rss_per_conn_load_kb'), m(p, 'rss_per_conn_load_kb'))} |")
+            w("")
+        variants = [s for s in ("explorerd-split",) if any(r["server"] == s for r in rows)]
+        for variant in variants:
+            w(f"{variant} ÷ explorerd (medians):\n")
+            w("| N | lat p50 | lat p99 | whole block p99 | fan-out | CPU µs/msg |")
+            w("|---|---|---|---|---|---|")
+            for n in sorted({r["clients"] for r in rows if r["server"] == variant}):
+                e = [r for r in rows if r["clients"] == n and r["server"] == "explorerd" and "lat_p50_ms" in r]
+                v = [r for r in rows if r["clients"] == n and r["server"] == variant and "lat_p50_ms" in r]
+                m = lambda rs, key: median([r.get(key) for r in rs])
+                w(f"| {n:,} | " + " | ".join(ratio(m(v, k), m(e, k)) for k in
+                                            ("lat_p50_ms", "lat_p99_ms", "whole_p99_ms", "completion_p50_ms",
+                                             "cpu_us_per_msg")) + " |")
+            w("")
+    w(summary_section(results))
+    if profiles:
+        w("## Where explorerd's CPU goes\n")
+        for path in profiles:
+            w(f"`{os.path.relpath(path, REPO)}`:\n")
+            with open(path) as f:
+                text = f.read()
+            head = text.split("## top 30 by inclusive")[0].split("# pstats")[0].strip().splitlines()[:18]
+            w("```\n" + "\n".join(head) + "\n```\n")
+    w("Raw per-run JSON (every figure above, per run, plus loadgen event-loop delay, handoff times, silent "
+      f"clients' close codes) and logs: `{os.path.relpath(meta['out_dir'], REPO)}/` (not committed).\n")
+    with open(out_path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def summary_section(results):
+    """Scenarios (a)-(f) as rows: explorerd's key figure and its ratio to each peer."""
+    def med(scenario, server, n, key):
+        return median([r.get(key) for r in results if r["scenario"] == scenario and r["server"] == server
+                       and r["clients"] == n and "lat_p50_ms" in r])
+
+    def pick(scenario, wanted):
+        ns = sorted({r["clients"] for r in results if r["scenario"] == scenario})
+        if not ns:
+            return None
+        return wanted if wanted in ns else ns[-1] if wanted > ns[-1] else min(ns, key=lambda x: abs(x - wanted))
+
+    rows = []
+    spec = [("(a) newBlocks subscribers at 1 block/s", "blocks", 10000, [("lat p99 ms", "lat_p99_ms"), ("fan-out ms", "completion_p50_ms")]),
+            ("(b) newBlocks+newTxs, ~190-tx blocks", "txs", 1000, [("msg/s", "msgs_per_s"), ("fan-out msg/s", "fanout_msgs_per_s"), ("CPU µs/msg", "cpu_us_per_msg")]),
+            ("(c) whole block (block + all tx frames)", "txs", 100, [("whole block p99 ms", "whole_p99_ms")]),
+            ("(d) batch mode", "batch", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms")]),
+            ("(e) idle connections", "blocks", 10000, [("RSS/conn idle KiB", "rss_per_conn_idle_kb")]),
+            ("(f) 10% never reading: others' p99", "silent", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms"), ("RSS peak MiB", "rss_peak_kb")]),
+            ("end to end (anvil → twistd explorerd)", "e2e", 1000, [("lat p50 ms", "lat_p50_ms"), ("lat p99 ms", "lat_p99_ms")])]
+    out = ["## Summary: scenarios as rows (medians)\n",
+           "| scenario | N | figure | explorerd | ws | autobahn | ÷ ws | ÷ autobahn |", "|---|---|---|---|---|---|---|---|"]
+    for title, scenario, wanted, figures in spec:
+        n = pick(scenario, wanted)
+        if n is None:
+            continue
+        for label, key in figures:
+            vals = {s: med(scenario, s, n, key) for s in ("explorerd", "ws", "autobahn")}
+            if key == "rss_peak_kb":
+                vals = {s: (v / 1024 if v is not None else None) for s, v in vals.items()}
+            f = lambda v: "–" if v is None else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+            out.append(f"| {title} | {n:,} | {label} | {f(vals['explorerd'])} | {f(vals['ws'])} | {f(vals['autobahn'])} | "
+                       f"{ratio(vals['explorerd'], vals['ws'])} | {ratio(vals['explorerd'], vals['autobahn'])} |")
+    return "\n".join(out) + "\n"
+
+
+def pyspy_binary():
+    for candidate in (os.environ.get("PYSPY", ""), shutil.which("py-spy") or "",
+                      os.path.join(os.path.dirname(sys.executable), "py-spy")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def summarize_pyspy(raw_path, out, top=30):
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) stacks."""
+    selfs, incl, total = {}, {}, 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            count = int(count)
+            total += count
+            frames = [re.sub(r":\d+\)$", ")", fr) for fr in stack.split(";")]
+            for fr in set(frames):
+                incl[fr] = incl.get(fr, 0) + count
+            selfs[frames[-1]] = selfs.get(frames[-1], 0) + count
+    out.write(f"# py-spy, {total} samples (sampled while the process ran; idle samples excluded by py-spy)\n\n")
+    for title, table in (("self", selfs), ("inclusive", incl)):
+        out.write(f"## top {top} by {title} share\n")
+        for fr, c in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.write(f"{100 * c / max(total, 1):6.1f}%  {fr}\n")
+        out.write("\n")
+
+
+def summarize_cprofile(prof, out, top=20):
+    """Self time per function as a share of the busy time (the reactor's epoll wait left out)."""
+    import pstats
+
+    rows = []
+    for (path, line, fn), (cc, nc, tt, ct, callers) in pstats.Stats(prof).stats.items():
+        where = os.path.relpath(path, REPO) if path.startswith(REPO) else os.path.basename(path)
+        rows.append((tt, nc, f"{fn} ({where}:{line})" if line else fn))
+    busy = sum(tt for tt, nc, name in rows if "select.epoll" not in name) or 1e-9
+    out.write(f"## top {top} by self time, % of {busy:.3f} s busy (epoll wait excluded)\n")
+    for tt, nc, name in sorted((r for r in rows if "select.epoll" not in r[2]), key=lambda r: -r[0])[:top]:
+        out.write(f"{100 * tt / busy:6.1f}%  {nc:>9} calls  {name}\n")
+
+
+def profile_runs(scenarios, out_dir, quick):
+    """
+    Profile explorerd in (a) and (b): once under cProfile (exact call counts, inflated times) and,
+    if py-spy is installed, once sampled by py-spy (true proportions).  Text summaries go next to
+    the raw results; their paths are returned.
+    """
+    import pstats
+
+    outputs = []
+    spy = pyspy_binary()
+    for scenario, n in (("blocks", 1000 if quick else 10000), ("txs", 200 if quick else 1000)):
+        spec = dict(scenarios[scenario], clients={n: 1}, blocks_for={})
+        files = make_files(spec, out_dir, f"profile-{scenario}")
+        prof = os.path.join(out_dir, f"profile-{scenario}-{n}.prof")
+        r = run_cell(f"profile-{scenario}", spec, "explorerd", n, 0, files, out_dir, profile=prof)
+        text_path = os.path.join(out_dir, f"profile-{scenario}-{n}.cprofile.txt")
+        if os.path.exists(prof):
+            with open(text_path, "w") as f:
+                f.write(f"# explorerd, scenario {scenario}, N={n}, messages delivered {r.get('delivered')}, "
+                        f"CPU {r.get('server_cpu_s')} s (under cProfile, which inflates Python-level calls)\n")
+                summarize_cprofile(prof, f)
+                f.write("\n\n# pstats, by internal time\n")
+                st = pstats.Stats(prof, stream=f)
+                st.sort_stats("tottime").print_stats(40)
+            outputs.append(text_path)
+        if spy:
+            raw = os.path.join(out_dir, f"profile-{scenario}-{n}.pyspy.raw")
+            setup_raw = os.path.join(out_dir, f"profile-setup-{n}.pyspy.raw") if scenario == "blocks" else ""
+            r = run_cell(f"pyspy-{scenario}", spec, "explorerd", n, 0, files, out_dir, pyspy=raw, pyspy_setup=setup_raw)
+            if os.path.exists(raw):
+                text_path = os.path.join(out_dir, f"profile-{scenario}-{n}.pyspy.txt")
+                with open(text_path, "w") as f:
+                    f.write(f"# explorerd, scenario {scenario}, N={n}, messages delivered {r.get('delivered')}, "
+                            f"CPU {r.get('server_cpu_s')} s, {r.get('cpu_us_per_msg')} µs/msg\n")
+                    summarize_pyspy(raw, f)
+                outputs.append(text_path)
+            if setup_raw and os.path.exists(setup_raw):
+                text_path = os.path.join(out_dir, f"profile-setup-{n}.pyspy.txt")
+                with open(text_path, "w") as f:
+                    f.write(f"# explorerd, {n} clients connecting and subscribing, {r.get('connect_s', 0):.1f} s, "
+                            f"{r.get('setup_cpu_us_per_conn')} µs CPU per connection\n")
+                    summarize_pyspy(setup_raw, f)
+                outputs.append(text_path)
+    for path in outputs:
+        print(f"bench: profile written to {os.path.relpath(path, REPO)}", flush=True)
+    return outputs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="smoke run: small N, 1 run per cell, few blocks")
+    p.add_argument("--scenarios", default="blocks,txs,batch,silent,e2e",
+                   help="comma list from: blocks, txs, batch, silent, e2e (default: all)")
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help=f"comma list from: {', '.join(ALL_SERVERS)} (default: {','.join(SERVERS)})")
+    p.add_argument("--clients", default="", help="override N for every scenario, e.g. 1000,5000")
+    p.add_argument("--runs", type=int, default=0, help="override runs per cell")
+    p.add_argument("--blocks", type=int, default=0, help="override blocks per run")
+    p.add_argument("--verify", action="store_true", help="loadgen JSON.parses every message too (slower)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile explorerd in (a) and (b): cProfile, and py-spy if installed (PYSPY=path)")
+    p.add_argument("--profile-only", action="store_true", help="only the profiled runs (full-size N unless --quick)")
+    p.add_argument("--out", default="", help="report path (default bench/RESULTS.md, or bench/RESULTS-quick.md with --quick)")
+    args = p.parse_args()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    ensure_python_deps()
+    ensure_node_deps()
+    nofile = raise_nofile()
+    base = QUICK if args.quick else FULL
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for s in chosen:
+        if s not in base:
+            raise SystemExit(f"bench: unknown scenario {s!r}")
+    for s in servers:
+        if s not in ALL_SERVERS:
+            raise SystemExit(f"bench: unknown server {s!r}")
+    scenarios = {}
+    for s in chosen:
+        spec = dict(base[s])
+        if args.clients:
+            ns = [int(x) for x in args.clients.split(",")]
+            spec["clients"] = {n: spec["clients"].get(n, max(spec["clients"].values())) for n in ns}
+        if args.runs:
+            spec["clients"] = {n: args.runs for n in spec["clients"]}
+            spec.pop("peer_runs", None)
+        if args.blocks:
+            spec["blocks"] = args.blocks
+        if max(spec["clients"]) / max(1, math.ceil(max(spec["clients"]) / spec["per_loadgen"])) > nofile - 100:
+            raise SystemExit(f"bench: open-file limit {nofile} is too low")
+        scenarios[s] = spec
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    out_dir = os.path.join(HERE, "results", started.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else ""))
+    os.makedirs(out_dir, exist_ok=True)
+    out_path = args.out or os.path.join(HERE, "RESULTS-quick.md" if args.quick else "RESULTS.md")
+    command = " ".join(["python3"] + [os.path.relpath(sys.argv[0], REPO) if i == 0 else a for i, a in enumerate(sys.argv)])
+    meta = machine()
+    meta["out_dir"] = out_dir
+    print(f"bench: writing to {os.path.relpath(out_dir, REPO)}; load average {' '.join(meta['loadavg_start'])}", flush=True)
+
+    files_by_scenario = {}
+    plan = []
+    max_runs = max(max(s["clients"].values()) for s in scenarios.values())
+    for scenario, spec in scenarios.items():
+        if scenario != "e2e":
+            files_by_scenario[scenario] = make_files(spec, out_dir, scenario)
+    for run_index in range(max_runs):
+        for scenario, spec in scenarios.items():
+            for n, runs in sorted(spec["clients"].items()):
+                if run_index >= runs:
+                    continue
+                extra = [s for s, ns in spec.get("extra_servers", {}).items() if n in ns and s not in servers]
+                for server in list(spec.get("servers", servers)) + extra:
+                    if not server.startswith("explorerd") and run_index >= spec.get("peer_runs", runs):
+                        continue
+                    if scenario == "e2e" or server in servers or server in extra:
+                        plan.append((scenario, server, n, run_index))
+    results = []
+    profiles = []
+    if args.profile_only:
+        plan = []
+        args.profile = True
+    t0 = time.monotonic()
+    try:
+        for i, (scenario, server, n, run_index) in enumerate(plan):
+            spec = scenarios[scenario]
+            label = f"[{i + 1}/{len(plan)}] {scenario} {server} N={n} run {run_index + 1}"
+            print(f"bench: {label} ...", end=" ", flush=True)
+            t = time.monotonic()
+            if scenario == "e2e":
+                r = run_e2e(spec, n, run_index, out_dir, verify=args.verify)
+            else:
+                r = run_cell(scenario, spec, server, n, run_index, files_by_scenario[scenario], out_dir,
+                             verify=args.verify)
+            results.append(r)
+            if "lat_p50_ms" in r:
+                print(f"p50 {r['lat_p50_ms']} ms, p99 {r['lat_p99_ms']} ms, whole p99 {r['whole_p99_ms']} ms, "
+                      f"{r['cpu_us_per_msg']} µs/msg, lost {r['lost']}, dup {r['dupes']}"
+                      f" ({time.monotonic() - t:.0f}s)" + (f" ERRORS: {r['errors']}" if r["errors"] else ""), flush=True)
+            else:
+                print(f"FAILED: {r['errors']} ({time.monotonic() - t:.0f}s)", flush=True)
+            time.sleep(1.0)
+        if args.profile:
+            profiles = profile_runs({**base, **scenarios}, out_dir, args.quick)
+    finally:
+        kill_all()
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump({"meta": meta, "command": command, "results": results}, f, indent=1)
+        if results or profiles:
+            report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles)
+            print(f"bench: {len(results)} runs in {(time.monotonic() - t0) / 60:.1f} min; report: "
+                  f"{os.path.relpath(out_path, REPO)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
