@@ -233,7 +233,10 @@ class Hub(Service):
         timeout), or C{"drop"} when even the refusals are too many.
         """
         refusal = None
-        if self._stopping or self.connectionCount >= self.config.max_connections:
+        # Headroom over the cap, so /healthz and /metrics still answer when the
+        # WebSockets fill it; the WebSocket handshake itself checks the cap.
+        headroom = max(16, self.config.max_connections // 10)
+        if self._stopping or self.connectionCount >= self.config.max_connections + headroom:
             self.metrics.connections_refused.labels("capacity").inc()
             refusal = (503, "Service Unavailable")
         track_ip = not getattr(self.config, "trusted_proxies", 0)
