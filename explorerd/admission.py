@@ -130,6 +130,9 @@ class Admission:
         origin = request.headers.get("origin")
         if not self.origins.allows(origin, request.headers.get("host")):
             self._refuse("origin", ip, f"origin {origin[:200]!r} is not allowed", 403)
+        if self.hub.full():
+            # Before the rate limit: a refusal for capacity takes no token.
+            self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         if not self.limiter.allow(ip):
             self._refuse("rate_limit", ip, "too many new connections from your address; try again in a minute", 429)
         if self.hub.ipFull(ip):

@@ -264,12 +264,16 @@ class Hub(Service):
         if held is not None and held[1] is not None:
             self._countIP(held[1], -1)
 
+    def full(self):
+        """No slot for another WebSocket (or we are stopping)."""
+        return self._stopping or self.connectionCount >= self.config.max_connections
+
     def reserve(self, protocol, ip=None):
         """
         Take a connection slot for a WebSocket C{protocol} from C{ip}; False
         when the cap (or the per-IP cap) is reached or we are stopping.
         """
-        if self._stopping or self.connectionCount >= self.config.max_connections:
+        if self.full():
             return False
         if ip is not None and self.ipFull(ip):
             return False
