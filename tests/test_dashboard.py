@@ -30,6 +30,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
+from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -58,7 +59,7 @@ def clean_env(**extra):
     return env
 
 
-class Daemon:
+class Daemon(ProcessLog):
     """A real explorerd process on the embedded replay node; finds its port in its own log."""
 
     def __init__(self, port=0, block_time=0.1, poll_interval=0.02):
@@ -67,9 +68,7 @@ class Daemon:
                 "--replay-block-time", str(block_time), "--poll-interval", str(poll_interval)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=clean_env(), cwd=ROOT, text=True)
-        self.lines = queue.Queue()
-        self.log = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.readOutput()
         try:
             match = self.wait_for(r"explorerd listening on .*http://127\.0\.0\.1:(\d+)/")
         except AssertionError:
@@ -78,25 +77,6 @@ class Daemon:
         self.port = int(match.group(1))
         self.http = f"http://127.0.0.1:{self.port}/"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(f"never saw {pattern!r}; log:\n" + "".join(self.log))
-            self.log.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
 
     def stop(self):
         """SIGTERM (clients get their 1001), by PID; SIGKILL if it hangs."""

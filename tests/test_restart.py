@@ -17,13 +17,10 @@ arrives while the live-tail is still restoring the history waits for it.
 import glob
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -32,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from tests.anvil import DEV_ACCOUNTS, blocking_anvil
+from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOTH = ["newBlocks", "newTxs"]
@@ -78,7 +76,7 @@ def canonical(node, lo, hi):
 # explorerd -------------------------------------------------------------------------------
 
 
-class Explorerd:
+class Explorerd(ProcessLog):
     """One real explorerd process; its port and events come from its log."""
 
     def __init__(self, node, state_dir):
@@ -90,33 +88,11 @@ class Explorerd:
     def start(self):
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=clean_env(), cwd=ROOT, text=True)
-        self.lines = queue.Queue()
-        self.log = []
-        threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
+        self.readOutput()
         port = int(self.wait_for(r"explorerd listening on .*http://127\.0\.0\.1:(\d+)/").group(1))
         self.url = f"ws://127.0.0.1:{port}/v1/stream"
         self.http = f"http://127.0.0.1:{port}"
         return self
-
-    @staticmethod
-    def _read(proc, lines):
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    def wait_for(self, pattern, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(f"never saw {pattern!r}; log:\n" + "".join(self.log))
-            self.log.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
 
     def published(self):
         with urllib.request.urlopen(self.http + "/healthz", timeout=10) as response:

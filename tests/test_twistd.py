@@ -2,14 +2,10 @@
 
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 
 import pytest
@@ -17,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from explorerd.config import SETTINGS
+from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -33,38 +30,17 @@ def clean_env(**extra):
     return env
 
 
-class Daemon:
+class Daemon(ProcessLog):
     """A real explorerd process; finds its port in its own log."""
 
     def __init__(self, argv, env=None, cwd=None):
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env or clean_env(), cwd=cwd or ROOT, text=True)
-        self.lines = queue.Queue()
-        self.log = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.readOutput()
         self.port = None
         match = self.wait_for(r"explorerd listening on .*http://127\.0\.0\.1:(\d+)/")
         self.port = int(match.group(1))
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(f"never saw {pattern!r}; log:\n" + "".join(self.log))
-            self.log.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
 
     def stop(self):
         if self.proc.poll() is None:
