@@ -37,6 +37,22 @@ def daemon(tmp_path):
         assert "Traceback" not in text and "Unhandled" not in text, text[-5000:]
 
 
+def quiet_baseline(d, timeout=15.0):
+    """
+    The server's sample once it has settled after start-up: answering
+    /healthz with no connections, and the same fd count three reads running.
+    """
+    deadline = time.monotonic() + timeout
+    counts = []
+    while time.monotonic() < deadline:
+        if d.health().get("connections") == 0:
+            counts.append(soak.fd_count(d.pid))
+            if len(counts) >= 3 and len(set(counts[-3:])) == 1:
+                return d.sample()
+        time.sleep(0.1)
+    raise AssertionError(f"the server did not settle in {timeout}s (fds {counts[-5:]})")
+
+
 def settle_fds(d, baseline, timeout=15.0):
     """Wait for the server's fd count to come back to ``baseline`` (+2); returns the last count."""
     deadline = time.monotonic() + timeout
@@ -86,8 +102,7 @@ async def storm(port, sources, per_source, concurrency):
 ], ids=["one-ip", "49-ips"])
 def test_the_rate_limit_holds_in_a_storm_and_the_server_comes_back(daemon, sources, rate, per_source):
     d = daemon("--rate-limit", str(rate), "--max-connections", "5000")
-    time.sleep(1)
-    base = d.sample()
+    base = quiet_baseline(d)
     results, elapsed = asyncio.run(storm(d.port, sources, per_source, concurrency=150))
     total = sum(sum(c.values()) for c in results.values())
     during = d.sample()
@@ -110,8 +125,7 @@ def test_the_rate_limit_holds_in_a_storm_and_the_server_comes_back(daemon, sourc
 
 def test_the_connection_cap_holds_in_a_storm(daemon):
     d = daemon("--rate-limit", "0", "--max-connections", "200")
-    time.sleep(1)
-    base = d.sample()
+    base = quiet_baseline(d)
     counts = collections.Counter()
     open_now = [0, 0]  # now, peak
     server_peak = [0]
@@ -180,8 +194,7 @@ def test_the_connection_cap_holds_in_a_storm(daemon):
 def test_one_address_cannot_take_every_slot(daemon):
     """A storm of held connections from one IP gets its cap; another address still gets in."""
     d = daemon("--rate-limit", "0", "--max-connections", "1000", per_ip=100)
-    time.sleep(1)
-    base = d.sample()
+    base = quiet_baseline(d)
 
     async def main():
         held, counts = [], collections.Counter()
@@ -214,7 +227,7 @@ def test_one_address_cannot_take_every_slot(daemon):
 
 def test_health_and_metrics_answer_at_the_connection_cap(daemon):
     d = daemon("--rate-limit", "0", "--max-connections", "50")
-    time.sleep(1)
+    quiet_baseline(d)
 
     async def main():
         held = [(await wsraw.handshake(d.port))[0] for _ in range(50)]
@@ -253,8 +266,7 @@ def test_readers_with_a_closed_window_are_dropped_and_cost_bounded_memory(daemon
               else ["--write-deadline", "60s", "--send-queue", "10"])
     d = daemon("--rate-limit", "0", "--max-connections", "1000", "--replay-block-time", "0.1",
                "--poll-interval", "0.05s", *limits)
-    time.sleep(1)
-    base = d.sample()
+    base = quiet_baseline(d)
     n_stalled = 200
     chains = [Chain("batch") for _ in range(50)]
 
@@ -277,7 +289,11 @@ def test_readers_with_a_closed_window_are_dropped_and_cost_bounded_memory(daemon
             if (await asyncio.to_thread(d.health))["clients"] == len(chains):
                 break
         dropped_after = time.monotonic() - t0
-        await asyncio.sleep(2)  # blocks keep flowing to the others
+        # Blocks keep flowing to the others: ten more each, after the drops.
+        marks = [len(c.seen) + 10 for c in chains]
+        until = time.monotonic() + 20
+        while any(len(c.seen) < m for c, m in zip(chains, marks)) and time.monotonic() < until:
+            await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*readers)
         # What a stalled client finds once it reads again: the server has gone.
@@ -374,8 +390,7 @@ async def slowloris(port, n, trickle, seconds):
 
 def test_silent_sockets_are_dropped_after_the_handshake_timeout(daemon):
     d = daemon("--handshake-timeout", "2s", "--rate-limit", "0")
-    time.sleep(0.5)
-    base = d.sample()
+    base = quiet_baseline(d)
     closed = asyncio.run(slowloris(d.port, 200, trickle=False, seconds=6))
     print(f"\nsilent sockets: closed after {min(closed):.1f}-{max(c or 99 for c in closed):.1f}s")
     assert all(c is not None and c <= 2 + 1.5 for c in closed), closed
@@ -384,8 +399,7 @@ def test_silent_sockets_are_dropped_after_the_handshake_timeout(daemon):
 
 def test_a_byte_by_byte_upgrade_is_dropped_after_the_handshake_timeout(daemon):
     d = daemon("--handshake-timeout", "2s", "--rate-limit", "0", "--max-connections", "1000")
-    time.sleep(0.5)
-    base = d.sample()
+    base = quiet_baseline(d)
 
     async def main():
         task = asyncio.create_task(slowloris(d.port, 200, trickle=True, seconds=6))
