@@ -14,6 +14,9 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
 
+RATE_LIMITED = "too many new connections from your address; try again in a minute"
+
+
 class RateLimiter:
     """
     A token bucket per client IP: C{per_minute} new connections a minute,
@@ -46,6 +49,14 @@ class RateLimiter:
         self._buckets[ip] = (tokens, now)
         self._forget(now)
         return allowed
+
+    def exhausted(self, ip):
+        """Whether C{allow(ip)} would refuse now; changes nothing."""
+        entry = self._buckets.get(ip)
+        if self._burst <= 0 or entry is None:
+            return False
+        tokens, stamp = entry
+        return tokens + (self._clock.seconds() - stamp) * self._rate < 1.0
 
     def _forget(self, now):
         buckets = self._buckets
@@ -134,12 +145,25 @@ class Admission:
             # Before the rate limit: a refusal for capacity takes no token.
             self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         if not self.limiter.allow(ip):
-            self._refuse("rate_limit", ip, "too many new connections from your address; try again in a minute", 429)
+            self._refuse("rate_limit", ip, RATE_LIMITED, 429)
         if self.hub.ipFull(ip):
             self._refuse("ip_capacity", ip, "too many connections from your address", 429)
         if not self.hub.reserve(protocol, ip):
             self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         return ip
+
+    def refuseEarly(self, ip):
+        """
+        An upgrade request from C{ip} has arrived, before anything is built
+        for it: C{(status, reason, message)} if the rate limit would refuse
+        it anyway, else C{None}.  A refusal here costs the HTTP parse only;
+        through the handshake it costs as much CPU as an accepted client,
+        which is what a storm from one address would spend.
+        """
+        if ip is None or not self.limiter.exhausted(ip):
+            return None
+        self.metrics.connections_refused.labels("rate_limit").inc()
+        return (429, "Too Many Requests", RATE_LIMITED)
 
     def _refuse(self, reason, ip, message, code):
         self.metrics.connections_refused.labels(reason).inc()

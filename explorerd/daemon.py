@@ -165,7 +165,7 @@ class Daemon(MultiService):
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory)
-        self.site = Site(root, config, self.hub)
+        self.site = Site(root, config, self.hub, self.admission)
         self.listener = Listener(reactor, config.listen, self.site,
                                  sized_server(config.read_buffer_size, config.write_buffer_size))
         self.listener.setServiceParent(self)

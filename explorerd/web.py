@@ -14,6 +14,8 @@ from twisted.web.static import Data, File
 
 from explorerd.metrics import MetricsResource
 
+WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp")
+
 
 class UpgradeResource(WebSocketResource):
     """
@@ -56,11 +58,14 @@ class Channel(http.HTTPChannel):
 
     _explorer_pending = False
     _explorer_refusal = None
+    _explorer_ip = None  # the peer's address, when it is the client's (no trusted proxies)
 
     def connectionMade(self):
         super().connectionMade()
-        peer = self.transport.getPeer()
-        verdict = self.site.hub.admitPending(self, getattr(peer, "host", ""))
+        peer = getattr(self.transport.getPeer(), "host", "")
+        if self.site.admission is not None and not self.site.trusted_proxies:
+            self._explorer_ip = peer
+        verdict = self.site.hub.admitPending(self, peer)
         if verdict is None:
             self._explorer_pending = True
         elif verdict == "drop":
@@ -77,12 +82,17 @@ class Channel(http.HTTPChannel):
 
     def allContentReceived(self):
         refusal = self._explorer_refusal
+        if refusal is None and self._explorer_ip is not None:
+            if self._path.split(b"?", 1)[0] in WEBSOCKET_PATHS:
+                refusal = self.site.admission.refuseEarly(self._explorer_ip)
         if not refusal:
             return super().allContentReceived()
         self.site.hub.unlinger(self)
-        code, reason = refusal
-        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                             % (code, reason.encode("ascii")))
+        code, reason, *message = refusal
+        body = (message[0] + "\n").encode("utf-8") if message else b""
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (code, reason.encode("ascii"), len(body), body))
         self.transport.loseConnection()
         self._explorer_refusal = ()
 
@@ -106,9 +116,11 @@ class Channel(http.HTTPChannel):
 class Site(server.Site):
     protocol = Channel
 
-    def __init__(self, resource, config, hub):
+    def __init__(self, resource, config, hub, admission=None):
         super().__init__(resource, timeout=config.handshake_timeout)
         self.hub = hub
+        self.admission = admission
+        self.trusted_proxies = getattr(config, "trusted_proxies", 0)
         self.displayTracebacks = False
 
 
@@ -141,9 +153,9 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
             b"metrics: <code>/metrics</code>.</p>",
             "text/html; charset=utf-8"))
     v1 = Resource()
-    v1.putChild(b"stream", UpgradeResource(stream_factory))
+    v1.putChild(WEBSOCKET_PATHS[0].rsplit(b"/", 1)[1], UpgradeResource(stream_factory))
     if wamp_factory is not None:
-        v1.putChild(b"wamp", UpgradeResource(wamp_factory))
+        v1.putChild(WEBSOCKET_PATHS[1].rsplit(b"/", 1)[1], UpgradeResource(wamp_factory))
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(health))

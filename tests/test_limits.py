@@ -31,6 +31,53 @@ async def test_too_many_new_connections_from_one_ip_get_429(start_daemon):
     await eventually(lambda: daemon.hub.connectionCount == 0)
 
 
+def raw_upgrade(port, path="/v1/stream"):
+    """One upgrade request on a plain socket: (status line, body)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                  % path.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if data.startswith(b"HTTP/1.1 101"):
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode(), body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_past_the_rate_limit_is_refused_before_any_websocket_is_built(start_daemon):
+    daemon = await start_daemon(rate_limit=2)
+    built = []
+    for factory in (daemon.service.streamFactory, daemon.service.wampFactory):
+        original = factory.buildProtocol
+        factory.buildProtocol = lambda addr, original=original: built.append(addr) or original(addr)
+    port = daemon.service.listener.port.getHost().port
+    answers = [await in_thread(raw_upgrade, port) for _ in range(3)]
+    assert [status for status, _ in answers] == ["HTTP/1.1 101 Switching Protocols"] * 2 + [
+        "HTTP/1.1 429 Too Many Requests"]
+    assert answers[2][1] == "too many new connections from your address; try again in a minute\n"
+    assert len(built) == 2, "a refusal costs no protocol, no handshake"
+    for path in ("/v1/stream", "/v1/wamp", "/v1/stream?x=1"):
+        status, body = await in_thread(raw_upgrade, port, path)
+        assert status == "HTTP/1.1 429 Too Many Requests"
+        assert body == "too many new connections from your address; try again in a minute\n"
+    assert len(built) == 2
+    assert daemon.hub.metrics.connections_refused.labels("rate_limit")._value.get() == 4
+    # The same address may still read /healthz and /metrics.
+    import treq
+
+    response = await treq.get(f"http://127.0.0.1:{port}/healthz", persistent=False)
+    assert response.code == 200
+    await response.content()
+    daemon.clock.advance(30)  # a minute's rate is 2: one more
+    assert (await in_thread(raw_upgrade, port))[0] == "HTTP/1.1 101 Switching Protocols"
+    await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
 @pytest_twisted.ensureDeferred
 async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(start_daemon):
     daemon = await start_daemon(rate_limit=1, trusted_proxies=1)
