@@ -3,7 +3,8 @@ Typed, validated settings from the environment and twistd options.
 
 Every setting has one row in L{SETTINGS}: its environment variable, its
 command-line option, its default, its parser and what it does.  The README's
-settings table is written from the same rows.  Options win over the
+settings table is written from the same rows (L{settings_table}; a test
+keeps the two identical).  Options win over the
 environment; a bad value from either stops start-up with a message that names
 the setting and the value.
 """
@@ -154,7 +155,9 @@ SETTINGS = (
             "How often the hub's single sweep pings every client."),
     Setting("pong_timeout", "WEBSOCKET_PONG_TIMEOUT", "pong-timeout", "60s",
             parse_duration, 0.01,
-            "A client that has sent nothing (no pong, no message) for this long is dropped."),
+            "A client that has not answered our pings for this long is dropped: only a pong to one of "
+            "the hub's pings counts (it comes once the client has read everything sent before it), "
+            "not its own pings or messages."),
     Setting("write_deadline", "WEBSOCKET_WRITE_DEADLINE", "write-deadline", "10s",
             parse_duration, 0.01,
             "A client whose transport stays paused (not reading) this long is disconnected as too slow."),
@@ -184,7 +187,8 @@ SETTINGS = (
     Setting("message_rate", "WEBSOCKET_MESSAGE_RATE", "message-rate", "20",
             parse_int, 0,
             "Messages a client may send per second (token bucket, bursts of WEBSOCKET_MESSAGE_BURST); "
-            "past it the client is closed with 1008. 0 turns the budget off."),
+            "past it the client is closed with 1008. A `since` replay counts as one message per 64 KiB "
+            "it sends, at most a whole burst. 0 turns the budget off."),
     Setting("message_burst", "WEBSOCKET_MESSAGE_BURST", "message-burst", "60",
             parse_int, 1,
             "The burst of messages a client may send at once before its budget applies."),
@@ -215,6 +219,10 @@ SETTINGS = (
     Setting("poll_interval", "EXPLORERD_POLL_INTERVAL", "poll-interval", "1s",
             parse_duration, 0.01,
             "How often the live-tail asks the node for its head."),
+    Setting("rpc_retry", "EXPLORERD_RPC_RETRY", "rpc-retry", "30s",
+            parse_duration, 0.01,
+            "Longest wait between the live-tail's attempts while the node fails (exponential backoff "
+            "with jitter from EXPLORERD_POLL_INTERVAL; a retry comes at the next poll after it)."),
     Setting("rpc_batch_size", "EXPLORERD_RPC_BATCH_SIZE", "rpc-batch-size", "50",
             parse_int, 1,
             "Blocks fetched per JSON-RPC batch while catching up."),
@@ -272,6 +280,15 @@ SETTINGS = (
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def settings_table():
+    """The README's settings table (Markdown), one row per setting, in L{SETTINGS} order."""
+    rows = ["| variable | option | default | what it does |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | `--{s.option}` | {default} | {s.doc} |")
+    return "\n".join(rows) + "\n"
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str
@@ -295,6 +312,7 @@ class Config:
     rpc_url: str
     rpc_timeout: float
     poll_interval: float
+    rpc_retry: float
     rpc_batch_size: int
     max_catchup: int
     max_reorg_depth: int
@@ -360,3 +378,7 @@ def _parse(setting, raw, source):
     if setting.minimum is not None and value < setting.minimum:
         raise ConfigError(f"invalid {where}={raw!r}: must be at least {setting.minimum:g}")
     return value
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")  # python -m explorerd.config: the README's table

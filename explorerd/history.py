@@ -11,14 +11,28 @@ L{History} keeps the last C{size} canonical entries, so a replay is writes
 of bytes we already have, and remembers blocks a reorg removed (height and
 parent only), so a client that still holds one can be told exactly which
 of its blocks are gone.
+
+The chain it holds is linked: every block's C{parent_hash} is the hash of
+the block before it.  The live-tail and the edge check links before they
+publish; L{History.add} checks again and refuses a block that would break
+the chain (L{BrokenChain}) before any client is sent it.
 """
 
 from collections import OrderedDict, deque
 
-from explorerd.events import batch_data, encode, frame, tx_hash_data
+from explorerd.events import InvalidBlock, batch_data, encode, frame, tx_hash_data
 
 # How a client takes a block's transactions.
 PLAIN, HASHES, BATCH, BATCH_HASHES = "plain", "hashes", "batch", "batch_hashes"
+
+
+class BrokenChain(InvalidBlock):
+    """
+    A block at the next height whose parent is not the newest block held:
+    a reorg that was not announced.  Raised by L{History.add} before the hub
+    writes the block to anyone (an L{InvalidBlock}, so publishers that
+    discard invalid blocks discard this one too).
+    """
 
 
 class Entry:
@@ -62,6 +76,16 @@ class Entry:
                 cached = (frame(encode({"type": "newTxs", "data": body})), 1)
             self._txs[mode] = cached
         return cached
+
+    def size(self, blocks, mode):
+        """
+        Bytes of this block's frames for a client that takes C{blocks} and
+        its transactions in C{mode} (None: none), before any address filter.
+        """
+        size = len(self.block_frame) if blocks else 0
+        if mode is not None:
+            size += len(self.txs(mode)[0])
+        return size
 
     def matching(self, indexes, mode):
         """C{(payload, messages)}: only the transactions at C{indexes}, for an address filter."""
@@ -113,10 +137,19 @@ class History:
         return self._chain[-1] if self._chain else None
 
     def add(self, entry):
-        """A block was published; it extends the chain (reorgs roll back first)."""
+        """
+        A block was published; it extends the chain (reorgs roll back
+        first).  A block at the next height must be the child of the newest
+        one: otherwise L{BrokenChain} is raised and nothing changes, since a
+        client resuming across it would get a chain that does not link.
+        """
         if entry.hash in self._by_hash:
             return
-        if self._chain and entry.height != self._chain[-1].height + 1:
+        newest = self.newest
+        if newest is not None and entry.height == newest.height + 1 and entry.parent_hash != newest.hash:
+            raise BrokenChain(f"block {entry.height} {entry.hash} has parent {entry.parent_hash}, but the "
+                              f"newest block is {newest.height} {newest.hash}: roll back (a reorg) first")
+        if newest is not None and entry.height != newest.height + 1:
             # Not contiguous (the tail re-anchored after a long outage): start over.
             self._forget_all()
         self._chain.append(entry)
@@ -159,6 +192,15 @@ class History:
         """Canonical entries above C{height}, oldest first."""
         return [e for e in self._chain if e.height > height]
 
+    def replay_size(self, height, blocks, mode):
+        """
+        Bytes a replay of everything above C{height} writes to a client that
+        takes C{blocks} and transactions in C{mode}, before any address
+        filter (the replay reads every transaction to filter them): what a
+        resume costs, known before any of it is sent.
+        """
+        return sum(e.size(blocks, mode) for e in self._chain if e.height > height)
+
     def resume(self, height, block_hash):
         """
         Where a client that holds C{(height, block_hash)} stands:
@@ -166,14 +208,26 @@ class History:
         "hash"}} of the newest block the client holds that is still
         canonical, C{removed} lists the client's blocks that are not (oldest
         first), and the client should be sent everything above the
-        ancestor; or C{("unavailable", None, None)} when we cannot tell.
+        ancestor; C{("mismatch", known, None)} when we know C{block_hash}
+        but at another height (C{known} is C{{"height", "hash"}} as we know
+        it): the client contradicts itself, and replaying on a guess could
+        double or skip blocks; or C{("unavailable", None, None)} when we
+        cannot tell.
         """
         entry = self._by_hash.get(block_hash)
         if entry is not None:
+            if entry.height != height:
+                return "mismatch", entry.ref(), None
             return "ok", entry.ref(), []
         oldest = self.oldest
         if oldest is not None and block_hash == oldest.parent_hash:
-            return "ok", {"height": oldest.height - 1, "hash": block_hash}, []
+            known = {"height": oldest.height - 1, "hash": block_hash}
+            if known["height"] != height:
+                return "mismatch", known, None
+            return "ok", known, []
+        orphan = self._orphans.get(block_hash)
+        if orphan is not None and orphan[0] != height:
+            return "mismatch", {"height": orphan[0], "hash": block_hash}, None
         removed = []
         cursor_hash, cursor_height = block_hash, height
         while cursor_hash in self._orphans:

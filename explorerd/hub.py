@@ -10,13 +10,21 @@ instead of writing.  A client whose queue overflows, or that stays paused
 past the write deadline, is closed as too slow; nobody else waits for it.
 
 One C{LoopingCall}, on the clock we are given, pings every client each ping
-interval, drops the ones that went silent and enforces the write deadline.
-There are no per-client timers.
+interval, drops the ones that stopped answering and enforces the write
+deadline.  There are no per-client timers.
+
+A client is alive while it answers our pings: each round's ping carries a
+new payload, and only a pong with one of those payloads counts.  The ping
+goes behind whatever is queued for the client, so its pong says the client
+has read everything sent before it; a client that keeps talking but stopped
+reading (its kernel buffers can hold megabytes before Twisted pauses us) is
+dropped after the pong timeout, not when the buffers fill.
 """
 
 import itertools
+import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
@@ -36,8 +44,9 @@ CHANNELS = ("newBlocks", "newTxs")
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
-# An unmasked, empty PING frame: the same two bytes for every client.
-_PING_FRAME = b"\x89\x00"
+# An unmasked PING frame with an 8-byte payload (the round's number): the same
+# bytes for every client in a round.
+_PING_HEADER = b"\x89\x08"
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
@@ -146,6 +155,8 @@ class Hub(Service):
         self._closing = {}
         self._queued_total = 0
         self._next_ping = None
+        self._pings = OrderedDict()  # payload of each recent ping round -> when it was sent
+        self._ping_rounds = itertools.count(1)
         self._sweep = LoopingCall(self._sweepOnce)
         self._sweep.clock = clock
         self._sweep_running = None
@@ -333,9 +344,16 @@ class Hub(Service):
         self.log.info("client {client} from {peer} detached: {reason}",
                       client=client.id, peer=client.peer, reason=reason)
 
-    def touch(self, client):
-        """The client said something (a message or a pong): it is alive."""
-        client.last_seen = self.clock.seconds()
+    def pong(self, client, payload):
+        """
+        The client answered a ping: if it was one of ours, it has read
+        everything we sent before that ping, so it is alive as of then.
+        Unsolicited pongs, and pings or messages from the client, say
+        nothing about whether it reads, and do not count.
+        """
+        sent = self._pings.get(bytes(payload))
+        if sent is not None and sent > client.last_seen:
+            client.last_seen = sent
 
     def subscribe(self, client, channels, tx_options=None):
         """
@@ -694,6 +712,7 @@ class Hub(Service):
         return True
 
     def _enqueue(self, client, payload, counts, replayed=False):
+        """Queue C{payload}; C{replayed} entries (replays, pings) do not count against the send queue."""
         count = sum(n for _, n in counts)
         client.queue.append((payload, counts, replayed))
         client.backlog += replayed
@@ -762,21 +781,38 @@ class Hub(Service):
                 self._closing.pop(protocol, None)
                 if protocol.state != _CLOSED:
                     protocol.dropConnection(abort=True)
-        ping = self._next_ping is None or now >= self._next_ping
-        if ping:
+        ping = None
+        if self._next_ping is None or now >= self._next_ping:
             self._next_ping = now + config.ping_interval
+            ping = self._newPing(now)
         dead = []
         for client in self._clients.values():
             if now - client.last_seen > config.pong_timeout:
                 dead.append(client)
-            elif ping and not client.paused:
-                client.transport.write(_PING_FRAME)
+            elif ping is not None:
+                if client.paused or client.queue:
+                    # Behind what waits, so its pong proves the client read that too.
+                    self._enqueue(client, ping, (), replayed=True)
+                else:
+                    client.transport.write(ping)
         for client in dead:
             protocol = client.protocol
-            silent = now - client.last_seen
+            behind = now - client.last_seen
             self.metrics.errors.labels("ping_timeout").inc()
-            self.detach(client, f"no pong or message for {silent:.1f}s")
+            self.detach(client, f"no pong to our pings for {behind:.1f}s: gone, or not reading")
             protocol.dropConnection(abort=True)
+
+    def _newPing(self, now):
+        """This round's ping frame; remembers its payload for as long as a pong to it can matter."""
+        payload = struct.pack("!Q", next(self._ping_rounds))
+        self._pings[payload] = now
+        horizon = now - self.config.pong_timeout - self.config.ping_interval
+        while len(self._pings) > 1:
+            oldest = next(iter(self._pings.values()))
+            if oldest >= horizon:
+                break
+            self._pings.popitem(last=False)
+        return _PING_HEADER + payload
 
     def startService(self):
         super().startService()

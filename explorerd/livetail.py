@@ -87,8 +87,9 @@ validated in full (every field we publish, every transaction, its number is
 the height we asked for, its hash is a 32-byte hash) before the hub sees it,
 so nothing is ever published partially.  The next poll starts after an
 exponential backoff with jitter (base C{poll_interval}, capped at
-C{max_backoff}, reset by a good poll); a poll due during the backoff is
-skipped.  Ticks of the LoopingCall are the only timers we own.
+C{max_backoff}, the daemon's C{EXPLORERD_RPC_RETRY}; reset by a good poll);
+a poll due during the backoff is skipped.  Ticks of the LoopingCall are the
+only timers we own.
 
 Everything takes the clock, the RPC client and the hub as arguments; the
 daemon owns the RPC client and closes it after the tail has stopped.
@@ -275,6 +276,9 @@ class LiveTail(Service):
     @param max_lag_seconds: optionally, also C{degraded} when the last
         published block is older than this (a node that stopped syncing).
     @param now: wall-clock time, compared with block timestamps.
+    @param max_backoff: the longest wait, in seconds, between polls while
+        the node fails (C{EXPLORERD_RPC_RETRY}); a retry comes at the first
+        tick after it.
     @param rng: a C{random.Random} for the backoff jitter.
     """
 
@@ -293,6 +297,8 @@ class LiveTail(Service):
             raise ValueError(f"max_catchup must be >= 1, got {max_catchup!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if max_backoff <= 0:
+            raise ValueError(f"max_backoff must be > 0, got {max_backoff!r}")
         if remember is not None and remember < 1:
             raise ValueError(f"remember must be >= 1, got {remember!r}")
         self.clock = clock

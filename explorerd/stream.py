@@ -27,24 +27,42 @@ Wire protocol (JSON text frames)::
 
 Error codes: C{invalid_json}, C{invalid_message}, C{unknown_action},
 C{unknown_channel}, C{binary_not_supported}, C{history_unavailable} (with
-C{oldest_height}).  An error never disconnects;
+C{oldest_height}; also when C{since} names a block we hold at another
+height).  An error never disconnects;
 valid channels in a message that also names unknown ones are applied, and
 the client gets the error and then the C{subscribed} answer.
 
 Close codes: 1001 server shutting down, 1008 too slow (queue full or not
-reading), 1009 message too big, 1007 invalid UTF-8.
+reading) or over the message budget, 1009 message too big, 1007 invalid UTF-8.
+
+The message budget is a token bucket per connection (C{message_rate} a
+second, bursts of C{message_burst}).  A message costs one token; a
+subscribe with C{since} costs one per L{REPLAY_BYTES_PER_MESSAGE} of frames
+its replay writes (the subscribe itself included, at least one), at most
+the whole burst, so that one full replay on a fresh connection always goes
+through while a loop of them is closed like any flood.  The cost is known
+before anything is sent (L{History.replay_size}); a replay the budget
+cannot pay is not sent.
 """
 
 import json
+import math
 import re
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
-from explorerd.connection import HubConnection
+from explorerd.connection import HubConnection, configured_protocol
 from explorerd.hub import CHANNELS, TxOptions
 
 MAX_FILTER_ADDRESSES = 1000
+
+# A replay counts as one message per this many bytes it writes: a subscribe
+# answer, an error or a pong is under 200 bytes, so even charged like this
+# a replay buys far more bytes per token than any other message.  At the
+# default 20 a second a loop of replays gets at most 1.25 MiB/s, or one full
+# history (capped at the burst of 60) every 3 s, instead of one per token.
+REPLAY_BYTES_PER_MESSAGE = 64 * 1024
 
 _SHOWN = 5  # unknown channel names echoed back in an error, at most
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
@@ -124,11 +142,12 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
     _explorer_tokens = None
     _explorer_stamp = None
 
-    def _withinBudget(self, hub):
+    def _withinBudget(self, hub, cost=1.0):
         """
         A token bucket per connection: C{message_rate} messages a second in
         bursts of C{message_burst}.  One client flooding us with requests
         costs everyone CPU; past its budget it is closed, with the reason.
+        Takes C{cost} tokens if there are that many; else takes none.
         """
         rate, burst = self.factory.messageRate, self.factory.messageBurst
         if not rate:
@@ -139,24 +158,29 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         else:
             tokens = min(burst, self._explorer_tokens + (now - self._explorer_stamp) * rate)
         self._explorer_stamp = now
-        if tokens < 1.0:
+        if tokens < cost:
             self._explorer_tokens = tokens
             return False
-        self._explorer_tokens = tokens - 1.0
+        self._explorer_tokens = tokens - cost
         return True
+
+    def _budgetText(self):
+        return f"the budget is {self.factory.messageRate:g} a second, bursts of {self.factory.messageBurst:g}"
+
+    def _replayCost(self, size):
+        """Messages a replay of C{size} bytes counts as, the subscribe included: 1 to the burst."""
+        return min(self.factory.messageBurst, max(1, math.ceil(size / REPLAY_BYTES_PER_MESSAGE)))
 
     def onMessage(self, payload, isBinary):
         client = self._explorer_client
         if client is None or client.hub is None:
             return
         hub = client.hub
-        hub.touch(client)
         self.factory.metrics.messages_received.inc()
         if not self._withinBudget(hub):
             log.info("client {client} from {peer} exceeded its message budget", client=client.id,
                      peer=client.peer)
-            return hub.close(client, 1008, f"too many messages: the budget is {self.factory.messageRate:g} "
-                             f"a second, bursts of {self.factory.messageBurst:g}", "message_budget")
+            return hub.close(client, 1008, f"too many messages: {self._budgetText()}", "message_budget")
         if isBinary:
             return self._error(client, "binary_not_supported", "send JSON text frames, not binary")
         try:
@@ -204,13 +228,45 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         def announce(n):
             hub.sendTo(client, dict(answer, replayed=n))
 
-        if hub.replay(client, since, announce) is None:
-            oldest = hub.history.oldest
-            self._error(client, "history_unavailable",
-                        f"cannot resume after block {since['height']} {since['hash']}: it is older than "
-                        "the history kept, or not a block this server published; live data follows",
-                        oldest_height=None if oldest is None else oldest.height)
-            announce(0)
+        history = hub.history
+        status, known, _ = history.resume(since["height"], since["hash"])
+        if status == "ok":
+            if not self._payForReplay(hub, client, known["height"]):
+                return
+            if hub.replay(client, since, announce) is not None:
+                return
+        if status == "mismatch":
+            # Which half of a contradictory since is right?  A guess could
+            # double or skip blocks: the client fills the gap as for any other.
+            why = (f"that hash is block {known['height']} here, not {since['height']} "
+                   "(send the height and hash of the same block)")
+        else:
+            why = "it is older than the history kept, or not a block this server published"
+        oldest = history.oldest
+        self._error(client, "history_unavailable",
+                    f"cannot resume after block {since['height']} {since['hash']}: {why}; live data follows",
+                    oldest_height=None if oldest is None else oldest.height)
+        announce(0)
+
+    def _payForReplay(self, hub, client, height):
+        """
+        Charge a replay of everything above C{height} to the client's
+        budget, before any of it is written (the hub writes it in this same
+        reactor turn); close the client instead if the budget cannot pay.
+        """
+        if not self.factory.messageRate:
+            return True
+        blocks = "newBlocks" in client.channels
+        mode = client.tx_options.mode if "newTxs" in client.channels else None
+        size = hub.history.replay_size(height, blocks, mode)
+        cost = self._replayCost(size)
+        if self._withinBudget(hub, cost - 1):  # the subscribe paid its own token
+            return True
+        log.info("client {client} from {peer} cannot pay for a replay of {size} bytes", client=client.id,
+                 peer=client.peer, size=size)
+        hub.close(client, 1008, f"too many messages: a replay of {size / 1048576:.1f} MiB counts as "
+                  f"{cost:g}; {self._budgetText()}", "message_budget")
+        return False
 
     def _unsubscribe(self, hub, client, message):
         for key in ("since", "batch", "filter", "hashes_only"):
@@ -288,3 +344,4 @@ def apply_limits(factory, config):
         allowNullOrigin=True,
         perMessageCompressionAccept=lambda offers: None,
     )
+    factory.protocol = configured_protocol(factory)

@@ -618,7 +618,6 @@ class WampProtocol(HubConnection, WampWebSocketServerProtocol):
         session = self._session
         if client is None or client.hub is None or session is None:
             return
-        client.hub.touch(client)
         self.factory.metrics.messages_received.inc()
         try:
             msgs = self._serializer.unserialize(payload, isBinary)

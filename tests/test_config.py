@@ -2,7 +2,7 @@
 
 import pytest
 
-from explorerd.config import SETTINGS, Config, ConfigError, parse_duration, parse_size
+from explorerd.config import SETTINGS, Config, ConfigError, parse_duration, parse_size, settings_table
 
 
 def test_defaults_match_the_documented_ones():
@@ -13,6 +13,7 @@ def test_defaults_match_the_documented_ones():
     assert c.send_queue == 256 and c.max_message_size == 1 << 20
     assert c.rate_limit == 10 and c.trusted_proxies == 0
     assert c.cors_origins == ("*",)
+    assert c.poll_interval == 1.0 and c.rpc_retry == 30.0
 
 
 def test_environment_then_options_win():
@@ -49,7 +50,8 @@ BAD = [
     ("EXPLORERD_RPC_URL", "http://127.0.0.1:99999/"), ("EXPLORERD_POLL_INTERVAL", "fast"),
     ("EXPLORERD_RPC_TIMEOUT", "0"), ("EXPLORERD_MAX_CATCHUP", "0"), ("EXPLORERD_MAX_REORG_DEPTH", "-3"),
     ("EXPLORERD_MAX_LAG", "x"), ("EXPLORERD_HISTORY_BLOCKS", "0"), ("EXPLORERD_REPLAY_BLOCK_TIME", "-1s"),
-    ("EXPLORERD_RPC_BATCH_SIZE", "0"),
+    ("EXPLORERD_RPC_BATCH_SIZE", "0"), ("EXPLORERD_RPC_RETRY", "0"), ("EXPLORERD_RPC_RETRY", "-30s"),
+    ("EXPLORERD_RPC_RETRY", "forever"),
 ]
 
 
@@ -63,6 +65,21 @@ def test_a_bad_value_names_the_setting_and_the_value(env, value):
 def test_a_bad_option_names_the_option():
     with pytest.raises(ConfigError, match=r"--max-connections='-3'"):
         Config.load({}, {"max-connections": "-3"})
+
+
+def test_the_live_tails_retry_cap_from_the_environment_or_the_option():
+    assert Config.load({"EXPLORERD_RPC_RETRY": "5s"}, {}).rpc_retry == 5.0
+    assert Config.load({"EXPLORERD_RPC_RETRY": "5s"}, {"rpc-retry": "2m"}).rpc_retry == 120.0
+
+
+def test_a_bad_option_stops_twistd_naming_it():
+    from twisted.python import usage
+
+    from explorerd.tap import Options
+
+    with pytest.raises(usage.UsageError, match=r"invalid --rpc-retry='soon': expected a duration"):
+        Options().parseOptions(["--rpc-retry", "soon"])
+    assert Options().parseOptions(["--rpc-retry", "90s"]) is None
 
 
 def test_every_setting_has_an_env_an_option_and_a_doc():
@@ -79,3 +96,13 @@ def test_the_readme_documents_every_setting():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     for s in SETTINGS:
         assert f"`{s.env}`" in readme and f"`--{s.option}`" in readme, s.env
+
+
+def test_the_readme_settings_table_is_the_one_config_writes():
+    """When this fails, paste the output of C{python -m explorerd.config} into the README."""
+    import os
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    start = readme.index("<!-- settings table: generated from explorerd/config.py SETTINGS -->\n")
+    end = readme.index("<!-- end of settings table -->")
+    assert readme[readme.index("\n", start) + 1:end] == settings_table()

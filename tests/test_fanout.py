@@ -180,6 +180,67 @@ async def test_one_sweep_pings_everyone_and_drops_the_silent(start_daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_talks_but_stopped_reading_is_dropped_by_the_pong_timeout(start_daemon):
+    # Its kernel buffers (megabytes on loopback) never fill at one block a
+    # minute, so neither the queue limit nor the write deadline would catch it:
+    # its own pings, messages and unsolicited pongs must not keep it alive.
+    daemon = await start_daemon(ping_interval=30, pong_timeout=60)
+    hub = daemon.hub
+    lively = await connect(daemon.url)
+    await lively.request({"action": "subscribe", "channels": ["newBlocks"]})
+    stalled = await connect(daemon.url)
+    await stalled.request({"action": "subscribe", "channels": ["newBlocks"]})
+    stalled.transport.pauseProducing()
+    block = mainnet_run()[0]
+    for t in (1, 2, 3):
+        stalled.sendPing(b"still here")
+        stalled.sendPong(b"\0" * 8)
+        stalled.send_json({"action": "ping"})
+        daemon.clock.advance(30)
+        hub.broadcastBlock(block)
+        await drain(lively)
+        if t < 3:
+            assert hub.clientCount == 2, f"round {t}: not yet past the pong timeout"
+    assert hub.clientCount == 1
+    assert hub.metrics.errors.labels("ping_timeout")._value.get() == 1
+    stalled.transport.resumeProducing()
+    await stalled.closed
+    await lively.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_reader_that_keeps_reading_is_not_dropped_by_the_pong_timeout(start_daemon):
+    # While it is paused its pings wait behind its queue; each pong it sends
+    # once it has read that far keeps it alive, however long it stays behind
+    # in between (the write deadline, not the pong timeout, bounds stalls).
+    daemon = await start_daemon(ping_interval=30, pong_timeout=60, write_deadline=1000, send_queue=100000)
+    hub = daemon.hub
+    slow = await connect(daemon.url)
+    await slow.request({"action": "subscribe", "channels": ["newTxs"]})
+    slow_client = constrain(slow, hub)
+    slow.transport.pauseProducing()
+    block = mainnet_run()[0]
+    while not slow_client.paused:
+        broadcast(hub, [block])
+    for _ in range(5):
+        daemon.clock.advance(30)
+        broadcast(hub, [block])
+        assert slow_client.paused and slow_client.hub is hub
+        # It reads everything, pongs, and stops again.
+        slow.transport.resumeProducing()
+        await eventually(lambda: not slow_client.queue and not slow_client.paused, what="caught up")
+        pinged_at = hub.clock.seconds()
+        await eventually(lambda: slow_client.last_seen == pinged_at, what="its pong")
+        slow.transport.pauseProducing()
+        while not slow_client.paused:
+            broadcast(hub, [block])
+    assert hub.metrics.errors.labels("ping_timeout")._value.get() == 0
+    slow.transport.resumeProducing()
+    await drain(slow, timeout=30)
+    await slow.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
     daemon = await start_daemon(max_connections=100)
     hub = daemon.hub

@@ -1286,6 +1286,50 @@ async def test_the_loop_backs_off_exponentially_and_resets_on_success(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_backoff_stops_growing_at_max_backoff(env):
+    clock = Clock()
+    node, hub, tail = await fake_setup(env, clock=clock, poll_interval=0.5, max_backoff=3.0)
+    node.grow(1)
+    node.faults = ["500"] * 10
+    tail.startService()
+    await tail.whenIdle()
+    attempts = [clock.seconds()]
+    backoffs = [tail.backoff]
+    seen = node.requests
+    while len(attempts) < 11:
+        clock.advance(0.5)
+        await tail.whenIdle()
+        if node.requests != seen:
+            seen = node.requests
+            attempts.append(clock.seconds())
+            backoffs.append(tail.backoff)
+    # 0.5, 1, 2, then never more than 3 (jittered down to half of it).
+    for n, backoff in enumerate(backoffs[:10], 1):
+        cap = min(3.0, 0.5 * 2 ** (n - 1))
+        assert cap / 2 <= backoff <= cap
+    assert all(1.5 <= b <= 3.0 for b in backoffs[3:10])
+    assert all(b - a < 3.0 + 0.5 for a, b in zip(attempts, attempts[1:]))  # the first tick after it
+    assert tail.health()["retry_in"] is None and backoffs[10] is None  # the 11th poll got through
+
+
+def test_max_backoff_must_be_positive():
+    with pytest.raises(ValueError, match="max_backoff must be > 0"):
+        LiveTail(Clock(), None, RecordingHub(), max_backoff=0, registry=CollectorRegistry())
+
+
+def test_the_daemon_gives_the_tail_its_rpc_retry_setting():
+    from twisted.internet import reactor
+
+    from explorerd.config import Config
+    from explorerd.daemon import Daemon
+
+    config = Config.defaults(rpc_url="http://127.0.0.1:1/", state_dir="", rpc_retry=7.5,
+                             listen="tcp:0:interface=127.0.0.1")
+    daemon = Daemon(config, reactor, clock=Clock(), web_root="", tail=True)  # built, never started
+    assert daemon.tail.max_backoff == 7.5
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_cancels_a_hung_poll_and_leaves_nothing_running(env):
     clock = Clock()
     node = await env.fake_node()

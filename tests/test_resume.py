@@ -277,6 +277,44 @@ async def test_resume_from_an_unknown_hash_gets_history_unavailable_then_live(st
     await client.close()
 
 
+@pytest.mark.parametrize("off_by", [-2, 1])
+@pytest_twisted.ensureDeferred
+async def test_a_since_whose_height_contradicts_its_hash_gets_history_unavailable_naming_both(
+        start_daemon, off_by):
+    daemon = await start_daemon()
+    chain = Chain(daemon.hub, 7)
+    chain.publish(1, 6)
+    held = ref(chain.block(4))
+    client = await resume(daemon.url, {"height": 4 + off_by, "hash": held["hash"]})
+    error = await client.next()
+    assert error["type"] == "error" and error["error"]["code"] == "history_unavailable"
+    assert f"that hash is block 4 here, not {4 + off_by}" in error["error"]["message"]
+    assert error["error"]["oldest_height"] == 1
+    await subscribed(client, replayed=0)
+    chain.publish(7)
+    assert summary(await drain(client)) == expected(chain.blocks(7, 7))
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_that_does_not_link_to_the_newest_reaches_nobody(start_daemon):
+    from explorerd.history import BrokenChain
+
+    daemon = await start_daemon()
+    chain = Chain(daemon.hub, 4)
+    chain.publish(1, 3)
+    client = await resume(daemon.url, ref(chain.block(3)))
+    await subscribed(client, replayed=0)
+    stranger = dict(chain.block(4), parentHash="0x" + "cd" * 32)
+    with pytest.raises(BrokenChain, match="roll back"):
+        daemon.hub.publishBlock(stranger)
+    assert await drain(client) == []
+    assert daemon.hub.history.newest.height == 3
+    chain.publish(4)
+    assert summary(await drain(client)) == expected(chain.blocks(4, 4))
+    await client.close()
+
+
 H = "0x" + "ab" * 32
 
 
@@ -480,3 +518,96 @@ async def test_a_resume_while_the_history_is_being_restored_waits_for_it(start_d
     assert first_answer["type"] == "subscribed", first_answer
     assert summary(await drain(client)) == expected([node.block(6)])
     await client.close()
+
+
+# What a replay costs -----------------------------------------------------------
+#
+# A replay counts against the connection's message budget as one message per
+# 64 KiB it sends (the subscribe included), at most a whole burst.  These
+# tests use a burst of 10 (at the default 20 a second) and a history of 32
+# real mainnet blocks, about 1.8 MiB with their transactions: a full replay
+# would cost ~29 uncapped, so it costs the whole burst.
+
+BUDGET = dict(message_burst=10, history_blocks=32)
+
+
+def oldest_parent(hub):
+    """The resume point that replays the whole history."""
+    oldest = hub.history.oldest
+    return {"height": oldest.height - 1, "hash": oldest.parent_hash}
+
+
+def answers(client):
+    return [m for m in client.received if m["type"] == "subscribed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_replay_on_a_fresh_connection_goes_through_though_it_costs_more_than_the_burst(
+        start_daemon):
+    daemon = await start_daemon(**BUDGET)
+    chain = Chain(daemon.hub, 34)
+    chain.publish(1, 33)  # the history holds 2-33
+    assert daemon.hub.history.replay_size(1, True, "plain") > 10 * 64 * 1024
+    client = await resume(daemon.url, ref(chain.block(1)))
+    await subscribed(client, replayed=32)
+    daemon.clock.advance(1.0)  # the drain's ping must be paid for
+    chain.publish(34)
+    assert summary(await drain(client)) == expected(chain.blocks(2, 34))
+    await client.close()
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05, 0.25], ids=["at-once", "one-token-later", "five-tokens-later"])
+@pytest_twisted.ensureDeferred
+async def test_a_loop_of_replays_is_closed_1008_naming_the_budget_and_a_bystander_gets_every_block(
+        start_daemon, pause):
+    daemon = await start_daemon(**BUDGET)
+    hub = daemon.hub
+    chain = Chain(hub, 60)
+    chain.publish(1, 32)
+    bystander = await connect(daemon.url)
+    assert (await bystander.request({"action": "subscribe", "channels": BOTH}))["type"] == "subscribed"
+    flooder = await connect(daemon.url)
+    height = 32
+    while not flooder.closed.called and height < 60:
+        asked = len(answers(flooder))
+        flooder.send_json({"action": "subscribe", "channels": BOTH, "since": oldest_parent(hub)})
+        await eventually(lambda: len(answers(flooder)) > asked or flooder.closed.called,
+                         what="a replay or the close")
+        height += 1
+        chain.publish(height)
+        daemon.clock.advance(pause)
+    code, reason = await flooder.closed
+    assert code == 1008 and reason.startswith("too many messages: ")
+    assert "the budget is 20 a second, bursts of 10" in reason
+    if pause:  # the subscribe was paid for, its replay could not be
+        assert reason.startswith("too many messages: a replay of 1.")
+    assert len(answers(flooder)) == 1  # one full replay, not one per message
+    assert hub.metrics.errors.labels("message_budget")._value.get() == 1
+    assert summary(await drain(bystander)) == expected(chain.blocks(33, height))
+    await bystander.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_small_replays_cost_one_message_each(start_daemon):
+    daemon = await start_daemon(**BUDGET)
+    chain = Chain(daemon.hub, 33)
+    chain.publish(1, 32)
+    client = await connect(daemon.url)
+    # One block (58 KiB with its transactions) costs one message, the
+    # subscribe's own; so does a whole history of blocks alone (10 KiB).
+    one_block = expected(chain.blocks(32, 32))
+    for _ in range(3):
+        client.send_json({"action": "subscribe", "channels": BOTH, "since": ref(chain.block(31))})
+        await subscribed(client, replayed=1)
+        assert summary([await client.next() for _ in one_block]) == one_block
+    for _ in range(3):
+        client.send_json({"action": "unsubscribe", "channels": ["newTxs"]})
+        await client.next()
+        client.send_json({"action": "subscribe", "channels": ["newBlocks"], "since": oldest_parent(daemon.hub)})
+        await subscribed(client, ["newBlocks"], replayed=32)
+        assert len([await client.next() for _ in range(32)]) == 32
+    # Nine messages so far, in no time at all: the tenth fits the burst, the eleventh not.
+    assert await client.request({"action": "ping"}) == {"type": "pong"}
+    client.send_json({"action": "ping"})
+    code, reason = await client.closed
+    assert code == 1008 and reason == "too many messages: the budget is 20 a second, bursts of 10"

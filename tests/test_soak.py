@@ -26,12 +26,13 @@ def short_soak(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("soak"))
     result = soak.run(
         minutes=0.6, clients=300, procs=1, sample_every=5.0, slow_hold=20.0, workdir=workdir,
-        # silent clients are found by the ping sweep: keep its timeout inside the run; and a wider
-        # window (deadline → abort) for the "late" clients to read their 1008 in
+        # silent and keepalive clients (they talk, never read) are found by the ping sweep: keep
+        # its timeout inside the run
         ping_interval=5.0, pong_timeout=PONG_TIMEOUT, shutdown_timeout=10.0,
-        # keepalive clients outlast a short run (the kernel buffers minutes of this stream); the
-        # full soak has them
-        slow_kinds=("silent", "burst", "late"), echo=lambda *a: None)
+        # burst and late clients need a replay of megabytes to fill loopback's kernel buffers and
+        # reach the write deadline: the full soak's history has it, a 36 s one does not (the write
+        # path's 1008 is in tests/test_storms.py and tests/test_fanout.py)
+        slow_kinds=("silent", "keepalive"), echo=lambda *a: None)
     result["markdown"] = soak.markdown(result)
     return result
 
@@ -55,24 +56,17 @@ def test_well_behaved_clients_see_a_gapless_canonical_chain(short_soak):
     assert chain["mismatches"] == 0 and chain["client_blocks_checked"] > 1000, chain
 
 
-def test_slow_clients_are_closed_1008_or_dropped_by_the_ping_sweep(short_soak):
+def test_clients_that_stop_reading_are_dropped_by_the_ping_sweep(short_soak):
     slow = short_soak["roles"]["slow"]
     outcomes = slow["outcomes"]
     reasons = short_soak["log_reasons"]
-    # A client that read again after the write deadline found its backlog, then a 1008 close
-    # (reading again a little too early or too late on a loaded machine is not the server's fault).
-    late = {k: v for k, v in outcomes.items() if k.startswith("late_")}
-    assert late.get("late_1008", 0) >= 0.66 * sum(late.values()), outcomes
-    # One that never reads again cannot see the close frame: the server sends it behind the unsent
-    # data and aborts the connection after the close timeout; the client finds a reset.
-    burst = {k: v for k, v in outcomes.items() if k.startswith("burst_")}
-    assert burst and all(k.startswith("burst_1006") for k in burst), outcomes
-    assert reasons["too slow (write deadline)"] + reasons["too slow (queue limit)"] >= late["late_1008"] + sum(burst.values())
-    assert short_soak["metrics"]['explorer_websocket_errors_total{type="slow_client"}'] >= late["late_1008"]
-    # A silent one is dropped by the ping sweep once the pong timeout has passed.
+    # A silent one, and one that keeps sending pings but never reads, are dropped by the ping
+    # sweep once the pong timeout has passed: their own messages do not count as signs of life.
     silent = {k: v for k, v in outcomes.items() if k.startswith("silent_")}
     assert silent and all(k.startswith("silent_1006") for k in silent), outcomes
-    assert reasons["ping timeout"] >= sum(silent.values())
+    keepalive = {k: v for k, v in outcomes.items() if k.startswith("keepalive_")}
+    assert keepalive and all(k.startswith("keepalive_1006") for k in keepalive), outcomes
+    assert reasons["ping timeout"] >= sum(silent.values()) + sum(keepalive.values())
     assert slow["still_open_after_hold"] == 0 and slow["unexpected"] == 0, slow["unexpected_samples"]
 
 
@@ -82,12 +76,13 @@ def test_hostile_clients_get_errors_or_the_right_close_code(short_soak):
     outcomes = hostile["outcomes"]
     # (a 1009 whose close handshake the busy server gave up on ends as 1006)
     assert set(outcomes) <= {"garbage_1000", "flood_1008", "oversize_1009", "fragments_1009", "utf8_1007",
-                             "oversize_1006", "fragments_1006"}, outcomes
+                             "oversize_1006", "fragments_1006", "replays_1008"}, outcomes
     assert all(outcomes.get(k) for k in ("garbage_1000", "flood_1008", "oversize_1009", "fragments_1009",
                                          "utf8_1007")), outcomes
     assert {"invalid_json", "invalid_message", "unknown_action", "binary_not_supported"} <= set(hostile["errors"])
     metrics = short_soak["metrics"]
-    assert metrics['explorer_websocket_errors_total{type="message_budget"}'] == outcomes["flood_1008"]
+    assert metrics['explorer_websocket_errors_total{type="message_budget"}'] == (
+        outcomes["flood_1008"] + outcomes.get("replays_1008", 0))
     assert metrics['explorer_websocket_errors_total{type="message_too_big"}'] >= (
         outcomes["oversize_1009"] + outcomes["fragments_1009"])
 

@@ -220,7 +220,8 @@ async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_dae
 
     await sub.unsubscribe()
     before = len(got)
-    broadcast(hub, [mainnet_run()[3]])
+    after = dict(mainnet_run()[3], parentHash=replacement["hash"])  # on the new branch
+    broadcast(hub, [after])
     await eventually(lambda: len(wild) > len(want) + 2, what="events for the other subscription")
     assert len(got) == before
     await python_leave(session)

@@ -308,10 +308,10 @@ function wellBehaved(role, n) {
 
 // Slow: subscribe to everything, then stop reading (the socket is paused), in one of three kinds:
 //   silent     sends nothing more: only the server's ping sweep can tell (pong timeout)
-//   keepalive  keeps sending {"action":"ping"} every 5 s, so it never looks silent: only the
-//              slow-client policy (queue limit, write deadline) can drop it
-//   burst      like keepalive, but first asks for the server's history 30 times (subscribe with
-//              "since" = an old block, from --since or stdin), a few MB to write at once
+//   keepalive  keeps sending {"action":"ping"} every 5 s: talking is no sign of reading, so the
+//              pong timeout (its pongs never come) or the slow-client policy drops it
+//   burst      like keepalive, but first asks for the server's history once (subscribe with
+//              "since" = an old block, from --since or stdin), megabytes to write at once
 //   late       like burst, but reads again --late-after seconds later (past the write deadline,
 //              before the close timeout): it should find the backlog and then a 1008 close
 //              (outside that window: "late_1006_read_before_deadline" or a reset)
@@ -338,7 +338,7 @@ function slow(n, index) {
       if (pausedAt !== null) return;
       // the first message is the "subscribed" answer: stop reading from here on
       if ((kind === "burst" || kind === "late") && oldSince) {
-        for (let i = 0; i < 30; i++) ws.send(JSON.stringify({ ...SUBSCRIBE.slow, since: oldSince }));
+        ws.send(JSON.stringify({ ...SUBSCRIBE.slow, since: oldSince }));
       }
       ws.pause();
       pausedAt = ws.__pausedAt = elapsed();
@@ -405,12 +405,12 @@ process.stdin.on("data", (chunk) => {
 process.stdin.on("error", () => {});
 
 // Hostile: one attack per connection, reconnect after being closed.
-const ATTACKS = ["garbage", "flood", "oversize", "fragments", "utf8", "garbage", "flood"];
+const ATTACKS = ["garbage", "flood", "oversize", "fragments", "utf8", "garbage", "flood", "replays"];
 // What each attack must end with.  After a 1009 the server waits (its close timeout) for our close
 // reply, which queues behind the rest of the big message we are still sending: on a busy server
 // that can take longer, and the server then aborts (1006).
 const EXPECT = { garbage: ["1000"], flood: ["1008"], oversize: ["1009", "1006"], fragments: ["1009", "1006"],
-  utf8: ["1007"] };
+  utf8: ["1007"], replays: ["1008"] };
 const GARBAGE = [
   () => "{not json",
   () => "[1,2,3]",
@@ -437,7 +437,9 @@ function hostile(n) {
   let k = Math.floor(rand() * ATTACKS.length);
   const connect = (attempt) => {
     if (stopping) return;
-    const attack = ATTACKS[k++ % ATTACKS.length];
+    // Until the runner has named an old block there is nothing big to replay: flood instead.
+    const planned = ATTACKS[k++ % ATTACKS.length];
+    const attack = planned === "replays" && !oldSince ? "flood" : planned;
     let errors = 0;
     let openedAt = null;
     const ws = open(role, (ws) => {
@@ -461,13 +463,19 @@ function hostile(n) {
       } else if (attack === "fragments") {
         const piece = Buffer.alloc(256 << 10, 0x62);
         for (let i = 0; i < 5 && ws.readyState === WebSocket.OPEN; i++) ws.send(piece, { binary: false, fin: i === 4 });
+      } else if (attack === "replays") {
+        // Amplification: every resume makes the server write up to its whole history.  The
+        // message budget charges a replay by the bytes it writes, so a loop of them is closed.
+        const since = oldSince;
+        for (let i = 0; i < 30 && ws.readyState === WebSocket.OPEN; i++) {
+          ws.send(JSON.stringify({ action: "subscribe", channels: ["newBlocks", "newTxs"], since }));
+        }
       } else if (attack === "utf8") {
         ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false });
       }
-      // Whatever the attack, the server must end it or answer it in bounded time.  A fragmented
-      // message is read 1 KiB (WEBSOCKET_READ_BUFFER_SIZE) per reactor pass before it is found too
-      // big: under load that takes a while, so it gets longer.
-      const bound = attack === "fragments" ? 90 : 20;
+      // Whatever the attack, the server must end it or answer it in bounded time (a replay loop
+      // reads megabytes first).
+      const bound = attack === "replays" ? 60 : 20;
       later(bound, () => { if (ws.readyState === WebSocket.OPEN) { unexpected(role, n, `${attack}: still open after ${bound}s`); ws.__error = "timeout"; ws.terminate(); } });
     }, (ws, data, isBinary) => {
       let m;

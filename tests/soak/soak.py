@@ -207,7 +207,7 @@ PUBLISHED = re.compile(r"\] block (\d+) (0x[0-9a-f]{64}) \(")
 DETACH = {
     "too slow (queue limit)": re.compile(r"detached: too slow: \d+ messages waiting"),
     "too slow (write deadline)": re.compile(r"detached: too slow: not reading"),
-    "ping timeout": re.compile(r"detached: no pong or message"),
+    "ping timeout": re.compile(r"detached: no pong to our pings"),
     "message budget": re.compile(r"exceeded its message budget"),
 }
 
@@ -381,7 +381,7 @@ def run(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10.0, slo
               "daemon_args": args, "samples": []}
     daemon = Daemon(args, workdir)
     watcher = LogWatcher(daemon.log_path)
-    result["limits"] = {"pong_timeout": pong_timeout, "write_deadline": write_deadline,
+    result["limits"] = {"pong_timeout": pong_timeout, "ping_interval": ping_interval, "write_deadline": write_deadline,
                         "shutdown_timeout": shutdown_timeout, "slow_hold": slow_hold}
     nodes = []
     try:
@@ -519,9 +519,11 @@ def verdict(r):
     slow = roles.get("slow", {})
     limits = r.get("limits") or {}
     held = slow.get("open_held_max") or {}
-    # A silent client must be gone once the pong timeout (plus a sweep) has passed; a burst client
-    # once the write deadline and the close timeout have (its keepalive write then fails, ≤ 10 s).
+    # A silent client must be gone once the pong timeout (plus a sweep) has passed, a keepalive one
+    # (talks, never reads) once a ping round more has; a burst client once the write deadline and
+    # the close timeout have (its keepalive write then fails, ≤ 10 s).
     bounds = {"silent": limits.get("pong_timeout", 60) + 15,
+              "keepalive": limits.get("pong_timeout", 60) + limits.get("ping_interval", 30) + 15,
               "burst": limits.get("write_deadline", 10) + limits.get("shutdown_timeout", 5) + 20}
     over = {k: held[k] for k in bounds if held.get(k, 0) > bounds[k]}
     late = {k: v for k, v in (slow.get("outcomes") or {}).items() if k.startswith("late_")}
