@@ -14,6 +14,7 @@ Times are time.monotonic() (CLOCK_MONOTONIC), the clock the Node load generator 
 arrivals with.
 """
 
+import gc
 import json
 import os
 import resource
@@ -58,6 +59,30 @@ def common_arguments(parser):
     parser.add_argument("--profile", default="", help="cProfile the window from 'go' to 'quit' into this file")
 
 
+class GCPauses:
+    """Every garbage collection's generation and length, so a slow block can be told from a GC pause."""
+
+    def __init__(self):
+        self.pauses = []
+        self._start = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+            self._start = None
+
+    def summary(self):
+        by_gen = {}
+        for gen, took in self.pauses:
+            count, total, longest = by_gen.get(gen, (0, 0.0, 0.0))
+            by_gen[gen] = (count + 1, total + took, max(longest, took))
+        return {str(gen): {"count": c, "total_ms": round(t * 1000, 1), "max_ms": round(m * 1000, 1)}
+                for gen, (c, t, m) in sorted(by_gen.items())}
+
+
 class Control:
     """
     Runs the control protocol for a server object that has C{publish(i, item)} (returns
@@ -74,6 +99,7 @@ class Control:
         self.sent = 0
         self.loop = None
         self.started = False
+        self.gc = GCPauses()
 
     def start(self, port):
         from twisted.internet import stdio
@@ -95,7 +121,7 @@ class Control:
 
     def stats(self, **more):
         emit(event="stats", t=time.monotonic(), cpu=cpu_s(), sys=sys_s(), rss_kb=rss_kb(),
-             clients=self.server.clientCount(), sent=self.sent, **self.server.extra(), **more)
+             clients=self.server.clientCount(), sent=self.sent, gc=self.gc.summary(), **self.server.extra(), **more)
 
     def command(self, cmd):
         if cmd == "stats":
@@ -118,6 +144,7 @@ class Control:
             self.profiler.enable()
         from twisted.internet import task
 
+        self.gc.pauses.clear()
         self.t_go = time.monotonic()
         self.loop = task.LoopingCall(self.one)
         self.loop.clock = self.reactor
@@ -130,10 +157,12 @@ class Control:
             return
         item = self.items[self.sent]
         t = time.monotonic()
+        before = len(self.gc.pauses)
         t0 = time.perf_counter()
         info = self.server.publish(self.sent, item)
         took = time.perf_counter() - t0
-        emit(event="block", t=t, t_sched=self.t_go + self.sent / self.rate, took=took,
+        gc_ms = round(sum(p for _, p in self.gc.pauses[before:]) * 1000, 1)
+        emit(event="block", t=t, t_sched=self.t_go + self.sent / self.rate, took=took, gc_ms=gc_ms,
              clients=self.server.clientCount(), **info)
         self.sent += 1
 

@@ -60,10 +60,10 @@ FULL = {
                   channels="newBlocks,newTxs", batch=True, data=MAINNET_200, blocks=10,
                   clients={1000: 3}, per_loadgen=5000),
     # A client that does not read has ~4.3 MB of kernel socket buffers on loopback (~62 mainnet
-    # blocks) before its server sees any backpressure; explorerd closes it 10 s (write deadline)
-    # after that, so the run must last well past a minute to show the policy.  The silent clients
-    # send an app-level ping every 15 s (they write, never read): otherwise explorerd's 60 s pong
-    # timeout drops them first and the slow-client policy is never reached.
+    # blocks) before its server sees any backpressure, so the run must last well past a minute to
+    # show any policy.  The silent clients send an app-level ping every 15 s (they write, never
+    # read); explorerd counts only pongs to its own pings as signs of life, so its pong timeout
+    # (60 s, pings every 30 s) drops them, or the write deadline once the buffers are full.
     "silent": dict(title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
                    channels="newBlocks,newTxs", silent=0.1, data=MAINNET_200, blocks=75,
                    silent_keepalive=15, clients={1000: 3}, peer_runs=1, per_loadgen=2500,
