@@ -21,6 +21,8 @@ reading (its kernel buffers can hold megabytes before Twisted pauses us) is
 dropped after the pong timeout, not when the buffers fill.
 """
 
+import functools
+import gc
 import itertools
 import struct
 import time
@@ -39,6 +41,31 @@ from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, HASHES, PLAIN, Entry, History
 
 CHANNELS = ("newBlocks", "newTxs")
+
+
+def _collectAfter(publish):
+    """
+    Run C{publish} with the garbage collector held off until it returns.
+
+    A full collection walks every object of every connection: ~200 ms at
+    10,000 clients.  When one started inside a fan-out (the allocations of
+    converting and encoding a block can trigger it) that block reached
+    everyone 200 ms late; measured at 10,000 clients: one publish of 302 ms,
+    205 ms of it a collection.  Held off, the collection runs right after
+    the block is out, in the same reactor turn.
+    """
+
+    @functools.wraps(publish)
+    def publishing(*args, **kwargs):
+        if not gc.isenabled():
+            return publish(*args, **kwargs)
+        gc.disable()
+        try:
+            return publish(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return publishing
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY = 1001
@@ -457,6 +484,7 @@ class Hub(Service):
         txs_data = [events.tx_data(block, tx, i) for i, tx in enumerate(block["transactions"])]
         return Entry(data, txs_data)
 
+    @_collectAfter
     def publishBlock(self, block):
         """
         Publish a block (JSON-RPC shape, full transactions) and its
@@ -470,6 +498,7 @@ class Hub(Service):
         """
         return self._publishBoth(self.prepare(block))
 
+    @_collectAfter
     def publishData(self, block_data, txs_data):
         """The same for a block already in wire shape (an edge fed by a WAMP router)."""
         return self._publishBoth(Entry(block_data, txs_data))
@@ -554,6 +583,7 @@ class Hub(Service):
             recipients += 1
         return recipients
 
+    @_collectAfter
     def broadcastBlock(self, block):
         """
         Publish only a block's C{newBlock} (and remember it for resuming
@@ -564,6 +594,7 @@ class Hub(Service):
         self._prepared = (block, entry)
         return self.publishEntry(entry, blocks=True, txs=False)
 
+    @_collectAfter
     def broadcastTransactions(self, block, txs):
         """Publish a block's transactions (after L{broadcastBlock} of it, whose frames it reuses)."""
         prepared, self._prepared = self._prepared, None
@@ -579,6 +610,7 @@ class Hub(Service):
         """Add a block to the history without sending it: what clients saw before a restart."""
         self.history.add(self.prepare(block))
 
+    @_collectAfter
     def broadcastReorg(self, depth, common_ancestor, removed):
         """
         Tell C{newBlocks} and C{newTxs} subscribers (each once) that the

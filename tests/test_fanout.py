@@ -241,6 +241,45 @@ async def test_a_slow_reader_that_keeps_reading_is_not_dropped_by_the_pong_timeo
 
 
 @pytest_twisted.ensureDeferred
+async def test_no_garbage_collection_runs_while_a_block_goes_out(start_daemon):
+    # A full collection at 10,000 clients takes ~200 ms: inside a fan-out it
+    # would delay that block for everyone.  It runs once the block is out.
+    daemon = await start_daemon()
+    hub = daemon.hub
+    clients = await connect_many(daemon.url, 3)
+    for c in clients:
+        await c.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    collections = []
+    writes = []
+
+    def watch(phase, info):
+        if phase == "start":
+            collections.append(len(writes))
+
+    for client in hub._clients.values():
+        original = client.transport.write
+        client.transport.write = lambda data, original=original: (writes.append(gc.isenabled()), original(data))
+    threshold = gc.get_threshold()
+    gc.callbacks.append(watch)
+    try:
+        gc.set_threshold(1)  # collect at every chance
+        hub.publishBlock(mainnet_run()[0])
+        assert writes and not any(writes), "the collector was on during the fan-out"
+        during = [n for n in collections if 0 < n < len(writes)]
+        assert during == [], "a collection ran between writes"
+        gc.collect(0)
+        assert collections[-1] == len(writes)
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*threshold)
+    for c in clients:
+        got = await drain(c)
+        assert got[0]["type"] == "newBlock" and len(got) == 1 + len(mainnet_run()[0]["transactions"])
+        await c.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
     daemon = await start_daemon(max_connections=100)
     hub = daemon.hub
