@@ -179,6 +179,14 @@ class History:
         while len(self._orphans) > self.size:
             self._orphans.popitem(last=False)
 
+    def forget(self):
+        """
+        Start over from the next block added: a known gap (an edge whose
+        router lost blocks its tail no longer holds).  Resumes from before
+        it get C{history_unavailable}, as they must.
+        """
+        self._forget_all()
+
     def _forget_all(self):
         for entry in self._chain:
             self._orphans.pop(entry.hash, None)

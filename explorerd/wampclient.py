@@ -565,6 +565,8 @@ class EdgeSource(Service):
                 log.warn("edge: block {height} {hash} does not follow our newest {newest}; "
                          "the tail could not fill the gap, going on from here",
                          height=block.get("height"), hash=block.get("hash"), newest=newest.height)
+                # The history must not link across the gap (it would refuse the block).
+                history.forget()
             self._publish(block, txs)
             return
         if self._tail_missing:

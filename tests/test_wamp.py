@@ -697,6 +697,19 @@ def test_the_edge_follows_reorgs_pages_and_accepts_a_gap_it_cannot_fill(monkeypa
     assert edge.metrics.resyncs.labels("unavailable")._value.get() == 1
     assert edge.metrics.resyncs.labels("failed")._value.get() == 1
 
+    # A reorg the edge missed, and the tail cannot say what it was: the next
+    # block is at the next height but not b10's child.  A gap too: the edge's
+    # history starts over from it (it must not link across).
+    tail.broadcastReorg(1, tail.history.canonical(b9["hash"]).ref(), [tail.history.newest.ref()])
+    d0 = child(b9, "d0")
+    wire(tail, d0)
+    d1 = child(d0, "d1")
+    feed(edge, wire(tail, d1))
+    assert hub.history.newest.hash == d1["hash"] and len(hub.history) == 1
+    assert [data["hash"] for topic, data in out if topic == "explorer.block"][-1] == d1["hash"]
+    assert edge.metrics.discarded.labels("invalid")._value.get() == 0
+    assert edge.metrics.resyncs.labels("unavailable")._value.get() == 2
+
 
 def test_the_publisher_drops_whole_batches_while_the_router_is_away():
     from twisted.internet import reactor
