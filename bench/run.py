@@ -291,10 +291,12 @@ def server_argv(server, files, rate, count, log_dir, profile=""):
 def start_loadgens(spec, n, url, log_dir, verify, max_seconds):
     k = max(1, math.ceil(n / spec["per_loadgen"]))
     sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    # Source addresses 127.0.0.<host_base + hosts * i ...>, each loadgen its own `hosts` of them.
+    hosts, host_base = spec.get("hosts", 4), spec.get("host_base", 2)
     loadgens = []
     for i, size in enumerate(sizes):
         argv = ["node", os.path.join(HERE, "loadgen.mjs"), "--url", url, "--clients", str(size),
-                "--channels", spec["channels"], "--hosts", "4", "--host-base", str(2 + 4 * i), "--id", str(i),
+                "--channels", spec["channels"], "--hosts", str(hosts), "--host-base", str(host_base + hosts * i), "--id", str(i),
                 "--max-seconds", str(int(max_seconds))]
         if spec.get("batch"):
             argv.append("--batch")
