@@ -139,34 +139,6 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         log.info("client {client} connected from {peer}",
                       client=self._explorer_client.id, peer=self._explorer_ip)
 
-    _explorer_tokens = None
-    _explorer_stamp = None
-
-    def _withinBudget(self, hub, cost=1.0):
-        """
-        A token bucket per connection: C{message_rate} messages a second in
-        bursts of C{message_burst}.  One client flooding us with requests
-        costs everyone CPU; past its budget it is closed, with the reason.
-        Takes C{cost} tokens if there are that many; else takes none.
-        """
-        rate, burst = self.factory.messageRate, self.factory.messageBurst
-        if not rate:
-            return True
-        now = hub.clock.seconds()
-        if self._explorer_tokens is None:
-            tokens = burst
-        else:
-            tokens = min(burst, self._explorer_tokens + (now - self._explorer_stamp) * rate)
-        self._explorer_stamp = now
-        if tokens < cost:
-            self._explorer_tokens = tokens
-            return False
-        self._explorer_tokens = tokens - cost
-        return True
-
-    def _budgetText(self):
-        return f"the budget is {self.factory.messageRate:g} a second, bursts of {self.factory.messageBurst:g}"
-
     def _replayCost(self, size):
         """Messages a replay of C{size} bytes counts as, the subscribe included: 1 to the burst."""
         return min(self.factory.messageBurst, max(1, math.ceil(size / REPLAY_BYTES_PER_MESSAGE)))
@@ -178,9 +150,7 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         hub = client.hub
         self.factory.metrics.messages_received.inc()
         if not self._withinBudget(hub):
-            log.info("client {client} from {peer} exceeded its message budget", client=client.id,
-                     peer=client.peer)
-            return hub.close(client, 1008, f"too many messages: {self._budgetText()}", "message_budget")
+            return self._overBudget(client, f"too many messages: {self._budgetText()}")
         if isBinary:
             return self._error(client, "binary_not_supported", "send JSON text frames, not binary")
         try:
@@ -262,10 +232,8 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         cost = self._replayCost(size)
         if self._withinBudget(hub, cost - 1):  # the subscribe paid its own token
             return True
-        log.info("client {client} from {peer} cannot pay for a replay of {size} bytes", client=client.id,
-                 peer=client.peer, size=size)
-        hub.close(client, 1008, f"too many messages: a replay of {size / 1048576:.1f} MiB counts as "
-                  f"{cost:g}; {self._budgetText()}", "message_budget")
+        self._overBudget(client, f"too many messages: a replay of {size / 1048576:.1f} MiB counts as "
+                                 f"{cost:g}; {self._budgetText()}")
         return False
 
     def _unsubscribe(self, hub, client, message):
@@ -322,13 +290,13 @@ class StreamFactory(WebSocketServerFactory):
         self.hub = hub
         self.admission = admission
         self.metrics = metrics
-        self.messageRate = float(getattr(config, "message_rate", 20))
-        self.messageBurst = float(getattr(config, "message_burst", 60))
         apply_limits(self, config)
 
 
 def apply_limits(factory, config):
-    """The Autobahn options every explorerd WebSocket factory shares."""
+    """The Autobahn options and limits every explorerd WebSocket factory shares."""
+    factory.messageRate = float(getattr(config, "message_rate", 20))
+    factory.messageBurst = float(getattr(config, "message_burst", 60))
     factory.setProtocolOptions(
         maxFramePayloadSize=config.max_message_size,
         maxMessagePayloadSize=config.max_message_size,

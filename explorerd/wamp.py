@@ -619,12 +619,18 @@ class WampProtocol(HubConnection, WampWebSocketServerProtocol):
         if client is None or client.hub is None or session is None:
             return
         self.factory.metrics.messages_received.inc()
+        # The raw stream's message budget: each WebSocket message, and each
+        # WAMP message past the first in a batch, costs a token.
+        if not self._withinBudget(client.hub):
+            return self._overBudget(client, f"too many messages: {self._budgetText()}")
         try:
             msgs = self._serializer.unserialize(payload, isBinary)
         except ProtocolError as e:
             return session.violation(str(e))
         except Exception as e:  # a parser that raised something else on garbage
             return session.violation(f"invalid WAMP message: {type(e).__name__}")
+        if len(msgs) > 1 and not self._withinBudget(client.hub, len(msgs) - 1):
+            return self._overBudget(client, f"too many messages: {len(msgs)} in one batch; {self._budgetText()}")
         for msg in msgs:
             if self._session is None or client.hub is None:
                 break

@@ -101,6 +101,14 @@ class Channel(http.HTTPChannel):
             return  # answered and closing: nothing more to parse
         super().dataReceived(data)
 
+    def timeoutConnection(self):
+        # Idle for the handshake timeout before its request was in: the same
+        # slowloris the hub's sweep drops, counted the same way.
+        if self._explorer_pending:
+            self.site.hub.metrics.errors.labels("handshake_timeout").inc()
+            self._explorerDone()  # counted once: the sweep no longer sees it
+        super().timeoutConnection()
+
     def connectionLost(self, reason):
         self._explorerDone()
         if self._explorer_refusal is not None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain, in_thread
+from tests.conftest import eventually
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -120,6 +121,7 @@ async def test_invalid_utf8_closes_with_1007_and_others_stay(start_daemon):
     client.sendFrame(opcode=1, payload=b'{"action": "\xff\xfe"}')
     code, _ = await client.closed
     assert code == 1007
+    assert daemon.hub.metrics.errors.labels("invalid_utf8")._value.get() == 1
     assert await bystander.request({"action": "ping"}) == {"type": "pong"}
     await bystander.close()
 
@@ -132,6 +134,7 @@ async def test_oversized_control_frame_is_a_protocol_error(start_daemon):
     code, _ = await client.closed
     assert code == 1002
     assert daemon.hub.clientCount == 0
+    assert daemon.hub.metrics.errors.labels("protocol_error")._value.get() == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -163,6 +166,32 @@ async def test_a_flood_of_requests_ends_that_client_only(start_daemon):
     assert code == 1008 and reason.startswith("too many messages")
     assert [m["type"] for m in flooder.received[30:]] == ["pong"] * 10
     assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
+    daemon.hub.publishBlock(mainnet_run()[0])
+    assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
+    await bystander.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_flooder_is_not_read_any_more(start_daemon):
+    # Thousands of requests sent before the 1008 could reach the flooder: the
+    # server does not parse them (seconds of CPU); it stops reading, and drops
+    # the connection at the close timeout if the flooder does not close.
+    from twisted.internet import reactor
+
+    daemon = await start_daemon(shutdown_timeout=5)
+    bystander = await connect(daemon.url)
+    await bystander.request({"action": "subscribe", "channels": ["newBlocks"]})
+    flooder = await connect(daemon.url)
+    server_side = next(p for p in daemon.hub._protocols if p.transport.getPeer().port
+                       == flooder.transport.getHost().port)
+    for _ in range(5000):
+        flooder.send_json({"action": "ping"})
+    await eventually(lambda: server_side.state != server_side.STATE_OPEN, what="the 1008 close")
+    assert server_side.transport not in reactor.getReaders(), "still reading from the flooder"
+    assert daemon.hub.metrics.messages_received._value.get() <= 62  # the burst, then the one over it
+    daemon.clock.advance(6)
+    code, reason = await flooder.closed
+    assert code == 1008 and reason.startswith("too many messages")
     daemon.hub.publishBlock(mainnet_run()[0])
     assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
     await bystander.close()

@@ -394,6 +394,9 @@ def test_silent_sockets_are_dropped_after_the_handshake_timeout(daemon):
     closed = asyncio.run(slowloris(d.port, 200, trickle=False, seconds=6))
     print(f"\nsilent sockets: closed after {min(closed):.1f}-{max(c or 99 for c in closed):.1f}s")
     assert all(c is not None and c <= 2 + 1.5 for c in closed), closed
+    # whichever timer got there first, each is counted once
+    metrics = d.metrics()
+    assert metrics[("explorer_websocket_errors_total", '{type="handshake_timeout"}')] == 200
     assert settle_fds(d, base["fds"]) <= base["fds"] + 2
 
 

@@ -429,6 +429,23 @@ async def test_a_wamp_client_that_stops_reading_is_closed_and_nobody_else_waits(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_wamp_flood_is_closed_by_the_message_budget(start_daemon):
+    daemon = await start_daemon()
+    url = wamp_url(daemon)
+    bystander, _ = await raw_join(url)
+    flooder, _ = await raw_join(url)
+    for i in range(200):
+        flooder.send_json([CALL, i + 1, {}, "explorer.head", []])
+    code, reason = await flooder.closed
+    assert code == 1008 and reason.startswith("too many messages")
+    assert len(flooder.received) < 70, "answered past its budget"
+    assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
+    bystander.send_json([CALL, 1, {}, "explorer.head", []])
+    assert await bystander.next() == [RESULT, 1, {}, [None]]
+    await bystander.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_sweep_pings_wamp_clients_and_drops_the_silent(start_daemon):
     daemon = await start_daemon(ping_interval=30, pong_timeout=60)
     url = wamp_url(daemon)
