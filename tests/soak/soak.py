@@ -360,7 +360,7 @@ def merge_roles(finals):
 # ---------------------------------------------------------------- the run
 
 def run(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10.0, slow_hold=75.0,
-        block_time=1.2, extra_args=(), echo=print, workdir=None, slow_kinds=("silent", "keepalive", "burst", "late"),
+        block_time=1.2, extra_args=(), echo=print, workdir=None, slow_kinds=("silent", "keepalive", "burst"),
         ping_interval=30.0, pong_timeout=60.0, write_deadline=10.0, shutdown_timeout=5.0):
     """
     Run the soak; returns every figure as a dict (``verdict``: ``{check: (ok, detail)}``).
@@ -655,9 +655,11 @@ def main(argv=None):
     p.add_argument("--slow-hold", type=float, default=75.0,
                    help="seconds a silent slow client stops reading before it looks at how it was closed")
     p.add_argument("--json", default=None, help="also dump every figure as JSON here")
+    p.add_argument("--slow-kinds", default="silent,keepalive,burst",
+                   help="slow clients' kinds (silent, keepalive, burst, late); see clients.mjs")
     a = p.parse_args(argv)
     r = run(minutes=a.minutes, clients=a.clients, procs=a.procs, report=a.report, sample_every=a.sample_every,
-            slow_hold=a.slow_hold)
+            slow_hold=a.slow_hold, slow_kinds=tuple(a.slow_kinds.split(",")))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({k: v for k, v in r.items() if k != "verdict"} | {"verdict": {k: list(v) for k, v in r["verdict"].items()}},
