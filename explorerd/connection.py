@@ -62,6 +62,9 @@ class HubConnection:
         """
         log.info("client {client} from {peer} exceeded its message budget", client=client.id, peer=client.peer)
         client.hub.close(client, 1008, reason, "message_budget")
+        # Nor what is already read: the rest of this read (up to 64 KiB, some
+        # 2,700 pipelined pings) is Autobahn's buffer, parsed after we return.
+        self.data = b""
         transport = self.transport
         if transport is not None and not transport.disconnecting:
             transport.pauseProducing()
