@@ -11,6 +11,7 @@ connection is gone.
 from types import FunctionType
 
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 log = Logger()
 
@@ -67,8 +68,14 @@ class HubConnection:
         self.data = b""
         transport = self.transport
         if transport is not None and not transport.disconnecting:
-            transport.pauseProducing()
-            transport.loseWriteConnection()
+            # Not under TLS: it has no half-close of its own (the TCP one
+            # would cut it short), and with its reads paused the close
+            # frame did not reach the client.  There the rest of the flood
+            # is read and dropped by Autobahn (we are closing) until the
+            # client closes or the close timeout.
+            if not isinstance(transport, TLSMemoryBIOProtocol):
+                transport.pauseProducing()
+                transport.loseWriteConnection()
 
     def onPong(self, payload):
         client = self._explorer_client

@@ -216,9 +216,27 @@ async def test_wss_from_an_ssl_endpoint_string(start_daemon, tmp_path):
             ws.send('{"action":"ping"}')
             return subscribed, ws.recv(timeout=10)
 
+    def flood():
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect as ws_connect
+
+        context = ssl.create_default_context(cafile=str(pem))
+        with ws_connect(url, ssl=context, compression=None, open_timeout=10, close_timeout=1) as ws:
+            try:
+                for _ in range(200):
+                    ws.send('{"action":"ping"}')
+                while True:
+                    ws.recv(timeout=10)
+            except ConnectionClosed as e:
+                return e.rcvd.code, e.rcvd.reason
+
     subscribed, pong = await in_thread(talk)
     assert subscribed == '{"type":"subscribed","channels":["newBlocks"]}'
     assert pong == '{"type":"pong"}'
+    # Over TLS too a flooder gets its 1008 and its reason.
+    code, reason = await in_thread(flood)
+    assert code == 1008 and reason.startswith("too many messages")
+    daemon.clock.advance(daemon.service.config.shutdown_timeout + 1)
     await eventually(lambda: daemon.hub.connectionCount == 0)
 
 
