@@ -520,11 +520,12 @@ def verdict(r):
     limits = r.get("limits") or {}
     held = slow.get("open_held_max") or {}
     # A silent client must be gone once the pong timeout (plus a sweep) has passed, a keepalive one
-    # (talks, never reads) once a ping round more has; a burst client once the write deadline and
-    # the close timeout have (its keepalive write then fails, ≤ 10 s).
-    bounds = {"silent": limits.get("pong_timeout", 60) + 15,
-              "keepalive": limits.get("pong_timeout", 60) + limits.get("ping_interval", 30) + 15,
-              "burst": limits.get("write_deadline", 10) + limits.get("shutdown_timeout", 5) + 20}
+    # (talks, never reads) once a ping round more has; a burst client (it keeps pinging too) by
+    # whichever comes first: the write deadline and the close timeout once its replays fill the
+    # kernel buffers, or the pong timeout like a keepalive one.
+    talker = limits.get("pong_timeout", 60) + limits.get("ping_interval", 30) + 15
+    bounds = {"silent": limits.get("pong_timeout", 60) + 15, "keepalive": talker,
+              "burst": max(talker, limits.get("write_deadline", 10) + limits.get("shutdown_timeout", 5) + 20)}
     over = {k: held[k] for k in bounds if held.get(k, 0) > bounds[k]}
     late = {k: v for k, v in (slow.get("outcomes") or {}).items() if k.startswith("late_")}
     if late:
