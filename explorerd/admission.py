@@ -17,9 +17,36 @@ from twisted.logger import Logger
 RATE_LIMITED = "too many new connections from your address; try again in a minute"
 
 
+class TokenBucket:
+    """
+    C{rate} tokens a second, held up to C{burst}: the one budget behind the
+    per-IP rate limit and the per-connection message budget.
+    """
+
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, tokens, stamp):
+        self.tokens = tokens
+        self.stamp = stamp
+
+    def level(self, now, rate, burst):
+        """The tokens there are at C{now}."""
+        return min(burst, self.tokens + (now - self.stamp) * rate)
+
+    def take(self, now, rate, burst, cost=1.0):
+        """Take C{cost} tokens if there are that many (True); else take none (False)."""
+        tokens = self.level(now, rate, burst)
+        self.stamp = now
+        if tokens < cost:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - cost
+        return True
+
+
 class RateLimiter:
     """
-    A token bucket per client IP: C{per_minute} new connections a minute,
+    A L{TokenBucket} per client IP: C{per_minute} new connections a minute,
     in bursts of up to C{per_minute}.
 
     Memory stays bounded however many IPs connect: buckets that have
@@ -41,22 +68,20 @@ class RateLimiter:
         if self._burst <= 0:
             return True
         now = self._clock.seconds()
-        entry = self._buckets.pop(ip, None)
-        tokens = self._burst if entry is None else min(self._burst, entry[0] + (now - entry[1]) * self._rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[ip] = (tokens, now)
+        bucket = self._buckets.pop(ip, None)
+        if bucket is None:
+            bucket = TokenBucket(self._burst, now)
+        allowed = bucket.take(now, self._rate, self._burst)
+        self._buckets[ip] = bucket
         self._forget(now)
         return allowed
 
     def exhausted(self, ip):
         """Whether C{allow(ip)} would refuse now; changes nothing."""
-        entry = self._buckets.get(ip)
-        if self._burst <= 0 or entry is None:
+        bucket = self._buckets.get(ip)
+        if self._burst <= 0 or bucket is None:
             return False
-        tokens, stamp = entry
-        return tokens + (self._clock.seconds() - stamp) * self._rate < 1.0
+        return bucket.level(self._clock.seconds(), self._rate, self._burst) < 1.0
 
     def _forget(self, now):
         buckets = self._buckets
@@ -66,8 +91,8 @@ class RateLimiter:
         for _ in range(2):
             if not buckets:
                 break
-            ip, (tokens, stamp) = next(iter(buckets.items()))
-            if tokens + (now - stamp) * self._rate < self._burst:
+            ip, bucket = next(iter(buckets.items()))
+            if bucket.level(now, self._rate, self._burst) < self._burst:
                 break
             del buckets[ip]
 
@@ -126,8 +151,8 @@ class Admission:
 
     log = Logger()
 
-    def __init__(self, hub, config, metrics, clock):
-        self.hub = hub
+    def __init__(self, slots, config, metrics, clock):
+        self.slots = slots
         self.metrics = metrics
         self.origins = OriginPolicy(config.cors_origins)
         self.limiter = RateLimiter(clock, config.rate_limit, config.rate_limit_ips)
@@ -141,14 +166,14 @@ class Admission:
         origin = request.headers.get("origin")
         if not self.origins.allows(origin, request.headers.get("host")):
             self._refuse("origin", ip, f"origin {origin[:200]!r} is not allowed", 403)
-        if self.hub.full():
+        if self.slots.full():
             # Before the rate limit: a refusal for capacity takes no token.
             self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         if not self.limiter.allow(ip):
             self._refuse("rate_limit", ip, RATE_LIMITED, 429)
-        if self.hub.ipFull(ip):
+        if self.slots.ipFull(ip):
             self._refuse("ip_capacity", ip, "too many connections from your address", 429)
-        if not self.hub.reserve(protocol, ip):
+        if not self.slots.reserve(protocol, ip):
             self._refuse("capacity", ip, "server is at its connection limit; try again later", 503)
         return ip
 

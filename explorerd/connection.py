@@ -13,6 +13,8 @@ from types import FunctionType
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from explorerd.admission import TokenBucket
+
 log = Logger()
 
 # Closes Autobahn makes for what the client sent, as counted in explorer_websocket_errors_total.
@@ -22,12 +24,11 @@ _PROTOCOL_ERRORS = {1002: "protocol_error", 1007: "invalid_utf8", 1009: "message
 class HubConnection:
     _explorer_client = None
     _explorer_ip = None
-    _explorer_tokens = None
-    _explorer_stamp = None
+    _explorer_budget = None
 
     def _withinBudget(self, hub, cost=1.0):
         """
-        A token bucket per connection: C{message_rate} messages a second in
+        A L{TokenBucket} per connection: C{message_rate} messages a second in
         bursts of C{message_burst}.  One client flooding us with requests
         costs everyone CPU; past its budget it is closed, with the reason.
         Takes C{cost} tokens if there are that many; else takes none.
@@ -36,16 +37,9 @@ class HubConnection:
         if not rate:
             return True
         now = hub.clock.seconds()
-        if self._explorer_tokens is None:
-            tokens = burst
-        else:
-            tokens = min(burst, self._explorer_tokens + (now - self._explorer_stamp) * rate)
-        self._explorer_stamp = now
-        if tokens < cost:
-            self._explorer_tokens = tokens
-            return False
-        self._explorer_tokens = tokens - cost
-        return True
+        if self._explorer_budget is None:
+            self._explorer_budget = TokenBucket(burst, now)
+        return self._explorer_budget.take(now, rate, burst, cost)
 
     def _budgetText(self):
         return f"the budget is {self.factory.messageRate:g} a second, bursts of {self.factory.messageBurst:g}"
@@ -94,7 +88,18 @@ class HubConnection:
 
     def onClose(self, wasClean, code, reason):
         self._leaveHub(f"connection closed ({'clean' if wasClean else 'not clean'}, code {code}: {reason})")
-        self.factory.hub.release(self)
+        self.factory.hub.slots.release(self)
+
+    def beginClose(self, code, reason):
+        """
+        Start the close handshake with C{code} (any code: Autobahn's
+        C{sendClose} refuses 1001 and 1008); if the peer does not finish it
+        within the shutdown timeout, the hub's sweep aborts the connection.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        if self.state != self.STATE_CLOSED:
+            self.factory.hub.slots.closing(self)
 
     def _leaveHub(self, reason):
         client = self._explorer_client

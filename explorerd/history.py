@@ -20,7 +20,7 @@ the chain (L{BrokenChain}) before any client is sent it.
 
 from collections import OrderedDict, deque
 
-from explorerd.events import InvalidBlock, batch_data, encode, frame, tx_hash_data
+from explorerd.events import InvalidBlock, batch_data, encode, frame, node_block, tx_hash_data, wire_block
 
 # How a client takes a block's transactions.
 PLAIN, HASHES, BATCH, BATCH_HASHES = "plain", "hashes", "batch", "batch_hashes"
@@ -36,6 +36,12 @@ class BrokenChain(InvalidBlock):
 
 
 class Entry:
+    """
+    One published block: its wire-shape data and its frames.  Built by the
+    block's source (L{fromNode}, L{fromWire}), which checks it whole first;
+    the hub and every observer only read it.
+    """
+
     __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "block_frame",
                  "_txs", "_tx_frames", "_groups")
 
@@ -50,6 +56,16 @@ class Entry:
         self._txs = {}
         self._tx_frames = {}
         self._groups = {}
+
+    @classmethod
+    def fromNode(cls, block):
+        """A block as the node gives it (full transactions); L{InvalidBlock} if anything is missing."""
+        return cls(*node_block(block))
+
+    @classmethod
+    def fromWire(cls, data, txs_data):
+        """A block as explorerd publishes it (an edge's input); L{InvalidBlock} if it is not."""
+        return cls(*wire_block(data, txs_data))
 
     def ref(self):
         return {"height": self.height, "hash": self.hash}

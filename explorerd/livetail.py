@@ -1,102 +1,24 @@
 """
-The live-tail: follow one Ethereum JSON-RPC node and feed the hub, in order.
+The live-tail: follow one Ethereum JSON-RPC node and hand its blocks to the
+hub in chain order, never skipping or repeating one.
 
-One C{LoopingCall} on the clock we are given runs L{LiveTail.poll}.  The loop
-body returns the poll's Deferred, so polls never overlap, and a poll never
-fails (a LoopingCall stops for good after one exception): faults are caught,
-counted, logged and retried with backoff.
+One C{LoopingCall} on the clock we are given runs L{LiveTail.poll}; polls
+never overlap and never fail (a LoopingCall stops for good after one
+exception): faults are counted, logged and retried with backoff and jitter.
+A poll asks for the head, checks every new block in full into the
+L{Entry} the hub publishes (L{validate}), and follows parent hashes: a block
+that does not extend the last one published is a reorg, walked back to the
+common ancestor and announced (C{hub.publishReorg}) before the new branch.
+The position is saved (L{TailState}) before a batch reaches any client, so
+a restart republishes nothing a client has, and gives the hub back its
+history (C{hub.remember}) before publishing anything new.
 
-A poll:
-
- 1. asks C{eth_blockNumber} for the node's head;
- 2. if the head is above the last block we published, fetches every height
-    after it (C{eth_getBlockByNumber(n, true)}, batched C{batch_size} at a
-    time) and publishes each in height order with its transactions
-    (C{hub.publishBlock}).  A head jump of k gives all k blocks.  A
-    C{null} block (the node, or one backend behind a load balancer, is not
-    there yet) ends the poll at that height; the next poll tries it again;
- 3. if the head did not move (or went backwards), fetches the header at the
-    head's height and compares its hash with what we published there, so a
-    reorg that keeps the height is seen at once and a load-balanced node
-    that answers from a lagging backend publishes nothing twice.
-
-Reorgs.  Every new block's C{parentHash} must be the hash of the last block
-we published.  When it is not (or the hash check in 3 fails) we fetch the
-node's canonical headers by number, walking down from the divergence, until
-one matches the bounded in-memory chain of the last C{max_reorg_depth + 1}
-blocks we published: that is the common ancestor.  We then call
-C{hub.broadcastReorg(depth, ancestor, removed)} (removed: what we had
-published above the ancestor, ascending) and publish the new canonical
-blocks with their transactions.  A branch that flips back and forth is
-reported every time, because each flip fails the same checks.
-
-A reorg deeper than we remember: we report a reorg that removes every
-block we remember, giving as "common ancestor" the node's canonical block
-just below them (height and hash), and then publish the canonical chain from
-the lowest height we remembered, as if anchoring afresh.  We do not jump to
-the head: the client gets a contiguous new branch.  If that block is the
-parent we recorded for our lowest block, the report is exact (a warning);
-otherwise the reorg went deeper than we can tell and we log an error (a
-client holding a different hash at the ancestor's height can tell too).
-
-Start and restart.  With no saved state the tail anchors at the node's
-current head: it publishes the head block itself, then every block after it.
-With a L{TailState}, it resumes after the saved position; the ordinary
-checks above then notice if the saved hash is no longer canonical (a reorg
-while we were down, reported like any other).  If the node is more than
-C{max_catchup} blocks ahead of what we published -- after a restart or a
-long node outage -- we log a warning and re-anchor at the head instead of
-flooding clients with history; clients see a gap in heights.  This is the
-only case in which heights are skipped.
-
-The state file holds the last C{remember} blocks we published (at least
-C{max_reorg_depth + 1}; the daemon passes the hub's history size), so that a
-restart can give the hub back its history for clients that resume with
-C{since}.  Before the first poll after a restart publishes anything, we
-fetch exactly those blocks from the node by hash (C{eth_getBlockByHash(hash,
-true)}, batched) -- the blocks clients saw, even one that was orphaned while
-we were down -- and hand them to C{hub.remember(block)}, oldest first: they
-go into the history without being sent.  Blocks the node does not have
-(C{null}: pruned below, or an orphan it forgot) end the run we restore (we
-keep the longest run from the oldest block it has; logged), and so do
-answers we cannot use (a JSON-RPC error such as an unsupported method, an
-invalid block): the tail then carries on without that history.  A node that
-cannot be reached fails the poll as usual, and the restore is tried again
-first thing next poll, where it stopped; after three polls in which the node
-answered C{eth_blockNumber} but not the restore (a batch too large for a
-provider, say), we carry on without the rest.  The ordinary checks then run and report any reorg
-that happened while we were down; C{hub.broadcastReorg} rolls the history
-back, so a client still holding an orphan is told which of its blocks are
-gone.  L{LiveTail.whenRestored} fires at the end of that poll: until then a
-resuming client cannot be served right, and the hub should hold resumes.
-Nothing is restored when the node is more than C{max_catchup} blocks ahead
-(we re-anchor anyway).
-
-The position is saved (atomically, see L{TailState}) once per batch of
-blocks, before the batch is handed to the hub (whose writes may reach the
-socket at once): whatever a client received is in the file, so a restart,
-even after SIGKILL, republishes nothing a client already has.  A crash
-between the save and the broadcast leaves blocks in the file that nobody
-got; the restart restores them into the history like the others, so a
-client that resumes gets them.  After a reorg the position is saved once
-the hub has been told.
-
-Faults -- connection refused, timeouts, HTTP errors, malformed JSON, JSON-RPC
-errors, blocks that fail validation -- end the poll where it is.  A block is
-validated in full (every field we publish, every transaction, its number is
-the height we asked for, its hash is a 32-byte hash) before the hub sees it,
-so nothing is ever published partially.  The next poll starts after an
-exponential backoff with jitter (base C{poll_interval}, capped at
-C{max_backoff}, the daemon's C{EXPLORERD_RPC_RETRY}; reset by a good poll);
-a poll due during the backoff is skipped.  Ticks of the LoopingCall are the
-only timers we own.
-
-Everything takes the clock, the RPC client and the hub as arguments; the
-daemon owns the RPC client and closes it after the tail has stopped.
+How the walk handles heads that stall or go back, null blocks, reorgs deeper
+than we remember, re-anchoring, and the restore after a restart:
+C{docs/livetail.md}.
 """
 
 import random
-import re
 import time
 from collections import deque
 from urllib.parse import urlsplit
@@ -109,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from explorerd import events
+from explorerd.history import Entry
+from explorerd.interfaces import IBlockSink
 from explorerd.jsonrpc import (
     RPCError,
     RPCFailure,
@@ -120,8 +44,6 @@ from explorerd.jsonrpc import (
 from explorerd.tailstate import Position
 
 __all__ = ["LiveTail", "TailMetrics", "TailFault", "BadBlock", "validate", "redact"]
-
-_HASH = re.compile(r"^0x[0-9a-f]{64}$")
 
 _GET = "eth_getBlockByNumber"
 _GET_BATCH = "batch[eth_getBlockByNumber]"
@@ -198,25 +120,19 @@ def _kind(failure_value):
 
 def validate(block, height, method=_GET, full=True):
     """
-    Check a block from the node before anything is published; return the
-    hub's view of it (C{events.block_data}).  With C{full}, every
-    transaction is checked too, because the hub writes the block before
-    it frames the transactions.
+    Check a block from the node before anything is published: with C{full},
+    the whole block, every transaction included, checked into the
+    L{Entry} the hub publishes; else a header, checked into its C{newBlock}
+    data (for hash comparisons).  Raises L{BadBlock}.
     """
     try:
-        data = events.block_data(block)
-        if full:
-            for i, tx in enumerate(block["transactions"]):
-                events.tx_data(block, tx, i)
+        checked = Entry.fromNode(block) if full else events.block_data(block)
     except events.InvalidBlock as e:
         raise BadBlock(method, height, str(e)) from None
-    if data["height"] != height:
-        raise BadBlock(method, height, f"the node answered with block number {data['height']}")
-    if not _HASH.match(data["hash"]):
-        raise BadBlock(method, height, f"hash {data['hash']!r:.80} is not a 32-byte hash")
-    if not _HASH.match(data["parent_hash"]):
-        raise BadBlock(method, height, f"parentHash {data['parent_hash']!r:.80} is not a 32-byte hash")
-    return data
+    number = checked.height if full else checked["height"]
+    if number != height:
+        raise BadBlock(method, height, f"the node answered with block number {number}")
+    return checked
 
 
 class TailMetrics:
@@ -263,10 +179,7 @@ class LiveTail(Service):
 
     @param clock: an L{IReactorTime} for the polling loop and the backoff.
     @param rpc: an L{explorerd.jsonrpc.JSONRPCClient} (not closed by us).
-    @param hub: anything with C{publishBlock} (or C{broadcastBlock} and
-        C{broadcastTransactions}) and C{broadcastReorg}; and
-        C{remember(block)}, if it keeps a history that a restart should
-        restore.
+    @param hub: the L{IBlockSink} blocks are handed to (the hub).
     @param state: a L{TailState} to resume from and save to, or C{None}.
     @param remember: how many of the last published blocks the state file
         keeps, and a restart restores into the hub's history (at least
@@ -303,7 +216,7 @@ class LiveTail(Service):
             raise ValueError(f"remember must be >= 1, got {remember!r}")
         self.clock = clock
         self.rpc = rpc
-        self.hub = hub
+        self.hub = IBlockSink(hub)
         self.poll_interval = float(poll_interval)
         self.max_reorg_depth = int(max_reorg_depth)
         self.max_catchup = int(max_catchup)
@@ -346,7 +259,7 @@ class LiveTail(Service):
             self._chain.extend(positions[-n:])
             self._older.extend(positions[:-n])
             self._trimmed = len(positions) >= n
-            if positions and callable(getattr(hub, "remember", None)):
+            if positions:
                 self._restore = list(self._older) + list(self._chain)
                 self._restore_waiters = []
 
@@ -472,7 +385,7 @@ class LiveTail(Service):
     @property
     def node(self):
         """The node's URL without credentials, for logs and /healthz."""
-        return redact(getattr(self.rpc, "url", ""))
+        return redact(self.rpc.url)
 
     def health(self):
         """
@@ -650,11 +563,11 @@ class LiveTail(Service):
                                       "we were down?): the history is restored up to block {last} only",
                                       height=p.height, hash=p.hash, last=p.height - 1)
                         return self._restoreOver()
-                    data = self._validated(block, p.height, method, full=True)
-                    if data["hash"] != p.hash:
+                    entry = self._validated(block, p.height, method, full=True)
+                    if entry.hash != p.hash:
                         self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
-                        raise BadBlock(method, p.height, f"asked for {p.hash}, got {data['hash']}")
-                    self.hub.remember(block)
+                        raise BadBlock(method, p.height, f"asked for {p.hash}, got {entry.hash}")
+                    self.hub.remember(entry)
                     self._restored += 1
                     self._restore_at += 1
             except (RPCError, TailFault, events.InvalidBlock) as e:
@@ -754,18 +667,18 @@ class LiveTail(Service):
                     stop = False
                     break
                 try:
-                    data = self._validated(block, h, method, full=True)
+                    entry = self._validated(block, h, method, full=True)
                 except BadBlock as e:
                     fault = e
                     break
-                if parent is not None and data["parent_hash"] != parent:
+                if parent is not None and entry.parent_hash != parent:
                     self.log.info("block {height} {hash} has parent {parent}, we published {ours}: "
-                                  "reorg", height=h, hash=data["hash"], parent=data["parent_hash"],
+                                  "reorg", height=h, hash=entry.hash, parent=entry.parent_hash,
                                   ours=parent)
                     stop = True
                     break
-                ready.append((block, data))
-                parent = data["hash"]
+                ready.append(entry)
+                parent = entry.hash
             if ready:
                 self._publishAll(ready, method)
             if fault is not None:
@@ -777,18 +690,17 @@ class LiveTail(Service):
 
     def _publishAll(self, ready, method):
         """
-        Publish validated C{(block, data)} in order.  The state file names
+        Publish checked entries in order.  The state file names
         them first: the hub's writes may reach clients before this reactor
         turn ends, and whatever a client got must be in the file (a crash
         in between leaves blocks in the file that nobody got: a restart puts
         them in the history, and resuming clients get them from there).
         """
-        saved = self._saveState(ahead=[Position(d["height"], d["hash"], d["parent_hash"])
-                                       for _, d in ready])
+        saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready])
         published = 0
         try:
-            for block, data in ready:
-                self._publish(block, data, method)
+            for entry in ready:
+                self._publish(entry, method)
                 published += 1
         finally:
             if published < len(ready):
@@ -843,7 +755,7 @@ class LiveTail(Service):
             self._trimmed = False
             self._start_at = lowest
         depth = len(removed)
-        self.hub.broadcastReorg(depth, common,
+        self.hub.publishReorg(depth, common,
                                 [{"height": p.height, "hash": p.hash} for p in removed])
         self.metrics.reorgs.inc()
         self.metrics.reorg_depth.observe(depth)
@@ -896,41 +808,25 @@ class LiveTail(Service):
             self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
             raise
 
-    def _publish(self, block, data, method):
-        """
-        Hand one validated block and its transactions to the hub, then
-        remember it: C{hub.publishBlock} (one write per client) when the hub
-        has it, else C{broadcastBlock} then C{broadcastTransactions}.
-        """
-        txs = block["transactions"]
-        publish = getattr(self.hub, "publishBlock", None)
+    def _publish(self, entry, method):
+        """Hand one checked block to the hub, then remember it."""
         try:
-            if publish is not None:
-                publish(block)
-            else:
-                self.hub.broadcastBlock(block)
+            self.hub.publish(entry)
         except events.InvalidBlock as e:
-            # The hub refused it before writing to anyone.
+            # The hub refused it (it does not link) before writing to anyone.
             self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
-            raise BadBlock(method, data["height"], f"refused by the hub: {e}") from None
-        if publish is None:
-            try:
-                self.hub.broadcastTransactions(block, txs)
-            except Exception:
-                # The block is out; clients have it, so we must remember it.
-                self.log.failure("block {height} {hash} published but its {n} transactions were not",
-                                 height=data["height"], hash=data["hash"], n=len(txs))
+            raise BadBlock(method, entry.height, f"refused by the hub: {e}") from None
         chain = self._chain
         if len(chain) == chain.maxlen:
             self._older.append(chain[0])
             self._trimmed = True
-        chain.append(Position(data["height"], data["hash"], data["parent_hash"]))
+        chain.append(Position(entry.height, entry.hash, entry.parent_hash))
         self._start_at = None
-        self._published_ts = data["timestamp"]
+        self._published_ts = entry.data["timestamp"]
         self._dirty = True
         self.metrics.blocks_published.inc()
-        if txs:
-            self.metrics.transactions_published.inc(len(txs))
+        if entry.tx_count:
+            self.metrics.transactions_published.inc(entry.tx_count)
         self._setPublishedGauges()
 
     async def _call(self, method, fn, *args):

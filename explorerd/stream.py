@@ -47,11 +47,11 @@ cannot pay is not sent.
 
 import json
 import math
-import re
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
+from explorerd import events
 from explorerd.connection import HubConnection, configured_protocol
 from explorerd.hub import CHANNELS, TxOptions
 
@@ -65,7 +65,6 @@ MAX_FILTER_ADDRESSES = 1000
 REPLAY_BYTES_PER_MESSAGE = 64 * 1024
 
 _SHOWN = 5  # unknown channel names echoed back in an error, at most
-_HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 
 
 def _short(value, limit=64):
@@ -80,12 +79,10 @@ def _since(value):
     """A valid C{since} as C{{"height": int, "hash": str}}, or None."""
     if not isinstance(value, dict):
         return None
-    height, block_hash = value.get("height"), value.get("hash")
-    if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+    try:
+        return events.since(value.get("height"), value.get("hash"))
+    except ValueError:
         return None
-    if not isinstance(block_hash, str) or not _HASH.match(block_hash):
-        return None
-    return {"height": height, "hash": block_hash.lower()}
 
 
 def _tx_options(message):
@@ -105,13 +102,10 @@ def _tx_options(message):
                           "addresses")
         addresses = set()
         for a in raw:
-            if not (isinstance(a, str) and len(a) == 42 and a[:2] in ("0x", "0X")):
-                return None, f"filter address {_short(a)!r} is not a 20-byte 0x-hex address"
             try:
-                int(a[2:], 16)
+                addresses.add(events.address(a))
             except ValueError:
                 return None, f"filter address {_short(a)!r} is not a 20-byte 0x-hex address"
-            addresses.add(a.lower())
     return TxOptions(batch=bool(batch), hashes_only=bool(hashes_only), addresses=addresses), None
 
 
@@ -295,8 +289,8 @@ class StreamFactory(WebSocketServerFactory):
 
 def apply_limits(factory, config):
     """The Autobahn options and limits every explorerd WebSocket factory shares."""
-    factory.messageRate = float(getattr(config, "message_rate", 20))
-    factory.messageBurst = float(getattr(config, "message_burst", 60))
+    factory.messageRate = float(config.message_rate)
+    factory.messageBurst = float(config.message_burst)
     factory.setProtocolOptions(
         maxFramePayloadSize=config.max_message_size,
         maxMessagePayloadSize=config.max_message_size,

@@ -72,12 +72,15 @@ from autobahn.twisted.websocket import WampWebSocketServerFactory, WampWebSocket
 from autobahn.wamp import message
 from autobahn.wamp.exception import ApplicationError, ProtocolError
 from autobahn.wamp.role import RoleBrokerFeatures, RoleDealerFeatures
-from autobahn.websocket.protocol import PreparedMessage
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.application.service import Service
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from explorerd import events
 from explorerd.connection import HubConnection
+from explorerd.events import frame
+from explorerd.interfaces import IPublicationObserver
 from explorerd.metrics import LATENCY_BUCKETS
 from explorerd.stream import apply_limits
 
@@ -104,37 +107,31 @@ log = Logger()
 
 def serializers():
     """
-    The wire formats we speak: JSON, MessagePack and CBOR (when their
-    libraries, C{msgpack} and C{cbor2}, are installed), each plain and batched.
+    The wire formats we speak: JSON, MessagePack and CBOR (C{msgpack} and
+    C{cbor2} are dependencies), each plain and batched.
     """
-    from autobahn.wamp import serializer
+    from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 
-    classes = [getattr(serializer, name, None) for name in ("JsonSerializer", "MsgPackSerializer", "CBORSerializer")]
-    return [cls(batched=batched) for batched in (False, True) for cls in classes if cls is not None]
-
-
-def frame(payload, binary):
-    """One unmasked, uncompressed WebSocket message holding C{payload}."""
-    return PreparedMessage(payload, binary, False, True).payloadHybi
+    classes = (JsonSerializer, MsgPackSerializer, CBORSerializer)
+    return [cls(batched=batched) for batched in (False, True) for cls in classes]
 
 
 # ---------------------------------------------------------------------------
 # Procedures, shared by the embedded broker and the router publisher.
 
 def _since(height, block_hash):
-    """The raw protocol's rules for a block a client holds: (height, lowercase hash)."""
-    if not isinstance(height, int) or isinstance(height, bool) or height < 0:
-        raise ApplicationError(ApplicationError.INVALID_ARGUMENT,
-                               "height must be a block number (an integer >= 0)")
-    if not isinstance(block_hash, str) or len(block_hash) != 66 or not block_hash.startswith("0x"):
-        raise ApplicationError(ApplicationError.INVALID_ARGUMENT,
-                               'hash must be "0x" followed by 64 hex digits')
+    """The raw protocol's rules for a block a client holds."""
     try:
-        int(block_hash[2:], 16)
-    except ValueError:
-        raise ApplicationError(ApplicationError.INVALID_ARGUMENT,
-                               'hash must be "0x" followed by 64 hex digits') from None
-    return height, block_hash.lower()
+        return events.since(height, block_hash)
+    except ValueError as e:
+        raise ApplicationError(ApplicationError.INVALID_ARGUMENT, str(e)) from None
+
+
+def publications(entry):
+    """C{(topic, items)} for a published block, in order: one publication per item."""
+    yield BLOCK, (entry.data,)
+    if entry.tx_count:
+        yield TX, entry.txs_data
 
 
 class Procedures:
@@ -169,7 +166,8 @@ class Procedures:
         return None if newest is None else newest.data
 
     def blocks_since(self, height, block_hash, limit=None):
-        height, block_hash = _since(height, block_hash)
+        since = _since(height, block_hash)
+        height, block_hash = since["height"], since["hash"]
         if limit is None:
             limit = MAX_BLOCKS_SINCE
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_BLOCKS_SINCE:
@@ -184,20 +182,10 @@ class Procedures:
                 f"cannot resume after block {height} {block_hash}: it is older than the history kept, "
                 "or not a block this server published",
                 oldest_height=None if oldest is None else oldest.height)
-        if isinstance(ancestor, dict):
-            ancestor_height, ancestor_hash = ancestor["height"], ancestor["hash"]
-        else:  # a history that answers with the height alone
-            ancestor_height = ancestor
-            found = [e.hash for e in history.after(ancestor - 1) if e.height == ancestor]
-            ancestor_hash = found[0] if found else None
-        entries = history.after(ancestor_height)
+        entries = history.after(ancestor["height"])
         reorg = None
         if removed:
-            reorg = {
-                "depth": len(removed),
-                "common_ancestor": {"height": ancestor_height, "hash": ancestor_hash},
-                "removed": removed,
-            }
+            reorg = {"depth": len(removed), "common_ancestor": ancestor, "removed": removed}
         return {"reorg": reorg, "blocks": [{"block": e.data, "txs": e.txs_data} for e in entries[:limit]],
                 "more": len(entries) > limit}
 
@@ -261,12 +249,11 @@ class WampMetrics:
             ["topic"], buckets=LATENCY_BUCKETS, registry=r)
 
 
+@implementer(IPublicationObserver)
 class Broker(Service):
     """
-    The realm: sessions, subscriptions and the fan-out of hub events.
-
-    It observes the hub (C{("block", ...)}, C{("transactions", ...)},
-    C{("reorg", ...)}) and publishes each event to its topic.
+    The realm: sessions, subscriptions and the fan-out of what the hub
+    publishes, each block and reorg to its topic.
     """
 
     name = "wamp"
@@ -285,7 +272,7 @@ class Broker(Service):
         self._by_topic = {topic: [] for topic in TOPICS}
         self._ids = itertools.count(1)
         self._held = 0
-        hub.addObserver(self._observe)
+        hub.addObserver(self)
 
     @property
     def sessionCount(self):
@@ -345,13 +332,12 @@ class Broker(Service):
 
     # Events.
 
-    def _observe(self, kind, data):
-        if kind == "block":
-            self.publish(BLOCK, (data,))
-        elif kind == "transactions":
-            self.publish(TX, data[1])
-        elif kind == "reorg":
-            self.publish(REORG, (data,))
+    def published(self, entry):
+        for topic, items in publications(entry):
+            self.publish(topic, items)
+
+    def reorganized(self, reorg):
+        self.publish(REORG, (reorg,))
 
     def publish(self, topic, items):
         """
@@ -364,39 +350,31 @@ class Broker(Service):
         start = time.perf_counter()
         count = len(items)
         kind = _EVENT_KIND[topic]
-        publications = [util.id() for _ in items]
-        hub = self.hub
-        # hub.fanout(clients, payload, counts): one shared payload to many
-        # clients with one metrics update; else one hub.deliver per client.
-        fanout = getattr(hub, "fanout", None)
+        ids = [util.id() for _ in items]
+        fanout = self.hub.fanout
         counts = ((kind, count),)
         recipients = 0
         for sub in tuple(subs):
             detail = None if sub.match == "exact" else topic
-            events = [message.Event(sub.id, pub, args=[item], topic=detail)
-                      for pub, item in zip(publications, items)]
+            messages = [message.Event(sub.id, pub, args=[item], topic=detail)
+                        for pub, item in zip(ids, items)]
             for serializer_id, group in tuple(sub.groups.items()):
-                payload = self._encode(events, serializer_id)
+                payload = self._encode(messages, serializer_id)
                 recipients += len(group)
-                if fanout is not None:
-                    fanout(group, payload, counts)
-                    continue
-                # A snapshot: delivering may close a slow client, which edits the group.
-                for client in tuple(group):
-                    hub.deliver(client, payload, count, kind)
+                fanout(group, payload, counts)
         self.metrics.events.labels(topic).inc(recipients * count)
         self.metrics.broadcast_latency.labels(topic).observe(time.perf_counter() - start)
         return recipients
 
-    def _encode(self, events, serializer_id):
+    def _encode(self, messages, serializer_id):
         objser, binary, batched = self._objsers[serializer_id]
-        self.metrics.encodings.labels(serializer_id).inc(len(events))
+        self.metrics.encodings.labels(serializer_id).inc(len(messages))
         if batched:
             # One WebSocket message holding the whole batch.
-            return frame(b"".join(e.serialize(objser) for e in events), binary)
-        if len(events) == 1:
-            return frame(events[0].serialize(objser), binary)
-        return b"".join(frame(e.serialize(objser), binary) for e in events)
+            return frame(b"".join(m.serialize(objser) for m in messages), binary)
+        if len(messages) == 1:
+            return frame(messages[0].serialize(objser), binary)
+        return b"".join(frame(m.serialize(objser), binary) for m in messages)
 
     # Service.
 
@@ -649,8 +627,8 @@ class WampProtocol(HubConnection, WampWebSocketServerProtocol):
         client = self._explorer_client
         if client is not None and client.hub is not None:
             client.hub.close(client, code, reason)
-        elif self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        else:
+            self.beginClose(code, reason)
 
     def isOpen(self):
         return self._session is not None

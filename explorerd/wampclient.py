@@ -56,7 +56,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd import events
-from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, PROCEDURES, REORG, TX, Procedures
+from explorerd.history import Entry
+from explorerd.interfaces import IBlockSink, IPublicationObserver
+from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, PROCEDURES, REORG, TX, Procedures, publications
 
 log = Logger()
 
@@ -338,8 +340,9 @@ class PublisherMetrics:
             ["topic"], registry=r)
 
 
+@implementer(IPublicationObserver)
 class RouterPublisher(Service):
-    """Publishes every hub event to the router; registers the history procedures there."""
+    """Publishes everything the hub publishes to the router; registers the history procedures there."""
 
     name = "wamp-router"
 
@@ -350,7 +353,7 @@ class RouterPublisher(Service):
         self.link = RouterLink(reactor, config, self._joined, self._left, registry, clock=clock)
         self._session = None
         self._flow = _Flow()
-        hub.addObserver(self._observe)
+        hub.addObserver(self)
 
     def health(self):
         return self.link.health()
@@ -372,9 +375,8 @@ class RouterPublisher(Service):
         transport = session._transport.transport
         # Twisted pauses a producer at 64 KiB unsent, less than one busy
         # block's transactions: allow a few blocks in flight, drop past that.
-        transport.bufferSize = max(getattr(transport, "bufferSize", 0), _SEND_BUFFER)
-        if getattr(transport, "producer", None) is None:
-            transport.registerProducer(self._flow, True)
+        transport.bufferSize = _SEND_BUFFER
+        transport.registerProducer(self._flow, True)
         self._session = session
 
     def _left(self):
@@ -383,15 +385,14 @@ class RouterPublisher(Service):
     def _answer(self, procedure, *args, **kwargs):
         return self.procedures.call(procedure, args, kwargs)
 
-    def _observe(self, kind, data):
-        if kind == "block":
-            topic, items = BLOCK, (data,)
-        elif kind == "transactions":
-            topic, items = TX, data[1]
-        elif kind == "reorg":
-            topic, items = REORG, (data,)
-        else:
-            return
+    def published(self, entry):
+        for topic, items in publications(entry):
+            self._publish(topic, items)
+
+    def reorganized(self, reorg):
+        self._publish(REORG, (reorg,))
+
+    def _publish(self, topic, items):
         session = self._session
         if session is None or self._flow.paused or not session.is_attached():
             self.metrics.dropped.labels(topic).inc(len(items))
@@ -411,49 +412,6 @@ class RouterPublisher(Service):
 
 # ---------------------------------------------------------------------------
 # The edge's side: feed the hub from the router.
-
-def rpc_shape(block_data, txs_data):
-    """
-    The JSON-RPC shape of a block we published as C{block_data} with
-    C{txs_data}, so that C{hub.broadcastBlock} can publish it again (and
-    validate it, as it does every block).  Raises L{events.InvalidBlock}.
-    """
-    try:
-        if len(txs_data) != block_data["tx_count"]:
-            raise events.InvalidBlock(f"block {block_data['height']} says {block_data['tx_count']} "
-                                      f"transactions, {len(txs_data)} came")
-        txs = []
-        for tx in txs_data:
-            if tx["block_hash"] != block_data["hash"] or tx["block_height"] != block_data["height"]:
-                raise events.InvalidBlock(f"transaction {tx['hash']} is not from block {block_data['hash']}")
-            value = tx["value_wei"]
-            txs.append({"hash": tx["hash"], "from": tx["from_addr"], "to": tx["to_addr"],
-                        "value": int(value) if isinstance(value, str) and value.isdigit() else value,
-                        "transactionIndex": tx["tx_index"]})
-        return {"number": block_data["height"], "hash": block_data["hash"],
-                "parentHash": block_data["parent_hash"], "timestamp": block_data["timestamp"],
-                "miner": block_data["miner"], "gasUsed": block_data["gas_used"], "transactions": txs}
-    except (KeyError, TypeError, AttributeError) as e:
-        raise events.InvalidBlock(f"not a block as explorerd publishes it: {e!r:.80}") from None
-
-
-def publish_data(hub, block_data, txs_data):
-    """
-    Publish a block that arrived already converted (the C{data} dicts clients
-    get) through the hub: its raw and WAMP clients, its history.  The data is
-    checked and normalized by the same code as a node's blocks first, so an
-    edge publishes exactly what the tail did, or nothing
-    (L{events.InvalidBlock}).
-    """
-    block = rpc_shape(block_data, txs_data)
-    data = events.block_data(block)
-    txs = [events.tx_data(block, tx, i) for i, tx in enumerate(block["transactions"])]
-    publish = getattr(hub, "publishData", None)
-    if publish is not None:
-        return publish(data, txs)
-    hub.broadcastBlock(block)
-    return hub.broadcastTransactions(block, block["transactions"])
-
 
 class EdgeMetrics:
     def __init__(self, registry):
@@ -477,7 +435,7 @@ class EdgeSource(Service):
     BACKLOG = 100_000
 
     def __init__(self, reactor, hub, config, registry, clock=None):
-        self.hub = hub
+        self.hub = IBlockSink(hub)
         self.metrics = EdgeMetrics(registry)
         self.link = RouterLink(reactor, config, self._joined, self._left, registry, clock=clock)
         self._session = None
@@ -582,7 +540,7 @@ class EdgeSource(Service):
 
     def _publish(self, block, txs):
         try:
-            publish_data(self.hub, block, txs)
+            self.hub.publish(Entry.fromWire(block, txs))
         except events.InvalidBlock as e:
             self.metrics.discarded.labels("invalid").inc()
             log.warn("edge: discarded an invalid block from the router: {error}", error=str(e))
@@ -611,7 +569,7 @@ class EdgeSource(Service):
     def _rollback(self, ancestor):
         removed = [e.ref() for e in self.hub.history.after(ancestor.height)]
         if removed:
-            self.hub.broadcastReorg(len(removed), ancestor.ref(), removed)
+            self.hub.publishReorg(len(removed), ancestor.ref(), removed)
             self.metrics.reorgs.inc()
 
     def _resync(self, why):
@@ -649,7 +607,7 @@ class EdgeSource(Service):
                  more=", asking for more" if self._more else "")
 
     def _notCaughtUp(self, failure):
-        error = getattr(failure.value, "error", None) or repr(failure.value)
+        error = failure.value.error if failure.check(ApplicationError) else repr(failure.value)
         if error == HISTORY_UNAVAILABLE:
             # The tail's history does not reach back to us: a gap it is.
             self.metrics.resyncs.labels("unavailable").inc()

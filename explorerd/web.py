@@ -65,7 +65,7 @@ class Channel(http.HTTPChannel):
         peer = getattr(self.transport.getPeer(), "host", "")
         if self.site.admission is not None and not self.site.trusted_proxies:
             self._explorer_ip = peer
-        verdict = self.site.hub.admitPending(self, peer)
+        verdict = self.site.slots.admitPending(self, peer)
         if verdict is None:
             self._explorer_pending = True
         elif verdict == "drop":
@@ -87,7 +87,7 @@ class Channel(http.HTTPChannel):
                 refusal = self.site.admission.refuseEarly(self._explorer_ip)
         if not refusal:
             return super().allContentReceived()
-        self.site.hub.unlinger(self)
+        self.site.slots.unlinger(self)
         code, reason, *message = refusal
         body = (message[0] + "\n").encode("utf-8") if message else b""
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -105,30 +105,30 @@ class Channel(http.HTTPChannel):
         # Idle for the handshake timeout before its request was in: the same
         # slowloris the hub's sweep drops, counted the same way.
         if self._explorer_pending:
-            self.site.hub.metrics.errors.labels("handshake_timeout").inc()
+            self.site.slots.metrics.errors.labels("handshake_timeout").inc()
             self._explorerDone()  # counted once: the sweep no longer sees it
         super().timeoutConnection()
 
     def connectionLost(self, reason):
         self._explorerDone()
         if self._explorer_refusal is not None:
-            self.site.hub.unlinger(self)
+            self.site.slots.unlinger(self)
         super().connectionLost(reason)
 
     def _explorerDone(self):
         if self._explorer_pending:
             self._explorer_pending = False
-            self.site.hub.unpend(self)
+            self.site.slots.unpend(self)
 
 
 class Site(server.Site):
     protocol = Channel
 
-    def __init__(self, resource, config, hub, admission=None):
+    def __init__(self, resource, config, slots, admission=None):
         super().__init__(resource, timeout=config.handshake_timeout)
-        self.hub = hub
+        self.slots = slots
         self.admission = admission
-        self.trusted_proxies = getattr(config, "trusted_proxies", 0)
+        self.trusted_proxies = config.trusted_proxies
         self.displayTracebacks = False
 
 

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 
 from tests.clients import connect
+from tests.observers import recorder
 from tests.conftest import eventually
 from tests.crossbar.router import Crossbar, free_port, install, prepare_cbdir
 from tests.wamp.harness import node_client, python_client, python_leave
@@ -69,21 +70,6 @@ async def mine(daemon, n):
     for _ in range(n):
         node.mine()
         assert await tail.poll(), "the tail's poll failed"
-
-
-def recorder(hub):
-    seen = []
-
-    def observe(kind, data):
-        if kind == "block":
-            seen.append(("explorer.block", data))
-        elif kind == "transactions":
-            seen.extend(("explorer.tx", tx) for tx in data[1])
-        elif kind == "reorg":
-            seen.append(("explorer.reorg", data))
-
-    hub.addObserver(observe)
-    return seen
 
 
 @pytest_twisted.ensureDeferred

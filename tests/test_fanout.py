@@ -8,6 +8,7 @@ import weakref
 import pytest_twisted
 from twisted.internet import defer
 
+from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect, connect_many, drain, in_thread
 from tests.conftest import eventually
@@ -29,8 +30,7 @@ def summary(messages):
 
 def broadcast(hub, blocks):
     for block in blocks:
-        hub.broadcastBlock(block)
-        hub.broadcastTransactions(block, block["transactions"])
+        hub.publish(Entry.fromNode(block))
 
 
 def websockets_subscriber(url, channels):
@@ -197,7 +197,7 @@ async def test_a_client_that_talks_but_stopped_reading_is_dropped_by_the_pong_ti
         stalled.sendPong(b"\0" * 8)
         stalled.send_json({"action": "ping"})
         daemon.clock.advance(30)
-        hub.broadcastBlock(block)
+        hub.publish(Entry.fromNode(block))
         await drain(lively)
         if t < 3:
             assert hub.clientCount == 2, f"round {t}: not yet past the pong timeout"
@@ -263,7 +263,7 @@ async def test_no_garbage_collection_runs_while_a_block_goes_out(start_daemon):
     gc.callbacks.append(watch)
     try:
         gc.set_threshold(1)  # collect at every chance
-        hub.publishBlock(mainnet_run()[0])
+        hub.publish(Entry.fromNode(mainnet_run()[0]))
         assert writes and not any(writes), "the collector was on during the fan-out"
         during = [n for n in collections if 0 < n < len(writes)]
         assert during == [], "a collection ran between writes"
@@ -292,7 +292,7 @@ async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
         if round_ == 0:
             await drain(clients[0])
             refs = [weakref.ref(c) for c in hub._clients.values()]
-            refs += [weakref.ref(p) for p in hub._protocols]
+            refs += [weakref.ref(p) for p in hub.slots.protocols]
         broadcast(hub, [block])
         # half close cleanly, half just drop the TCP connection
         for i, c in enumerate(clients):
@@ -303,7 +303,7 @@ async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
         await eventually(lambda: hub.connectionCount == 0, what="every connection released")
     assert hub.clientCount == 0
     assert all(not subs for subs in hub._subscribers.values())
-    assert hub._paused == {} and hub._closing == {} and hub._queued_total == 0
+    assert hub._paused == {} and hub.slots.count == 0 and hub._queued_total == 0
     assert hub.metrics.connections._value.get() == 0
     del clients, c
     gc.collect()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain, in_thread
 from tests.conftest import eventually
+from explorerd.history import Entry
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -81,7 +82,7 @@ async def test_fuzzed_messages_get_answers_and_never_cost_the_connection(start_d
                 if len(published) < 6:
                     height = 1000 + len(published)
                     published.append(height)
-                    reactor.callFromThread(daemon.hub.publishBlock, dict(block, number=hex(height)))
+                    reactor.callFromThread(daemon.hub.publish, Entry.fromNode(dict(block, number=hex(height))))
 
             one()
 
@@ -166,7 +167,7 @@ async def test_a_flood_of_requests_ends_that_client_only(start_daemon):
     assert code == 1008 and reason.startswith("too many messages")
     assert [m["type"] for m in flooder.received[30:]] == ["pong"] * 10
     assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
-    daemon.hub.publishBlock(mainnet_run()[0])
+    daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
     assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
     await bystander.close()
 
@@ -182,7 +183,7 @@ async def test_a_closed_flooder_is_not_read_any_more(start_daemon):
     bystander = await connect(daemon.url)
     await bystander.request({"action": "subscribe", "channels": ["newBlocks"]})
     flooder = await connect(daemon.url)
-    server_side = next(p for p in daemon.hub._protocols if p.transport.getPeer().port
+    server_side = next(p for p in daemon.hub.slots.protocols if p.transport.getPeer().port
                        == flooder.transport.getHost().port)
     for _ in range(5000):
         flooder.send_json({"action": "ping"})
@@ -192,6 +193,6 @@ async def test_a_closed_flooder_is_not_read_any_more(start_daemon):
     daemon.clock.advance(6)
     code, reason = await flooder.closed
     assert code == 1008 and reason.startswith("too many messages")
-    daemon.hub.publishBlock(mainnet_run()[0])
+    daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
     assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
     await bystander.close()

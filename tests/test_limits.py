@@ -55,7 +55,7 @@ async def test_a_storm_past_the_rate_limit_is_refused_before_any_websocket_is_bu
     for factory in (daemon.service.streamFactory, daemon.service.wampFactory):
         original = factory.buildProtocol
         factory.buildProtocol = lambda addr, original=original: built.append(addr) or original(addr)
-    port = daemon.service.listener.port.getHost().port
+    port = daemon.service.address.port
     answers = [await in_thread(raw_upgrade, port) for _ in range(3)]
     assert [status for status, _ in answers] == ["HTTP/1.1 101 Switching Protocols"] * 2 + [
         "HTTP/1.1 429 Too Many Requests"]

@@ -29,8 +29,12 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from explorerd import events
+from explorerd.history import History
+from explorerd.interfaces import IBlockSink
 from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail, redact
 from explorerd.tailstate import Position, TailState
@@ -291,28 +295,29 @@ class FakeNode(Resource):
         return {"jsonrpc": "2.0", "id": req["id"], "result": result}
 
 
+@implementer(IBlockSink)
 class RecordingHub:
-    """The hub's broadcast API, validating like the real one, recording what it was given."""
+    """An L{IBlockSink} that records what the tail handed it, and can refuse a height as the hub would."""
 
     def __init__(self):
         self.events = []
         self.refuse = set()
+        self.remembered = []
+        self.history = History(256)
 
-    def broadcastBlock(self, block):
-        data = events.block_data(block)
-        if data["height"] in self.refuse:
-            raise events.InvalidBlock(f"refusing block {data['height']} for the test")
-        self.events.append(("block", data["height"], data["hash"]))
+    def publish(self, entry):
+        if entry.height in self.refuse:
+            raise events.InvalidBlock(f"refusing block {entry.height} for the test")
+        self.events.append(("block", entry.height, entry.hash))
+        self.events.append(("txs", entry.hash, [tx["hash"] for tx in entry.txs_data]))
         return 1
 
-    def broadcastTransactions(self, block, txs):
-        datas = [events.tx_data(block, tx, i) for i, tx in enumerate(txs)]
-        self.events.append(("txs", block["hash"], [d["hash"] for d in datas]))
+    def publishReorg(self, depth, ancestor, removed):
+        self.events.append(("reorg", depth, dict(ancestor), [dict(r) for r in removed]))
         return 1
 
-    def broadcastReorg(self, depth, common_ancestor, removed):
-        self.events.append(("reorg", depth, dict(common_ancestor), [dict(r) for r in removed]))
-        return 1
+    def remember(self, entry):
+        self.remembered.append((entry.height, entry.hash))
 
     def take(self):
         taken, self.events = self.events, []
@@ -864,13 +869,10 @@ async def test_resume_too_far_behind_re_anchors_at_the_head_with_a_warning(env, 
 
 
 class RememberingHub(RecordingHub):
-    """A hub with a history: C{remember(block)} records what a restart gives back."""
+    """Records what a restart gives back (C{remember}) in line with what it publishes."""
 
-    def remember(self, block):
-        data = events.block_data(block)
-        for i, tx in enumerate(block["transactions"]):
-            events.tx_data(block, tx, i)
-        self.events.append(("remember", data["height"], data["hash"]))
+    def remember(self, entry):
+        self.events.append(("remember", entry.height, entry.hash))
 
 
 def remembered_of(recorded):
@@ -1063,10 +1065,10 @@ class FileCheckingHub(RecordingHub):
         super().__init__()
         self.path = path
 
-    def broadcastBlock(self, block):
+    def publish(self, entry):
         saved = {(p["height"], p["hash"]) for p in json.loads(self.path.read_text())["chain"]}
-        assert (int(block["number"], 16), block["hash"]) in saved, "published before it was saved"
-        return super().broadcastBlock(block)
+        assert (entry.height, entry.hash) in saved, "published before it was saved"
+        return super().publish(entry)
 
 
 @pytest_twisted.ensureDeferred

@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 
 from explorerd.events import InvalidBlock
+from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect
 
@@ -89,7 +90,7 @@ async def test_valid_channels_beside_an_unknown_one_are_applied(start_daemon):
     assert error["type"] == "error" and error["error"]["code"] == "unknown_channel"
     assert "bogus" in error["error"]["message"]
     assert await client.next() == {"type": "subscribed", "channels": ["newBlocks"]}
-    daemon.hub.broadcastBlock(mainnet_run()[0])
+    daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
     assert (await client.next())["type"] == "newBlock"
     await client.close()
 
@@ -109,8 +110,7 @@ async def test_block_and_transaction_fields(start_daemon):
     daemon = await start_daemon()
     client = await subscribed_client(daemon, ["newBlocks", "newTxs"])
     block = mainnet_run()[0]
-    daemon.hub.broadcastBlock(block)
-    daemon.hub.broadcastTransactions(block, block["transactions"])
+    daemon.hub.publish(Entry.fromNode(block))
 
     message = await client.next()
     assert message == {"type": "newBlock", "data": {
@@ -148,7 +148,7 @@ async def test_wei_beyond_2_to_the_53_is_exact(start_daemon):
     tx = block["transactions"][0]
     tx["value"] = hex(123456789012345678901234567890)
     tx["from"] = tx["from"].upper().replace("0X", "0x")
-    daemon.hub.broadcastTransactions(block, [tx])
+    daemon.hub.publish(Entry.fromNode(block))
     data = (await client.next())["data"]
     assert data["value_wei"] == "123456789012345678901234567890"
     assert data["from_addr"] == tx["from"].lower()
@@ -164,8 +164,7 @@ async def test_each_client_gets_only_its_channels_in_order(start_daemon):
     nothing = await connect(daemon.url)
     run = mainnet_run()[:4]
     for block in run:
-        daemon.hub.broadcastBlock(block)
-        daemon.hub.broadcastTransactions(block, block["transactions"])
+        daemon.hub.publish(Entry.fromNode(block))
     for block in run:
         got = await blocks_only.next()
         assert (got["type"], got["data"]["hash"]) == ("newBlock", block["hash"])
@@ -189,8 +188,7 @@ async def test_unsubscribed_channel_stops_arriving(start_daemon):
     client = await subscribed_client(daemon, ["newBlocks", "newTxs"])
     await client.request({"action": "unsubscribe", "channels": ["newTxs"]})
     block = mainnet_run()[2]
-    daemon.hub.broadcastBlock(block)
-    daemon.hub.broadcastTransactions(block, block["transactions"])
+    daemon.hub.publish(Entry.fromNode(block))
     assert (await client.next())["type"] == "newBlock"
     assert await client.request({"action": "ping"}) == {"type": "pong"}
     await client.close()
@@ -204,13 +202,13 @@ async def test_a_block_missing_a_field_reaches_nobody(start_daemon):
     broken = copy.deepcopy(good)
     del broken["miner"]
     with pytest.raises(InvalidBlock, match="miner"):
-        daemon.hub.broadcastBlock(broken)
+        daemon.hub.publish(Entry.fromNode(broken))
     broken_txs = copy.deepcopy(good["transactions"][:3])
     broken_txs[2]["value"] = "lots"
     with pytest.raises(InvalidBlock, match="value"):
-        daemon.hub.broadcastTransactions(good, broken_txs)
+        daemon.hub.publish(Entry.fromNode(dict(good, transactions=broken_txs)))
     with pytest.raises(InvalidBlock, match="full transactions"):
-        daemon.hub.broadcastTransactions(good, [tx["hash"] for tx in good["transactions"][:2]])
+        daemon.hub.publish(Entry.fromNode(dict(good, transactions=[tx["hash"] for tx in good["transactions"][:2]])))
     assert await client.request({"action": "ping"}) == {"type": "pong"}
     assert client.received[1:] == [{"type": "pong"}]
     await client.close()

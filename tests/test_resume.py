@@ -27,6 +27,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from explorerd.history import Entry
 from explorerd.replaynode import ReplayNode
 from tests.clients import connect, drain
 from tests.conftest import eventually
@@ -82,16 +83,12 @@ class Chain:
         self.node.reorg(depth)
         self._blocks.clear()
         ancestor = ref(self.block(head - depth))
-        self.hub.broadcastReorg(depth, ancestor, removed)
+        self.hub.publishReorg(depth, ancestor, removed)
         return ancestor, removed
 
 
 def publish(hub, block):
-    if hasattr(hub, "publishBlock"):
-        hub.publishBlock(block)
-    else:
-        hub.broadcastBlock(block)
-        hub.broadcastTransactions(block, block["transactions"])
+    hub.publish(Entry.fromNode(block))
 
 
 def ref(block):
@@ -298,7 +295,7 @@ async def test_a_since_whose_height_contradicts_its_hash_gets_history_unavailabl
 
 @pytest_twisted.ensureDeferred
 async def test_a_block_that_does_not_link_to_the_newest_reaches_nobody(start_daemon):
-    from explorerd.history import BrokenChain
+    from explorerd.history import BrokenChain, Entry
 
     daemon = await start_daemon()
     chain = Chain(daemon.hub, 4)
@@ -307,7 +304,7 @@ async def test_a_block_that_does_not_link_to_the_newest_reaches_nobody(start_dae
     await subscribed(client, replayed=0)
     stranger = dict(chain.block(4), parentHash="0x" + "cd" * 32)
     with pytest.raises(BrokenChain, match="roll back"):
-        daemon.hub.publishBlock(stranger)
+        daemon.hub.publish(Entry.fromNode(stranger))
     assert await drain(client) == []
     assert daemon.hub.history.newest.height == 3
     chain.publish(4)

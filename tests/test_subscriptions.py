@@ -2,6 +2,7 @@
 
 import pytest_twisted
 
+from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain
 
@@ -29,7 +30,7 @@ async def test_batch_mode_gets_one_frame_per_block(start_daemon):
     assert answer == {"type": "subscribed", "channels": ["newTxs"], "batch": True}
     run = mainnet_run()[:3]
     for block in run:
-        daemon.hub.publishBlock(block)
+        daemon.hub.publish(Entry.fromNode(block))
     got = await drain(client)
     assert [m["type"] for m in got] == ["newTxs"] * 3
     for message, block in zip(got, run):
@@ -46,7 +47,7 @@ async def test_hashes_only_per_tx_and_in_batches(start_daemon):
     batched, answer = await subscriber(daemon, channels=["newTxs", "newBlocks"], batch=True, hashes_only=True)
     assert answer["batch"] is True and answer["hashes_only"] is True
     block = mainnet_run()[1]
-    daemon.hub.publishBlock(block)
+    daemon.hub.publish(Entry.fromNode(block))
     got = await drain(plain)
     assert [m["data"] for m in got] == [
         {"hash": tx["hash"], "block_height": int(block["number"], 16), "block_hash": block["hash"],
@@ -81,7 +82,7 @@ async def test_address_filter_delivers_only_matching_transactions(start_daemon):
     nobody, _ = await subscriber(daemon, channels=["newTxs"],
                                  filter={"addresses": ["0x" + "ab" * 20]})
     for block in run:
-        daemon.hub.publishBlock(block)
+        daemon.hub.publish(Entry.fromNode(block))
 
     expected = [tx_view(tx, block) for block in run for tx in block["transactions"]
                 if tx["from"].lower() in watched or (tx["to"] or "").lower() in watched]
@@ -132,7 +133,7 @@ async def test_subscribing_again_replaces_the_options(start_daemon):
     answer = await client.request({"action": "subscribe", "channels": ["newTxs"]})
     assert answer == {"type": "subscribed", "channels": ["newTxs"]}
     block = mainnet_run()[2]
-    daemon.hub.publishBlock(block)
+    daemon.hub.publish(Entry.fromNode(block))
     got = await drain(client)
     assert [m["type"] for m in got] == ["newTx"] * len(block["transactions"])
     assert daemon.hub._by_address == {}
@@ -146,7 +147,7 @@ async def test_publish_block_sends_each_client_its_block_then_its_transactions(s
     blocks_only, _ = await subscriber(daemon, channels=["newBlocks"])
     run = mainnet_run()[:2]
     for block in run:
-        daemon.hub.publishBlock(block)
+        daemon.hub.publish(Entry.fromNode(block))
     got = await drain(both)
     expected = []
     for block in run:
@@ -166,7 +167,7 @@ async def test_resume_respects_batch_and_filter(start_daemon):
     daemon = await start_daemon()
     run = mainnet_run()[:4]
     for block in run:
-        daemon.hub.publishBlock(block)
+        daemon.hub.publish(Entry.fromNode(block))
     since = {"height": int(run[0]["number"], 16), "hash": run[0]["hash"]}
     target = run[2]["transactions"][0]["from"].lower()
     client = await connect(daemon.url)

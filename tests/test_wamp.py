@@ -16,10 +16,12 @@ from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSeri
 from autobahn.wamp.types import SubscribeOptions
 from twisted.internet import defer
 
+from explorerd.history import Entry
 from explorerd.config import Config, ConfigError
 from tests.chaindata import mainnet_run
 from tests.clients import connect, handshake_status, in_thread
 from tests.conftest import eventually
+from tests.observers import recorder
 from tests.test_fanout import constrain
 from tests.wamp.harness import node_client, python_client, python_leave, raw_join, raw_wamp
 
@@ -33,24 +35,7 @@ def wamp_url(daemon):
 
 def broadcast(hub, blocks):
     for block in blocks:
-        hub.broadcastBlock(block)
-        hub.broadcastTransactions(block, block["transactions"])
-
-
-def recorder(hub):
-    """Every event the hub publishes, as WAMP (topic, data) pairs, in order."""
-    seen = []
-
-    def observe(kind, data):
-        if kind == "block":
-            seen.append(("explorer.block", data))
-        elif kind == "transactions":
-            seen.extend(("explorer.tx", tx) for tx in data[1])
-        elif kind == "reorg":
-            seen.append(("explorer.reorg", data))
-
-    hub.addObserver(observe)
-    return seen
+        hub.publish(Entry.fromNode(block))
 
 
 async def mine(daemon, n):
@@ -189,7 +174,7 @@ async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_dae
 
     # The last block is orphaned: a client that holds it learns which of its blocks are gone.
     gone = hub.history.newest
-    hub.broadcastReorg(1, {"height": gone.height - 1, "hash": blocks[1]["hash"]}, [gone.ref()])
+    hub.publishReorg(1, {"height": gone.height - 1, "hash": blocks[1]["hash"]}, [gone.ref()])
     replacement = reorged(blocks[2], "0x" + "ab" * 32)
     broadcast(hub, [replacement])
     result = await session.call("explorer.blocks_since", gone.height, gone.hash)
@@ -395,13 +380,10 @@ async def test_origin_rate_limit_and_one_connection_cap_for_raw_and_wamp(start_d
     assert value(refused, "origin") == 1 and value(refused, "capacity") == 2 and value(refused, "rate_limit") == 1
 
 
-@pytest.mark.parametrize("via", ["deliver", "fanout"])
 @pytest_twisted.ensureDeferred
-async def test_a_wamp_client_that_stops_reading_is_closed_and_nobody_else_waits(start_daemon, via):
+async def test_a_wamp_client_that_stops_reading_is_closed_and_nobody_else_waits(start_daemon):
     daemon = await start_daemon(send_queue=8)
     hub = daemon.hub
-    if via == "fanout" and not hasattr(hub, "fanout"):
-        hub.fanout = hub._fanout  # the public name the broker looks for (see wamp.Broker.publish)
     url = wamp_url(daemon)
     healthy = await python_client(url)
     got = []
@@ -497,7 +479,7 @@ async def test_wamp_churn_leaves_nothing_behind(start_daemon):
             assert (await c.next())[0] == SUBSCRIBED
         if round_ == 0:
             refs = [weakref.ref(s) for s in broker._sessions.values()]
-            refs += [weakref.ref(p) for p in hub._protocols]
+            refs += [weakref.ref(p) for p in hub.slots.protocols]
         broadcast(hub, [block])
         for i, c in enumerate(clients):
             if i % 2:
@@ -678,7 +660,7 @@ def test_the_edge_follows_reorgs_pages_and_accepts_a_gap_it_cannot_fill(monkeypa
     # A reorg on the tail replaces the last two blocks; the edge tells its clients the same.
     start = len(tail._wire)
     ancestor = tail.history.after(0)[1]
-    tail.broadcastReorg(2, ancestor.ref(), [e.ref() for e in tail.history.after(ancestor.height)])
+    tail.publishReorg(2, ancestor.ref(), [e.ref() for e in tail.history.after(ancestor.height)])
     r3 = child(blocks[1], "a1", template=blocks[2])
     r4 = child(r3, "a2", template=blocks[3])
     broadcast(tail, [r3, r4])
@@ -717,7 +699,7 @@ def test_the_edge_follows_reorgs_pages_and_accepts_a_gap_it_cannot_fill(monkeypa
     # A reorg the edge missed, and the tail cannot say what it was: the next
     # block is at the next height but not b10's child.  A gap too: the edge's
     # history starts over from it (it must not link across).
-    tail.broadcastReorg(1, tail.history.canonical(b9["hash"]).ref(), [tail.history.newest.ref()])
+    tail.publishReorg(1, tail.history.canonical(b9["hash"]).ref(), [tail.history.newest.ref()])
     d0 = child(b9, "d0")
     wire(tail, d0)
     d1 = child(d0, "d1")

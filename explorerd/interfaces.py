@@ -1,0 +1,44 @@
+"""
+The contracts between explorerd's parts.
+
+A block travels one way: a source (the live-tail, or an edge fed by a WAMP
+router) checks it and builds an L{explorerd.history.Entry}, hands it to an
+L{IBlockSink} (the hub), which writes it to its clients and then tells its
+L{IPublicationObserver}s (the WAMP broker, the router publisher).
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IBlockSink(Interface):
+    """Where a block source hands what it has checked, in chain order."""
+
+    history = Attribute("The L{explorerd.history.History} of what was published.")
+
+    def publish(entry):
+        """
+        Send a checked block (an L{explorerd.history.Entry}) to every
+        subscriber and add it to the history.  Raises
+        L{explorerd.history.BrokenChain} before writing to anyone if it does
+        not follow the newest block held.
+        """
+
+    def publishReorg(depth, ancestor, removed):
+        """
+        Announce that C{removed} (C{[{"height", "hash"}, ...]}, ascending)
+        are no longer canonical, back to C{ancestor} (C{{"height", "hash"}}),
+        and roll the history back; the new branch follows as L{publish}es.
+        """
+
+    def remember(entry):
+        """Add an entry to the history without sending it: what clients saw before a restart."""
+
+
+class IPublicationObserver(Interface):
+    """Told of everything the hub published, after the hub's own clients were written to."""
+
+    def published(entry):
+        """A block and its transactions went out (an L{explorerd.history.Entry})."""
+
+    def reorganized(reorg):
+        """A reorg went out: the C{data} of the raw protocol's C{reorg} message."""

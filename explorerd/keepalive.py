@@ -1,0 +1,92 @@
+"""
+Whether each client is still there and still reading.
+
+A client is alive while it answers our pings: each round's ping carries a
+new payload, and only a pong with one of those payloads counts.  The ping
+goes behind whatever is queued for the client, so its pong says the client
+has read everything sent before it; a client that keeps talking but stopped
+reading (its kernel buffers can hold megabytes before Twisted pauses us) is
+dropped after the pong timeout, not when the buffers fill.  A client whose
+transport stays paused past the write deadline is closed as too slow.
+
+There are no per-client timers: the hub's one sweep calls L{Keepalive.sweep}.
+"""
+
+import itertools
+import struct
+from collections import OrderedDict
+
+# An unmasked PING frame with an 8-byte payload (the round's number): the same
+# bytes for every client in a round.
+_PING_HEADER = b"\x89\x08"
+
+CLOSE_POLICY = 1008
+
+
+class Keepalive:
+    def __init__(self, hub, config, metrics):
+        self.hub = hub
+        self.config = config
+        self.metrics = metrics
+        self._next_ping = None
+        self._pings = OrderedDict()  # payload of each recent ping round -> when it was sent
+        self._rounds = itertools.count(1)
+
+    def start(self, now):
+        self._next_ping = now + self.config.ping_interval
+
+    def pong(self, client, payload):
+        """
+        The client answered a ping: if it was one of ours, it has read
+        everything we sent before that ping, so it is alive as of then.
+        Unsolicited pongs, and pings or messages from the client, say
+        nothing about whether it reads, and do not count.
+        """
+        sent = self._pings.get(bytes(payload))
+        if sent is not None and sent > client.last_seen:
+            client.last_seen = sent
+
+    def stalled(self, client, now):
+        """Whether C{client}'s transport has been paused for longer than the write deadline."""
+        return client.paused and now - client.paused_since > self.config.write_deadline
+
+    def closeStalled(self, client, now):
+        waited = now - client.paused_since
+        self.hub.close(client, CLOSE_POLICY,
+                       f"too slow: not reading for {waited:.1f}s (write deadline {self.config.write_deadline:g}s)",
+                       "slow_client")
+
+    def sweep(self, now, clients, paused):
+        """Close stalled writers, drop clients that stopped answering, and ping the rest when due."""
+        for client in tuple(paused):
+            if client.hub is not None and self.stalled(client, now):
+                self.closeStalled(client, now)
+        ping = None
+        if self._next_ping is None or now >= self._next_ping:
+            self._next_ping = now + self.config.ping_interval
+            ping = self._newPing(now)
+        timeout = self.config.pong_timeout
+        dead = []
+        for client in clients:
+            if now - client.last_seen > timeout:
+                dead.append(client)
+            elif ping is not None:
+                self.hub.sendControl(client, ping)
+        for client in dead:
+            protocol = client.protocol
+            behind = now - client.last_seen
+            self.metrics.errors.labels("ping_timeout").inc()
+            self.hub.detach(client, f"no pong to our pings for {behind:.1f}s: gone, or not reading")
+            protocol.dropConnection(abort=True)
+
+    def _newPing(self, now):
+        """This round's ping frame; remembers its payload for as long as a pong to it can matter."""
+        payload = struct.pack("!Q", next(self._rounds))
+        self._pings[payload] = now
+        horizon = now - self.config.pong_timeout - self.config.ping_interval
+        while len(self._pings) > 1:
+            oldest = next(iter(self._pings.values()))
+            if oldest >= horizon:
+                break
+            self._pings.popitem(last=False)
+        return _PING_HEADER + payload
