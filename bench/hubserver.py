@@ -3,11 +3,11 @@ The explorerd benchmark server: the real explorerd Daemon (hub, /v1/stream under
 admission, metrics, explorerd's TCP transport) with blocks handed to the hub at a fixed rate by
 this script instead of the live-tail, so the moment the hub receives each block is known exactly.
 
-  python bench/hubserver.py --events blocks.json [--rate 1] [--api publish|split] [--profile out.prof]
+  python bench/hubserver.py --events blocks.json [--rate 1] [--profile out.prof]
 
 --events is a JSON list of JSON-RPC blocks (full transactions), as bench/blocks.py makes them.
---api publish (default) hands each block to hub.publishBlock (block and txs, one write per
-client: what the live-tail does); --api split uses hub.broadcastBlock + broadcastTransactions.
+Each block is checked into an Entry and handed to hub.publish, as the live-tail does (both are
+inside the timed publish).
 Control protocol and output: see bench/benchserver.py.  The daemon logs to --log (a file, as
 under twistd) so its per-connection log events do not pile up in memory.
 """
@@ -24,41 +24,35 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from benchserver import Control, common_arguments, raise_nofile  # noqa: E402
 
+from explorerd.history import Entry  # noqa: E402
+
 BENCH_SETTINGS = {"rate_limit": 0, "max_connections_per_ip": 0}
 
 
 class HubServer:
-    def __init__(self, daemon, api):
+    def __init__(self, daemon):
         self.daemon = daemon
         self.hub = daemon.hub
-        self.api = api
 
     def clientCount(self):
         return self.hub.clientCount
 
     def extra(self):
         def error_count(kind):
-            try:
-                return self.daemon.metrics.errors.labels(kind)._value.get()
-            except Exception:
-                return None
+            return self.daemon.metrics.registry.get_sample_value("explorer_websocket_errors_total", {"type": kind})
 
         return {"slow_closed": error_count("slow_client"), "ping_timeouts": error_count("ping_timeout"),
-                "queued": getattr(self.hub, "_queued_total", None), "connections": self.hub.connectionCount}
+                "queued": self.daemon.metrics.registry.get_sample_value("explorer_websocket_queued_messages"),
+                "connections": self.hub.connectionCount}
 
     def publish(self, i, block):
-        if self.api == "split":
-            self.hub.broadcastBlock(block)
-            self.hub.broadcastTransactions(block, block["transactions"])
-        else:
-            self.hub.publishBlock(block)
+        self.hub.publish(Entry.fromNode(block))
         return {"height": int(block["number"], 16), "txs": len(block["transactions"])}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common_arguments(p)
-    p.add_argument("--api", choices=("publish", "split"), default="publish")
     p.add_argument("--max-connections", type=int, default=20000)
     p.add_argument("--log", default=os.devnull, help="explorerd's log file (default: discarded)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -95,8 +89,8 @@ def main():
     config = Config.defaults(**settings)
     daemon = Daemon(config, reactor, web_root="", tail=False)
     daemon.startService()
-    control = Control(reactor, HubServer(daemon, args.api), blocks[:args.count or None], args.rate, args.profile)
-    control.start(daemon.listener.port.getHost().port)
+    control = Control(reactor, HubServer(daemon), blocks[:args.count or None], args.rate, args.profile)
+    control.start(daemon.address.port)
     reactor.run()
 
 

@@ -10,11 +10,12 @@ sessions and the hub then says goodbye (1001) to every client.
 
 import time
 
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from explorerd.admission import Admission
 from explorerd.hub import Hub
@@ -28,56 +29,40 @@ from explorerd.wamp import Broker, WampFactory
 from explorerd.web import Site, build_root, default_web_root
 
 
-class Listener(Service):
+@implementer(IStreamServerEndpoint)
+class ListeningEndpoint:
     """
-    Listens on a Twisted endpoint string.  Binding happens in
-    C{privilegedStartService} and a failure is raised there, so twistd
-    exits with the error instead of running on without a port.
+    Wraps the endpoint of a C{strports.service} (which raises a bind failure
+    at start-up, so twistd exits with it): keeps the port for L{Daemon.address},
+    says where it listens, and gives a TCP port our transport class.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, description, factory, transport=None, label="explorerd"):
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.transport = transport
+    def __init__(self, endpoint, label, transport=None):
+        self.endpoint = endpoint
         self.label = label
+        self.transport = transport
         self.port = None
 
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        if self.port is not None:
-            return
-        outcome = []
-        try:
-            endpoint = serverFromString(self.reactor, self.description)
-        except (ValueError, TypeError, KeyError) as e:
-            raise SystemExit(f"explorerd: invalid listen address {self.description!r}: {e}") from None
-        endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise SystemExit(f"explorerd: endpoint {self.description!r} did not start listening at once")
-        if isinstance(outcome[0], Failure):
-            raise SystemExit(f"explorerd: cannot listen on {self.description!r}: {outcome[0].value}")
-        self.port = outcome[0]
-        if self.transport is not None and isinstance(self.port, tcp.Port):
-            self.port.transport = self.transport
-        address = self.port.getHost()
-        host = getattr(address, "host", "?")
-        self.log.info("{label} listening on {description}: http://{host}:{port}/",
-                      label=self.label, description=self.description, host=host,
-                      port=getattr(address, "port", "?"))
+    def listen(self, factory):
+        def listening(port):
+            self.port = port
+            if self.transport is not None and isinstance(port, tcp.Port):
+                port.transport = self.transport
+            address = port.getHost()
+            self.log.info("{label} listening on http://{host}:{port}/", label=self.label,
+                          host=address.host, port=address.port)
+            return port
 
-    def startService(self):
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()
+        return self.endpoint.listen(factory).addCallback(listening)
 
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
+
+def listening(reactor, description, factory, label, transport=None):
+    """A service listening on C{description}, its endpoint a L{ListeningEndpoint}."""
+    service = strports.service(description, factory, reactor=reactor)
+    service.endpoint = ListeningEndpoint(service.endpoint, label, transport)
+    return service
 
 
 class EmbeddedNode(Service):
@@ -94,20 +79,20 @@ class EmbeddedNode(Service):
 
         self.node = ReplayNode(clock, block_time=block_time)
         self.rpc = rpc
-        self.listener = Listener(reactor, "tcp:0:interface=127.0.0.1", self.node.http_factory(reactor),
-                                 label="embedded replay node")
+        self.listener = listening(reactor, "tcp:0:interface=127.0.0.1", self.node.http_factory(reactor),
+                                  "embedded replay node")
 
     def privilegedStartService(self):
         super().privilegedStartService()
         self.listener.privilegedStartService()
-        address = self.listener.port.getHost()
+        address = self.listener.endpoint.port.getHost()
         self.rpc.url = f"http://{address.host}:{address.port}/"
         self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
                       "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
                       url=self.rpc.url, block_time=self.node.block_time)
 
     def startService(self):
-        if self.listener.port is None:
+        if self.listener.endpoint.port is None:
             self.privilegedStartService()
         super().startService()
         self.node.start()
@@ -160,16 +145,21 @@ class Daemon(MultiService):
 
             self.publisher = RouterPublisher(reactor, self.hub, config, self.metrics.registry)
             self.publisher.setServiceParent(self)
-        self.admission = Admission(self.hub, config, self.metrics, clock)
+        self.admission = Admission(self.hub.slots, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
         self.wampFactory = WampFactory(self.broker, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory)
-        self.site = Site(root, config, self.hub, self.admission)
-        self.listener = Listener(reactor, config.listen, self.site,
-                                 sized_server(config.read_buffer_size, config.write_buffer_size))
+        self.site = Site(root, config, self.hub.slots, self.admission)
+        self.listener = listening(reactor, config.listen, self.site, "explorerd",
+                                  sized_server(config.read_buffer_size, config.write_buffer_size))
         self.listener.setServiceParent(self)
+
+    @property
+    def address(self):
+        """Where clients connect (an C{IAddress}), once listening."""
+        return self.listener.endpoint.port.getHost()
 
     def stopService(self):
         """Children stop in reverse (listener, tail, node, hub); then the node connections close."""

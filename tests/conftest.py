@@ -73,7 +73,7 @@ class RunningDaemon:
         self.service = service
         self.clock = clock
         self.hub = service.hub
-        self.port = service.listener.port.getHost().port
+        self.port = service.address.port
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
         self.http = f"http://127.0.0.1:{self.port}"
 
