@@ -170,11 +170,9 @@ class RouterLink(Service):
         self._gone.append(d)
         if self._deadline is None:
             self._deadline = self._clock.callLater(self.shutdown_timeout, self._abort, protocol)
-            session = self._attached
-            if session is not None and session.is_attached() and protocol.isOpen():
-                # The router's GOODBYE closes the WebSocket (L{_LinkSession.onLeave}).
-                session.leave("wamp.close.normal", "explorerd stopping")
-            elif protocol.transport is not None:
+            # The router's answer to our GOODBYE closes the WebSocket (L{_LinkSession.onLeave}).
+            said = self._attached is not None and _goodbye(self._attached, "explorerd stopping")
+            if not said and protocol.transport is not None:
                 # Not joined yet, or the connection is going already.
                 protocol.transport.loseConnection()
         return d
@@ -242,15 +240,14 @@ class RouterLink(Service):
                 # Once per kind of trouble, with its traceback.
                 self._complaint = text
                 log.failure("{text}; leaving to try again with backoff", failure, text=text)
-            if session.is_attached():
-                session.leave("wamp.close.normal", "explorerd could not set up its session")
+            _goodbye(session, "explorerd could not set up its session")
 
         d = defer.maybeDeferred(self._onJoin, session)
         d.addCallbacks(up, failed)
         return d
 
     def _left(self, session, details):
-        if details.reason not in ("wamp.close.normal", "wamp.close.goodbye_and_out"):
+        if not self._stopping and details.reason not in ("wamp.close.normal", "wamp.close.goodbye_and_out"):
             self._complain(f"the WAMP router {self.url} ended the session: {details.reason} "
                            f"{details.message or ''}".rstrip())
         self._lost(session._transport)
@@ -278,6 +275,15 @@ class RouterLink(Service):
                 self.metrics.failures.labels("joined").inc()
                 log.warn("lost the WAMP router {url}; reconnecting with backoff", url=self.url)
             self._onLeave()
+
+
+def _goodbye(session, why):
+    """Leave C{session} (GOODBYE) if it is joined and its WebSocket open; whether it could."""
+    transport = session._transport
+    if not session.is_attached() or transport is None or transport.state != transport.STATE_OPEN:
+        return False
+    session.leave("wamp.close.normal", why)
+    return True
 
 
 def _serializers():

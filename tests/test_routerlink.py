@@ -382,3 +382,16 @@ async def test_link_stopped_while_its_owner_sets_the_session_up(router):
     setting_up.callback(None)
     assert link.session is None and link.metrics.joins._value.get() == 0
     assert owner.events == ["join"] and not clock.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_link_stopped_while_its_websocket_is_closing(router):
+    r = await router()
+    clock = Clock()
+    owner = Owner()
+    link = make_link(r.url, owner, clock)
+    link.startService()
+    await eventually(lambda: link.session is not None, what="the join")
+    link.session._transport.sendClose(1000)  # the close handshake has begun; the session is still joined
+    await link.stopService()
+    assert r.goodbyes == [] and owner.events == ["join", "leave"] and not clock.getDelayedCalls()
