@@ -42,15 +42,10 @@ the tail itself).
 import collections
 from functools import partial
 
-from autobahn.twisted.wamp import ApplicationSession
-from autobahn.twisted.websocket import WampWebSocketClientFactory, WampWebSocketClientProtocol
 from autobahn.wamp.exception import ApplicationError
-from autobahn.wamp.types import ComponentConfig, RegisterOptions, SubscribeOptions
-from autobahn.websocket.util import parse_url
-from prometheus_client import Counter, Gauge
+from autobahn.wamp.types import RegisterOptions, SubscribeOptions
+from prometheus_client import Counter
 from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -58,53 +53,17 @@ from zope.interface import implementer
 from explorerd import events
 from explorerd.history import Entry
 from explorerd.interfaces import IBlockSink, IPublicationObserver
+from explorerd.routerlink import RouterLink
 from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, PROCEDURES, REORG, TX, Procedures, publications
 
 log = Logger()
 
-# Reconnection backoff: 0.25 s, doubling, up to the configured maximum, plus
-# up to 0.25 s of jitter.
-_INITIAL_DELAY = 0.25
 # Unsent bytes to the router beyond which the publisher drops events.
 _SEND_BUFFER = 4 << 20
 
 
 # ---------------------------------------------------------------------------
-# The link.
-
-class _LinkProtocol(WampWebSocketClientProtocol):
-    """Tells the link when the connection goes, whether or not a session was ever opened."""
-
-    def onClose(self, wasClean, code, reason):
-        super().onClose(wasClean, code, reason)
-        self.factory.link._closed(self, reason)
-
-
-class _LinkSession(ApplicationSession):
-    def __init__(self, link):
-        super().__init__(ComponentConfig(realm=link.realm))
-        self._link = link
-
-    def onConnect(self):
-        link = self._link
-        if link.ticket:
-            self.join(link.realm, authmethods=["ticket"], authid=link.authid)
-        else:
-            self.join(link.realm, authmethods=["anonymous"])
-
-    def onChallenge(self, challenge):
-        if challenge.method == "ticket" and self._link.ticket:
-            return self._link.ticket
-        raise ApplicationError("explorer.error.cannot_authenticate",
-                               f"explorerd has no answer to a {challenge.method!r} challenge")
-
-    def onJoin(self, details):
-        return self._link._joined(self, details)
-
-    def onLeave(self, details):
-        self._link._left(self, details)
-        self.disconnect()
-
+# The tail's side: publish what the hub publishes.
 
 @implementer(IPushProducer)
 class _Flow:
@@ -121,212 +80,6 @@ class _Flow:
     def stopProducing(self):
         self.paused = True
 
-
-class LinkMetrics:
-    def __init__(self, registry):
-        r = registry
-        self.connected = Gauge(
-            "explorer_wamp_router_connected", "1 while the WAMP router session is joined.", registry=r)
-        self.joins = Counter(
-            "explorer_wamp_router_joins_total", "WAMP router sessions joined.", registry=r)
-        self.failures = Counter(
-            "explorer_wamp_router_failures_total",
-            "Router connections that ended before or after joining, by stage.", ["stage"], registry=r)
-
-
-class RouterLink(Service):
-    """
-    One WAMP session on the router that comes back by itself.
-
-    C{onJoin(session)} runs after each join (it may return a Deferred; the
-    link counts as up once it fires); C{onLeave()} after each loss of a
-    joined session.  Reconnection is our own loop rather than Twisted's
-    C{ClientService}, so that a connection only counts as made once its
-    session has joined: a router that answers but refuses us backs off like
-    one that is down.
-    """
-
-    def __init__(self, reactor, config, onJoin, onLeave, registry, clock=None):
-        self.url = config.wamp_router
-        self.realm = config.wamp_router_realm
-        self.authid = config.wamp_router_authid
-        self.ticket = config.wamp_router_ticket
-        self.max_delay = config.wamp_router_retry
-        self.session = None
-        self.metrics = LinkMetrics(registry)
-        self._onJoin = onJoin
-        self._onLeave = onLeave
-        self._clock = reactor if clock is None else clock
-        self._endpoint = _endpoint(reactor, self.url)
-        self._attempt = 0
-        self._retry = None
-        self._connecting = None
-        self._protocol = None
-        self._gone = []
-        self._stopping = False
-        self._complaint = None
-        factory = WampWebSocketClientFactory(lambda: _LinkSession(self), url=self.url,
-                                             serializers=_serializers())
-        factory.protocol = _LinkProtocol
-        factory.link = self
-        factory.setProtocolOptions(
-            autoPingInterval=10, autoPingTimeout=20,
-            openHandshakeTimeout=10, closeHandshakeTimeout=2,
-            perMessageCompressionOffers=[],
-        )
-        self.factory = factory
-
-    def __repr__(self):
-        return f"<RouterLink {self.url} realm {self.realm}>"
-
-    def health(self):
-        return {"url": self.url, "realm": self.realm, "connected": self.session is not None}
-
-    def startService(self):
-        super().startService()
-        self._stopping = False
-        log.info("joining WAMP router {url} realm {realm} as {who}", url=self.url, realm=self.realm,
-                 who=f"{self.authid!r} (ticket)" if self.ticket else "anonymous")
-        self._connect()
-
-    def stopService(self):
-        """Stop retrying; leave the session (GOODBYE) and close the connection; fires once it is closed."""
-        super().stopService()
-        self._stopping = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._connecting is not None:
-            self._connecting.cancel()
-        protocol = self._protocol
-        if protocol is None:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._gone.append(d)
-        session = self.session
-        if session is not None and session.is_attached():
-            try:
-                session.leave("wamp.close.normal", "explorerd stopping")
-            except Exception:
-                pass
-        if protocol.transport is not None:
-            # Whatever is buffered (the GOODBYE) goes out first.
-            protocol.transport.loseConnection()
-        return d
-
-    # The reconnection loop.
-
-    def _connect(self):
-        self._retry = None
-        d = self._connecting = self._endpoint.connect(self.factory)
-
-        def connected(protocol):
-            self._connecting = None
-            self._protocol = protocol
-
-        def failed(failure):
-            self._connecting = None
-            if self._stopping or failure.check(defer.CancelledError):
-                return
-            self.metrics.failures.labels("connecting").inc()
-            self._complain(f"cannot reach the WAMP router {self.url}: {failure.getErrorMessage()}")
-            self._again()
-
-        d.addCallbacks(connected, failed)
-
-    def _again(self):
-        if self._stopping or self._retry is not None:
-            return
-        self._attempt += 1
-        delay = min(_INITIAL_DELAY * 2 ** min(self._attempt - 1, 30), self.max_delay)
-        delay += _jitter() * _INITIAL_DELAY
-        self._retry = self._clock.callLater(delay, self._connect)
-
-    def _complain(self, text):
-        # Once per kind of trouble, not once per attempt.
-        if text != self._complaint:
-            self._complaint = text
-            log.warn("{text}; retrying with backoff up to {max}s", text=text, max=self.max_delay)
-
-    # Session events.
-
-    def _joined(self, session, details):
-        def up(_):
-            if not session.is_attached():
-                return
-            self.session = session
-            self._attempt = 0
-            self._complaint = None
-            self.metrics.connected.set(1)
-            self.metrics.joins.inc()
-            log.info("joined WAMP router {url} realm {realm} as {authid} ({authrole})", url=self.url,
-                     realm=details.realm, authid=details.authid, authrole=details.authrole)
-
-        def failed(failure):
-            log.failure("setting up the WAMP router session failed; leaving to try again", failure)
-            if session.is_attached():
-                session.leave("wamp.close.normal", "explorerd could not set up its session")
-
-        d = defer.maybeDeferred(self._onJoin, session)
-        d.addCallbacks(up, failed)
-        return d
-
-    def _left(self, session, details):
-        if details.reason not in ("wamp.close.normal", "wamp.close.goodbye_and_out"):
-            self._complain(f"the WAMP router {self.url} ended the session: {details.reason} "
-                           f"{details.message or ''}".rstrip())
-        self._lost(session._transport)
-
-    def _closed(self, protocol, reason):
-        self._lost(protocol)
-        if protocol is self._protocol:
-            self._protocol = None
-            gone, self._gone = self._gone, []
-            for d in gone:
-                d.callback(None)
-            self._again()
-
-    def _lost(self, protocol):
-        session = self.session
-        if session is not None and session._transport is protocol:
-            self.session = None
-            self.metrics.connected.set(0)
-            self.metrics.failures.labels("joined").inc()
-            if not self._stopping:
-                log.warn("lost the WAMP router {url}; reconnecting with backoff", url=self.url)
-            self._onLeave()
-
-
-def _jitter():
-    import random
-
-    return random.random()
-
-
-def _serializers():
-    from autobahn.wamp.serializer import JsonSerializer, MsgPackSerializer
-
-    return [MsgPackSerializer(), JsonSerializer()]
-
-
-def _endpoint(reactor, url):
-    from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-    from twisted.internet.ssl import optionsForClientTLS
-
-    secure, host, port, _, _, _ = parse_url(url)
-    if isIPAddress(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=10)
-    elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=10)
-    else:
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=10)
-    if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-    return endpoint
-
-
-# ---------------------------------------------------------------------------
-# The tail's side: publish what the hub publishes.
 
 class PublisherMetrics:
     def __init__(self, registry):
