@@ -20,10 +20,22 @@ the chain (L{BrokenChain}) before any client is sent it.
 
 from collections import OrderedDict, deque
 
-from explorerd.events import InvalidBlock, batch_data, encode, frame, node_block, tx_hash_data, wire_block
+from explorerd.events import (
+    InvalidBlock,
+    batch_data,
+    encode,
+    frame,
+    logs_data,
+    node_block,
+    tx_hash_data,
+    wire_block,
+)
 
-# How a client takes a block's transactions.
+# How a client takes a block's transactions: one message each or a batch per
+# block; full, hashes only, or full with the call data.
 PLAIN, HASHES, BATCH, BATCH_HASHES = "plain", "hashes", "batch", "batch_hashes"
+PLAIN_INPUT, BATCH_INPUT = "plain_input", "batch_input"
+_PER_TX = (PLAIN, HASHES, PLAIN_INPUT)
 
 
 class BrokenChain(InvalidBlock):
@@ -37,47 +49,75 @@ class BrokenChain(InvalidBlock):
 
 class Entry:
     """
-    One published block: its wire-shape data and its frames.  Built by the
-    block's source (L{fromNode}, L{fromWire}), which checks it whole first;
-    the hub and every observer only read it.
+    One published block: its wire-shape data, transactions and logs, and
+    their frames, each made the first time a client needs it and shared by
+    every client after.  Built by the block's source (L{fromNode},
+    L{fromWire}), which checks it whole first; the hub and every observer
+    only read it.
+
+    @ivar logs: the block's logs in the wire shape, or C{None} when they are
+        not known (receipts off).
     """
 
-    __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "block_frame",
-                 "_txs", "_tx_frames", "_groups")
+    __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "logs", "inputs",
+                 "block_frame", "_txs", "_tx_frames", "_groups", "_logs")
 
-    def __init__(self, data, txs_data):
+    def __init__(self, data, txs_data, logs=None, inputs=None):
+        if logs is not None:
+            data = dict(data, log_count=len(logs))
+        elif "log_count" not in data:
+            data = dict(data, log_count=None)
         self.height = data["height"]
         self.hash = data["hash"]
         self.parent_hash = data["parent_hash"]
         self.data = data
         self.txs_data = txs_data
         self.tx_count = len(txs_data)
+        self.logs = logs
+        self.inputs = inputs
         self.block_frame = frame(encode({"type": "newBlock", "data": data}))
         self._txs = {}
         self._tx_frames = {}
         self._groups = {}
+        self._logs = {}
 
     @classmethod
-    def fromNode(cls, block):
-        """A block as the node gives it (full transactions); L{InvalidBlock} if anything is missing."""
-        return cls(*node_block(block))
+    def fromNode(cls, block, receipts=None, logs=None):
+        """
+        A block as the node gives it (full transactions), with its receipts
+        or only its logs, or neither; L{InvalidBlock} if anything is missing
+        or is not the block's own.
+        """
+        return cls(*node_block(block, receipts, logs))
 
     @classmethod
-    def fromWire(cls, data, txs_data):
+    def fromWire(cls, data, txs_data, logs=None):
         """A block as explorerd publishes it (an edge's input); L{InvalidBlock} if it is not."""
-        return cls(*wire_block(data, txs_data))
+        return cls(*wire_block(data, txs_data, logs))
 
     def ref(self):
         return {"height": self.height, "hash": self.hash}
 
-    def tx_frames(self, hashes_only=False):
-        """One C{newTx} frame per transaction, in block order."""
-        frames = self._tx_frames.get(hashes_only)
+    def _txShape(self, mode):
+        if mode in (HASHES, BATCH_HASHES):
+            return [tx_hash_data(tx) for tx in self.txs_data]
+        if mode in (PLAIN_INPUT, BATCH_INPUT):
+            inputs = self.inputs
+            return [dict(tx, input=None if inputs is None else inputs[i]) for i, tx in enumerate(self.txs_data)]
+        return self.txs_data
+
+    def tx_frames(self, mode):
+        """One C{newTx} frame per transaction, in block order, as a client in C{mode} takes them."""
+        shape = HASHES if mode in (HASHES, BATCH_HASHES) else PLAIN_INPUT if mode in (PLAIN_INPUT, BATCH_INPUT) else PLAIN
+        frames = self._tx_frames.get(shape)
         if frames is None:
-            shape = tx_hash_data if hashes_only else (lambda tx: tx)
-            frames = [frame(encode({"type": "newTx", "data": shape(tx)})) for tx in self.txs_data]
-            self._tx_frames[hashes_only] = frames
+            frames = [frame(encode({"type": "newTx", "data": tx})) for tx in self._txShape(shape)]
+            self._tx_frames[shape] = frames
         return frames
+
+    def _batch(self, txs, mode):
+        body = batch_data(self.data, txs, hashes_only=mode == BATCH_HASHES)
+        return frame(encode({"type": "newTxs", "data": body}))
 
     def txs(self, mode):
         """C{(payload, messages)}: this block's transactions as a client in C{mode} takes them."""
@@ -85,34 +125,35 @@ class Entry:
         if cached is None:
             if not self.tx_count:
                 cached = (b"", 0)
-            elif mode in (PLAIN, HASHES):
-                cached = (b"".join(self.tx_frames(mode == HASHES)), self.tx_count)
+            elif mode in _PER_TX:
+                cached = (b"".join(self.tx_frames(mode)), self.tx_count)
             else:
-                body = batch_data(self.data, self.txs_data, hashes_only=mode == BATCH_HASHES)
-                cached = (frame(encode({"type": "newTxs", "data": body})), 1)
+                cached = (self._batch(self._txShape(mode), mode), 1)
             self._txs[mode] = cached
         return cached
 
-    def size(self, blocks, mode):
+    def size(self, blocks, mode, logs=False):
         """
-        Bytes of this block's frames for a client that takes C{blocks} and
-        its transactions in C{mode} (None: none), before any address filter.
+        Bytes of this block's frames for a client that takes C{blocks}, its
+        transactions in C{mode} (None: none) and, with C{logs}, all its
+        logs, before any filter.
         """
         size = len(self.block_frame) if blocks else 0
         if mode is not None:
             size += len(self.txs(mode)[0])
+        if logs:
+            size += len(self.logFrame(None))
         return size
 
     def matching(self, indexes, mode):
         """C{(payload, messages)}: only the transactions at C{indexes}, for an address filter."""
         if not indexes:
             return b"", 0
-        if mode in (PLAIN, HASHES):
-            frames = self.tx_frames(mode == HASHES)
+        if mode in _PER_TX:
+            frames = self.tx_frames(mode)
             return b"".join(frames[i] for i in indexes), len(indexes)
-        txs = [self.txs_data[i] for i in indexes]
-        body = batch_data(self.data, txs, hashes_only=mode == BATCH_HASHES)
-        return frame(encode({"type": "newTxs", "data": body})), 1
+        shaped = self._txShape(mode)
+        return self._batch([shaped[i] for i in indexes], mode), 1
 
     def payload(self, blocks, mode):
         """
@@ -130,6 +171,21 @@ class Entry:
                 cached = (txs, n)
             self._groups[key] = cached
         return cached
+
+    def logFrame(self, indexes, removed=False):
+        """
+        The C{logs} message of this block's logs at C{indexes} (C{None}: all
+        of them), or C{b""} when there are none; all of them are framed once.
+        """
+        logs = self.logs
+        if not logs or (indexes is not None and not indexes):
+            return b""
+        if indexes is None:
+            cached = self._logs.get(removed)
+            if cached is None:
+                cached = self._logs[removed] = frame(encode({"type": "logs", "data": logs_data(self.data, logs, removed)}))
+            return cached
+        return frame(encode({"type": "logs", "data": logs_data(self.data, [logs[i] for i in indexes], removed)}))
 
 
 class History:

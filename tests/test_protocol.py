@@ -121,13 +121,29 @@ async def test_block_and_transaction_fields(start_daemon):
         "timestamp": int(block["timestamp"], 16),
         "miner": block["miner"].lower(),
         "gas_used": int(block["gasUsed"], 16),
+        "gas_limit": int(block["gasLimit"], 16),
+        "base_fee_per_gas": None,  # before London
+        "size": int(block["size"], 16),
+        "burnt_fees_wei": None,
+        "log_count": None,  # published without receipts or logs
     }}
     creations = 0
     for i, tx in enumerate(block["transactions"]):
         message = await client.next()
         assert message["type"] == "newTx"
         data = message["data"]
-        assert set(data) == {"hash", "from_addr", "to_addr", "value_wei", "block_height", "block_hash", "tx_index"}
+        assert set(data) == {"hash", "from_addr", "to_addr", "value_wei", "block_height", "block_hash", "tx_index",
+                             "nonce", "gas", "type", "gas_price_wei", "max_fee_per_gas_wei",
+                             "max_priority_fee_per_gas_wei", "method_id", "input_size", "status", "gas_used",
+                             "fee_wei", "contract_address", "log_count"}
+        assert (data["nonce"], data["gas"]) == (int(tx["nonce"], 16), int(tx["gas"], 16))
+        assert data["type"] == int(tx.get("type", "0x0"), 16)
+        assert data["gas_price_wei"] == str(int(tx["gasPrice"], 16))
+        assert data["max_fee_per_gas_wei"] is None and data["max_priority_fee_per_gas_wei"] is None
+        assert data["input_size"] == (len(tx["input"]) - 2) // 2
+        assert data["method_id"] == (tx["input"][:10].lower() if len(tx["input"]) >= 10 else None)
+        # No receipt: what only a receipt can say is null.
+        assert [data[k] for k in ("status", "gas_used", "fee_wei", "contract_address", "log_count")] == [None] * 5
         assert data["hash"] == tx["hash"].lower()
         assert data["from_addr"] == tx["from"].lower()
         assert data["to_addr"] == (tx["to"].lower() if tx["to"] else None)
