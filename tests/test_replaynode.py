@@ -1,8 +1,11 @@
-"""The replay node over a real loopback HTTP port, driven by a task.Clock.
+"""
+The replay node over a real loopback HTTP port, driven by a task.Clock.
 
-Why these tests: the live-tail trusts this node to look like a real one on the
-wire and to replay the recorded reorgs faithfully; a poller written here (the
-simplest correct one) must observe exactly what ``expected_reorgs`` promises.
+Why these tests: the live-tail trusts this node to look like a real one on
+the wire and to replay the recorded reorgs faithfully; a poller written here
+(the simplest correct one) must observe exactly what C{expected_reorgs}
+promises, and what C{expected_reorgs} promises must follow from the
+recordings themselves.
 """
 
 import json
@@ -18,8 +21,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from explorerd import replaynode
-from explorerd.replaynode import ReplayNode, expected_reorgs, head_sequence, load_recording
+from explorerd.replay import DEFAULT_RECORDINGS, Chain, ReplayNode, expected_reorgs, load_recording
+from tests.replayfaults import ServedNode
 
 HASH = re.compile(r"0x[0-9a-f]{64}\Z")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,15 +31,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class RpcFailure(Exception):
     def __init__(self, error):
         super().__init__(error)
+        self.error = error
         self.code = error["code"]
 
 
 class Rpc:
     """A minimal JSON-RPC client over treq (what the live-tail does, minus policy)."""
 
-    def __init__(self, http, url):
+    def __init__(self, http, url, served=None):
         self.http = http
         self.url = url
+        self.served = served
         self.next_id = 0
 
     async def post(self, body, method="POST"):
@@ -55,6 +60,12 @@ class Rpc:
         if "error" in msg:
             raise RpcFailure(msg["error"])
         return msg["result"]
+
+    async def failure(self, method, *params):
+        """The error a call gets (it must get one)."""
+        with pytest.raises(RpcFailure) as e:
+            await self.call(method, *params)
+        return e.value.error
 
     async def batch(self, calls):
         reqs = []
@@ -114,6 +125,16 @@ def as_observed(reorgs):
     ]
 
 
+def head_sequence(name):
+    """Every head the chain takes replaying a recording once, as the chain builder says."""
+    recording = load_recording(name)
+    chain = Chain([recording], recording.chain_id, mode="recording", loop=False)
+    heads = []
+    while (head := chain.advance(0)) is not None:
+        heads.append(head)
+    return heads
+
+
 @pytest_twisted.async_yield_fixture
 async def serve():
     """Start nodes on real loopback ports; tear down client, server and timers."""
@@ -128,19 +149,18 @@ async def serve():
     async def start(node, run=True):
         if run:
             node.start()
-        port = await node.listen(reactor, "tcp:0:interface=127.0.0.1")
-        started.append((node, port))
-        return Rpc(http, f"http://127.0.0.1:{port.getHost().port}/")
+        served = await ServedNode(node).listen(reactor)
+        started.append(served)
+        return Rpc(http, served.url, served)
 
     yield start
 
     await pool.closeCachedConnections()
-    for node, port in started:
-        node.stop()
-        await node.when_idle().addTimeout(5, reactor)
-        await port.stopListening()
-        if isinstance(node._clock, Clock):
-            assert node._clock.getDelayedCalls() == []
+    for served in started:
+        served.node.stop()
+        await served.close(reactor)
+        if isinstance(served.node.clock, Clock):
+            assert served.node.clock.getDelayedCalls() == []
     leaked_calls = [c for c in reactor.getDelayedCalls() if c not in calls_before and c.active()]
     assert not leaked_calls, leaked_calls
     leaked = (set(reactor.getReaders()) | set(reactor.getWriters())) - selectables_before
@@ -164,7 +184,7 @@ async def test_methods_answer_like_a_node(serve):
     assert json.loads(body) == {"jsonrpc": "2.0", "id": 1, "result": "0x539"}
     assert await rpc.call("eth_blockNumber") == "0x69"
     assert await rpc.call("net_version") == "1337"
-    assert (await rpc.call("web3_clientVersion")).startswith("explorerd-replaynode/")
+    assert (await rpc.call("web3_clientVersion")).startswith("explorerd-replay/")
 
     full = await rpc.call("eth_getBlockByNumber", "latest", True)
     assert full["number"] == "0x69" and full["hash"] == node.head.hash
@@ -182,7 +202,7 @@ async def test_methods_answer_like_a_node(serve):
     assert by_hash == full
 
     # fields other than the rewritten header stay real
-    template = load_recording(replaynode.DEFAULT_RECORDINGS[0]).blocks[0]
+    template = load_recording(DEFAULT_RECORDINGS[0]).blocks[0]
     assert list(earliest) == list(template)
     for k in ("miner", "stateRoot", "transactionsRoot", "gasUsed", "size", "logsBloom"):
         assert earliest[k] == template[k]
@@ -265,7 +285,7 @@ async def test_endless_chain_is_consistent(serve):
     clock.pump([2.0] * 360)  # one head event per tick: about two passes over the script
     head = node.head
     assert head.height > 1000 + 300
-    assert node.events >= 360
+    assert node.chain.events >= 360
 
     heights = list(range(1000, head.height + 1))
     blocks = []
@@ -413,30 +433,39 @@ async def test_recording_mode_reproduces_recorded_reorgs(serve, name):
     assert await rpc.call("eth_chainId") == hex(node.chain_id)
 
 
-def test_expected_reorgs_match_the_recorded_table():
-    """The reorg table of the data README, as a live-tail must report it."""
-    (p,) = expected_reorgs("polygon_13522175-13522230")
-    assert (p.depth, p.ancestor.height, p.removed, p.added) == (
-        1, 13522193,
-        ("0x6f01a5163724e4bfbbcac469a9a2aafd16bc1a50f15c346b1ab1347561fb7c4d",),
-        ("0xe5a6598d287904b84988b7ae0bc6566b79abebf46e2abc90a5579827fa0af3ce",),
-    )
-    flip, flop = expected_reorgs("polygon_13522239-13522298")
-    assert (flip.depth, flip.ancestor, flip.removed) == (
-        1, None, ("0xc73a1047034dd7b03cd01950e4bff4621b79321e8120b623744cf8cfc93f3efd",))
-    assert (flop.depth, flop.ancestor, flop.new_head.height) == (2, None, 13522240)
-    assert flop.removed == ("0x2d878239f4b2dff2bb9776a87d5dcbcf8a99bd6a1f8e2897abd20e86da899f35",
-                            "0x8add914454ed7ee33c9a533a545555c376f37f3fdffb56f9daf0e848a2ff268a")
-    r = expected_reorgs("rinkeby_4941854-4941873") + expected_reorgs("rinkeby_4947153-4947173")
-    assert [(x.depth, x.ancestor.height, x.removed[0][:10], x.added[0][:10]) for x in r] == [
-        (1, 4941862, "0x9f201190", "0xfba53dbd"),
-        (1, 4941867, "0xd51ecada", "0xa2ffcc25"),
-        (1, 4947160, "0x94128430", "0x9e7044a4"),
-    ]
-    assert expected_reorgs("mainnet_11880804-11880810") == []
-    # the module docstring documents the same values
-    for x in expected_reorgs("polygon_13522175-13522230") + r:
-        assert x.ancestor.hash in replaynode.__doc__ and x.removed[0] in replaynode.__doc__
+@pytest.mark.parametrize("name", RECORDINGS + ["mainnet_11880804-11880810", "mainnet_15478281-15478287"])
+def test_expected_reorgs_follow_from_the_recordings(name):
+    """
+    What the chain builder promises, checked against the recorded data
+    alone: a reorg wherever the next head does not build on the last one,
+    every recorded orphan leaving the chain and its canonical sibling
+    joining it, at the fork point the recorded parents show.
+    """
+    recording = load_recording(name)
+    blocks = {b["hash"]: b for b in recording.blocks + recording.orphans}
+    canonical = {int(b["number"], 16): b["hash"] for b in recording.blocks}
+    reorgs = expected_reorgs(name)
+
+    heads = [step.block for step in recording.steps()]
+    assert [r.step for r in reorgs] == [
+        i for i, (a, b) in enumerate(zip(heads, heads[1:]), start=1) if b["parentHash"] != a["hash"]]
+    removed = {h for r in reorgs for h in r.removed}
+    added = {h for r in reorgs for h in r.added}
+    assert {o["hash"] for o in recording.orphans} <= removed
+    assert {canonical[int(o["number"], 16)] for o in recording.orphans} <= added
+    for r in reorgs:
+        assert (r.old_head.hash, r.new_head.hash) == (heads[r.step - 1]["hash"], heads[r.step]["hash"])
+        first = r.new_head.height - len(r.added) + 1
+        assert [int(blocks[h]["number"], 16) for h in r.added] == list(range(first, r.new_head.height + 1))
+        assert [int(blocks[h]["number"], 16) for h in r.removed] == list(range(first, r.old_head.height + 1))
+        assert r.depth == len(r.removed) and r.cause == "script"
+        fork = blocks[r.added[0]]["parentHash"]
+        if fork == blocks[r.removed[0]]["parentHash"] and fork in blocks:
+            assert r.ancestor == (first - 1, fork)
+        else:  # the branches part below the recording
+            assert r.ancestor is None
+    if not recording.orphans:
+        assert reorgs == []
 
 
 @pytest_twisted.ensureDeferred
@@ -464,24 +493,25 @@ async def test_fault_injection(serve):
     clock = Clock()
     node = ReplayNode(clock)
     rpc = await serve(node)
+    faults = rpc.served.faults
 
-    node.inject_fault("http-500")
+    faults.inject("http-500")
     resp, _ = await rpc.post(b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}')
     assert resp.code == 500
-    node.inject_fault("rpc-error")
+    faults.inject("rpc-error")
     with pytest.raises(RpcFailure) as e:
         await rpc.call("eth_blockNumber")
     assert e.value.code == -32000
-    node.inject_fault("disconnect")
+    faults.inject("disconnect")
     with pytest.raises(Exception):
         await rpc.call("eth_blockNumber")
 
-    node.inject_fault("delay", delay=30)
-    arrived = node.next_request()
+    faults.inject("delay", delay=30)
+    arrived = faults.nextRequest()
     d = ensureDeferred(rpc.call("eth_blockNumber"))
     assert await arrived == b"POST"
     await deferLater(reactor, 0)  # let the handler return NOT_DONE_YET
-    assert node.delayed_requests == 1 and not d.called
+    assert faults.delayedRequests == 1 and not d.called
     clock.advance(29)
     assert not d.called
     clock.advance(1)
@@ -489,19 +519,69 @@ async def test_fault_injection(serve):
     assert await rpc.call("eth_blockNumber") == hex(node.head.height)
 
 
+# ------------------------------------------------------------------ as a service
+
+
+@pytest_twisted.ensureDeferred
+async def test_as_a_service_it_names_its_url_once_bound_and_stops_whole(no_leaks):
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionRefusedError
+
+    clock = Clock()
+    node = ReplayNode(clock, block_time=2.0)
+    svc = node.as_service(reactor)
+    assert svc.url is None
+    svc.privilegedStartService()
+    assert re.match(r"http://127\.0\.0\.1:\d+/\Z", svc.url)
+    assert node.head is None  # production begins with startService
+    svc.startService()
+    assert node.running
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    rpc = Rpc(HTTPClient(Agent(reactor, pool=pool)), svc.url)
+    assert await rpc.call("eth_blockNumber") == "0x1"
+    clock.advance(2.0)
+    assert await rpc.call("eth_blockNumber") == "0x2"
+    await pool.closeCachedConnections()
+
+    await svc.stopService()
+    assert not node.running and clock.getDelayedCalls() == []
+    with pytest.raises(ConnectionRefusedError):
+        await rpc.call("eth_blockNumber")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_service_that_cannot_bind_says_so_at_once(no_leaks):
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    with pytest.raises(ValueError):
+        ReplayNode(Clock()).as_service(reactor, "tcp:banana")
+    holder = ReplayNode(Clock()).as_service(reactor)
+    holder.privilegedStartService()
+    try:
+        port = holder.url.rsplit(":", 1)[1].rstrip("/")
+        svc = ReplayNode(Clock()).as_service(reactor, f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(CannotListenError):
+            svc.privilegedStartService()
+        assert svc.url is None
+    finally:
+        await holder.stopService()
+
+
 # ------------------------------------------------------------------ CLI and import hygiene
 
 
 def test_cli_help_and_expected_reorgs():
     env = dict(os.environ, PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-m", "explorerd.replaynode", "--help"],
+    out = subprocess.run([sys.executable, "-m", "explorerd.replay", "--help"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for flag in ("--listen", "--block-time", "--recording", "--loop", "--no-loop"):
         assert flag in out.stdout
     out = subprocess.run(
         [sys.executable, "-c",
-         "import sys, explorerd.replaynode as r; r.main(['--recording', 'polygon_13522175-13522230',"
+         "import sys, explorerd.replay.__main__ as r; r.main(['--recording', 'polygon_13522175-13522230',"
          " '--expected-reorgs']); print('twisted.internet.reactor' in sys.modules)"],
         env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
