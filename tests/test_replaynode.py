@@ -8,6 +8,7 @@ promises, and what C{expected_reorgs} promises must follow from the
 recordings themselves.
 """
 
+import collections
 import json
 import os
 import re
@@ -481,6 +482,248 @@ async def test_recording_loop_continues_above_the_recording(serve):
     grand = await rpc.call("eth_getBlockByHash", parent["parentHash"], False)
     assert grand["hash"] == rec.blocks[-1]["hash"]  # the loop extends the original chain
     assert all(t["blockHash"] == latest["hash"] for t in latest["transactions"])
+
+
+# ------------------------------------------------------------------ logs
+
+
+def packaged_logs(network):
+    """The packaged logs file, read apart from the node: the recorded logs by recorded block hash."""
+    out = {}
+    with open(os.path.join(REPO, "explorerd", "data", f"{network}.logs.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            log = json.loads(line)
+            out.setdefault(log["blockHash"], []).append(log)
+    return out
+
+
+def recorded_block_of(served, recording):
+    """The recorded block a served one copies: header roots are never rewritten."""
+    key = (served["stateRoot"], served["receiptsRoot"], served["transactionsRoot"])
+    (block,) = [b for b in recording.blocks + recording.orphans
+                if (b["stateRoot"], b["receiptsRoot"], b["transactionsRoot"]) == key]
+    return block
+
+
+def as_served_in(log, block):
+    """A recorded log as a node serving C{block} must give it: inside that block, of its transaction."""
+    tx = block["transactions"][int(log["transactionIndex"], 16)]
+    return dict(log, blockHash=block["hash"], blockNumber=block["number"], transactionHash=tx["hash"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_by_block_hash_are_the_recorded_ones_in_the_served_blocks(serve):
+    """Every block of two passes, orphans included: the recorded logs, inside the block as served."""
+    name = "rinkeby_4947153-4947173"  # every block's logs recorded, its orphan's too
+    recording, recorded = load_recording(name), packaged_logs("rinkeby")
+    node = ReplayNode(Clock(), name)
+    rpc = await serve(node)
+    while len(node.reorgs) < 2:  # the whole recording, then its orphan again in the second pass
+        node.mine()
+    node.mine()
+    orphans = [h for r in node.reorgs for h in r.removed]
+    served = [await rpc.call("eth_getBlockByNumber", hex(h), True) for h in range(1, node.head.height + 1)]
+    served += [await rpc.call("eth_getBlockByHash", h, True) for h in orphans]
+    real_tx_hashes = {tx["hash"] for b in recording.blocks + recording.orphans for tx in b["transactions"]}
+    passes = collections.Counter()
+    for block in served:
+        original = recorded_block_of(block, recording)
+        logs = await rpc.call("eth_getLogs", {"blockHash": block["hash"]})
+        assert logs == [as_served_in(log, block) for log in recorded[original["hash"]]]
+        assert logs and all(log["removed"] is False for log in logs)
+        first_pass = block["hash"] == orphans[0] or int(block["number"], 16) <= len(recording.blocks)
+        tx_hashes = {log["transactionHash"] for log in logs}
+        assert tx_hashes <= real_tx_hashes if first_pass else not tx_hashes & real_tx_hashes
+        passes[first_pass] += 1
+    assert passes[True] == len(recording.blocks) + 1 and passes[False] > 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_orphans_logs_are_served_by_its_hash_after_the_reorg(serve):
+    name = "polygon_13522175-13522230"  # its orphan 13522194 met first, then its sibling
+    recording, recorded = load_recording(name), packaged_logs("polygon")
+    node = ReplayNode(Clock(), name)
+    rpc = await serve(node)
+    while not node.reorgs:
+        node.mine()
+    (orphan,), (sibling,) = node.reorgs[0].removed, node.reorgs[0].added
+    height = node.head.height
+    orphan_block = await rpc.call("eth_getBlockByHash", orphan, True)
+    sibling_block = await rpc.call("eth_getBlockByNumber", hex(height), True)
+    assert sibling_block["hash"] == sibling and orphan_block["number"] == hex(height)
+    orphan_logs = await rpc.call("eth_getLogs", {"blockHash": orphan})
+    assert orphan_logs == [as_served_in(log, orphan_block) for log in recorded[recording.orphans[0]["hash"]]]
+    sibling_logs = await rpc.call("eth_getLogs", {"blockHash": sibling})
+    original_sibling = recorded_block_of(sibling_block, recording)
+    assert sibling_logs == [as_served_in(log, sibling_block) for log in recorded[original_sibling["hash"]]]
+    assert orphan_logs and sibling_logs and orphan_logs != sibling_logs
+    # by number, only the canonical chain
+    assert await rpc.call("eth_getLogs", {"fromBlock": hex(height), "toBlock": hex(height)}) == sibling_logs
+
+
+@pytest_twisted.ensureDeferred
+async def test_recording_mode_serves_the_recorded_logs_verbatim(serve):
+    name = "polygon_13522239-13522298"
+    recording, recorded = load_recording(name), packaged_logs("polygon")
+    node = ReplayNode.recording(Clock(), name)
+    rpc = await serve(node)
+    while node.mine() is not None:
+        pass
+    for block in recording.blocks[:5] + recording.blocks[-2:]:
+        assert await rpc.call("eth_getLogs", {"blockHash": block["hash"]}) == recorded[block["hash"]]
+    side, side_child = recording.orphans  # 13522239' and 13522240': the branch the head flip-flopped to
+    assert await rpc.call("eth_getLogs", {"blockHash": side["hash"]}) == recorded[side["hash"]]
+    assert side_child["hash"] not in recorded and side_child["transactions"]
+    error = await rpc.failure("eth_getLogs", {"blockHash": side_child["hash"]})  # never recorded
+    assert error == {"code": 4444, "message": "pruned history unavailable"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_nobody_recorded_are_not_made_up(serve):
+    node = ReplayNode(Clock(), ["mainnet_11880804-11880810", "rinkeby_4941854-4941873"])
+    rpc = await serve(node)
+    for _ in range(9):
+        node.mine()
+    # mainnet 11880804-11880809 recorded; 11880810 has no transactions, so no logs
+    assert len(await rpc.call("eth_getLogs", {"fromBlock": "0x1", "toBlock": "0x7"})) == 1831
+    assert (await rpc.call("eth_getBlockByNumber", "0x7", False))["transactions"] == []
+    assert await rpc.call("eth_getLogs", {"fromBlock": "0x7", "toBlock": "0x7"}) == []
+    # rinkeby 4941854-4941873: no logs recorded
+    eighth = await rpc.call("eth_getBlockByNumber", "0x8", False)
+    assert eighth["transactions"]
+    for criteria in ({"blockHash": eighth["hash"]}, {"fromBlock": "0x1", "toBlock": "latest"}, {}):
+        assert (await rpc.failure("eth_getLogs", criteria))["code"] == 4444
+
+
+def geth_matches(log, addresses, topics):
+    """The reference: geth's filterLogs, written out plainly."""
+    if addresses and log["address"].lower() not in [a.lower() for a in addresses]:
+        return False
+    if len(topics) > len(log["topics"]):
+        return False
+    for wanted, topic in zip(topics, log["topics"]):
+        if wanted is None or wanted == [] or (isinstance(wanted, list) and None in wanted):
+            continue
+        if topic.lower() not in [w.lower() for w in ([wanted] if isinstance(wanted, str) else wanted)]:
+            return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_ranges_with_address_and_topic_filters(serve):
+    name = "rinkeby_4947153-4947173"
+    node = ReplayNode(Clock(), name, start_height=10)
+    rpc = await serve(node)
+    for _ in range(30):
+        node.mine()
+    head = node.head.height
+    every = []
+    for h in range(10, head + 1):
+        every += await rpc.call("eth_getLogs", {"blockHash": (await rpc.call("eth_getBlockByNumber", hex(h), False))["hash"]})
+    assert await rpc.call("eth_getLogs", {"fromBlock": "earliest", "toBlock": "latest"}) == every
+    assert await rpc.call("eth_getLogs", {"fromBlock": hex(10)}) == every
+    assert await rpc.call("eth_getLogs", {}) == [log for log in every if log["blockNumber"] == hex(head)]
+    middle = await rpc.call("eth_getLogs", {"fromBlock": hex(14), "toBlock": hex(20)})
+    assert middle == [log for log in every if 14 <= int(log["blockNumber"], 16) <= 20] and middle
+
+    addresses = [a for a, _ in collections.Counter(log["address"] for log in every).most_common(2)]
+    # an event's signature fixes its topic count: take the commonest 3-topic and 2-topic events
+    by_count = {}
+    for signature, n in collections.Counter((log["topics"][0], len(log["topics"])) for log in every
+                                            if log["topics"]).most_common():
+        by_count.setdefault(signature[1], signature[0])
+    t3, t2 = by_count[3], by_count[2]
+    block_hash = every[len(every) // 2]["blockHash"]
+    filters = {
+        "one address": {"address": addresses[0]},
+        "in capitals": {"address": addresses[0].upper().replace("0X", "0x")},
+        "two addresses": {"address": addresses},
+        "no addresses": {"address": []},
+        "one topic": {"topics": [t3]},
+        "alternatives": {"topics": [[t3, t2]]},
+        "alternatives, 2 topics": {"topics": [[t3, t2], None]},
+        "alternatives, 3 topics": {"topics": [[t3, t2], None, None]},
+        "alternatives, 4 topics": {"topics": [[t3, t2], None, None, None]},
+        "null among alternatives": {"topics": [[t3, None]]},
+        "any first topic": {"topics": [None]},
+        "any 3 topics": {"topics": [None, None, None]},
+        "empty alternatives": {"topics": [[]]},
+        "no topics": {"topics": []},
+        "addresses and topics": {"address": addresses, "topics": [[t3, t2], None]},
+    }
+    count = {}
+    for what, f in filters.items():
+        address = f.get("address")
+        want = [log for log in every
+                if geth_matches(log, [address] if isinstance(address, str) else address, f.get("topics", []))]
+        assert await rpc.call("eth_getLogs", dict(f, fromBlock=hex(10), toBlock="latest")) == want, what
+        assert await rpc.call("eth_getLogs", dict(f, blockHash=block_hash)) == \
+            [log for log in want if log["blockHash"] == block_hash], what
+        count[what] = len(want)
+    # trailing nulls count: a filter of k positions wants at least k topics
+    assert count["alternatives"] == count["alternatives, 2 topics"] > count["alternatives, 3 topics"] \
+        == count["one topic"] > count["alternatives, 4 topics"] == 0
+    assert len(every) >= count["any first topic"] > count["any 3 topics"] > 0
+    assert count["null among alternatives"] == count["any first topic"]
+    assert count["no addresses"] == count["empty alternatives"] == count["no topics"] == len(every)
+    assert count["one address"] == count["in capitals"] < count["two addresses"] < len(every)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_log_filters_are_refused(serve, monkeypatch):
+    node = ReplayNode(Clock(), "rinkeby_4947153-4947173")
+    rpc = await serve(node)
+    for _ in range(5):
+        node.mine()
+    head = node.head
+    topic = "0x" + "ab" * 32
+    bad = [
+        [],
+        [{}, {}],
+        ["latest"],
+        [None],
+        [{"blockHash": head.hash, "fromBlock": "0x1"}],
+        [{"blockHash": head.hash, "toBlock": "latest"}],
+        [{"blockHash": "0x1234"}],
+        [{"blockHash": 7}],
+        [{"fromBlock": "banana"}],
+        [{"fromBlock": 1}],
+        [{"fromBlock": "pending"}],
+        [{"toBlock": "pending"}],
+        [{"fromBlock": "0x5", "toBlock": "0x2"}],
+        [{"fromBlock": "0x1", "toBlock": hex(head.height + 1)}],
+        [{"address": "0x1234"}],
+        [{"address": 5}],
+        [{"address": ["0x" + "00" * 20, 5]}],
+        [{"address": {"a": 1}}],
+        [{"topics": topic}],
+        [{"topics": [topic] * 5}],
+        [{"topics": ["0x12"]}],
+        [{"topics": [5]}],
+        [{"topics": [[topic, 5]]}],
+        [{"topics": [{"a": topic}]}],
+    ]
+    for params in bad:
+        error = await rpc.failure("eth_getLogs", *params)
+        assert error["code"] == -32602 and error["message"], params
+    assert await rpc.failure("eth_getLogs", {"blockHash": "0x" + "cd" * 32}) == {"code": -32000, "message": "unknown block"}
+
+    from explorerd.replay import resource
+
+    monkeypatch.setattr(resource, "MAX_LOGS", 10)
+    assert await rpc.failure("eth_getLogs", {"fromBlock": "earliest"}) == {
+        "code": -32005, "message": "query returned more than 10 results"}
+    assert await rpc.call("eth_getLogs", {"fromBlock": "earliest", "topics": [topic]}) == []  # matches count
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_receipts_are_not_served_since_none_were_recorded(serve):
+    node = ReplayNode(Clock())
+    rpc = await serve(node)
+    node.mine()
+    for block in ("latest", "0x1", node.head.hash, {"blockHash": node.head.hash}):
+        error = await rpc.failure("eth_getBlockReceipts", block)
+        assert error["code"] == -32601, block
 
 
 # ------------------------------------------------------------------ faults

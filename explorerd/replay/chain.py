@@ -60,14 +60,15 @@ class Reorg(namedtuple("Reorg", "step old_head new_head depth ancestor removed a
 class _Block:
     """A served block: the recorded one it copies, and the header it is given."""
 
-    __slots__ = ("height", "hash", "parent", "timestamp", "template", "round", "verbatim")
+    __slots__ = ("height", "hash", "parent", "timestamp", "template", "logs", "round", "verbatim")
 
-    def __init__(self, height, hash, parent, timestamp, template, round, verbatim):
+    def __init__(self, height, hash, parent, timestamp, template, logs, round, verbatim):
         self.height = height
         self.hash = hash
         self.parent = parent
         self.timestamp = timestamp
         self.template = template
+        self.logs = logs  # the recorded logs, or None: never recorded
         self.round = round  # passes over the recordings before this one
         self.verbatim = verbatim  # served exactly as recorded
 
@@ -137,9 +138,10 @@ class Chain:
             return None
         step, recording = nxt
         b = step.block
+        logs = recording.logs.get(b["hash"])
         if self.mode == "recording" and self._round == 0:
             block = _Block(int(b["number"], 16), b["hash"], b["parentHash"], int(b["timestamp"], 16),
-                           b, 0, True)
+                           b, logs, 0, True)
         else:
             if step.orphan:
                 height = int(b["number"], 16) + self._offset
@@ -150,7 +152,7 @@ class Chain:
                 parent = self._tip.hash if self._tip is not None else _sha(f"{self.chain_id}-{height - 1}-pre")
             above = self._by_hash.get(parent)
             block = _Block(height, _sha(f"{self.chain_id}-{height}-{self._round}-{b['hash']}"), parent,
-                           max(int(now), above.timestamp if above else 0), b, self._round, False)
+                           max(int(now), above.timestamp if above else 0), b, logs, self._round, False)
             if step.orphan:
                 self._orphan_map[b["hash"]] = block.hash
         self._by_hash[block.hash] = block
@@ -181,7 +183,7 @@ class Chain:
         for height in range(base_height + 1, head.height + 1):
             old = self._by_hash[self._canonical[height]]
             new = _Block(height, _sha(f"{self.chain_id}-{height}-{old.round}-{old.template['hash']}-reorg{n}"),
-                         parent.hash, max(int(now), parent.timestamp), old.template, old.round, False)
+                         parent.hash, max(int(now), parent.timestamp), old.template, old.logs, old.round, False)
             self._by_hash[new.hash] = new
             parent = new
         self._tip = new
@@ -203,6 +205,22 @@ class Chain:
         if len(self._encoded) > 64:
             self._encoded.popitem(last=False)
         return data
+
+    def logsOf(self, block_hash, match=None):
+        """
+        The block's logs as served, those C{match(recorded log)} accepts; C{None}
+        if they were never recorded.  The block must be known (L{knows}).
+        """
+        block = self._by_hash[block_hash]
+        if block.logs is None:
+            return None
+        logs = [log for log in block.logs if match is None or match(log)]
+        if block.verbatim:
+            return logs
+        number = hex(block.height)
+        return [dict(log, blockHash=block.hash, blockNumber=number,
+                     transactionHash=self._txHash(block, log["transactionHash"]))
+                for log in logs]
 
     def _served(self, block, full):
         t = block.template

@@ -3,7 +3,8 @@ The recorded runs a replay node serves, read from C{explorerd/data/}.
 
 A run is a contiguous, C{parentHash}-linked stretch of one network's
 canonical chain.  The orphans recorded on that network come from
-C{<network>.reorged.blocks.jsonl} next to it.  C{data/README.md} says where
+C{<network>.reorged.blocks.jsonl} next to it; where they were recorded, the
+blocks' logs come from C{<network>.logs.jsonl}.  C{data/README.md} says where
 each file comes from.
 """
 
@@ -49,14 +50,22 @@ Step.__doc__ = "One head event of a recording: a recorded block, and whether it 
 
 
 class Recording:
-    """One recorded run, with the orphans recorded at its heights."""
+    """
+    One recorded run, with the orphans recorded at its heights and the logs
+    recorded for its blocks.
 
-    def __init__(self, name, network, chain_id, blocks, orphans):
+    @ivar logs: recorded logs by block hash, as C{eth_getLogs} gave them; a
+        block without transactions has none.  A block missing here had its
+        logs never recorded: nothing may be made up for it.
+    """
+
+    def __init__(self, name, network, chain_id, blocks, orphans, logs):
         self.name = name
         self.network = network
         self.chain_id = chain_id
         self.blocks = blocks
         self.orphans = orphans
+        self.logs = logs
 
     def __repr__(self):
         return f"<Recording {self.name}>"
@@ -126,7 +135,29 @@ def _load(path, orphans_path):
     lo, hi = int(blocks[0]["number"], 16), int(blocks[-1]["number"], 16)
     orphans = tuple(o for o in (_readLines(orphans_path) if orphans_path else ())
                     if lo <= int(o["number"], 16) <= hi)
-    return Recording(name, network, NETWORK_CHAIN_IDS.get(network), blocks, orphans)
+    logs = _logsOf(blocks + orphans, p.parent / f"{network}.logs.jsonl")
+    return Recording(name, network, NETWORK_CHAIN_IDS.get(network), blocks, orphans, logs)
+
+
+def _logsOf(blocks, logs_path):
+    """
+    The recorded logs of C{blocks}, by block hash.  A logs file holds
+    whole-block queries; a block with transactions and no line there may have
+    had no logs or may never have been queried.  We cannot tell which, so it
+    stays out (in the packaged runs every such block's C{logsBloom} is set:
+    never queried).
+    """
+    recorded = {}
+    if logs_path.exists():
+        for log in _readLines(str(logs_path)):
+            recorded.setdefault(log["blockHash"], []).append(log)
+    out = {}
+    for b in blocks:
+        if b["hash"] in recorded:
+            out[b["hash"]] = tuple(recorded[b["hash"]])
+        elif not b["transactions"]:
+            out[b["hash"]] = ()
+    return out
 
 
 @lru_cache(maxsize=None)
