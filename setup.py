@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.11",
     # twisted.plugins is listed explicitly so twistd finds the plugin in a
     # normal (non-editable) install; there is no __init__.py in twisted/.
-    packages=["explorerd", "twisted.plugins"],
+    packages=["explorerd", "explorerd.replay", "twisted.plugins"],
     include_package_data=True,
     package_data={"explorerd": ["data/*.jsonl", "data/*.md"]},
     data_files=web_files(),

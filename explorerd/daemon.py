@@ -75,7 +75,7 @@ class EmbeddedNode(Service):
     log = Logger()
 
     def __init__(self, reactor, clock, block_time, rpc):
-        from explorerd.replaynode import ReplayNode
+        from explorerd.replay import ReplayNode
 
         self.node = ReplayNode(clock, block_time=block_time)
         self.rpc = rpc

@@ -1,6 +1,6 @@
 """
 Node faults and shutdown at the daemon level: a real twistd explorerd tailing a real JSON-RPC node
-(the replay node, ``python -m explorerd.replaynode``) that is absent at start, appears, is killed
+(the replay node, ``python -m explorerd.replay``) that is absent at start, appears, is killed
 mid-stream and comes back; and SIGTERM with hundreds of clients while blocks flow.
 """
 
@@ -28,12 +28,12 @@ def free_port():
 
 
 class Node:
-    """``python -m explorerd.replaynode`` on a given port; deterministic blocks, so a restart
+    """``python -m explorerd.replay`` on a given port; deterministic blocks, so a restart
     with ``prefill`` serves the same chain, longer."""
 
     def __init__(self, port, prefill=0, block_time=0.2):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "explorerd.replaynode", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            [sys.executable, "-m", "explorerd.replay", "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--block-time", str(block_time), "--prefill", str(prefill)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=soak.clean_env(), cwd=soak.ROOT)
         self.port = port

@@ -7,7 +7,7 @@ its hub, watched by a real WebSocket client.
 Every head event is made by C{node.mine()} and followed by one poll of the
 tail; the client's stream is read after each (a ping's pong comes after
 everything before it).  The reorg messages must be what
-L{explorerd.replaynode.expected_reorgs} says the node did: same step, depth,
+L{explorerd.replay.expected_reorgs} says the node did: same step, depth,
 removed hashes (with their heights) and common ancestor.
 
 Polygon 13522239-13522298 starts on a fork whose point lies below the
@@ -27,7 +27,8 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from explorerd.replaynode import ReplayNode, expected_reorgs, load_recording
+from explorerd.replay import ReplayNode, expected_reorgs, load_recording
+from tests.replayfaults import ServedNode
 from tests.clients import connect
 from tests.conftest import eventually
 
@@ -62,18 +63,16 @@ def errors():
 @pytest_twisted.async_yield_fixture
 async def served():
     """C{await served(name)} → a recording-mode replay node on a real port, with no head yet."""
-    ports = []
+    started = []
 
     async def serve(name):
-        node = ReplayNode.recording(Clock(), name)
-        port = await node.listen(_reactor(), "tcp:0:interface=127.0.0.1")
-        ports.append(port)
-        node.url = f"http://127.0.0.1:{port.getHost().port}/"
-        return node
+        served = await ServedNode(ReplayNode.recording(Clock(), name)).listen(_reactor())
+        started.append(served)
+        return served
 
     yield serve
-    for port in ports:
-        await port.stopListening()
+    for served in started:
+        await served.close(_reactor())
 
 
 def sent(daemon):
@@ -130,8 +129,9 @@ class View:
 @pytest_twisted.ensureDeferred
 async def test_the_client_sees_the_recorded_reorgs(start_daemon, served, errors, name):
     recording = load_recording(name)
-    node = await served(name)
-    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    served_node = await served(name)
+    node = served_node.node
+    daemon = await start_daemon(with_tail=True, rpc_url=served_node.url)
     tail = daemon.service.tail
     await tail.whenIdle()  # its first poll: the node has no head yet, nothing to publish
     assert tail.published is None

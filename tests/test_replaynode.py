@@ -1,10 +1,14 @@
-"""The replay node over a real loopback HTTP port, driven by a task.Clock.
+"""
+The replay node over a real loopback HTTP port, driven by a task.Clock.
 
-Why these tests: the live-tail trusts this node to look like a real one on the
-wire and to replay the recorded reorgs faithfully; a poller written here (the
-simplest correct one) must observe exactly what ``expected_reorgs`` promises.
+Why these tests: the live-tail trusts this node to look like a real one on
+the wire and to replay the recorded reorgs faithfully; a poller written here
+(the simplest correct one) must observe exactly what C{expected_reorgs}
+promises, and what C{expected_reorgs} promises must follow from the
+recordings themselves.
 """
 
+import collections
 import json
 import os
 import re
@@ -18,8 +22,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from explorerd import replaynode
-from explorerd.replaynode import ReplayNode, expected_reorgs, head_sequence, load_recording
+from explorerd.replay import DEFAULT_RECORDINGS, Chain, ReplayNode, expected_reorgs, load_recording
+from tests.replayfaults import ServedNode
 
 HASH = re.compile(r"0x[0-9a-f]{64}\Z")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,15 +32,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class RpcFailure(Exception):
     def __init__(self, error):
         super().__init__(error)
+        self.error = error
         self.code = error["code"]
 
 
 class Rpc:
     """A minimal JSON-RPC client over treq (what the live-tail does, minus policy)."""
 
-    def __init__(self, http, url):
+    def __init__(self, http, url, served=None):
         self.http = http
         self.url = url
+        self.served = served
         self.next_id = 0
 
     async def post(self, body, method="POST"):
@@ -55,6 +61,12 @@ class Rpc:
         if "error" in msg:
             raise RpcFailure(msg["error"])
         return msg["result"]
+
+    async def failure(self, method, *params):
+        """The error a call gets (it must get one)."""
+        with pytest.raises(RpcFailure) as e:
+            await self.call(method, *params)
+        return e.value.error
 
     async def batch(self, calls):
         reqs = []
@@ -114,6 +126,16 @@ def as_observed(reorgs):
     ]
 
 
+def head_sequence(name):
+    """Every head the chain takes replaying a recording once, as the chain builder says."""
+    recording = load_recording(name)
+    chain = Chain([recording], recording.chain_id, mode="recording", loop=False)
+    heads = []
+    while (head := chain.advance(0)) is not None:
+        heads.append(head)
+    return heads
+
+
 @pytest_twisted.async_yield_fixture
 async def serve():
     """Start nodes on real loopback ports; tear down client, server and timers."""
@@ -128,19 +150,18 @@ async def serve():
     async def start(node, run=True):
         if run:
             node.start()
-        port = await node.listen(reactor, "tcp:0:interface=127.0.0.1")
-        started.append((node, port))
-        return Rpc(http, f"http://127.0.0.1:{port.getHost().port}/")
+        served = await ServedNode(node).listen(reactor)
+        started.append(served)
+        return Rpc(http, served.url, served)
 
     yield start
 
     await pool.closeCachedConnections()
-    for node, port in started:
-        node.stop()
-        await node.when_idle().addTimeout(5, reactor)
-        await port.stopListening()
-        if isinstance(node._clock, Clock):
-            assert node._clock.getDelayedCalls() == []
+    for served in started:
+        served.node.stop()
+        await served.close(reactor)
+        if isinstance(served.node.clock, Clock):
+            assert served.node.clock.getDelayedCalls() == []
     leaked_calls = [c for c in reactor.getDelayedCalls() if c not in calls_before and c.active()]
     assert not leaked_calls, leaked_calls
     leaked = (set(reactor.getReaders()) | set(reactor.getWriters())) - selectables_before
@@ -164,7 +185,7 @@ async def test_methods_answer_like_a_node(serve):
     assert json.loads(body) == {"jsonrpc": "2.0", "id": 1, "result": "0x539"}
     assert await rpc.call("eth_blockNumber") == "0x69"
     assert await rpc.call("net_version") == "1337"
-    assert (await rpc.call("web3_clientVersion")).startswith("explorerd-replaynode/")
+    assert (await rpc.call("web3_clientVersion")).startswith("explorerd-replay/")
 
     full = await rpc.call("eth_getBlockByNumber", "latest", True)
     assert full["number"] == "0x69" and full["hash"] == node.head.hash
@@ -182,7 +203,7 @@ async def test_methods_answer_like_a_node(serve):
     assert by_hash == full
 
     # fields other than the rewritten header stay real
-    template = load_recording(replaynode.DEFAULT_RECORDINGS[0]).blocks[0]
+    template = load_recording(DEFAULT_RECORDINGS[0]).blocks[0]
     assert list(earliest) == list(template)
     for k in ("miner", "stateRoot", "transactionsRoot", "gasUsed", "size", "logsBloom"):
         assert earliest[k] == template[k]
@@ -265,7 +286,7 @@ async def test_endless_chain_is_consistent(serve):
     clock.pump([2.0] * 360)  # one head event per tick: about two passes over the script
     head = node.head
     assert head.height > 1000 + 300
-    assert node.events >= 360
+    assert node.chain.events >= 360
 
     heights = list(range(1000, head.height + 1))
     blocks = []
@@ -413,30 +434,39 @@ async def test_recording_mode_reproduces_recorded_reorgs(serve, name):
     assert await rpc.call("eth_chainId") == hex(node.chain_id)
 
 
-def test_expected_reorgs_match_the_recorded_table():
-    """The reorg table of the data README, as a live-tail must report it."""
-    (p,) = expected_reorgs("polygon_13522175-13522230")
-    assert (p.depth, p.ancestor.height, p.removed, p.added) == (
-        1, 13522193,
-        ("0x6f01a5163724e4bfbbcac469a9a2aafd16bc1a50f15c346b1ab1347561fb7c4d",),
-        ("0xe5a6598d287904b84988b7ae0bc6566b79abebf46e2abc90a5579827fa0af3ce",),
-    )
-    flip, flop = expected_reorgs("polygon_13522239-13522298")
-    assert (flip.depth, flip.ancestor, flip.removed) == (
-        1, None, ("0xc73a1047034dd7b03cd01950e4bff4621b79321e8120b623744cf8cfc93f3efd",))
-    assert (flop.depth, flop.ancestor, flop.new_head.height) == (2, None, 13522240)
-    assert flop.removed == ("0x2d878239f4b2dff2bb9776a87d5dcbcf8a99bd6a1f8e2897abd20e86da899f35",
-                            "0x8add914454ed7ee33c9a533a545555c376f37f3fdffb56f9daf0e848a2ff268a")
-    r = expected_reorgs("rinkeby_4941854-4941873") + expected_reorgs("rinkeby_4947153-4947173")
-    assert [(x.depth, x.ancestor.height, x.removed[0][:10], x.added[0][:10]) for x in r] == [
-        (1, 4941862, "0x9f201190", "0xfba53dbd"),
-        (1, 4941867, "0xd51ecada", "0xa2ffcc25"),
-        (1, 4947160, "0x94128430", "0x9e7044a4"),
-    ]
-    assert expected_reorgs("mainnet_11880804-11880810") == []
-    # the module docstring documents the same values
-    for x in expected_reorgs("polygon_13522175-13522230") + r:
-        assert x.ancestor.hash in replaynode.__doc__ and x.removed[0] in replaynode.__doc__
+@pytest.mark.parametrize("name", RECORDINGS + ["mainnet_11880804-11880810", "mainnet_15478281-15478287"])
+def test_expected_reorgs_follow_from_the_recordings(name):
+    """
+    What the chain builder promises, checked against the recorded data
+    alone: a reorg wherever the next head does not build on the last one,
+    every recorded orphan leaving the chain and its canonical sibling
+    joining it, at the fork point the recorded parents show.
+    """
+    recording = load_recording(name)
+    blocks = {b["hash"]: b for b in recording.blocks + recording.orphans}
+    canonical = {int(b["number"], 16): b["hash"] for b in recording.blocks}
+    reorgs = expected_reorgs(name)
+
+    heads = [step.block for step in recording.steps()]
+    assert [r.step for r in reorgs] == [
+        i for i, (a, b) in enumerate(zip(heads, heads[1:]), start=1) if b["parentHash"] != a["hash"]]
+    removed = {h for r in reorgs for h in r.removed}
+    added = {h for r in reorgs for h in r.added}
+    assert {o["hash"] for o in recording.orphans} <= removed
+    assert {canonical[int(o["number"], 16)] for o in recording.orphans} <= added
+    for r in reorgs:
+        assert (r.old_head.hash, r.new_head.hash) == (heads[r.step - 1]["hash"], heads[r.step]["hash"])
+        first = r.new_head.height - len(r.added) + 1
+        assert [int(blocks[h]["number"], 16) for h in r.added] == list(range(first, r.new_head.height + 1))
+        assert [int(blocks[h]["number"], 16) for h in r.removed] == list(range(first, r.old_head.height + 1))
+        assert r.depth == len(r.removed) and r.cause == "script"
+        fork = blocks[r.added[0]]["parentHash"]
+        if fork == blocks[r.removed[0]]["parentHash"] and fork in blocks:
+            assert r.ancestor == (first - 1, fork)
+        else:  # the branches part below the recording
+            assert r.ancestor is None
+    if not recording.orphans:
+        assert reorgs == []
 
 
 @pytest_twisted.ensureDeferred
@@ -454,6 +484,248 @@ async def test_recording_loop_continues_above_the_recording(serve):
     assert all(t["blockHash"] == latest["hash"] for t in latest["transactions"])
 
 
+# ------------------------------------------------------------------ logs
+
+
+def packaged_logs(network):
+    """The packaged logs file, read apart from the node: the recorded logs by recorded block hash."""
+    out = {}
+    with open(os.path.join(REPO, "explorerd", "data", f"{network}.logs.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            log = json.loads(line)
+            out.setdefault(log["blockHash"], []).append(log)
+    return out
+
+
+def recorded_block_of(served, recording):
+    """The recorded block a served one copies: header roots are never rewritten."""
+    key = (served["stateRoot"], served["receiptsRoot"], served["transactionsRoot"])
+    (block,) = [b for b in recording.blocks + recording.orphans
+                if (b["stateRoot"], b["receiptsRoot"], b["transactionsRoot"]) == key]
+    return block
+
+
+def as_served_in(log, block):
+    """A recorded log as a node serving C{block} must give it: inside that block, of its transaction."""
+    tx = block["transactions"][int(log["transactionIndex"], 16)]
+    return dict(log, blockHash=block["hash"], blockNumber=block["number"], transactionHash=tx["hash"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_by_block_hash_are_the_recorded_ones_in_the_served_blocks(serve):
+    """Every block of two passes, orphans included: the recorded logs, inside the block as served."""
+    name = "rinkeby_4947153-4947173"  # every block's logs recorded, its orphan's too
+    recording, recorded = load_recording(name), packaged_logs("rinkeby")
+    node = ReplayNode(Clock(), name)
+    rpc = await serve(node)
+    while len(node.reorgs) < 2:  # the whole recording, then its orphan again in the second pass
+        node.mine()
+    node.mine()
+    orphans = [h for r in node.reorgs for h in r.removed]
+    served = [await rpc.call("eth_getBlockByNumber", hex(h), True) for h in range(1, node.head.height + 1)]
+    served += [await rpc.call("eth_getBlockByHash", h, True) for h in orphans]
+    real_tx_hashes = {tx["hash"] for b in recording.blocks + recording.orphans for tx in b["transactions"]}
+    passes = collections.Counter()
+    for block in served:
+        original = recorded_block_of(block, recording)
+        logs = await rpc.call("eth_getLogs", {"blockHash": block["hash"]})
+        assert logs == [as_served_in(log, block) for log in recorded[original["hash"]]]
+        assert logs and all(log["removed"] is False for log in logs)
+        first_pass = block["hash"] == orphans[0] or int(block["number"], 16) <= len(recording.blocks)
+        tx_hashes = {log["transactionHash"] for log in logs}
+        assert tx_hashes <= real_tx_hashes if first_pass else not tx_hashes & real_tx_hashes
+        passes[first_pass] += 1
+    assert passes[True] == len(recording.blocks) + 1 and passes[False] > 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_orphans_logs_are_served_by_its_hash_after_the_reorg(serve):
+    name = "polygon_13522175-13522230"  # its orphan 13522194 met first, then its sibling
+    recording, recorded = load_recording(name), packaged_logs("polygon")
+    node = ReplayNode(Clock(), name)
+    rpc = await serve(node)
+    while not node.reorgs:
+        node.mine()
+    (orphan,), (sibling,) = node.reorgs[0].removed, node.reorgs[0].added
+    height = node.head.height
+    orphan_block = await rpc.call("eth_getBlockByHash", orphan, True)
+    sibling_block = await rpc.call("eth_getBlockByNumber", hex(height), True)
+    assert sibling_block["hash"] == sibling and orphan_block["number"] == hex(height)
+    orphan_logs = await rpc.call("eth_getLogs", {"blockHash": orphan})
+    assert orphan_logs == [as_served_in(log, orphan_block) for log in recorded[recording.orphans[0]["hash"]]]
+    sibling_logs = await rpc.call("eth_getLogs", {"blockHash": sibling})
+    original_sibling = recorded_block_of(sibling_block, recording)
+    assert sibling_logs == [as_served_in(log, sibling_block) for log in recorded[original_sibling["hash"]]]
+    assert orphan_logs and sibling_logs and orphan_logs != sibling_logs
+    # by number, only the canonical chain
+    assert await rpc.call("eth_getLogs", {"fromBlock": hex(height), "toBlock": hex(height)}) == sibling_logs
+
+
+@pytest_twisted.ensureDeferred
+async def test_recording_mode_serves_the_recorded_logs_verbatim(serve):
+    name = "polygon_13522239-13522298"
+    recording, recorded = load_recording(name), packaged_logs("polygon")
+    node = ReplayNode.recording(Clock(), name)
+    rpc = await serve(node)
+    while node.mine() is not None:
+        pass
+    for block in recording.blocks[:5] + recording.blocks[-2:]:
+        assert await rpc.call("eth_getLogs", {"blockHash": block["hash"]}) == recorded[block["hash"]]
+    side, side_child = recording.orphans  # 13522239' and 13522240': the branch the head flip-flopped to
+    assert await rpc.call("eth_getLogs", {"blockHash": side["hash"]}) == recorded[side["hash"]]
+    assert side_child["hash"] not in recorded and side_child["transactions"]
+    error = await rpc.failure("eth_getLogs", {"blockHash": side_child["hash"]})  # never recorded
+    assert error == {"code": 4444, "message": "pruned history unavailable"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_nobody_recorded_are_not_made_up(serve):
+    node = ReplayNode(Clock(), ["mainnet_11880804-11880810", "rinkeby_4941854-4941873"])
+    rpc = await serve(node)
+    for _ in range(9):
+        node.mine()
+    # mainnet 11880804-11880809 recorded; 11880810 has no transactions, so no logs
+    assert len(await rpc.call("eth_getLogs", {"fromBlock": "0x1", "toBlock": "0x7"})) == 1831
+    assert (await rpc.call("eth_getBlockByNumber", "0x7", False))["transactions"] == []
+    assert await rpc.call("eth_getLogs", {"fromBlock": "0x7", "toBlock": "0x7"}) == []
+    # rinkeby 4941854-4941873: no logs recorded
+    eighth = await rpc.call("eth_getBlockByNumber", "0x8", False)
+    assert eighth["transactions"]
+    for criteria in ({"blockHash": eighth["hash"]}, {"fromBlock": "0x1", "toBlock": "latest"}, {}):
+        assert (await rpc.failure("eth_getLogs", criteria))["code"] == 4444
+
+
+def geth_matches(log, addresses, topics):
+    """The reference: geth's filterLogs, written out plainly."""
+    if addresses and log["address"].lower() not in [a.lower() for a in addresses]:
+        return False
+    if len(topics) > len(log["topics"]):
+        return False
+    for wanted, topic in zip(topics, log["topics"]):
+        if wanted is None or wanted == [] or (isinstance(wanted, list) and None in wanted):
+            continue
+        if topic.lower() not in [w.lower() for w in ([wanted] if isinstance(wanted, str) else wanted)]:
+            return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_ranges_with_address_and_topic_filters(serve):
+    name = "rinkeby_4947153-4947173"
+    node = ReplayNode(Clock(), name, start_height=10)
+    rpc = await serve(node)
+    for _ in range(30):
+        node.mine()
+    head = node.head.height
+    every = []
+    for h in range(10, head + 1):
+        every += await rpc.call("eth_getLogs", {"blockHash": (await rpc.call("eth_getBlockByNumber", hex(h), False))["hash"]})
+    assert await rpc.call("eth_getLogs", {"fromBlock": "earliest", "toBlock": "latest"}) == every
+    assert await rpc.call("eth_getLogs", {"fromBlock": hex(10)}) == every
+    assert await rpc.call("eth_getLogs", {}) == [log for log in every if log["blockNumber"] == hex(head)]
+    middle = await rpc.call("eth_getLogs", {"fromBlock": hex(14), "toBlock": hex(20)})
+    assert middle == [log for log in every if 14 <= int(log["blockNumber"], 16) <= 20] and middle
+
+    addresses = [a for a, _ in collections.Counter(log["address"] for log in every).most_common(2)]
+    # an event's signature fixes its topic count: take the commonest 3-topic and 2-topic events
+    by_count = {}
+    for signature, n in collections.Counter((log["topics"][0], len(log["topics"])) for log in every
+                                            if log["topics"]).most_common():
+        by_count.setdefault(signature[1], signature[0])
+    t3, t2 = by_count[3], by_count[2]
+    block_hash = every[len(every) // 2]["blockHash"]
+    filters = {
+        "one address": {"address": addresses[0]},
+        "in capitals": {"address": addresses[0].upper().replace("0X", "0x")},
+        "two addresses": {"address": addresses},
+        "no addresses": {"address": []},
+        "one topic": {"topics": [t3]},
+        "alternatives": {"topics": [[t3, t2]]},
+        "alternatives, 2 topics": {"topics": [[t3, t2], None]},
+        "alternatives, 3 topics": {"topics": [[t3, t2], None, None]},
+        "alternatives, 4 topics": {"topics": [[t3, t2], None, None, None]},
+        "null among alternatives": {"topics": [[t3, None]]},
+        "any first topic": {"topics": [None]},
+        "any 3 topics": {"topics": [None, None, None]},
+        "empty alternatives": {"topics": [[]]},
+        "no topics": {"topics": []},
+        "addresses and topics": {"address": addresses, "topics": [[t3, t2], None]},
+    }
+    count = {}
+    for what, f in filters.items():
+        address = f.get("address")
+        want = [log for log in every
+                if geth_matches(log, [address] if isinstance(address, str) else address, f.get("topics", []))]
+        assert await rpc.call("eth_getLogs", dict(f, fromBlock=hex(10), toBlock="latest")) == want, what
+        assert await rpc.call("eth_getLogs", dict(f, blockHash=block_hash)) == \
+            [log for log in want if log["blockHash"] == block_hash], what
+        count[what] = len(want)
+    # trailing nulls count: a filter of k positions wants at least k topics
+    assert count["alternatives"] == count["alternatives, 2 topics"] > count["alternatives, 3 topics"] \
+        == count["one topic"] > count["alternatives, 4 topics"] == 0
+    assert len(every) >= count["any first topic"] > count["any 3 topics"] > 0
+    assert count["null among alternatives"] == count["any first topic"]
+    assert count["no addresses"] == count["empty alternatives"] == count["no topics"] == len(every)
+    assert count["one address"] == count["in capitals"] < count["two addresses"] < len(every)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_log_filters_are_refused(serve, monkeypatch):
+    node = ReplayNode(Clock(), "rinkeby_4947153-4947173")
+    rpc = await serve(node)
+    for _ in range(5):
+        node.mine()
+    head = node.head
+    topic = "0x" + "ab" * 32
+    bad = [
+        [],
+        [{}, {}],
+        ["latest"],
+        [None],
+        [{"blockHash": head.hash, "fromBlock": "0x1"}],
+        [{"blockHash": head.hash, "toBlock": "latest"}],
+        [{"blockHash": "0x1234"}],
+        [{"blockHash": 7}],
+        [{"fromBlock": "banana"}],
+        [{"fromBlock": 1}],
+        [{"fromBlock": "pending"}],
+        [{"toBlock": "pending"}],
+        [{"fromBlock": "0x5", "toBlock": "0x2"}],
+        [{"fromBlock": "0x1", "toBlock": hex(head.height + 1)}],
+        [{"address": "0x1234"}],
+        [{"address": 5}],
+        [{"address": ["0x" + "00" * 20, 5]}],
+        [{"address": {"a": 1}}],
+        [{"topics": topic}],
+        [{"topics": [topic] * 5}],
+        [{"topics": ["0x12"]}],
+        [{"topics": [5]}],
+        [{"topics": [[topic, 5]]}],
+        [{"topics": [{"a": topic}]}],
+    ]
+    for params in bad:
+        error = await rpc.failure("eth_getLogs", *params)
+        assert error["code"] == -32602 and error["message"], params
+    assert await rpc.failure("eth_getLogs", {"blockHash": "0x" + "cd" * 32}) == {"code": -32000, "message": "unknown block"}
+
+    from explorerd.replay import resource
+
+    monkeypatch.setattr(resource, "MAX_LOGS", 10)
+    assert await rpc.failure("eth_getLogs", {"fromBlock": "earliest"}) == {
+        "code": -32005, "message": "query returned more than 10 results"}
+    assert await rpc.call("eth_getLogs", {"fromBlock": "earliest", "topics": [topic]}) == []  # matches count
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_receipts_are_not_served_since_none_were_recorded(serve):
+    node = ReplayNode(Clock())
+    rpc = await serve(node)
+    node.mine()
+    for block in ("latest", "0x1", node.head.hash, {"blockHash": node.head.hash}):
+        error = await rpc.failure("eth_getBlockReceipts", block)
+        assert error["code"] == -32601, block
+
+
 # ------------------------------------------------------------------ faults
 
 
@@ -464,24 +736,25 @@ async def test_fault_injection(serve):
     clock = Clock()
     node = ReplayNode(clock)
     rpc = await serve(node)
+    faults = rpc.served.faults
 
-    node.inject_fault("http-500")
+    faults.inject("http-500")
     resp, _ = await rpc.post(b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}')
     assert resp.code == 500
-    node.inject_fault("rpc-error")
+    faults.inject("rpc-error")
     with pytest.raises(RpcFailure) as e:
         await rpc.call("eth_blockNumber")
     assert e.value.code == -32000
-    node.inject_fault("disconnect")
+    faults.inject("disconnect")
     with pytest.raises(Exception):
         await rpc.call("eth_blockNumber")
 
-    node.inject_fault("delay", delay=30)
-    arrived = node.next_request()
+    faults.inject("delay", delay=30)
+    arrived = faults.nextRequest()
     d = ensureDeferred(rpc.call("eth_blockNumber"))
     assert await arrived == b"POST"
     await deferLater(reactor, 0)  # let the handler return NOT_DONE_YET
-    assert node.delayed_requests == 1 and not d.called
+    assert faults.delayedRequests == 1 and not d.called
     clock.advance(29)
     assert not d.called
     clock.advance(1)
@@ -489,19 +762,69 @@ async def test_fault_injection(serve):
     assert await rpc.call("eth_blockNumber") == hex(node.head.height)
 
 
+# ------------------------------------------------------------------ as a service
+
+
+@pytest_twisted.ensureDeferred
+async def test_as_a_service_it_names_its_url_once_bound_and_stops_whole(no_leaks):
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionRefusedError
+
+    clock = Clock()
+    node = ReplayNode(clock, block_time=2.0)
+    svc = node.as_service(reactor)
+    assert svc.url is None
+    svc.privilegedStartService()
+    assert re.match(r"http://127\.0\.0\.1:\d+/\Z", svc.url)
+    assert node.head is None  # production begins with startService
+    svc.startService()
+    assert node.running
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    rpc = Rpc(HTTPClient(Agent(reactor, pool=pool)), svc.url)
+    assert await rpc.call("eth_blockNumber") == "0x1"
+    clock.advance(2.0)
+    assert await rpc.call("eth_blockNumber") == "0x2"
+    await pool.closeCachedConnections()
+
+    await svc.stopService()
+    assert not node.running and clock.getDelayedCalls() == []
+    with pytest.raises(ConnectionRefusedError):
+        await rpc.call("eth_blockNumber")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_service_that_cannot_bind_says_so_at_once(no_leaks):
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    with pytest.raises(ValueError):
+        ReplayNode(Clock()).as_service(reactor, "tcp:banana")
+    holder = ReplayNode(Clock()).as_service(reactor)
+    holder.privilegedStartService()
+    try:
+        port = holder.url.rsplit(":", 1)[1].rstrip("/")
+        svc = ReplayNode(Clock()).as_service(reactor, f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(CannotListenError):
+            svc.privilegedStartService()
+        assert svc.url is None
+    finally:
+        await holder.stopService()
+
+
 # ------------------------------------------------------------------ CLI and import hygiene
 
 
 def test_cli_help_and_expected_reorgs():
     env = dict(os.environ, PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-m", "explorerd.replaynode", "--help"],
+    out = subprocess.run([sys.executable, "-m", "explorerd.replay", "--help"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for flag in ("--listen", "--block-time", "--recording", "--loop", "--no-loop"):
         assert flag in out.stdout
     out = subprocess.run(
         [sys.executable, "-c",
-         "import sys, explorerd.replaynode as r; r.main(['--recording', 'polygon_13522175-13522230',"
+         "import sys, explorerd.replay.__main__ as r; r.main(['--recording', 'polygon_13522175-13522230',"
          " '--expected-reorgs']); print('twisted.internet.reactor' in sys.modules)"],
         env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -3,7 +3,7 @@ Resuming with C{since}: a real daemon, real WebSocket clients, real blocks.
 
 The blocks are real recorded mainnet blocks (about 160 transactions each),
 laid end to end on continuous heights by the replay node
-(L{explorerd.replaynode.ReplayNode} in endless mode, whose C{reorg(depth)}
+(L{explorerd.replay.ReplayNode} in endless mode, whose C{reorg(depth)}
 makes a new branch); the tests hand them to the hub the way the live-tail
 does, so that every seam (replay, then live) is under the test's control.
 The last tests run the real live-tail against the replay node on a real
@@ -20,6 +20,7 @@ or, when the history cannot tell where the client stands:
     < {"type":"subscribed","channels":[...],"replayed":0}, then live
 """
 
+import functools
 import json
 import re
 import socket
@@ -29,9 +30,10 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from explorerd.history import Entry
-from explorerd.replaynode import ReplayNode
+from explorerd.replay import ReplayNode
 from tests.clients import connect, drain
 from tests.conftest import eventually
+from tests.replayfaults import ServedNode, served_block
 
 MAINNET = ("mainnet_11880804-11880810", "mainnet_15478281-15478287")
 BOTH = ["newBlocks", "newTxs"]
@@ -67,7 +69,7 @@ class Chain:
     def block(self, height):
         block = self._blocks.get(height)
         if block is None:
-            block = self._blocks[height] = self.node.block(height)
+            block = self._blocks[height] = served_block(self.node, height)
         return block
 
     def blocks(self, lo, hi):
@@ -435,18 +437,17 @@ async def test_replaying_the_full_history_to_a_slow_small_socket_client_does_not
 
 @pytest_twisted.async_yield_fixture
 async def replay_node():
-    """A replay node (endless, mainnet only) on a real loopback port; the test mines."""
-    clock = Clock()
-    node = ReplayNode(clock, MAINNET)
-    node.test_clock = clock  # block production is by mine(); fault delays run on this
-    port = await node.listen(_reactor(), "tcp:0:interface=127.0.0.1")
-    node.url = f"http://127.0.0.1:{port.getHost().port}/"
-    yield node
-    await port.stopListening()
+    """
+    A replay node (endless, mainnet only) on a real loopback port; the test
+    mines, and fault delays run on the node's clock.
+    """
+    served = await ServedNode(ReplayNode(Clock(), MAINNET)).listen(_reactor())
+    yield served
+    await served.close(_reactor())
 
 
-async def tailing(start_daemon, node, state_dir, **config):
-    daemon = await start_daemon(with_tail=True, rpc_url=node.url, state_dir=str(state_dir),
+async def tailing(start_daemon, served, state_dir, **config):
+    daemon = await start_daemon(with_tail=True, rpc_url=served.url, state_dir=str(state_dir),
                                 max_reorg_depth=8, **config)
     return daemon, daemon.service.tail
 
@@ -458,63 +459,65 @@ async def stop(daemon):
 @pytest_twisted.ensureDeferred
 async def test_after_a_restart_a_client_resumes_across_a_reorg_that_happened_while_down(
         start_daemon, replay_node, tmp_path):
-    node = replay_node
+    node = replay_node.node
+    block = functools.partial(served_block, node)
     node.mine()
-    first, tail = await tailing(start_daemon, node, tmp_path)
+    first, tail = await tailing(start_daemon, replay_node, tmp_path)
     await tail.whenIdle()  # block 1 published
     client = await connect(first.url)
     assert (await client.request({"action": "subscribe", "channels": BOTH}))["type"] == "subscribed"
     for _ in range(6):
         node.mine()
         assert await tail.poll()
-    assert summary(await drain(client)) == expected([node.block(h) for h in range(2, 8)])
-    last = ref(node.block(7))
+    assert summary(await drain(client)) == expected([block(h) for h in range(2, 8)])
+    last = ref(block(7))
     await stop(first)
     assert (await client.closed)[0] == 1001
 
-    removed = [ref(node.block(h)) for h in (6, 7)]
+    removed = [ref(block(h)) for h in (6, 7)]
     node.reorg(2)  # while the daemon is down
     node.mine()
-    second, tail = await tailing(start_daemon, node, tmp_path)
+    second, tail = await tailing(start_daemon, replay_node, tmp_path)
     assert await tail.whenRestored() == 7  # 1-7, as clients saw them, orphans included
     await tail.whenIdle()
     client = await resume(second.url, last)
     await subscribed(client, replayed=3)
     assert await client.next() == {"type": "reorg", "data": {
-        "depth": 2, "common_ancestor": ref(node.block(5)), "removed": removed}}
-    assert summary(await drain(client)) == expected([node.block(h) for h in range(6, 9)])
+        "depth": 2, "common_ancestor": ref(block(5)), "removed": removed}}
+    assert summary(await drain(client)) == expected([block(h) for h in range(6, 9)])
     node.mine()
     assert await tail.poll()
-    assert summary(await drain(client)) == expected([node.block(9)])
+    assert summary(await drain(client)) == expected([block(9)])
     await client.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_resume_while_the_history_is_being_restored_waits_for_it(start_daemon, replay_node, tmp_path):
-    node = replay_node
+    node = replay_node.node
+    block = functools.partial(served_block, node)
     node.mine()
-    first, tail = await tailing(start_daemon, node, tmp_path)
+    first, tail = await tailing(start_daemon, replay_node, tmp_path)
     await tail.whenIdle()
     for _ in range(4):
         node.mine()
         assert await tail.poll()
-    last = ref(node.block(5))
+    last = ref(block(5))
     await stop(first)
     node.mine()
-    node.inject_fault("delay", count=1, delay=1.0)  # the restarted tail's first request waits
-    second, tail = await tailing(start_daemon, node, tmp_path)
+    replay_node.faults.inject("delay", count=1, delay=1.0)  # the restarted tail's first request waits
+    second, tail = await tailing(start_daemon, replay_node, tmp_path)
     restored = tail.whenRestored()
-    await eventually(lambda: node.delayed_requests, what="the tail to ask the node")
+    await eventually(lambda: replay_node.faults.delayedRequests, what="the tail to ask the node")
     client = await resume(second.url, last)
     registry = second.service.metrics.registry
     await eventually(lambda: registry.get_sample_value("explorer_websocket_messages_received_total"),
                      what="the server to read the subscribe")
-    node.test_clock.advance(1.0)  # the node answers; the tail restores, then publishes 6
+    node.clock.advance(1.0)  # the node answers; the tail restores, then publishes 6
     assert await restored == 5
     await tail.whenIdle()
     first_answer = await client.next()
     assert first_answer["type"] == "subscribed", first_answer
-    assert summary(await drain(client)) == expected([node.block(6)])
+    assert summary(await drain(client)) == expected([block(6)])
     await client.close()
 
 

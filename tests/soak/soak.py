@@ -43,7 +43,7 @@ MIX = (("batch", 0.30), ("blocks", 0.30), ("hashes", 0.15), ("pertx", 0.05),
 WELL_BEHAVED = ("batch", "blocks", "hashes", "pertx", "churn")
 
 LISTENING = re.compile(r"explorerd listening on .*http://127\.0\.0\.1:(\d+)/")
-NODE_LISTENING = re.compile(r"embedded replay node listening on .*http://127\.0\.0\.1:(\d+)/")
+NODE_LISTENING = re.compile(r"replay node listening on .*http://127\.0\.0\.1:(\d+)/")
 BAD_LOG = re.compile(r"Unhandled|Traceback")
 
 
