@@ -11,7 +11,7 @@ sessions and the hub then says goodbye (1001) to every client.
 import time
 
 from twisted.application import strports
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import tcp
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
@@ -23,8 +23,8 @@ from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
 from explorerd.tailstate import TailState
-from explorerd.transport import sized_server
 from explorerd.stream import StreamFactory
+from explorerd.transport import sized_server
 from explorerd.wamp import Broker, WampFactory
 from explorerd.web import Site, build_root, default_web_root
 
@@ -65,47 +65,10 @@ def listening(reactor, description, factory, label, transport=None):
     return service
 
 
-class EmbeddedNode(Service):
-    """
-    With no node configured: a replay node of real recorded blocks on its
-    own loopback port, polled over HTTP by the live-tail exactly as a real
-    node would be.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor, clock, block_time, rpc):
-        from explorerd.replay import ReplayNode
-
-        self.node = ReplayNode(clock, block_time=block_time)
-        self.rpc = rpc
-        self.listener = listening(reactor, "tcp:0:interface=127.0.0.1", self.node.http_factory(reactor),
-                                  "embedded replay node")
-
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self.listener.privilegedStartService()
-        address = self.listener.endpoint.port.getHost()
-        self.rpc.url = f"http://{address.host}:{address.port}/"
-        self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
-                      "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
-                      url=self.rpc.url, block_time=self.node.block_time)
-
-    def startService(self):
-        if self.listener.endpoint.port is None:
-            self.privilegedStartService()
-        super().startService()
-        self.node.start()
-        self.listener.startService()
-
-    def stopService(self):
-        super().stopService()
-        self.node.stop()
-        return self.listener.stopService()
-
-
 class Daemon(MultiService):
     """Everything one explorerd process runs, built from a L{Config}."""
+
+    log = Logger()
 
     def __init__(self, config, reactor, clock=None, web_root=None, tail=True):
         super().__init__()
@@ -118,7 +81,8 @@ class Daemon(MultiService):
         self.broker = Broker(self.hub, config.wamp_realm, self.metrics.registry)
         self.broker.setServiceParent(self)
         self.embedded = self.tail = self.edge = self.publisher = None
-        self.rpc = JSONRPCClient(reactor, config.rpc_url or "http://127.0.0.1:1/", timeout=config.rpc_timeout)
+        # Without --rpc-url the node is the embedded one, whose address is known once it listens.
+        self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
         if config.source == "wamp":
             if tail:
                 from explorerd.wampclient import EdgeSource
@@ -127,7 +91,10 @@ class Daemon(MultiService):
                 self.edge.setServiceParent(self)
         elif tail:
             if not config.rpc_url:
-                self.embedded = EmbeddedNode(reactor, clock, config.replay_block_time, self.rpc)
+                from explorerd.replay import ReplayNode
+
+                self.embedded = ReplayNode(clock, block_time=config.replay_block_time).asService(
+                    reactor, onBound=self._tailEmbedded)
                 self.embedded.setServiceParent(self)
             state = None
             if config.state_dir and config.rpc_url:
@@ -160,6 +127,12 @@ class Daemon(MultiService):
     def address(self):
         """Where clients connect (an C{IAddress}), once listening."""
         return self.listener.endpoint.port.getHost()
+
+    def _tailEmbedded(self, url):
+        self.rpc.connectTo(url)
+        self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
+                      "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
+                      url=url, block_time=self.config.replay_block_time)
 
     def stopService(self):
         """Children stop in reverse (listener, tail, node, hub); then the node connections close."""

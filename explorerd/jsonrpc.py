@@ -273,7 +273,10 @@ class JSONRPCClient:
     A JSON-RPC client for one node URL.
 
     :param reactor: the reactor (passed in, never imported here).
-    :param url: ``http://`` or ``https://`` endpoint of the node.
+    :param url: ``http://`` or ``https://`` endpoint of the node; ``None``
+        for a node whose address is known only once it listens (the
+        embedded replay node): ``connectTo`` gives it, and calls before
+        fail as the node being unavailable.
     :param timeout: default deadline in seconds for each call (whole call).
     :param maxConnections: keep-alive connections kept per host.
     :param idleTimeout: close a cached connection after this many idle
@@ -297,15 +300,12 @@ class JSONRPCClient:
         headers=None,
         tlsPolicy=None,
     ):
-        if isinstance(url, bytes):
-            url = url.decode("ascii")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"JSON-RPC url must be http(s)://host[:port][/path], got {url!r}")
         if not timeout or timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         self._reactor = reactor
-        self.url = url
+        self.url = None
+        if url is not None:
+            self.connectTo(url)
         self.timeout = float(timeout)
         self._maxResponseSize = maxResponseSize
         self._headers = {
@@ -328,6 +328,17 @@ class JSONRPCClient:
 
     def __repr__(self):
         return f"<JSONRPCClient {self.url}>"
+
+    def connectTo(self, url):
+        """The node's URL, once (L{__init__} with C{url=None}: once it is known)."""
+        if self.url is not None:
+            raise RuntimeError(f"{self!r} already has a node URL")
+        if isinstance(url, bytes):
+            url = url.decode("ascii")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"JSON-RPC url must be http(s)://host[:port][/path], got {url!r}")
+        self.url = url
 
     # Generic calls -------------------------------------------------------
 
@@ -416,6 +427,8 @@ class JSONRPCClient:
     def _post(self, method, payload, timeout):
         if self._closed:
             return defer.fail(RPCUnavailable(method, "client closed"))
+        if self.url is None:
+            return defer.fail(RPCUnavailable(method, "the node's URL is not known yet"))
         timeout = self.timeout if timeout is None else timeout
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         d = self._http.post(

@@ -772,7 +772,7 @@ async def test_as_a_service_it_names_its_url_once_bound_and_stops_whole(no_leaks
 
     clock = Clock()
     node = ReplayNode(clock, block_time=2.0)
-    svc = node.as_service(reactor)
+    svc = node.asService(reactor)
     assert svc.url is None
     svc.privilegedStartService()
     assert re.match(r"http://127\.0\.0\.1:\d+/\Z", svc.url)
@@ -799,12 +799,12 @@ async def test_a_service_that_cannot_bind_says_so_at_once(no_leaks):
     from twisted.internet.error import CannotListenError
 
     with pytest.raises(ValueError):
-        ReplayNode(Clock()).as_service(reactor, "tcp:banana")
-    holder = ReplayNode(Clock()).as_service(reactor)
+        ReplayNode(Clock()).asService(reactor, "tcp:banana")
+    holder = ReplayNode(Clock()).asService(reactor)
     holder.privilegedStartService()
     try:
         port = holder.url.rsplit(":", 1)[1].rstrip("/")
-        svc = ReplayNode(Clock()).as_service(reactor, f"tcp:{port}:interface=127.0.0.1")
+        svc = ReplayNode(Clock()).asService(reactor, f"tcp:{port}:interface=127.0.0.1")
         with pytest.raises(CannotListenError):
             svc.privilegedStartService()
         assert svc.url is None

@@ -61,7 +61,7 @@ def main(argv=None):
         node = ReplayNode(reactor, None, args.block_time, args.chain_id, loop=args.loop,
                           start_height=args.start_height, prefill=args.prefill)
     try:
-        svc = node.as_service(reactor, args.listen)
+        svc = node.asService(reactor, args.listen)
         svc.privilegedStartService()
     except Exception as e:  # a bad endpoint string, or one that cannot be bound
         _parser().error(f"cannot listen on {args.listen!r}: {e}")

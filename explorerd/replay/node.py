@@ -23,7 +23,7 @@ class ReplayNode:
     C{block_time} seconds of C{clock}.
 
     C{clock} drives block production only; HTTP runs on the reactor given
-    to L{as_service}.  Nothing here touches the global reactor.
+    to L{asService}.  Nothing here touches the global reactor.
     """
 
     log = Logger()
@@ -107,16 +107,17 @@ class ReplayNode:
         self._logReorg()
         return head
 
-    def http_factory(self, reactor):
+    def httpFactory(self, reactor):
         """The HTTP server factory to listen with."""
         return QuietSite(self.resource, reactor=reactor)
 
-    def as_service(self, reactor, description="tcp:0:interface=127.0.0.1"):
+    def asService(self, reactor, description="tcp:0:interface=127.0.0.1", onBound=None):
         """
         The node as a service: it produces blocks while running and listens on
-        C{description}; its C{url} is known once C{privilegedStartService} has run.
+        C{description}; its C{url} is known once C{privilegedStartService} has
+        run, and is then given to C{onBound(url)} if that is given.
         """
-        return ReplayService(self, reactor, description)
+        return ReplayService(self, reactor, description, onBound)
 
     def _tick(self):
         try:
@@ -153,13 +154,14 @@ class ReplayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, node, reactor, description):
+    def __init__(self, node, reactor, description, onBound=None):
         super().__init__()
         self.node = node
         self.description = description
         self.url = None
+        self._onBound = onBound
         _Production(node).setServiceParent(self)
-        listener = strports.service(description, node.http_factory(reactor), reactor=reactor)
+        listener = strports.service(description, node.httpFactory(reactor), reactor=reactor)
         listener.endpoint = _Bound(listener.endpoint, self._bound)
         listener.setServiceParent(self)
 
@@ -168,6 +170,8 @@ class ReplayService(service.MultiService):
         host = f"[{address.host}]" if ":" in address.host else address.host
         self.url = f"http://{host}:{address.port}/"
         self.log.info("replay node listening on {description}: {url}", description=self.description, url=self.url)
+        if self._onBound is not None:
+            self._onBound(self.url)
 
 
 class _Production(service.Service):
