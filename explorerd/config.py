@@ -76,7 +76,7 @@ def parse_url(text) -> str:
 
 
 def _checkPort(parts):
-    """A URL's port, read for the check C{urlsplit} makes (0 to 65535) when it is."""
+    """Read a URL's port: reading it is what makes C{urlsplit} check it is a number from 0 to 65535."""
     try:
         return parts.port
     except ValueError as e:
