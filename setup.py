@@ -21,16 +21,27 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     # twisted.plugins is listed explicitly so twistd finds the plugin in a
-    # normal (non-editable) install; there is no __init__.py in twisted/.
-    packages=["explorerd", "explorerd.replay", "twisted.plugins"],
+    # normal install; there is no __init__.py in twisted/ or twisted/plugins/.
+    packages=["explorerd", "explorerd.data", "explorerd.replay", "twisted.plugins"],
+    # Twisted looks for plugins in the twisted/plugins/ folder of every
+    # sys.path entry (twisted.plugin.pluginPackagePaths).  With the layout
+    # spelled out as "everything under ." an editable install (pip install -e .)
+    # puts this folder on sys.path through a .pth file, as for a src/ layout;
+    # without it setuptools installs an import hook that maps the packages by
+    # name, and twistd never sees twisted/plugins/explorerd_plugin.py
+    # ("Unknown command: explorerd").
+    package_dir={"": "."},
     include_package_data=True,
-    package_data={"explorerd": ["data/*.jsonl", "data/*.md"]},
+    package_data={"explorerd.data": ["*.jsonl", "*.md"]},
     data_files=web_files(),
     install_requires=[
-        "twisted[tls]>=24.3",
+        # Upper bounds: explorerd relies on some of Twisted's and Autobahn's
+        # internals (listed, and checked, in tests/test_internals.py); a new
+        # major version is taken only once those tests pass against it.
+        "twisted[tls]>=24.3,<27",
         "msgpack>=1.0",
         "cbor2>=5.4",
-        "autobahn>=24.4",
+        "autobahn>=24.4,<27",
         "txaio>=23.1",
         "treq>=23.11",
         "prometheus-client>=0.20",

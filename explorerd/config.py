@@ -9,8 +9,9 @@ environment; a bad value from either stops start-up with a message that names
 the setting and the value.
 """
 
+import dataclasses
 import re
-from dataclasses import dataclass, field, fields
+import typing
 
 
 class ConfigError(ValueError):
@@ -21,7 +22,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(text):
+def parse_duration(text) -> float:
     """C{"500ms"}, C{"30s"}, C{"1m"}, C{"2h"} or plain seconds C{"1.5"} → float seconds."""
     m = _DURATION.match(str(text))
     if not m:
@@ -29,7 +30,7 @@ def parse_duration(text):
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
-def parse_size(text):
+def parse_size(text) -> int:
     """Bytes, with an optional KiB/MiB suffix (C{"1MiB"}, C{"64KiB"}, C{"1024"})."""
     m = re.match(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB|k|K|M)?\s*$", str(text))
     if not m:
@@ -39,14 +40,14 @@ def parse_size(text):
     return int(m.group(1)) * unit
 
 
-def parse_int(text):
+def parse_int(text) -> int:
     text = str(text).strip()
     if not re.match(r"^[+-]?\d+$", text):
         raise ValueError("expected a whole number")
     return int(text)
 
 
-def parse_origins(text):
+def parse_origins(text) -> tuple:
     """Comma-separated origins; C{*} allows every origin."""
     origins = [o.strip().rstrip("/").lower() for o in str(text).split(",") if o.strip()]
     if not origins:
@@ -60,7 +61,7 @@ def parse_origins(text):
     return tuple(origins)
 
 
-def parse_url(text):
+def parse_url(text) -> str:
     """An http(s) node URL, or empty for the embedded replay node."""
     from urllib.parse import urlsplit
 
@@ -70,21 +71,36 @@ def parse_url(text):
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL of a JSON-RPC node")
-    try:
-        parts.port
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    _checkPort(parts)
     return text
 
 
-def parse_path(text):
+def _checkPort(parts):
+    """Read a URL's port: reading it is what makes C{urlsplit} check it is a number from 0 to 65535."""
+    try:
+        return parts.port
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def parse_path(text) -> str:
     return str(text).strip()
+
+
+def parse_directory(text) -> str:
+    """An existing directory, or empty."""
+    import os
+
+    text = str(text).strip()
+    if text and not os.path.isdir(text):
+        raise ValueError(f"no directory {os.path.abspath(text)!r}")
+    return text
 
 
 _URI = re.compile(r"^[^\s.#]+(\.[^\s.#]+)*$")
 
 
-def parse_uri(text):
+def parse_uri(text) -> str:
     """A WAMP URI such as C{explorer} or C{com.example.realm}."""
     text = str(text).strip()
     if not _URI.match(text):
@@ -92,7 +108,7 @@ def parse_uri(text):
     return text
 
 
-def parse_ws_url(text):
+def parse_ws_url(text) -> str:
     """A ws:// or wss:// URL of a WAMP router, or empty for none."""
     from urllib.parse import urlsplit
 
@@ -102,18 +118,15 @@ def parse_ws_url(text):
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError("expected a ws:// or wss:// URL of a WAMP router, e.g. ws://127.0.0.1:8088/ws")
-    try:
-        parts.port
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    _checkPort(parts)
     return text
 
 
-def parse_text(text):
+def parse_text(text) -> str:
     return str(text).strip()
 
 
-def parse_source(text):
+def parse_source(text) -> str:
     text = str(text).strip().lower()
     if text not in SOURCES:
         raise ValueError(f"expected one of {', '.join(SOURCES)}")
@@ -123,15 +136,66 @@ def parse_source(text):
 SOURCES = ("node", "wamp")
 
 
-def parse_endpoint(text):
+_ENDPOINT_EXAMPLE = "a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
+
+
+class _ListenRecorder:
+    """
+    Stands in for the reactor while an endpoint string is checked: the
+    endpoint is parsed, and its C{listen} asks us, so nothing listens and
+    the global reactor is never touched.
+    """
+
+    def __init__(self):
+        self.ports = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        self.ports.append(port)
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        self.ports.append(port)
+
+
+def parse_endpoint(text) -> str:
+    """
+    A Twisted server endpoint string, checked the way the listener will
+    read it (C{serverFromString}), so that a typo stops start-up before
+    anything else starts: an unknown type, a port that is not a number or
+    not 0-65535, an unknown argument, a TLS key file that cannot be read.
+    """
+    from twisted.internet import endpoints
+
     text = str(text).strip()
-    if not text or ":" not in text:
-        raise ValueError("expected a Twisted endpoint string such as tcp:8080:interface=127.0.0.1")
+    if not text:
+        raise ValueError(f"expected {_ENDPOINT_EXAMPLE}")
+    recorder = _ListenRecorder()
+    try:
+        endpoint = endpoints.serverFromString(recorder, text)
+    except Exception as e:  # endpoint parsers (plugins too) raise all kinds
+        raise ValueError(f"not a usable endpoint ({_describe(e)}); expected {_ENDPOINT_EXAMPLE}") from None
+    if isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
+                             endpoints.SSL4ServerEndpoint)):
+        endpoint.listen(None)
+        for port in recorder.ports:
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 0 and 65535 (0 picks a free one)")
     return text
 
 
-@dataclass(frozen=True)
+def _describe(error):
+    """An endpoint parser's complaint, without the name of its private function."""
+    text = re.sub(r"^_?\w+\(\) ", "", str(error))
+    return f"wrong arguments: {text}" if isinstance(error, TypeError) else text
+
+
+@dataclasses.dataclass(frozen=True)
 class Setting:
+    """
+    One setting: its L{Config} attribute, environment variable, option,
+    default (as text, parsed like any other value), parser, least value
+    and README text.  A C{secret} one is left out of C{repr(config)}.
+    """
+
     name: str
     env: str
     option: str
@@ -139,6 +203,12 @@ class Setting:
     parse: object
     minimum: float
     doc: str
+    secret: bool = False
+
+    @property
+    def kind(self):
+        """What C{parse} returns (its annotation): the type of the L{Config} attribute."""
+        return typing.get_type_hints(self.parse).get("return", object)
 
 
 SETTINGS = (
@@ -240,6 +310,10 @@ SETTINGS = (
             parse_path, None,
             "Directory (relative to the working directory) where the last published blocks are "
             "kept, so a restart resumes where it stopped. Empty: keep nothing."),
+    Setting("web_root", "EXPLORERD_WEB_ROOT", "web-root", "",
+            parse_directory, None,
+            "Directory served at `/` (the dashboard). Empty: the dashboard installed with explorerd "
+            "(`web/`)."),
     Setting("replay_block_time", "EXPLORERD_REPLAY_BLOCK_TIME", "replay-block-time", "2s",
             parse_duration, 0.01,
             "With no --rpc-url: how often the embedded replay node produces a block."),
@@ -266,7 +340,8 @@ SETTINGS = (
     Setting("wamp_router_ticket", "EXPLORERD_WAMP_ROUTER_TICKET", "wamp-router-ticket", "",
             parse_text, None,
             "Ticket (shared secret) for `--wamp-router`; empty joins anonymously. Prefer the "
-            "environment variable: options are visible in the process list."),
+            "environment variable: options are visible in the process list.",
+            secret=True),
     Setting("wamp_router_retry", "EXPLORERD_WAMP_ROUTER_RETRY", "wamp-router-retry", "10s",
             parse_duration, 0.01,
             "Longest wait between attempts to reconnect to `--wamp-router` (exponential backoff "
@@ -289,44 +364,24 @@ def settings_table():
     return "\n".join(rows) + "\n"
 
 
-@dataclass(frozen=True)
+def _fieldsFromSettings(cls):
+    """
+    Make C{cls} a frozen dataclass with one field per row of L{SETTINGS},
+    in their order: a setting is declared once, there.
+    """
+    cls.__annotations__ = {s.name: s.kind for s in SETTINGS}
+    for s in SETTINGS:
+        if s.secret:
+            setattr(cls, s.name, dataclasses.field(repr=False))
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+@_fieldsFromSettings
 class Config:
-    listen: str
-    max_connections: int
-    ping_interval: float
-    pong_timeout: float
-    write_deadline: float
-    send_queue: int
-    read_buffer_size: int
-    write_buffer_size: int
-    max_message_size: int
-    rate_limit: int
-    max_connections_per_ip: int
-    message_rate: int
-    message_burst: int
-    rate_limit_ips: int
-    trusted_proxies: int
-    handshake_timeout: float
-    shutdown_timeout: float
-    history_blocks: int
-    rpc_url: str
-    rpc_timeout: float
-    poll_interval: float
-    rpc_retry: float
-    rpc_batch_size: int
-    max_catchup: int
-    max_reorg_depth: int
-    max_lag: int
-    state_dir: str
-    replay_block_time: float
-    source: str
-    wamp_realm: str
-    wamp_router: str
-    wamp_router_realm: str
-    wamp_router_authid: str
-    wamp_router_ticket: str = field(repr=False)
-    wamp_router_retry: float
-    cors_origins: tuple
+    """
+    The daemon's settings, one attribute per L{Setting} (C{config.listen},
+    C{config.max_connections}, ...), parsed and checked.
+    """
 
     @classmethod
     def load(cls, environ=None, options=None):
@@ -364,9 +419,8 @@ class Config:
         return config.replace(**overrides)
 
     def replace(self, **changes):
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Config(**values)
+        """A copy with some values replaced (not parsed or checked: for tests and embedding)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _parse(setting, raw, source):

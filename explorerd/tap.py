@@ -21,17 +21,20 @@ class Options(usage.Options):
         "the option wins."
     )
     optParameters = [
-        [s.option, None, None, f"{s.doc} [env {s.env}, default {s.default}]"]
+        [s.option, None, None, f"{s.doc} [env {s.env}, default {s.default or '(empty)'}]"]
         for s in SETTINGS
-    ] + [
-        ["web-root", None, None, "Directory served at / (the dashboard) [default: the bundled web/]"],
     ]
 
     def postOptions(self):
+        """
+        Load and check the settings.  A bad one stops start-up with its
+        message alone: twistd and twist print their whole usage (some 160
+        lines) before the message of a L{usage.UsageError}, which buries it.
+        """
         try:
             self.config = Config.load(os.environ, {s.option: self[s.option] for s in SETTINGS})
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"explorerd: {e}") from None
 
 
 def makeService(options):
@@ -39,4 +42,5 @@ def makeService(options):
 
     from explorerd.daemon import Daemon
 
-    return Daemon(options.config, reactor, web_root=options["web-root"])
+    config = options.config
+    return Daemon(config, reactor, web_root=config.web_root or None)

@@ -27,7 +27,8 @@ def test_environment_then_options_win():
     assert Config.load({"WEBSOCKET_MAX_CONNECTIONS": ""}, {}).max_connections == 1000
 
 
-@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("30s", 30), ("1m", 60), ("2h", 7200), ("1.5", 1.5), (" 10s ", 10)])
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("30s", 30), ("1m", 60), ("2h", 7200), ("1.5", 1.5),
+                                           (" 10s ", 10)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -45,13 +46,16 @@ BAD = [
     ("WEBSOCKET_WRITE_BUFFER_SIZE", "1.5"), ("WEBSOCKET_SEND_QUEUE", "0"), ("WEBSOCKET_MAX_MESSAGE_SIZE", "1GB?"),
     ("WEBSOCKET_RATE_LIMIT", "-1"), ("WEBSOCKET_TRUSTED_PROXIES", "one"), ("WEBSOCKET_HANDSHAKE_TIMEOUT", "never"),
     ("WEBSOCKET_SHUTDOWN_TIMEOUT", "-1s"), ("API_CORS_ORIGINS", "example.com"), ("API_CORS_ORIGINS", " , "),
-    ("WEBSOCKET_LISTEN", "8080"), ("WEBSOCKET_RATE_LIMIT_IPS", "0"),
+    ("WEBSOCKET_LISTEN", "8080"), ("WEBSOCKET_LISTEN", "tcp:notaport"), ("WEBSOCKET_LISTEN", "tcp"),
+    ("WEBSOCKET_LISTEN", "tcp:8080:interface=127.0.0.1:backlog=many"), ("WEBSOCKET_LISTEN", "tcp:8080:bogus=1"),
+    ("WEBSOCKET_LISTEN", "tcp:99999"), ("WEBSOCKET_LISTEN", "carrier-pigeon:8080"),
+    ("WEBSOCKET_LISTEN", "ssl:8443:privateKey=/nonexistent/key.pem"), ("WEBSOCKET_RATE_LIMIT_IPS", "0"),
     ("EXPLORERD_RPC_URL", "localhost:8545"), ("EXPLORERD_RPC_URL", "ws://127.0.0.1:8546"),
     ("EXPLORERD_RPC_URL", "http://127.0.0.1:99999/"), ("EXPLORERD_POLL_INTERVAL", "fast"),
     ("EXPLORERD_RPC_TIMEOUT", "0"), ("EXPLORERD_MAX_CATCHUP", "0"), ("EXPLORERD_MAX_REORG_DEPTH", "-3"),
     ("EXPLORERD_MAX_LAG", "x"), ("EXPLORERD_HISTORY_BLOCKS", "0"), ("EXPLORERD_REPLAY_BLOCK_TIME", "-1s"),
     ("EXPLORERD_RPC_BATCH_SIZE", "0"), ("EXPLORERD_RPC_RETRY", "0"), ("EXPLORERD_RPC_RETRY", "-30s"),
-    ("EXPLORERD_RPC_RETRY", "forever"),
+    ("EXPLORERD_RPC_RETRY", "forever"), ("EXPLORERD_WEB_ROOT", "/nonexistent/web"),
 ]
 
 
@@ -73,18 +77,65 @@ def test_the_live_tails_retry_cap_from_the_environment_or_the_option():
 
 
 def test_a_bad_option_stops_twistd_naming_it():
-    from twisted.python import usage
-
+    """Its message alone, not after twistd's usage text (which a UsageError would print)."""
     from explorerd.tap import Options
 
-    with pytest.raises(usage.UsageError, match=r"invalid --rpc-retry='soon': expected a duration"):
+    with pytest.raises(SystemExit, match=r"^explorerd: invalid --rpc-retry='soon': expected a duration"):
         Options().parseOptions(["--rpc-retry", "soon"])
     assert Options().parseOptions(["--rpc-retry", "90s"]) is None
 
 
+@pytest.mark.parametrize("value, message", [
+    ("tcp:notaport", "invalid literal for int() with base 10: 'notaport'"),
+    ("tcp:8080:bogus=1", "wrong arguments: got an unexpected keyword argument 'bogus'"),
+    ("carrier-pigeon:8080", "Unknown endpoint type: 'carrier-pigeon'"),
+    ("tcp:65536", "port 65536 is not between 0 and 65535"),
+])
+def test_a_bad_listen_address_is_refused_before_anything_listens(value, message):
+    with pytest.raises(ConfigError) as e:
+        Config.load({"WEBSOCKET_LISTEN": value}, {})
+    assert str(e.value).startswith(f"invalid WEBSOCKET_LISTEN={value!r}: ")
+    assert message in str(e.value)
+
+
+def test_listen_addresses_twisted_accepts_are_accepted(tmp_path):
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(self_signed_pem())
+    for value in ("tcp:0:interface=127.0.0.1", "tcp:8080", "tcp6:8080:interface=\\:\\:1",
+                  f"unix:{tmp_path}/explorerd.sock", f"ssl:8443:privateKey={pem}:certKey={pem}",
+                  "tcp:8080:interface=127.0.0.1:backlog=1024"):
+        assert Config.load({"WEBSOCKET_LISTEN": value}, {}).listen == value
+
+
+def test_each_setting_is_declared_once_and_config_follows_settings():
+    """C{Config}'s attributes are the rows of C{SETTINGS}, in order, typed by their parsers."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    assert names == [s.name for s in SETTINGS]
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    assert types["max_connections"] is int and types["ping_interval"] is float
+    assert types["cors_origins"] is tuple and types["listen"] is str
+    config = Config.defaults(max_connections=5)
+    assert config.max_connections == 5 and config.replace(max_connections=6).max_connections == 6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_connections = 7
+
+
+def test_the_router_ticket_is_not_in_the_configs_repr():
+    config = Config.load({"EXPLORERD_WAMP_ROUTER_TICKET": "s3cret"}, {})
+    assert config.wamp_router_ticket == "s3cret" and "s3cret" not in repr(config)
+
+
+def test_the_web_root_from_the_environment_or_the_option(tmp_path):
+    assert Config.load({}, {}).web_root == ""
+    assert Config.load({"EXPLORERD_WEB_ROOT": str(tmp_path)}, {}).web_root == str(tmp_path)
+    assert Config.load({}, {"web-root": str(tmp_path)}).web_root == str(tmp_path)
+
+
 def test_every_setting_has_an_env_an_option_and_a_doc():
-    names = {f for f in Config.__dataclass_fields__}
-    assert {s.name for s in SETTINGS} == names
     for s in SETTINGS:
         assert s.env.startswith(("WEBSOCKET_", "API_", "EXPLORERD_")) and s.option and s.doc
         Config.load({s.env: s.default}, {})

@@ -18,7 +18,7 @@ from tests.conftest import eventually
 from tests.crossbar.router import Crossbar, free_port, install, prepare_cbdir
 from tests.wamp.harness import node_client, python_client, python_leave
 
-pytestmark = pytest.mark.crossbar
+pytestmark = [pytest.mark.crossbar, pytest.mark.needs_node]  # and AutobahnJS from tests/node
 
 TICKET = "tail-secret"
 

@@ -33,6 +33,8 @@ from websockets.sync.client import connect as ws_connect
 from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = [pytest.mark.browser, pytest.mark.needs_node]  # chromium, driven by playwright-core in node
 BIN = os.path.dirname(sys.executable)
 DRIVER = os.path.join(ROOT, "tests", "dashboard", "driver.mjs")
 PLAYWRIGHT = os.path.join(ROOT, "tests", "node", "node_modules", "playwright-core")

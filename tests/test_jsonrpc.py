@@ -206,6 +206,7 @@ async def _fails(d, exc_type):
 # Against a real anvil --------------------------------------------------------
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_block_number_and_chain_id(rpc, node):
     assert await rpc.blockNumber() == 0
@@ -215,6 +216,7 @@ async def test_block_number_and_chain_id(rpc, node):
     assert await rpc.blockNumber() == 3
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_anvil_options(reactor):
     anvil = await Anvil(reactor, chain_id=4242, extra_args=["--accounts", "2"]).start()
@@ -229,6 +231,7 @@ async def test_anvil_options(reactor):
     await anvil.stop()  # idempotent
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_get_block_after_evm_mine(rpc):
     await rpc.call("evm_mine")
@@ -243,6 +246,7 @@ async def test_get_block_after_evm_mine(rpc):
     assert await rpc.getBlockByHash("0x" + "ab" * 32) is None
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_get_block_with_transaction(rpc):
     sender, receiver = DEV_ACCOUNTS
@@ -265,6 +269,7 @@ async def test_get_block_with_transaction(rpc):
     assert light["transactions"] == [txHash]
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_batch_of_many_blocks(rpc):
     await rpc.call("anvil_mine", [hex(64)])
@@ -280,6 +285,7 @@ async def test_batch_of_many_blocks(rpc):
     assert mixed == ["0x7a69", "0x40"]
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_json_rpc_error_names_method(rpc):
     e = await _fails(rpc.call("explorerd_noSuchMethod", []), RPCError)

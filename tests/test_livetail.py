@@ -465,6 +465,7 @@ async def anvil_setup(start_daemon, env, **kw):
     return ctl, client, tail
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_daemon, env):
     ctl, client, tail = await anvil_setup(start_daemon, env)
@@ -515,6 +516,7 @@ async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_d
 
 @pytest.mark.parametrize("depth, then_mine", [(1, 0), (3, 2), (10, 0)],
                          ids=["depth1-same-height", "depth3-then-2-blocks", "depth10-same-height"])
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_anvil_reorg_gives_one_reorg_message_then_the_new_branch(start_daemon, env, depth, then_mine):
     ctl, client, tail = await anvil_setup(start_daemon, env)
@@ -558,6 +560,7 @@ async def test_anvil_reorg_gives_one_reorg_message_then_the_new_branch(start_dae
     await client.close()
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_head_jump_of_50_blocks_arrives_complete_and_in_order(start_daemon, env):
     ctl, client, tail = await anvil_setup(start_daemon, env, batch_size=16)
@@ -584,6 +587,7 @@ async def test_head_jump_of_50_blocks_arrives_complete_and_in_order(start_daemon
 RATES = {"drop": 0.06, "error": 0.06, "delay": 0.02, "truncate": 0.04, "cut": 0.04, "garbage": 0.04}
 
 
+@pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
 async def test_faulty_node_still_converges_to_the_canonical_chain(start_daemon, env):
     node = await env.anvil()

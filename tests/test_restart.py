@@ -32,6 +32,8 @@ from tests.anvil import DEV_ACCOUNTS, blocking_anvil
 from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.needs_node  # anvil from tests/node
 BOTH = ["newBlocks", "newTxs"]
 
 

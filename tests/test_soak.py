@@ -15,8 +15,9 @@ from tests.soak import soak
 
 NODE_WS = os.path.join(os.path.dirname(__file__), "node", "node_modules", "ws")
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.path.isdir(NODE_WS),
-                                reason="needs node and tests/node/node_modules (npm ci --prefix tests/node)")
+pytestmark = [pytest.mark.needs_node,
+              pytest.mark.skipif(shutil.which("node") is None or not os.path.isdir(NODE_WS),
+                                 reason="needs node and tests/node/node_modules (npm ci --prefix tests/node)")]
 
 PONG_TIMEOUT = 12.0
 

@@ -53,6 +53,7 @@ def value(counter, *labels):
 # ---------------------------------------------------------------------------
 # AutobahnJS.
 
+@pytest.mark.needs_node  # AutobahnJS from tests/node
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
 @pytest_twisted.ensureDeferred
 async def test_autobahnjs_gets_the_live_tail_calls_head_and_may_not_publish(start_daemon, serializer):
@@ -100,6 +101,7 @@ async def test_autobahnjs_gets_the_live_tail_calls_head_and_may_not_publish(star
     assert daemon.service.broker.sessionCount == 0
 
 
+@pytest.mark.needs_node  # AutobahnJS from tests/node
 @pytest_twisted.ensureDeferred
 async def test_autobahnjs_prefix_subscription_and_wrong_realm(start_daemon):
     daemon = await start_daemon(wamp_realm="com.example.chain")
