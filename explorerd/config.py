@@ -134,6 +134,14 @@ def parse_source(text) -> str:
 
 
 SOURCES = ("node", "wamp")
+RECEIPTS = ("auto", "block", "logs", "off")
+
+
+def parse_receipts(text) -> str:
+    text = str(text).strip().lower()
+    if text not in RECEIPTS:
+        raise ValueError(f"expected one of {', '.join(RECEIPTS)}")
+    return text
 
 
 _ENDPOINT_EXAMPLE = "a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
@@ -317,6 +325,13 @@ SETTINGS = (
     Setting("replay_block_time", "EXPLORERD_REPLAY_BLOCK_TIME", "replay-block-time", "2s",
             parse_duration, 0.01,
             "With no --rpc-url: how often the embedded replay node produces a block."),
+    Setting("receipts", "EXPLORERD_RECEIPTS", "receipts", "auto",
+            parse_receipts, None,
+            "How the live-tail gets each block's receipts and logs: `auto` asks `eth_getBlockReceipts` "
+            "and, if the node does not have it (method not found / invalid params), falls back for the "
+            "rest of the run to `eth_getLogs` by block hash (logs only: receipt fields are then null); "
+            "`block` requires `eth_getBlockReceipts`; `logs` only uses `eth_getLogs`; `off` fetches "
+            "neither (no `logs` channel: subscribing to it gets `logs_unavailable`)."),
     Setting("source", "EXPLORERD_SOURCE", "source", "node",
             parse_source, None,
             "Where blocks come from: `node` tails a JSON-RPC node (`--rpc-url`, or the embedded replay "

@@ -175,17 +175,26 @@ class Entry:
     def logFrame(self, indexes, removed=False):
         """
         The C{logs} message of this block's logs at C{indexes} (C{None}: all
-        of them), or C{b""} when there are none; all of them are framed once.
+        of them), or C{b""} when there are none.  Each log is encoded once;
+        a message for a filter is those bytes joined, so a thousand clients
+        with a thousand filters cost joins, not encodes.
         """
         logs = self.logs
         if not logs or (indexes is not None and not indexes):
             return b""
-        if indexes is None:
-            cached = self._logs.get(removed)
-            if cached is None:
-                cached = self._logs[removed] = frame(encode({"type": "logs", "data": logs_data(self.data, logs, removed)}))
+        key = (removed, None if indexes is None else tuple(indexes))
+        cached = self._logs.get(key)
+        if cached is not None:
             return cached
-        return frame(encode({"type": "logs", "data": logs_data(self.data, [logs[i] for i in indexes], removed)}))
+        encoded = self._logs.get("json")
+        if encoded is None:
+            encoded = self._logs["json"] = [encode(log) for log in logs]
+        head = encode({"type": "logs", "data": logs_data(self.data, [], removed)})[:-3]  # ...,"logs":[
+        body = b",".join(encoded) if indexes is None else b",".join(encoded[i] for i in indexes)
+        payload = frame(head + body + b"]}}")
+        if indexes is None or len(self._logs) < 64:
+            self._logs[key] = payload
+        return payload
 
 
 class History:
@@ -242,11 +251,11 @@ class History:
         while self._chain and self._chain[-1].height > height:
             gone = self._chain.pop()
             del self._by_hash[gone.hash]
-            self._orphans[gone.hash] = (gone.height, gone.parent_hash)
+            self._orphans[gone.hash] = (gone.height, gone.parent_hash, gone)
         parent = ancestor_hash
         for r in removed:
             if parent is not None and r["hash"] not in self._orphans and r["hash"] not in self._by_hash:
-                self._orphans[r["hash"]] = (r["height"], parent)
+                self._orphans[r["hash"]] = (r["height"], parent, None)
             parent = r["hash"]
         while len(self._orphans) > self.size:
             self._orphans.popitem(last=False)
@@ -268,18 +277,23 @@ class History:
     def canonical(self, block_hash):
         return self._by_hash.get(block_hash)
 
+    def orphan(self, block_hash):
+        """The entry of a block a reorg removed, while it is remembered (for its logs), or C{None}."""
+        orphan = self._orphans.get(block_hash)
+        return None if orphan is None else orphan[2]
+
     def after(self, height):
         """Canonical entries above C{height}, oldest first."""
         return [e for e in self._chain if e.height > height]
 
-    def replay_size(self, height, blocks, mode):
+    def replay_size(self, height, blocks, mode, logs=False):
         """
         Bytes a replay of everything above C{height} writes to a client that
-        takes C{blocks} and transactions in C{mode}, before any address
-        filter (the replay reads every transaction to filter them): what a
-        resume costs, known before any of it is sent.
+        takes C{blocks}, transactions in C{mode} and (C{logs}) every log,
+        before any filter (the replay reads everything to filter it): what
+        a resume costs, known before any of it is sent.
         """
-        return sum(e.size(blocks, mode) for e in self._chain if e.height > height)
+        return sum(e.size(blocks, mode, logs) for e in self._chain if e.height > height)
 
     def resume(self, height, block_hash):
         """
@@ -311,7 +325,7 @@ class History:
         removed = []
         cursor_hash, cursor_height = block_hash, height
         while cursor_hash in self._orphans:
-            orphan_height, parent = self._orphans[cursor_hash]
+            orphan_height, parent, _ = self._orphans[cursor_hash]
             if orphan_height != cursor_height:
                 break
             removed.append({"height": orphan_height, "hash": cursor_hash})

@@ -30,12 +30,13 @@ from zope.interface import implementer
 
 from explorerd import events
 from explorerd.events import frame
-from explorerd.history import BATCH, BATCH_HASHES, HASHES, PLAIN, History
+from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
 from explorerd.interfaces import IBlockSink, IPublicationObserver
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
 from explorerd.slots import ConnectionSlots
 
-CHANNELS = ("newBlocks", "newTxs")
+CHANNELS = ("newBlocks", "newTxs", "logs")
+_PER_TX_MODES = (PLAIN, HASHES, PLAIN_INPUT)
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY = 1001
@@ -71,21 +72,25 @@ def _collectAfter(publish):
 class TxOptions:
     """
     How a client takes C{newTxs}: one message per transaction or one batch
-    per block, full or hashes only, all or only those touching C{addresses}.
+    per block; full, hashes only, or full with the call data (C{input});
+    all or only those touching C{addresses}.
     """
 
-    __slots__ = ("batch", "hashes_only", "addresses")
+    __slots__ = ("batch", "hashes_only", "addresses", "input")
 
-    def __init__(self, batch=False, hashes_only=False, addresses=None):
+    def __init__(self, batch=False, hashes_only=False, addresses=None, input=False):
         self.batch = batch
         self.hashes_only = hashes_only
         self.addresses = frozenset(addresses) if addresses else None
+        self.input = input
 
     @property
     def mode(self):
-        if self.batch:
-            return BATCH_HASHES if self.hashes_only else BATCH
-        return HASHES if self.hashes_only else PLAIN
+        if self.hashes_only:
+            return BATCH_HASHES if self.batch else HASHES
+        if self.input:
+            return BATCH_INPUT if self.batch else PLAIN_INPUT
+        return BATCH if self.batch else PLAIN
 
 
 DEFAULT_TX_OPTIONS = TxOptions()
@@ -99,8 +104,8 @@ class Client:
     """
 
     __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels", "tx_options",
-                 "group", "paused", "paused_since", "queue", "queued", "backlog", "last_seen",
-                 "__weakref__")
+                 "log_filter", "group", "log_index", "paused", "paused_since", "queue", "queued", "backlog",
+                 "last_seen", "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -111,7 +116,9 @@ class Client:
         self.kind = kind
         self.channels = set()
         self.tx_options = DEFAULT_TX_OPTIONS
+        self.log_filter = None
         self.group = None
+        self.log_index = None  # where the hub finds it for logs: (index dict, key) or None
         self.paused = False
         self.paused_since = None
         self.queue = deque()
@@ -170,6 +177,12 @@ class Hub(Service):
         self._groups = {}
         self._filtered = {}
         self._by_address = {}
+        # logs subscribers: every log (one shared frame), else found through
+        # their filter's addresses, else its first topic, else scanned.
+        self._logs_all = {}
+        self._logs_by_address = {}
+        self._logs_by_topic = {}
+        self._logs_scan = {}
         self._paused = {}
         self._queued_total = 0
         self._sweep = LoopingCall(self._sweepOnce)
@@ -288,10 +301,12 @@ class Hub(Service):
 
     # Subscriptions.
 
-    def subscribe(self, client, channels, tx_options=None):
+    def subscribe(self, client, channels, tx_options=None, log_filter=None):
         """
         Add channels; C{tx_options} (a L{TxOptions}) sets how C{newTxs} is
-        delivered when C{newTxs} is among them.  Returns the channels after.
+        delivered when C{newTxs} is among them, and C{log_filter} (a
+        L{LogFilter}; C{None}: every log) which logs a C{logs} subscriber
+        gets.  Returns the channels after.
         """
         self._ungroup(client)
         for channel in channels:
@@ -300,6 +315,8 @@ class Hub(Service):
                 self._subscribers[channel][client] = None
         if "newTxs" in channels:
             client.tx_options = tx_options or DEFAULT_TX_OPTIONS
+        if "logs" in channels:
+            client.log_filter = None if log_filter is None or log_filter.everything else log_filter
         self._regroup(client)
         return sorted(client.channels)
 
@@ -311,6 +328,8 @@ class Hub(Service):
                 self._subscribers[channel].pop(client, None)
         if "newTxs" not in client.channels:
             client.tx_options = DEFAULT_TX_OPTIONS
+        if "logs" not in client.channels:
+            client.log_filter = None
         self._regroup(client)
         return sorted(client.channels)
 
@@ -324,6 +343,8 @@ class Hub(Service):
         return blocks, mode
 
     def _regroup(self, client):
+        if "logs" in client.channels:
+            self._indexLogs(client)
         blocks, mode = self._profile(client)
         if not blocks and mode is None:
             return
@@ -337,7 +358,40 @@ class Hub(Service):
             client.group = self._groups.setdefault((blocks, mode), {})
             client.group[client] = None
 
+    def _indexLogs(self, client):
+        flt = client.log_filter
+        if flt is None:
+            index, keys = self._logs_all, None
+        elif flt.addresses is not None:
+            index, keys = self._logs_by_address, flt.addresses
+        elif flt.first is not None:
+            index, keys = self._logs_by_topic, flt.first
+        else:
+            index, keys = self._logs_scan, None
+        if keys is None:
+            index[client] = None
+        else:
+            for key in keys:
+                index.setdefault(key, {})[client] = None
+        client.log_index = (index, keys)
+
+    def _unindexLogs(self, client):
+        where, client.log_index = client.log_index, None
+        if where is None:
+            return
+        index, keys = where
+        if keys is None:
+            index.pop(client, None)
+            return
+        for key in keys:
+            subscribers = index.get(key)
+            if subscribers is not None:
+                subscribers.pop(client, None)
+                if not subscribers:
+                    del index[key]
+
     def _ungroup(self, client):
+        self._unindexLogs(client)
         group, client.group = client.group, None
         if group is None:
             return
@@ -371,6 +425,10 @@ class Hub(Service):
             start = time.perf_counter()
             self._pass(entry, blocks=False, txs=True)
             self.metrics.broadcast_latency.labels("transactions").observe(time.perf_counter() - start)
+        if entry.logs and self._subscribers["logs"]:
+            start = time.perf_counter()
+            self._logsPass(entry)
+            self.metrics.broadcast_latency.labels("logs").observe(time.perf_counter() - start)
         self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
                       height=entry.height, hash=entry.hash, txs=entry.tx_count, clients=recipients)
         if self._observers:
@@ -396,15 +454,23 @@ class Hub(Service):
             "removed": [{"height": r["height"], "hash": r["hash"]} for r in removed],
         }
         payload = frame(events.encode({"type": "reorg", "data": data}))
+        # Newest first: the order their logs are retracted in.
+        gone = [e for e in map(self.history.canonical, reversed([r["hash"] for r in data["removed"]]))
+                if e is not None]
         self.history.rollback(ancestor["height"], data["removed"], ancestor["hash"])
-        recipients = dict(self._subscribers["newBlocks"])
-        recipients.update(self._subscribers["newTxs"])
+        recipients = {}
+        for channel in CHANNELS:
+            recipients.update(self._subscribers[channel])
         self.log.info("reorg of depth {depth} back to {height} {hash}",
                       depth=depth, height=ancestor["height"], hash=ancestor["hash"])
         sent = self.fanout(recipients, payload, (("reorg", 1),))
+        if self._subscribers["logs"]:
+            for entry in gone:
+                if entry.logs:
+                    self._logsPass(entry, removed=True)
         self.metrics.broadcast_latency.labels("reorg").observe(time.perf_counter() - start)
         if self._observers:
-            self._notify(lambda observer: observer.reorganized(data))
+            self._notify(lambda observer: observer.reorganized(data, gone))
         return sent
 
     def _pass(self, entry, blocks, txs):
@@ -430,7 +496,7 @@ class Hub(Service):
         counts = []
         if blocks:
             counts.append(("newBlock", 1))
-        if mode in (PLAIN, HASHES) and entry.tx_count:
+        if mode in _PER_TX_MODES and entry.tx_count:
             counts.append(("newTx", entry.tx_count))
         elif mode is not None and entry.tx_count:
             counts.append(("newTxs", 1))
@@ -462,10 +528,43 @@ class Hub(Service):
                 payload = entry.block_frame + payload
                 counts.append(("newBlock", 1))
             if n:
-                counts.append(("newTx" if mode in (PLAIN, HASHES) else "newTxs", n))
+                counts.append(("newTx" if mode in _PER_TX_MODES else "newTxs", n))
             self._send(client, payload, tuple(counts))
             recipients += 1
         return recipients
+
+    def _logsPass(self, entry, removed=False):
+        """
+        A block's logs to their subscribers: O(logs + matches) through the
+        indexes, not O(clients x logs).  Clients whose logs are the same
+        share one frame.
+        """
+        counts = (("logs", 1),)
+        if self._logs_all:
+            self.fanout(self._logs_all, entry.logFrame(None, removed), counts)
+        matches = {}
+        by_address, by_topic, scan = self._logs_by_address, self._logs_by_topic, self._logs_scan
+        for i, log in enumerate(entry.logs):
+            candidates = [by_address.get(log["address"])]
+            if log["topics"]:
+                candidates.append(by_topic.get(log["topics"][0]))
+            candidates.append(scan)
+            for subscribers in candidates:
+                if subscribers:
+                    for client in subscribers:
+                        if client.log_filter.matches(log):
+                            matches.setdefault(client, []).append(i)
+        for client, indexes in matches.items():
+            self._send(client, entry.logFrame(indexes, removed), counts)
+
+    def _logsFor(self, client, entry, removed=False):
+        """C{(payload, counts)} of one block's logs for one client (replays)."""
+        if "logs" not in client.channels or not entry.logs:
+            return b"", ()
+        flt = client.log_filter
+        indexes = None if flt is None else [i for i, log in enumerate(entry.logs) if flt.matches(log)]
+        payload = entry.logFrame(indexes, removed)
+        return payload, ((("logs", 1),) if payload else ())
 
     # Replay.
 
@@ -488,6 +587,12 @@ class Hub(Service):
             items.append((frame(events.encode({"type": "reorg", "data": {
                 "depth": len(removed), "common_ancestor": ancestor, "removed": removed,
             }})), (("reorg", 1),)))
+            for r in reversed(removed):
+                orphan = self.history.orphan(r["hash"])
+                if orphan is not None:
+                    payload, counts = self._logsFor(client, orphan, removed=True)
+                    if payload:
+                        items.append((payload, counts))
         blocks, mode = self._profile(client)
         addresses = client.tx_options.addresses
         for e in entries:
@@ -505,9 +610,11 @@ class Hub(Service):
                     counts["newBlock"] = 1
                     n -= 1
             if n:
-                counts["newTx" if mode in (PLAIN, HASHES) else "newTxs"] = n
-            if txs:
-                items.append((txs, tuple(counts.items())))
+                counts["newTx" if mode in _PER_TX_MODES else "newTxs"] = n
+            logs, log_counts = self._logsFor(client, e)
+            counts.update(log_counts)
+            if txs or logs:
+                items.append((txs + logs, tuple(counts.items())))
         # Through the queue, one block per write: the transport pauses us
         # after each and resumes us once it drained, so the write deadline
         # measures progress, and a long replay is not "too slow" by itself.

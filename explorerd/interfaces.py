@@ -40,5 +40,9 @@ class IPublicationObserver(Interface):
     def published(entry):
         """A block and its transactions went out (an L{explorerd.history.Entry})."""
 
-    def reorganized(reorg):
-        """A reorg went out: the C{data} of the raw protocol's C{reorg} message."""
+    def reorganized(reorg, removed):
+        """
+        A reorg went out: C{reorg} is the C{data} of the raw protocol's
+        C{reorg} message, C{removed} the entries of the removed blocks the
+        history held, newest first (their logs are retracted in that order).
+        """

@@ -4,11 +4,13 @@ The raw WebSocket protocol at C{/v1/stream}.
 Wire protocol (JSON text frames)::
 
     client → server
-      {"action": "subscribe",   "channels": ["newBlocks", "newTxs"]}
+      {"action": "subscribe",   "channels": ["newBlocks", "newTxs", "logs"]}
           optional: "since": {"height": H, "hash": "0x…"}   resume after the block held
                     "batch": true         newTxs as one {"type": "newTxs"} frame per block
                     "hashes_only": true   newTx data reduced to hash, block and index
+                    "input": true         newTx data with the call data ("input")
                     "filter": {"addresses": ["0x…", …]}   only txs from/to these (≤ 1000)
+                    "logs": {"address": …, "topics": […]}  which logs (eth_getLogs' filter)
       {"action": "unsubscribe", "channels": ["newBlocks"]}
       {"action": "ping"}
 
@@ -17,16 +19,29 @@ Wire protocol (JSON text frames)::
       {"type": "unsubscribed", "channels": [...]}
       {"type": "pong"}
       {"type": "newBlock", "data": {"height", "hash", "parent_hash", "tx_count",
-                                    "timestamp", "miner", "gas_used"}}
+                                    "timestamp", "miner", "gas_used", "gas_limit",
+                                    "base_fee_per_gas", "size", "burnt_fees_wei", "log_count"}}
       {"type": "newTx",    "data": {"hash", "from_addr", "to_addr", "value_wei",
-                                    "block_height", "block_hash", "tx_index"}}
+                                    "block_height", "block_hash", "tx_index", "nonce",
+                                    "gas", "type", "gas_price_wei", "max_fee_per_gas_wei",
+                                    "max_priority_fee_per_gas_wei", "method_id",
+                                    "input_size", "status", "gas_used", "fee_wei",
+                                    "contract_address", "log_count"}}
       {"type": "newTxs",   "data": {"block_height", "block_hash", "txs": [...] | "hashes": [...]}}
+      {"type": "logs",     "data": {"block_height", "block_hash", "removed",
+                                    "logs": [{"address", "topics", "data", "tx_hash",
+                                              "tx_index", "log_index"}, ...]}}
       {"type": "reorg",    "data": {"depth", "common_ancestor": {"height", "hash"},
                                     "removed": [{"height", "hash"}, ...]}}
       {"type": "error", "error": {"code": "...", "message": "..."}}
 
+A C{logs} subscriber gets one message per block with a matching log; after
+a C{reorg}, the logs of each removed block it had been sent again with
+C{"removed": true}, newest block first, then the new branch.
+
 Error codes: C{invalid_json}, C{invalid_message}, C{unknown_action},
-C{unknown_channel}, C{binary_not_supported}, C{history_unavailable} (with
+C{unknown_channel}, C{binary_not_supported}, C{logs_unavailable},
+C{history_unavailable} (with
 C{oldest_height}; also when C{since} names a block we hold at another
 height).  An error never disconnects;
 valid channels in a message that also names unknown ones are applied, and
@@ -54,6 +69,7 @@ from twisted.logger import Logger
 from explorerd import events
 from explorerd.connection import HubConnection, configured_protocol
 from explorerd.hub import CHANNELS, TxOptions
+from explorerd.logfilter import LogFilter
 
 MAX_FILTER_ADDRESSES = 1000
 
@@ -88,12 +104,12 @@ def _since(value):
 def _tx_options(message):
     """C{(TxOptions or None, problem or None)} from a subscribe message's newTxs options."""
     batch, hashes_only, flt = message.get("batch"), message.get("hashes_only"), message.get("filter")
-    if batch is None and hashes_only is None and flt is None:
+    call = message.get("input")
+    if batch is None and hashes_only is None and flt is None and call is None:
         return None, None
-    if batch is not None and not isinstance(batch, bool):
-        return None, '"batch" must be true or false'
-    if hashes_only is not None and not isinstance(hashes_only, bool):
-        return None, '"hashes_only" must be true or false'
+    for name, value in (("batch", batch), ("hashes_only", hashes_only), ("input", call)):
+        if value is not None and not isinstance(value, bool):
+            return None, f'"{name}" must be true or false'
     addresses = None
     if flt is not None:
         raw = flt.get("addresses") if isinstance(flt, dict) else None
@@ -106,7 +122,7 @@ def _tx_options(message):
                 addresses.add(events.address(a))
             except ValueError:
                 return None, f"filter address {_short(a)!r} is not a 20-byte 0x-hex address"
-    return TxOptions(batch=bool(batch), hashes_only=bool(hashes_only), addresses=addresses), None
+    return TxOptions(batch=bool(batch), hashes_only=bool(hashes_only), addresses=addresses, input=bool(call)), None
 
 
 def _describe(options):
@@ -115,6 +131,8 @@ def _describe(options):
         described["batch"] = True
     if options.hashes_only:
         described["hashes_only"] = True
+    if options.input and not options.hashes_only:
+        described["input"] = True
     if options.addresses:
         described["filter"] = {"addresses": len(options.addresses)}
     return described
@@ -180,12 +198,20 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         options, problem = _tx_options(message)
         if problem:
             return self._error(client, "invalid_message", problem)
-        channels = self._changeChannels(hub, client, message, "subscribed", options)
+        log_filter = None
+        if message.get("logs") is not None:
+            try:
+                log_filter = LogFilter.parse(message["logs"])
+            except ValueError as e:
+                return self._error(client, "invalid_message", str(e))
+        channels = self._changeChannels(hub, client, message, "subscribed", options, log_filter)
         if channels is None:
             return
         answer = {"type": "subscribed", "channels": channels}
         if "newTxs" in channels and options is not None:
             answer.update(_describe(options))
+        if "logs" in channels and log_filter is not None and not log_filter.everything:
+            answer["logs"] = log_filter.describe()
         if since is None:
             return hub.sendTo(client, answer)
 
@@ -222,7 +248,7 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
             return True
         blocks = "newBlocks" in client.channels
         mode = client.tx_options.mode if "newTxs" in client.channels else None
-        size = hub.history.replay_size(height, blocks, mode)
+        size = hub.history.replay_size(height, blocks, mode, "logs" in client.channels)
         cost = self._replayCost(size)
         if self._withinBudget(hub, cost - 1):  # the subscribe paid its own token
             return True
@@ -231,14 +257,14 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         return False
 
     def _unsubscribe(self, hub, client, message):
-        for key in ("since", "batch", "filter", "hashes_only"):
+        for key in ("since", "batch", "filter", "hashes_only", "input", "logs"):
             if message.get(key) is not None:
                 return self._error(client, "invalid_message", f'"{key}" belongs to subscribe')
         channels = self._changeChannels(hub, client, message, "unsubscribed", None)
         if channels is not None:
             hub.sendTo(client, {"type": "unsubscribed", "channels": channels})
 
-    def _changeChannels(self, hub, client, message, answer, options):
+    def _changeChannels(self, hub, client, message, answer, options, log_filter=None):
         """Apply a (un)subscription; returns the client's channels after it, or None."""
         channels = message.get("channels")
         if not isinstance(channels, list) or not channels:
@@ -255,9 +281,17 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
                 return
         if options is not None and "newTxs" not in known:
             return self._error(client, "invalid_message",
-                               '"batch", "filter" and "hashes_only" apply to the newTxs channel')
+                               '"batch", "filter", "hashes_only" and "input" apply to the newTxs channel')
+        if log_filter is not None and "logs" not in known:
+            return self._error(client, "invalid_message", '"logs" (a filter) applies to the logs channel')
+        if answer == "subscribed" and "logs" in known and not self.factory.logsAvailable:
+            self._error(client, "logs_unavailable",
+                        "this server does not fetch logs (EXPLORERD_RECEIPTS=off); the logs channel is off")
+            known.remove("logs")
+            if not known:
+                return
         if answer == "subscribed":
-            now = hub.subscribe(client, known, options)
+            now = hub.subscribe(client, known, options, log_filter)
         else:
             now = hub.unsubscribe(client, known)
         log.info("client {client} {answer} {channels}", client=client.id, answer=answer, channels=now)
@@ -284,6 +318,8 @@ class StreamFactory(WebSocketServerFactory):
         self.hub = hub
         self.admission = admission
         self.metrics = metrics
+        # An edge serves what its router brings; a tail, what it fetches.
+        self.logsAvailable = config.source == "wamp" or config.receipts != "off"
         apply_limits(self, config)
 
 

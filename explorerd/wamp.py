@@ -12,9 +12,13 @@ Topics (the C{data} dicts of the raw protocol, as the one positional arg)::
     explorer.tx      [tx_data]      each transaction of a block, after its block
     explorer.reorg   [reorg_data]   blocks that are no longer canonical; the
                                     replacements follow as explorer.block/tx
+    explorer.log     [logs_data]    a block's logs (the data of a logs message),
+                                    after its transactions; after a reorg, those
+                                    of the removed blocks, newest first, with
+                                    "removed": true
 
 Subscriptions match C{exact} (the default), C{prefix} (C{"explorer."} gets all
-three) or C{wildcard} (C{"explorer."} components, empty ones match any);
+four) or C{wildcard} (C{"explorer."} components, empty ones match any);
 events of a prefix or wildcard subscription carry C{details.topic}.  A
 subscription that can match none of the topics gets ERROR
 C{explorer.error.no_such_topic}.
@@ -25,7 +29,8 @@ Procedures::
     explorer.blocks_since(height, hash[, limit])
                                          → {"reorg": reorg_data | null,
                                             "blocks": [{"block": block_data,
-                                                        "txs": [tx_data, ...]}, ...],
+                                                        "txs": [tx_data, ...],
+                                                        "logs": [log, ...] | null}, ...],
                                             "more": bool}
 
 C{blocks_since} follows the raw protocol's resume rules: everything after the
@@ -84,7 +89,7 @@ from explorerd.interfaces import IPublicationObserver
 from explorerd.metrics import LATENCY_BUCKETS
 from explorerd.stream import apply_limits
 
-BLOCK, TX, REORG = TOPICS = ("explorer.block", "explorer.tx", "explorer.reorg")
+BLOCK, TX, REORG, LOG = TOPICS = ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log")
 HEAD, BLOCKS_SINCE = PROCEDURES = ("explorer.head", "explorer.blocks_since")
 # Blocks (with all their transactions) in one blocks_since answer: ~2.5 MB of
 # JSON for busy mainnet blocks; ask again from the last one for more.
@@ -100,7 +105,7 @@ CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 
 # The hub's message kinds (its messages_sent{type} label) for WAMP traffic.
-_EVENT_KIND = {BLOCK: "wamp_block", TX: "wamp_tx", REORG: "wamp_reorg"}
+_EVENT_KIND = {BLOCK: "wamp_block", TX: "wamp_tx", REORG: "wamp_reorg", LOG: "wamp_log"}
 
 log = Logger()
 
@@ -132,6 +137,16 @@ def publications(entry):
     yield BLOCK, (entry.data,)
     if entry.tx_count:
         yield TX, entry.txs_data
+    if entry.logs:
+        yield LOG, (events.logs_data(entry.data, entry.logs),)
+
+
+def retractions(reorg, removed):
+    """C{(topic, items)} for a reorg: the reorg, then the logs of the removed blocks, newest first."""
+    yield REORG, (reorg,)
+    for entry in removed:
+        if entry.logs:
+            yield LOG, (events.logs_data(entry.data, entry.logs, removed=True),)
 
 
 class Procedures:
@@ -186,7 +201,8 @@ class Procedures:
         reorg = None
         if removed:
             reorg = {"depth": len(removed), "common_ancestor": ancestor, "removed": removed}
-        return {"reorg": reorg, "blocks": [{"block": e.data, "txs": e.txs_data} for e in entries[:limit]],
+        return {"reorg": reorg, "blocks": [{"block": e.data, "txs": e.txs_data, "logs": e.logs}
+                                           for e in entries[:limit]],
                 "more": len(entries) > limit}
 
 
@@ -336,8 +352,9 @@ class Broker(Service):
         for topic, items in publications(entry):
             self.publish(topic, items)
 
-    def reorganized(self, reorg):
-        self.publish(REORG, (reorg,))
+    def reorganized(self, reorg, removed):
+        for topic, items in retractions(reorg, removed):
+            self.publish(topic, items)
 
     def publish(self, topic, items):
         """

@@ -54,7 +54,7 @@ from explorerd import events
 from explorerd.history import Entry
 from explorerd.interfaces import IBlockSink, IPublicationObserver
 from explorerd.routerlink import RouterLink
-from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, PROCEDURES, REORG, TX, Procedures, publications
+from explorerd.wamp import BLOCK, HISTORY_UNAVAILABLE, LOG, PROCEDURES, REORG, TX, Procedures, publications, retractions
 
 log = Logger()
 
@@ -142,8 +142,9 @@ class RouterPublisher(Service):
         for topic, items in publications(entry):
             self._publish(topic, items)
 
-    def reorganized(self, reorg):
-        self._publish(REORG, (reorg,))
+    def reorganized(self, reorg, removed):
+        for topic, items in retractions(reorg, removed):
+            self._publish(topic, items)
 
     def _publish(self, topic, items):
         session = self._session
@@ -245,9 +246,8 @@ class EdgeSource(Service):
         if topic == BLOCK:
             if self._pending is not None:
                 self.metrics.discarded.labels("incomplete_block").inc()
-            self._pending = [data, []]
-            if data.get("tx_count") == 0:
-                self._complete()
+            self._pending = [data, [], None]
+            self._completeIfWhole()
         elif topic == TX:
             pending = self._pending
             if pending is None or data.get("block_hash") != pending[0].get("hash"):
@@ -256,16 +256,33 @@ class EdgeSource(Service):
                 self.metrics.discarded.labels("orphan_tx").inc()
                 return
             pending[1].append(data)
-            if len(pending[1]) >= (pending[0].get("tx_count") or 0):
-                self._complete()
+            self._completeIfWhole()
+        elif topic == LOG:
+            if data.get("removed"):
+                return  # our own hub retracts them when the reorg comes
+            pending = self._pending
+            if pending is None or data.get("block_hash") != pending[0].get("hash"):
+                self.metrics.discarded.labels("orphan_logs").inc()
+                return
+            pending[2] = data.get("logs")
+            self._completeIfWhole()
         elif topic == REORG:
             self._pending = None
             self._reorg(data)
         else:
             self.metrics.discarded.labels("unknown_topic").inc()
 
+    def _completeIfWhole(self):
+        """A block is whole once its transactions and, if it has any, its logs are in."""
+        block, txs, logs = self._pending
+        if len(txs) < (block.get("tx_count") or 0):
+            return
+        if block.get("log_count") and logs is None:
+            return
+        self._complete()
+
     def _complete(self):
-        block, txs = self._pending
+        block, txs, logs = self._pending
         self._pending = None
         history = self.hub.history
         if history.canonical(block.get("hash")) is not None:
@@ -278,7 +295,7 @@ class EdgeSource(Service):
                          height=block.get("height"), hash=block.get("hash"), newest=newest.height)
                 # The history must not link across the gap (it would refuse the block).
                 history.forget()
-            self._publish(block, txs)
+            self._publish(block, txs, logs)
             return
         if self._tail_missing:
             # The catch-up just failed and this block waited for it: drop it;
@@ -287,13 +304,15 @@ class EdgeSource(Service):
             return
         # Something went missing: catch up from the tail's history, then go
         # on with this block (and whatever arrives meanwhile).
+        if logs is not None:
+            self._backlog.appendleft((LOG, {"block_hash": block.get("hash"), "removed": False, "logs": logs}))
         self._backlog.extendleft([(TX, tx) for tx in reversed(txs)])
         self._backlog.appendleft((BLOCK, block))
         self._resync(f"block {block.get('height')} does not follow our newest block {newest.height}")
 
-    def _publish(self, block, txs):
+    def _publish(self, block, txs, logs):
         try:
-            self.hub.publish(Entry.fromWire(block, txs))
+            self.hub.publish(Entry.fromWire(block, txs, logs))
         except events.InvalidBlock as e:
             self.metrics.discarded.labels("invalid").inc()
             log.warn("edge: discarded an invalid block from the router: {error}", error=str(e))
@@ -352,7 +371,7 @@ class EdgeSource(Service):
         published = 0
         for item in blocks:
             block, txs = item["block"], item["txs"]
-            if self.hub.history.canonical(block["hash"]) is None and self._publish(block, txs):
+            if self.hub.history.canonical(block["hash"]) is None and self._publish(block, txs, item.get("logs")):
                 published += 1
         self.metrics.resyncs.labels("ok").inc()
         self._more = bool(result.get("more"))

@@ -4,7 +4,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from explorerd.interfaces import IPublicationObserver
-from explorerd.wamp import REORG, publications
+from explorerd.wamp import publications, retractions
 
 
 @implementer(IPublicationObserver)
@@ -18,8 +18,9 @@ class WampRecorder:
         for topic, items in publications(entry):
             self.seen.extend((topic, item) for item in items)
 
-    def reorganized(self, reorg):
-        self.seen.append((REORG, reorg))
+    def reorganized(self, reorg, removed):
+        for topic, items in retractions(reorg, removed):
+            self.seen.extend((topic, item) for item in items)
 
 
 def recorder(hub):

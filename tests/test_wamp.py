@@ -65,7 +65,7 @@ async def test_autobahnjs_gets_the_live_tail_calls_head_and_may_not_publish(star
         joined = await js.joined()
         assert joined["protocol"] == f"wamp.2.{serializer}"
         assert joined["details"]["realm"] == "explorer" and joined["details"]["authrole"] == "anonymous"
-        for topic in ("explorer.block", "explorer.tx", "explorer.reorg"):
+        for topic in ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log"):
             assert (await js.command("subscribe", topic=topic))["ok"]
 
         await mine(daemon, 3)
@@ -80,7 +80,8 @@ async def test_autobahnjs_gets_the_live_tail_calls_head_and_may_not_publish(star
         newest = daemon.hub.history.newest
         since = await js.command("call", procedure="explorer.blocks_since", args=[newest.height - 1,
                                  daemon.hub.history.after(newest.height - 2)[0].hash])
-        assert since["result"] == {"reorg": None, "blocks": [{"block": newest.data, "txs": newest.txs_data}],
+        assert since["result"] == {"reorg": None, "blocks": [{"block": newest.data, "txs": newest.txs_data,
+                                                              "logs": newest.logs}],
                                    "more": False}
 
         refused = await js.command("publish", topic="explorer.block", args=[{"height": 1}],
