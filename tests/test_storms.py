@@ -20,14 +20,18 @@ from tests.soak import soak, wsraw
 from tests.soak.chain import Chain
 
 
+def start_explorerd(workdir, *args, per_ip=0):
+    # the per-IP cap (where the daemon has one) is off unless a test is about it
+    return soak.Daemon(["--listen", "tcp:0:interface=127.0.0.1:backlog=4096", "--state-dir="] + list(args)
+                       + soak.optional("max-connections-per-ip", per_ip), str(workdir))
+
+
 @pytest.fixture
 def daemon(tmp_path):
     started = []
 
     def start(*args, per_ip=0):
-        # the per-IP cap (where the daemon has one) is off unless a test is about it
-        d = soak.Daemon(["--listen", "tcp:0:interface=127.0.0.1:backlog=4096", "--state-dir="] + list(args)
-                        + soak.optional("max-connections-per-ip", per_ip), str(tmp_path))
+        d = start_explorerd(tmp_path, *args, per_ip=per_ip)
         started.append(d)
         return d
 
@@ -359,10 +363,8 @@ def closed_windows(request, tmp_path_factory):
     policy = request.param
     limits = (["--write-deadline", "3s", "--send-queue", "256"] if policy == "write-deadline"
               else ["--write-deadline", "60s", "--send-queue", "10"])
-    d = soak.Daemon(["--listen", "tcp:0:interface=127.0.0.1:backlog=4096", "--state-dir=",
-                     "--rate-limit", "0", "--max-connections", "1000", "--replay-block-time", "0.1",
-                     "--poll-interval", "0.05s", *limits] + soak.optional("max-connections-per-ip", 0),
-                    str(tmp_path_factory.mktemp("closed-windows")))
+    d = start_explorerd(tmp_path_factory.mktemp("closed-windows"), "--rate-limit", "0", "--max-connections", "1000",
+                        "--replay-block-time", "0.1", "--poll-interval", "0.05s", *limits)
     run = ClosedWindows(d, policy)
     try:
         run.run()
