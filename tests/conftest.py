@@ -15,6 +15,38 @@ from twisted.internet.task import Clock, deferLater
 txaio.use_twisted()
 
 
+# Stories told to a real process: the tests of a class marked C{incremental}
+# are the steps of one story, in order, sharing the process through a
+# class-scoped fixture.  Once a step fails, the later ones (of the same
+# parameters) are reported as xfailed, naming the step that failed, and not run.
+# A step needs the steps before it: select the whole class, not one step.
+
+_failed_steps = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "incremental: the tests of this class are the steps of one story, in order")
+
+
+def _story_key(item):
+    params = tuple(sorted(item.callspec.params.items(), key=str)) if hasattr(item, "callspec") else ()
+    return item.cls, repr(params)
+
+
+def pytest_runtest_makereport(item, call):
+    if "incremental" in item.keywords and call.excinfo is not None and call.when in ("setup", "call"):
+        if not call.excinfo.errisinstance(pytest.xfail.Exception):
+            _failed_steps.setdefault(_story_key(item), item.originalname or item.name)
+
+
+def pytest_runtest_setup(item):
+    if "incremental" in item.keywords:
+        failed = _failed_steps.get(_story_key(item))
+        if failed is not None:
+            pytest.xfail(f"an earlier step of this story failed: {failed}")
+
+
 def _reactor():
     from twisted.internet import reactor
 

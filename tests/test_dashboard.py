@@ -137,6 +137,18 @@ class Wire:
         with self._lock:
             return list(self.messages)
 
+    def block_count(self):
+        return sum(m["type"] == "newBlock" for m in self.snapshot())
+
+    def wait_for_more_blocks(self, n, timeout=10):
+        """Until C{n} more blocks than now have come in."""
+        goal = self.block_count() + n
+        deadline = time.monotonic() + timeout
+        while self.block_count() < goal:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the wire client got fewer than {n} more blocks")
+            time.sleep(0.02)
+
     def first_block(self, timeout=10):
         deadline = time.monotonic() + timeout
         while True:
@@ -875,7 +887,7 @@ class TestLivePage:
             page.wait("document.getElementById('conn').textContent.trim() === 'Offline · waiting for the network'",
                       what="'Offline' shown")
             held = page.eval("window.__explorer.store.resumePoint()")
-            time.sleep(0.5)  # blocks go by meanwhile
+            live.wire.wait_for_more_blocks(3)  # blocks go by meanwhile
         finally:
             browser.call("offline", value=False)
         page.wait("window.__explorer.state === 'live' && window.__explorer.log.answers.length >= 2", what="live again")

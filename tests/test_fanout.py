@@ -12,6 +12,7 @@ from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect, connect_many, drain, in_thread
 from tests.conftest import eventually
+from tests.metricvalues import sample
 
 
 def expected_messages(blocks, channels):
@@ -123,7 +124,7 @@ async def test_a_client_that_stops_reading_is_closed_and_nobody_else_waits(start
         for got in received:
             assert summary(got) == expected_messages([block], ["newBlocks", "newTxs"])
     assert hub.clientCount == 50
-    assert hub.metrics.errors.labels("slow_client")._value.get() == 1
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="slow_client") == 1
     assert hub._queued_total == 0
 
     # When it reads again it finds, after what was already on its way, a close saying why.
@@ -153,7 +154,7 @@ async def test_a_client_paused_past_the_write_deadline_is_closed(start_daemon):
     assert hub.clientCount == 2, "paused, but not yet past the deadline"
     daemon.clock.advance(6)
     assert hub.clientCount == 1
-    assert hub.metrics.errors.labels("slow_client")._value.get() == 1
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="slow_client") == 1
     stuck.transport.resumeProducing()
     code, reason = await stuck.closed
     assert code == 1008 and "not reading" in reason
@@ -173,7 +174,7 @@ async def test_one_sweep_pings_everyone_and_drops_the_silent(start_daemon):
     assert daemon.hub.clientCount == 2, "60 s of silence is not yet more than 60 s"
     daemon.clock.advance(30)
     assert daemon.hub.clientCount == 1
-    assert daemon.hub.metrics.errors.labels("ping_timeout")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="ping_timeout") == 1
     await silent.closed
     assert await lively.request({"action": "ping"}) == {"type": "pong"}
     await lively.close()
@@ -202,7 +203,7 @@ async def test_a_client_that_talks_but_stopped_reading_is_dropped_by_the_pong_ti
         if t < 3:
             assert hub.clientCount == 2, f"round {t}: not yet past the pong timeout"
     assert hub.clientCount == 1
-    assert hub.metrics.errors.labels("ping_timeout")._value.get() == 1
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="ping_timeout") == 1
     stalled.transport.resumeProducing()
     await stalled.closed
     await lively.close()
@@ -234,7 +235,7 @@ async def test_a_slow_reader_that_keeps_reading_is_not_dropped_by_the_pong_timeo
         slow.transport.pauseProducing()
         while not slow_client.paused:
             broadcast(hub, [block])
-    assert hub.metrics.errors.labels("ping_timeout")._value.get() == 0
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="ping_timeout") == 0
     slow.transport.resumeProducing()
     await drain(slow, timeout=30)
     await slow.close()
@@ -304,7 +305,7 @@ async def test_connect_disconnect_churn_leaves_nothing_behind(start_daemon):
     assert hub.clientCount == 0
     assert all(not subs for subs in hub._subscribers.values())
     assert hub._paused == {} and hub.slots.count == 0 and hub._queued_total == 0
-    assert hub.metrics.connections._value.get() == 0
+    assert sample(hub.metrics.registry, "explorer_websocket_connections") == 0
     del clients, c
     gc.collect()
     alive = [r() for r in refs if r() is not None]

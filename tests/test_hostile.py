@@ -7,10 +7,11 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain, in_thread
 from tests.conftest import eventually
-from explorerd.history import Entry
+from tests.metricvalues import sample
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -87,7 +88,7 @@ async def test_fuzzed_messages_get_answers_and_never_cost_the_connection(start_d
             one()
 
     await in_thread(fuzz)
-    assert daemon.hub.metrics.errors.labels("invalid_message")._value.get() > 0
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="invalid_message") > 0
     got = await drain(bystander)
     assert [m["data"]["height"] for m in got] == published
     await bystander.close()
@@ -122,7 +123,7 @@ async def test_invalid_utf8_closes_with_1007_and_others_stay(start_daemon):
     client.sendFrame(opcode=1, payload=b'{"action": "\xff\xfe"}')
     code, _ = await client.closed
     assert code == 1007
-    assert daemon.hub.metrics.errors.labels("invalid_utf8")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="invalid_utf8") == 1
     assert await bystander.request({"action": "ping"}) == {"type": "pong"}
     await bystander.close()
 
@@ -135,7 +136,7 @@ async def test_oversized_control_frame_is_a_protocol_error(start_daemon):
     code, _ = await client.closed
     assert code == 1002
     assert daemon.hub.clientCount == 0
-    assert daemon.hub.metrics.errors.labels("protocol_error")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="protocol_error") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -166,7 +167,7 @@ async def test_a_flood_of_requests_ends_that_client_only(start_daemon):
     code, reason = await flooder.closed
     assert code == 1008 and reason.startswith("too many messages")
     assert [m["type"] for m in flooder.received[30:]] == ["pong"] * 10
-    assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="message_budget") == 1
     daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
     assert [m["type"] for m in await drain(bystander)] == ["newBlock"]
     await bystander.close()
@@ -189,7 +190,8 @@ async def test_a_closed_flooder_is_not_read_any_more(start_daemon):
         flooder.send_json({"action": "ping"})
     await eventually(lambda: server_side.state != server_side.STATE_OPEN, what="the 1008 close")
     assert server_side.transport not in reactor.getReaders(), "still reading from the flooder"
-    assert daemon.hub.metrics.messages_received._value.get() <= 62  # the burst, then the one over it
+    # the burst, then the one over it
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_messages_received_total") <= 62
     daemon.clock.advance(6)
     code, reason = await flooder.closed
     assert code == 1008 and reason.startswith("too many messages")

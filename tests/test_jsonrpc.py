@@ -13,13 +13,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from explorerd.jsonrpc import (
     JSONRPCClient,
@@ -171,7 +171,7 @@ async def client(reactor, serve):
     """``client(url, **kw)`` makes clients that are closed at teardown."""
     made = []
 
-    def make(url, **kw):
+    def make(url, reactor=reactor, **kw):
         c = JSONRPCClient(reactor, url, **kw)
         made.append(c)
         return c
@@ -356,17 +356,50 @@ async def test_batch_missing_item(serve, client):
     assert e.method == "b"
 
 
+class _TimersOn:
+    """
+    The reactor, with its timers on C{clock}: a client's deadline is the
+    test's to advance, while its connections are real.
+    """
+
+    def __init__(self, reactor, clock):
+        directlyProvides(self, providedBy(reactor))
+        self._reactor = reactor
+        self._clock = clock
+
+    def callLater(self, *args, **kwargs):
+        return self._clock.callLater(*args, **kwargs)
+
+    def seconds(self):
+        return self._clock.seconds()
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
 @pytest_twisted.ensureDeferred
 async def test_timeout_when_server_never_answers(reactor, serve, client):
-    server = await serve(lambda request, body: NOT_DONE_YET)
-    c = client(server.url, timeout=0.3)
-    started = reactor.seconds()
-    e = await _fails(c.chainId(), RPCTimeout)
-    elapsed = reactor.seconds() - started
+    arrived = defer.Deferred()
+
+    def hang(request, body):
+        if not arrived.called:
+            arrived.callback(None)
+        return NOT_DONE_YET
+
+    server = await serve(hang)
+    clock = Clock()
+    c = client(server.url, timeout=0.3, reactor=_TimersOn(reactor, clock))
+    d = c.chainId()
+    settled = []
+    d.addBoth(lambda result: settled.append(result) or result)
+    await arrived.addTimeout(5, reactor)  # it did reach the server
+    clock.advance(0.299)
+    assert settled == [], "settled before its deadline"
+    clock.advance(0.001)
+    e = await _fails(d, RPCTimeout)
     assert isinstance(e, RPCUnavailable)
     assert e.method == "eth_chainId" and e.timeout == 0.3
-    assert 0.3 <= elapsed < 1.5
-    assert len(server.handler.requests) == 1  # it did reach the server
+    assert len(server.handler.requests) == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from explorerd.admission import OriginPolicy, RateLimiter, client_ip
 from tests.clients import connect, handshake_status, in_thread
 from tests.conftest import eventually
+from tests.metricvalues import sample
 
 
 @pytest_twisted.ensureDeferred
@@ -16,7 +17,7 @@ async def test_disallowed_origin_gets_403_before_the_upgrade(start_daemon):
     assert await in_thread(handshake_status, daemon.url, origin="https://explorer.example") == 101
     assert await in_thread(handshake_status, daemon.url, origin="https://app.example.org") == 101
     assert await in_thread(handshake_status, daemon.url) == 101, "non-browser clients send no Origin"
-    assert daemon.hub.metrics.connections_refused.labels("origin")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_connections_refused_total", reason="origin") == 1
     await eventually(lambda: daemon.hub.connectionCount == 0)
 
 
@@ -66,7 +67,7 @@ async def test_a_storm_past_the_rate_limit_is_refused_before_any_websocket_is_bu
         assert status == "HTTP/1.1 429 Too Many Requests"
         assert body == "too many new connections from your address; try again in a minute\n"
     assert len(built) == 2
-    assert daemon.hub.metrics.connections_refused.labels("rate_limit")._value.get() == 4
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_connections_refused_total", reason="rate_limit") == 4
     # The same address may still read /healthz and /metrics.
     import treq
 
@@ -108,7 +109,7 @@ async def test_connection_cap_gets_503_and_frees_up(start_daemon):
     await clients[0].close()
     await eventually(lambda: daemon.hub.connectionCount == 2, what="the slot to be released")
     assert await in_thread(handshake_status, daemon.url) == 101
-    assert daemon.hub.metrics.connections_refused.labels("capacity")._value.get() == 1
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_connections_refused_total", reason="capacity") == 1
     for c in clients[1:]:
         await c.close()
 
@@ -129,7 +130,7 @@ async def test_a_message_over_1_mib_closes_with_1009(start_daemon):
     fragmented.sendMessage(b" " * (700 * 1024 * 2), fragmentSize=700 * 1024)
     code, reason = await fragmented.closed
     assert code == 1009
-    assert daemon.hub.metrics.errors.labels("message_too_big")._value.get() == 2
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="message_too_big") == 2
     assert await ok.request({"action": "ping"}) == {"type": "pong"}
     await ok.close()
 
@@ -272,7 +273,7 @@ async def test_slowloris_connections_count_against_the_cap_and_are_dropped_in_ti
     daemon.clock.advance(2.5)
     await eventually(lambda: all(_closed_by_server(s) for s in trickle), what="slow requests dropped")
     assert daemon.hub.connectionCount == 0
-    assert daemon.hub.metrics.errors.labels("handshake_timeout")._value.get() == 3
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_errors_total", type="handshake_timeout") == 3
     assert await in_thread(handshake_status, daemon.url) == 101
     for s in trickle:
         s.close()
@@ -301,7 +302,7 @@ async def test_connections_per_ip_count_unfinished_requests(start_daemon):
     await eventually(lambda: daemon.hub.connectionCount == 0)
     clients = [await connect(daemon.url) for _ in range(2)]
     assert await in_thread(handshake_status, daemon.url) == 429, "open WebSockets count too"
-    assert daemon.hub.metrics.connections_refused.labels("ip_capacity")._value.get() >= 2
+    assert sample(daemon.hub.metrics.registry, "explorer_websocket_connections_refused_total", reason="ip_capacity") >= 2
     for c in clients:
         await c.close()
 

@@ -465,16 +465,24 @@ async def anvil_setup(start_daemon, env, **kw):
     return ctl, client, tail
 
 
-@pytest.mark.needs_node  # anvil from tests/node
-@pytest_twisted.ensureDeferred
-async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_daemon, env):
+class Streamed:
+    """What a client of a tail on anvil got: the first poll (blocks 1-2), then blocks 3-5."""
+
+    def __init__(self, ctl, client, tail, first, messages, sent):
+        self.ctl = ctl
+        self.client = client
+        self.tail = tail
+        self.first = first
+        self.messages = messages
+        self.sent = sent  # transaction hash → (from, to, value)
+
+
+@pytest_twisted.async_yield_fixture
+async def streamed(start_daemon, env):
     ctl, client, tail = await anvil_setup(start_daemon, env)
     await mine(ctl, 2)
     assert await tail.poll()
     first = await drain(client)
-    # No saved position: the tail starts at the node's head, with the head block itself.
-    assert [(m["type"], m["data"]["height"]) for m in first] == [("newBlock", 2)]
-
     sent = {}
     for frm, to, value in [(0, 1, 1), (1, 0, 12345), (0, 1, 10**21 + 7)]:  # the last > 2**53
         sent[await send_tx(ctl, value, frm, to)] = (DEV_ACCOUNTS[frm], DEV_ACCOUNTS[to], value)
@@ -484,12 +492,30 @@ async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_d
     await mine(ctl)  # 5: one
     assert await tail.poll()
     messages = await drain(client)
-    assert [(m["type"], m["data"].get("height", m["data"].get("block_height"))) for m in messages] == [
+    yield Streamed(ctl, client, tail, first, messages, sent)
+    await client.close()
+
+
+@pytest.mark.needs_node  # anvil from tests/node
+@pytest_twisted.ensureDeferred
+async def test_without_a_saved_position_the_tail_starts_with_the_heads_block(streamed):
+    assert [(m["type"], m["data"]["height"]) for m in streamed.first] == [("newBlock", 2)]
+
+
+@pytest.mark.needs_node  # anvil from tests/node
+@pytest_twisted.ensureDeferred
+async def test_blocks_and_transactions_arrive_in_order(streamed):
+    assert [(m["type"], m["data"].get("height", m["data"].get("block_height"))) for m in streamed.messages] == [
         ("newBlock", 3), ("newTx", 3), ("newTx", 3), ("newTx", 3),
         ("newBlock", 4), ("newBlock", 5), ("newTx", 5)]
 
-    blocks = await canonical(ctl, 2, 5)
-    for m in messages:
+
+@pytest.mark.needs_node  # anvil from tests/node
+@pytest_twisted.ensureDeferred
+async def test_blocks_and_transactions_arrive_with_their_fields(streamed):
+    sent = dict(streamed.sent)
+    blocks = await canonical(streamed.ctl, 2, 5)
+    for m in streamed.messages:
         d = m["data"]
         if m["type"] == "newBlock":
             b = blocks[d["height"]]
@@ -505,13 +531,18 @@ async def test_blocks_and_transactions_arrive_in_order_with_their_fields(start_d
                          "block_height": d["block_height"], "block_hash": b["hash"],
                          "tx_index": position}
     assert sent == {}
+
+
+@pytest.mark.needs_node  # anvil from tests/node
+@pytest_twisted.ensureDeferred
+async def test_what_the_client_holds_is_the_canonical_chain_and_is_counted(streamed):
+    tail = streamed.tail
     view = ClientView()
-    view.apply(first + messages)
-    await assert_view_is_canonical(view, ctl)
+    view.apply(streamed.first + streamed.messages)
+    await assert_view_is_canonical(view, streamed.ctl)
     assert sample(tail, "explorer_tail_blocks_published_total") == 4
     assert sample(tail, "explorer_tail_transactions_published_total") == 4
     assert tail.health()["status"] == "ok"
-    await client.close()
 
 
 @pytest.mark.parametrize("depth, then_mine", [(1, 0), (3, 2), (10, 0)],
@@ -775,44 +806,87 @@ async def test_reorg_to_a_shorter_chain(env):
     assert blocks_of(hub.take()) == chain_of(node, 9, 11)
 
 
+class DeepReorgs:
+    """A tail with max_reorg_depth 3 that published 2-10, and reorgs of growing depth."""
+
+    @classmethod
+    async def start(cls, env):
+        self = cls()
+        self.node, self.hub, self.tail = await fake_setup(env, max_reorg_depth=3)
+        node, tail, hub = self.node, self.tail, self.hub
+        node.grow(2)
+        assert await tail.poll()
+        node.grow(8)
+        assert await tail.poll()
+        hub.take()
+        return self
+
+    async def exactlyMaxReorgDepth(self):
+        """Forks at 8: three blocks replaced.  Returns what the hub got and the old chain."""
+        node, tail = self.node, self.tail
+        old = list(node.blocks)
+        node.fork(8, "b")
+        assert await tail.poll()
+        return self.hub.take(), old
+
+    async def deeper(self):
+        """
+        We remember 7..10 (max_reorg_depth + 1 blocks), the fork is at 5; then
+        block 11 on the new branch.  Returns what the hub got for each, and the old chain.
+        """
+        node, tail = self.node, self.tail
+        old = list(node.blocks)
+        node.fork(5, "c")
+        assert await tail.poll()
+        recorded = self.hub.take()
+        node.grow(1, "c")
+        assert await tail.poll()
+        return recorded, self.hub.take(), old
+
+    async def oneMoreThanMaxReorgDepth(self):
+        """
+        Forks at 8 (four blocks), with the ancestor's hash still known as the
+        parent of the lowest block we remember.
+        """
+        node, tail = self.node, self.tail
+        old = list(node.blocks)
+        node.fork(8, "d")
+        assert await tail.poll()
+        return self.hub.take(), old
+
+
 @pytest_twisted.ensureDeferred
-async def test_reorg_deeper_than_max_reorg_depth(env, logged):
-    node, hub, tail = await fake_setup(env, max_reorg_depth=3)
-    node.grow(2)
-    assert await tail.poll()
-    node.grow(8)
-    assert await tail.poll()
-    hub.take()
-    # Exactly max_reorg_depth: an ordinary reorg.
-    old = list(node.blocks)
-    node.fork(8, "b")
-    assert await tail.poll()
-    recorded = hub.take()
+async def test_a_reorg_of_exactly_max_reorg_depth_is_an_ordinary_one(env, logged):
+    story = await DeepReorgs.start(env)
+    recorded, old = await story.exactlyMaxReorgDepth()
     assert recorded[0] == ("reorg", 3, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 10))
     assert not messages_at(logged, LogLevel.error)
-    # Deeper: we remember 7..10 (max_reorg_depth + 1 blocks), the fork is at 5.
-    old = list(node.blocks)
-    node.fork(5, "c")
-    assert await tail.poll()
-    recorded = hub.take()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reorg_deeper_than_max_reorg_depth_replaces_what_we_remember_and_logs_an_error(env, logged):
+    story = await DeepReorgs.start(env)
+    await story.exactlyMaxReorgDepth()
+    recorded, after, old = await story.deeper()
+    node = story.node
     assert recorded[0] == ("reorg", 4, {"height": 6, "hash": node.hash(6)}, removed_of(old, 7, 10))
     assert blocks_of(recorded) == chain_of(node, 7, 10)
     assert_block_with_txs(recorded[1:], node)
     errors = messages_at(logged, LogLevel.error)
     assert len(errors) == 1 and "deeper than max_reorg_depth 3" in errors[0]
-    node.grow(1, "c")
-    assert await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 11, 11)
-    assert tail.health()["status"] == "ok"
-    # One more than max_reorg_depth, with the ancestor's hash still known
-    # as the parent of the lowest block we remember: exact, no error.
-    old = list(node.blocks)
-    node.fork(8, "d")
-    assert await tail.poll()
-    recorded = hub.take()
+    assert blocks_of(after) == chain_of(node, 11, 11)
+    assert story.tail.health()["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_more_than_max_reorg_depth_with_the_ancestor_known_is_exact(env, logged):
+    story = await DeepReorgs.start(env)
+    await story.exactlyMaxReorgDepth()
+    await story.deeper()
+    recorded, old = await story.oneMoreThanMaxReorgDepth()
     assert recorded[0] == ("reorg", 4, {"height": 7, "hash": old[7]["hash"]}, removed_of(old, 8, 11))
-    assert blocks_of(recorded) == chain_of(node, 8, 11)
-    assert len(messages_at(logged, LogLevel.error)) == 1
+    assert blocks_of(recorded) == chain_of(story.node, 8, 11)
+    assert len(messages_at(logged, LogLevel.error)) == 1  # the deeper one's, no other
 
 
 @pytest_twisted.ensureDeferred
@@ -1089,38 +1163,86 @@ class FileCheckingHub(RecordingHub):
         return super().publish(entry)
 
 
+# The hub's writes may reach a client at once (explorerd's transport writes
+# through): what a client got must already be in the state file, so that a
+# SIGKILL never makes a restart republish blocks a client has.
+
+class SavedFirst:
+    """A tail (batches of 3) saving to a state file, feeding a L{FileCheckingHub}."""
+
+    @classmethod
+    async def start(cls, env, tmp_path):
+        self = cls()
+        self.env = env
+        self.path = path = tmp_path / "livetail.json"
+        self.node = await env.fake_node()
+        self.hub = FileCheckingHub(path)
+        path.write_text(json.dumps({"version": 1, "chain": []}))
+        self.tail = env.tail(env.rpc(self.node.url), self.hub, state=TailState(path), batch_size=3)
+        return self
+
+    def saved_height(self):
+        return json.loads(self.path.read_text())["height"]
+
+    async def follow(self):
+        """Blocks 2-9, in batches."""
+        node, tail = self.node, self.tail
+        node.grow(2)
+        assert await tail.poll()
+        node.grow(7)
+        assert await tail.poll()
+        return self.hub.take()
+
+    async def cutShortByAReorg(self):
+        """
+        A batch cut short by a reorg: 10 goes out (saved first), then the
+        common-ancestor search hangs, and the tail is stopped.  Returns what
+        the hub got, the height saved meanwhile and what the poll came to.
+        """
+        node, tail = self.node, self.tail
+        node.grow(3)
+        node.served[11] = make_block(11, _hash("elsewhere"), "x")
+        node.faults = ["ok", "ok", "hang"]  # the common-ancestor search hangs
+        polled = tail.poll()
+        await eventually(lambda: node.hanging, what="the ancestor search to reach the node")
+        recorded, saved = self.hub.take(), self.saved_height()
+        await tail.stopService()
+        return recorded, saved, await polled
+
+    async def refused(self):
+        """A new tail on the same file; the hub refuses block 12."""
+        node, hub, env = self.node, self.hub, self.env
+        node.served.clear()
+        hub.refuse = {12}
+        tail = env.tail(env.rpc(node.url), hub, state=TailState(self.path), batch_size=3)
+        return await tail.poll(), hub.take()
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_state_file_names_every_block_before_the_hub_gets_it(env, tmp_path):
-    # The hub's writes may reach a client at once (explorerd's transport
-    # writes through): what a client got must already be in the file, so
-    # that a SIGKILL never makes a restart republish blocks a client has.
-    path = tmp_path / "livetail.json"
-    node = await env.fake_node()
-    hub = FileCheckingHub(path)
-    path.write_text(json.dumps({"version": 1, "chain": []}))
-    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), batch_size=3)
-    node.grow(2)
-    assert await tail.poll()
-    node.grow(7)
-    assert await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 2, 9)
-    # A batch cut short by a reorg: 10 goes out (saved first), then the search.
-    node.grow(3)
-    node.served[11] = make_block(11, _hash("elsewhere"), "x")
-    node.faults = ["ok", "ok", "hang"]  # the common-ancestor search hangs
-    polled = tail.poll()
-    await eventually(lambda: node.hanging, what="the ancestor search to reach the node")
-    assert blocks_of(hub.take()) == chain_of(node, 10, 10)
-    assert json.loads(path.read_text())["height"] == 10
-    await tail.stopService()
-    assert not await polled
-    # A block the hub refuses is not left in the file.
-    node.served.clear()
-    hub.refuse = {12}
-    tail = env.tail(env.rpc(node.url), hub, state=TailState(path), batch_size=3)
-    assert not await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 11, 11)
-    assert json.loads(path.read_text())["height"] == 11
+    story = await SavedFirst.start(env, tmp_path)
+    assert blocks_of(await story.follow()) == chain_of(story.node, 2, 9)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_cut_short_by_a_reorg_saved_what_went_out(env, tmp_path):
+    story = await SavedFirst.start(env, tmp_path)
+    await story.follow()
+    recorded, saved, polled = await story.cutShortByAReorg()
+    assert blocks_of(recorded) == chain_of(story.node, 10, 10)
+    assert saved == 10
+    assert not polled
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_the_hub_refuses_is_not_left_in_the_state_file(env, tmp_path):
+    story = await SavedFirst.start(env, tmp_path)
+    await story.follow()
+    await story.cutShortByAReorg()
+    polled, recorded = await story.refused()
+    assert not polled
+    assert blocks_of(recorded) == chain_of(story.node, 11, 11)
+    assert story.saved_height() == 11
 
 
 def test_node_urls_are_redacted_for_logs_and_health():

@@ -96,15 +96,9 @@ class Explorerd(ProcessLog):
         self.http = f"http://127.0.0.1:{port}"
         return self
 
-    def published(self):
-        with urllib.request.urlopen(self.http + "/healthz", timeout=10) as response:
-            return (json.load(response)["tail"]["published"] or {}).get("height")
-
     def wait_published(self, height, timeout=20):
-        deadline = time.monotonic() + timeout
-        while self.published() != height:
-            assert time.monotonic() < deadline, f"explorerd never published block {height}"
-            time.sleep(0.02)  # another process: polling its /healthz is the only way
+        """Until the hub logs that it sent block C{height} out."""
+        self.wait_for(rf"\bblock {height} 0x[0-9a-f]{{64}} \(", timeout)
 
     def kill(self, sig):
         self.proc.send_signal(sig)
@@ -126,24 +120,39 @@ class Explorerd(ProcessLog):
         return saved["height"], saved["hash"]
 
 
-@pytest.fixture
-def anvil():
+class Story:
+    """
+    An anvil, the explorerd processes started one after another on one
+    state directory, and one client, kept across the steps of a story.
+    """
+
+    def __init__(self, node, state_dir):
+        self.anvil = node
+        self.state_dir = state_dir
+        self.started = []
+        self.daemon = None
+        self.client = Client()
+
+    def start(self):
+        self.daemon = Explorerd(self.anvil, self.state_dir).start()
+        self.started.append(self.daemon)
+        return self.daemon
+
+    def close(self):
+        if self.client.ws is not None:
+            self.client.close()
+        for daemon in self.started:
+            daemon.stop()
+
+
+@pytest.fixture(scope="class")
+def story(tmp_path_factory):
     with blocking_anvil(no_mining=True) as node:
-        yield node
-
-
-@pytest.fixture
-def explorerd(anvil, tmp_path):
-    started = []
-
-    def start():
-        daemon = Explorerd(anvil, tmp_path / "state").start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
+        s = Story(node, tmp_path_factory.mktemp("restart") / "state")
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 # A client --------------------------------------------------------------------------------
@@ -235,67 +244,87 @@ def resume(daemon, client):
 # The tests -------------------------------------------------------------------------------
 
 
-def test_a_client_resumes_without_gap_or_duplicate_after_sigkill_and_after_sigterm(anvil, explorerd):
-    mine(anvil, 2)
-    daemon = explorerd()
-    daemon.wait_published(2)
-    client = Client()
-    client.connect(daemon.url)
-    for _ in range(3):
-        client.read_through(mine(anvil, 1, txs=2))
+@pytest.mark.incremental
+class TestResumingAfterSigkillAndAfterSigterm:
+    """A client resumes without gap or duplicate after a SIGKILL, then after a SIGTERM."""
 
-    # SIGKILL while it streams a catch-up of 24 blocks, 4 per request.
-    top = mine(anvil, 24, txs=3)
-    client.read_through(top - 16)
-    daemon.kill(signal.SIGKILL)
-    client.read_until_closed()  # whatever was already on its way
-    saved = daemon.state()
-    assert saved[0] >= client.last["height"]  # whatever a client got is in the file
-    top = mine(anvil, 5, txs=2)  # while it is down
+    def test_a_client_follows_the_daemon(self, story):
+        anvil, client = story.anvil, story.client
+        mine(anvil, 2)
+        daemon = story.start()
+        daemon.wait_published(2)
+        client.connect(daemon.url)
+        for _ in range(3):
+            client.read_through(mine(anvil, 1, txs=2))
 
-    daemon = explorerd()
-    # The history holds at least what explorerd had published at the SIGKILL.
-    assert resume(daemon, client) >= saved[0] - client.last["height"]
-    client.read_through(top)
-    client.read_through(mine(anvil, 1, txs=1))  # then live
+    def test_a_sigkill_mid_catch_up_leaves_every_block_a_client_got_in_the_state_file(self, story):
+        # SIGKILL while it streams a catch-up of 24 blocks, 4 per request.
+        anvil, client, daemon = story.anvil, story.client, story.daemon
+        top = mine(anvil, 24, txs=3)
+        client.read_through(top - 16)
+        daemon.kill(signal.SIGKILL)
+        client.read_until_closed()  # whatever was already on its way
+        story.saved = saved = daemon.state()
+        assert saved[0] >= client.last["height"]  # whatever a client got is in the file
 
-    # SIGTERM: a clean stop saves the position of the last block a client got.
-    assert daemon.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
-    assert client.read_until_closed() == 1001
-    assert daemon.state() == (client.last["height"], client.last["hash"])
-    assert "Traceback" not in "".join(daemon.log)
-    top = mine(anvil, 3, txs=2)
+    def test_after_the_sigkill_a_resume_gets_every_missed_block_then_live(self, story):
+        anvil, client, saved = story.anvil, story.client, story.saved
+        top = mine(anvil, 5, txs=2)  # while it is down
+        daemon = story.start()
+        # The history holds at least what explorerd had published at the SIGKILL.
+        assert resume(daemon, client) >= saved[0] - client.last["height"]
+        client.read_through(top)
+        client.read_through(mine(anvil, 1, txs=1))  # then live
 
-    daemon = explorerd()
-    assert resume(daemon, client) in (0, 1, 2, 3)  # 0-3: as far as the tail got before we asked
-    client.read_through(top)
-    client.read_through(mine(anvil, 2, txs=1))
-    client.assert_canonical(anvil)
-    assert client.reorgs == []
-    client.close()
+    def test_a_sigterm_says_1001_and_saves_the_last_block_a_client_got(self, story):
+        client, daemon = story.client, story.daemon
+        assert daemon.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert client.read_until_closed() == 1001
+        assert daemon.state() == (client.last["height"], client.last["hash"])
+        assert "Traceback" not in "".join(daemon.log)
+
+    def test_after_the_sigterm_a_resume_gets_every_missed_block_then_live(self, story):
+        anvil, client = story.anvil, story.client
+        top = mine(anvil, 3, txs=2)  # while it is down
+        daemon = story.start()
+        assert resume(daemon, client) in (0, 1, 2, 3)  # 0-3: as far as the tail got before we asked
+        client.read_through(top)
+        client.read_through(mine(anvil, 2, txs=1))
+
+    def test_the_client_holds_the_canonical_chain_and_saw_no_reorg(self, story):
+        story.client.assert_canonical(story.anvil)
+        assert story.client.reorgs == []
 
 
-def test_a_client_resumes_across_a_reorg_that_happened_while_explorerd_was_down(anvil, explorerd):
-    mine(anvil, 2)
-    daemon = explorerd()
-    daemon.wait_published(2)
-    client = Client()
-    client.connect(daemon.url)
-    for _ in range(6):
-        client.read_through(mine(anvil, 1, txs=2))
-    assert daemon.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
-    assert client.read_until_closed() == 1001
-    held = list(client.chain)
+@pytest.mark.incremental
+class TestResumingAcrossAReorgThatHappenedWhileExplorerdWasDown:
+    def test_a_client_follows_the_daemon_until_a_sigterm_says_1001(self, story):
+        anvil, client = story.anvil, story.client
+        mine(anvil, 2)
+        daemon = story.start()
+        daemon.wait_published(2)
+        client.connect(daemon.url)
+        for _ in range(6):
+            client.read_through(mine(anvil, 1, txs=2))
+        assert daemon.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
+        assert client.read_until_closed() == 1001
+        story.held = list(client.chain)
 
-    rpc(anvil, "anvil_reorg", [3, [[{"from": DEV_ACCOUNTS[1], "to": DEV_ACCOUNTS[0], "value": hex(777)}, 0]]])
-    top = mine(anvil, 2, txs=1)
+    def test_the_restarted_daemon_finds_the_reorg(self, story):
+        anvil = story.anvil
+        rpc(anvil, "anvil_reorg", [3, [[{"from": DEV_ACCOUNTS[1], "to": DEV_ACCOUNTS[0], "value": hex(777)}, 0]]])
+        story.top = mine(anvil, 2, txs=1)
+        daemon = story.start()
+        daemon.wait_for(r"reorg of depth 3")
 
-    daemon = explorerd()
-    daemon.wait_for(r"reorg of depth 3")
-    assert resume(daemon, client) == 5  # the new branch: 3 blocks in place of the client's, then 2
-    client.read_through(top)
-    ancestor = held[-4]
-    assert client.reorgs == [{"depth": 3, "common_ancestor": {"height": ancestor[0], "hash": ancestor[1]},
-                              "removed": [{"height": h, "hash": x} for h, x in held[-3:]]}]
-    client.assert_canonical(anvil)
-    client.close()
+    def test_a_resume_replays_the_new_branch(self, story):
+        client = story.client
+        assert resume(story.daemon, client) == 5  # the new branch: 3 blocks in place of the client's, then 2
+        client.read_through(story.top)
+
+    def test_the_client_got_one_reorg_naming_its_removed_blocks(self, story):
+        held = story.held
+        ancestor = held[-4]
+        assert story.client.reorgs == [{"depth": 3, "common_ancestor": {"height": ancestor[0], "hash": ancestor[1]},
+                                        "removed": [{"height": h, "hash": x} for h, x in held[-3:]]}]
+        story.client.assert_canonical(story.anvil)

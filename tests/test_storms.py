@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import random
+import threading
 import time
 
 import pytest
@@ -19,14 +20,18 @@ from tests.soak import soak, wsraw
 from tests.soak.chain import Chain
 
 
+def start_explorerd(workdir, *args, per_ip=0):
+    # the per-IP cap (where the daemon has one) is off unless a test is about it
+    return soak.Daemon(["--listen", "tcp:0:interface=127.0.0.1:backlog=4096", "--state-dir="] + list(args)
+                       + soak.optional("max-connections-per-ip", per_ip), str(workdir))
+
+
 @pytest.fixture
 def daemon(tmp_path):
     started = []
 
     def start(*args, per_ip=0):
-        # the per-IP cap (where the daemon has one) is off unless a test is about it
-        d = soak.Daemon(["--listen", "tcp:0:interface=127.0.0.1:backlog=4096", "--state-dir="] + list(args)
-                        + soak.optional("max-connections-per-ip", per_ip), str(tmp_path))
+        d = start_explorerd(tmp_path, *args, per_ip=per_ip)
         started.append(d)
         return d
 
@@ -129,22 +134,29 @@ def test_the_connection_cap_holds_in_a_storm(daemon):
     counts = collections.Counter()
     open_now = [0, 0]  # now, peak
     server_peak = [0]
+    done = threading.Event()
+
+    def enough():
+        # The storm has done what it is for: the cap reached many times over.
+        return counts[101] > 200 and counts[503] > 100
 
     async def worker(deadline):
         loop = asyncio.get_running_loop()
-        while time.monotonic() < deadline:
+        while not done.is_set() and time.monotonic() < deadline:
             try:
                 s, status, _ = await wsraw.handshake(d.port, timeout=15)
             except (OSError, ConnectionError, TimeoutError) as e:
                 counts[type(e).__name__] += 1
                 continue
             counts[status] += 1
+            if enough():
+                done.set()
             try:
                 if status == 101:
                     open_now[0] += 1
                     open_now[1] = max(open_now[1], open_now[0])
                     try:
-                        await asyncio.sleep(random.uniform(1.0, 2.5))
+                        await asyncio.sleep(random.uniform(1.0, 2.5))  # holding the slot
                         await loop.sock_sendall(s, wsraw.close())
                     finally:
                         open_now[0] -= 1
@@ -155,32 +167,33 @@ def test_the_connection_cap_holds_in_a_storm(daemon):
 
     health_failures = collections.Counter()
 
-    def watch(deadline):
+    def watch():
         # in a thread of its own: the storm keeps the event loop busy
-        while time.monotonic() < deadline:
+        while not done.is_set():
             h = d.health()
             if "connections" in h:
                 server_peak[0] = max(server_peak[0], h["connections"])
                 health_failures["ok"] += 1
             else:
                 health_failures[h.get("http_status") or h.get("error")] += 1
-            time.sleep(0.05)
+            done.wait(0.05)
 
     async def main():
-        deadline = time.monotonic() + 5
-        watcher = asyncio.create_task(asyncio.to_thread(watch, deadline))
-        await asyncio.gather(*(worker(deadline) for _ in range(300)))
-        await watcher
+        deadline = time.monotonic() + 120  # only a broken server gets here
+        watcher = asyncio.create_task(asyncio.to_thread(watch))
+        try:
+            await asyncio.gather(*(worker(deadline) for _ in range(300)))
+        finally:
+            done.set()
+            await watcher
 
-    t0 = time.monotonic()
     asyncio.run(main())
-    elapsed = time.monotonic() - t0
-    print(f"\ncap storm: {dict(counts)} in {elapsed:.1f}s; peak open: clients {open_now[1]}, server {server_peak[0]}; "
+    print(f"\ncap storm: {dict(counts)}; peak open: clients {open_now[1]}, server {server_peak[0]}; "
           f"/healthz failures during the storm: {dict(health_failures)}")
     # Refusals are 503s; past a hundred refusals waiting for their request heads, the server
     # drops further ones outright (a reset), rather than answer each.
     assert set(counts) <= {101, 503, "ConnectionResetError"}, counts
-    assert counts[101] > 200 and counts[503] > 100
+    assert enough(), counts
     # WebSockets never pass the cap; unfinished HTTP requests get 10% headroom (at least 16)
     # so that /healthz and /metrics answer at the cap.
     assert 150 <= open_now[1] <= 200 and server_peak[0] <= 200 + 20
@@ -254,45 +267,69 @@ async def well_behaved(url, chain, stop):
             chain.on_message(json.loads(raw))
 
 
-@pytest.mark.parametrize("policy", ["write-deadline", "queue-limit"])
-def test_readers_with_a_closed_window_are_dropped_and_cost_bounded_memory(daemon, policy):
+def published_height(d):
+    return ((d.health().get("tail") or {}).get("published") or {}).get("height")
+
+
+class ClosedWindows:
     """
     200 clients subscribe to every block and transaction, then never read, with a 4 KiB receive
     buffer and a LAN-sized MSS (1400; on loopback's 64 KiB MSS the server's kernel send buffer
     starts at ~2.5 MiB, and would hide the stall for minutes).  Each must be dropped by the
     policy under test; 50 well-behaved clients meanwhile get every block.
-    """
-    limits = (["--write-deadline", "3s", "--send-queue", "256"] if policy == "write-deadline"
-              else ["--write-deadline", "60s", "--send-queue", "10"])
-    d = daemon("--rate-limit", "0", "--max-connections", "1000", "--replay-block-time", "0.1",
-               "--poll-interval", "0.05s", *limits)
-    base = quiet_baseline(d)
-    n_stalled = 200
-    chains = [Chain("batch") for _ in range(50)]
 
-    async def main():
+    Runs once, in a class-scoped fixture; the tests check what it saw, one step each.
+    """
+
+    n_stalled = 200
+    more = 10  # blocks every well-behaved client must get after the drops
+
+    def __init__(self, d, policy):
+        self.d = d
+        self.policy = policy
+        self.chains = [Chain("batch") for _ in range(50)]
+        self.reached = None  # the height every well-behaved client was to reach
+        self.all_reached = False
+
+    def run(self):
+        self.base = quiet_baseline(self.d)
+        self.dropped_after, self.peak, self.ends, self.stalled_from = asyncio.run(self._main())
+        self.text = self.d.text()
+        self.health = self.d.health()
+        self.metrics = self.d.metrics()
+        self.fds = settle_fds(self.d, self.base["fds"])
+
+    async def _main(self):
+        d, chains = self.d, self.chains
         stop = asyncio.Event()
         readers = [asyncio.create_task(well_behaved(d.url, c, stop)) for c in chains]
         stalled = []
-        for _ in range(n_stalled):
+        until = time.monotonic() + 60  # a guard: every reader's first block ends the wait
+        while not all(c.seen for c in chains) and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        stalled_from = await asyncio.to_thread(published_height, d)
+        for _ in range(self.n_stalled):
             s, status, _ = await wsraw.handshake(d.port, rcvbuf=4096, mss=1400)
             assert status == 101
             await asyncio.get_running_loop().sock_sendall(
                 s, wsraw.text({"action": "subscribe", "channels": ["newBlocks", "newTxs"]}))
             stalled.append(s)
         t0 = time.monotonic()
-        peak = dict(base)
-        while time.monotonic() - t0 < 30:
-            await asyncio.sleep(0.25)
+        peak = dict(self.base)
+        while time.monotonic() - t0 < 60:  # a guard: the drops end the wait
+            await asyncio.sleep(0.25)  # a memory sample every quarter second
             sample = d.sample()
             peak = {k: max(peak[k], sample[k]) for k in ("rss_kib", "fds")}
             if (await asyncio.to_thread(d.health))["clients"] == len(chains):
                 break
         dropped_after = time.monotonic() - t0
         # Blocks keep flowing to the others: ten more each, after the drops.
-        marks = [len(c.seen) + 10 for c in chains]
-        until = time.monotonic() + 20
-        while any(len(c.seen) < m for c, m in zip(chains, marks)) and time.monotonic() < until:
+        self.reached = (await asyncio.to_thread(published_height, d)) + self.more
+        until = time.monotonic() + 60  # a guard
+        while time.monotonic() < until:
+            self.all_reached = all(c.seen and c.seen[-1][0] >= self.reached for c in chains)
+            if self.all_reached:
+                break
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*readers)
@@ -318,36 +355,69 @@ def test_readers_with_a_closed_window_are_dropped_and_cost_bounded_memory(daemon
                 ends["still open"] += 1
             finally:
                 s.close()
-        return dropped_after, peak, ends
+        return dropped_after, peak, ends, stalled_from
 
-    dropped_after, peak, ends = asyncio.run(main())
-    text = d.text()
-    reason = "too slow: not reading for" if policy == "write-deadline" else "messages waiting to be sent"
-    print(f"\n{policy}: {n_stalled} stalled readers dropped within {dropped_after:.1f}s; their ends: {dict(ends)}; "
-          f"server RSS {base['rss_kib'] / 1024:.1f} -> peak {peak['rss_kib'] / 1024:.1f} MiB, "
+
+@pytest.fixture(scope="class", params=["write-deadline", "queue-limit"])
+def closed_windows(request, tmp_path_factory):
+    policy = request.param
+    limits = (["--write-deadline", "3s", "--send-queue", "256"] if policy == "write-deadline"
+              else ["--write-deadline", "60s", "--send-queue", "10"])
+    d = start_explorerd(tmp_path_factory.mktemp("closed-windows"), "--rate-limit", "0", "--max-connections", "1000",
+                        "--replay-block-time", "0.1", "--poll-interval", "0.05s", *limits)
+    run = ClosedWindows(d, policy)
+    try:
+        run.run()
+    finally:
+        d.stop()
+    base, peak = run.base, run.peak
+    print(f"\n{policy}: {run.n_stalled} stalled readers dropped within {run.dropped_after:.1f}s; their ends: "
+          f"{dict(run.ends)}; server RSS {base['rss_kib'] / 1024:.1f} -> peak {peak['rss_kib'] / 1024:.1f} MiB, "
           f"fds {base['fds']} -> peak {peak['fds']}")
-    assert d.health()["clients"] == 0
-    assert text.count(reason) == n_stalled, (reason, text.count("too slow"))
-    assert "still open" not in ends
-    assert peak["rss_kib"] <= base["rss_kib"] + 150 * 1024
-    assert d.metrics()[("explorer_websocket_errors_total", '{type="slow_client"}')] == n_stalled
-    heights = set()
-    for c in chains:
-        assert not c.violations, c.violations[:5]
-        heights.add(c.seen[-1][0])
-        assert len(c.seen) >= dropped_after / 0.1 * 0.3, len(c.seen)
-    # every well-behaved client got every block from its first to the end of the run
-    assert max(heights) - min(heights) <= 2
-    assert settle_fds(d, base["fds"]) <= base["fds"] + 2
+    return run
+
+
+class TestReadersWithAClosedWindow:
+    def test_every_stalled_reader_is_dropped_by_the_policy(self, closed_windows):
+        run = closed_windows
+        reason = "too slow: not reading for" if run.policy == "write-deadline" else "messages waiting to be sent"
+        assert run.health["clients"] == 0
+        assert run.text.count(reason) == run.n_stalled, (reason, run.text.count("too slow"))
+        assert run.metrics[("explorer_websocket_errors_total", '{type="slow_client"}')] == run.n_stalled
+
+    def test_a_dropped_reader_that_reads_again_finds_the_connection_ended(self, closed_windows):
+        assert "still open" not in closed_windows.ends, closed_windows.ends
+
+    def test_they_cost_bounded_memory(self, closed_windows):
+        assert closed_windows.peak["rss_kib"] <= closed_windows.base["rss_kib"] + 150 * 1024
+
+    def test_well_behaved_clients_get_every_block_meanwhile(self, closed_windows):
+        run = closed_windows
+        # Each reached the height published after the drops, plus ten, from a
+        # block no later than the first stalled subscribe, without a gap.
+        assert run.all_reached, [c.seen[-1][0] if c.seen else None for c in run.chains]
+        for c in run.chains:
+            assert not c.violations, c.violations[:5]
+            assert c.seen[0][0] <= run.stalled_from
+            heights = [h for h, _ in c.seen]
+            assert heights[-1] - heights[0] + 1 == len(set(heights)), "a gap"
+
+    def test_the_servers_file_descriptors_come_back(self, closed_windows):
+        assert closed_windows.fds <= closed_windows.base["fds"] + 2
+
+    def test_the_server_logged_no_traceback(self, closed_windows):
+        assert "Traceback" not in closed_windows.text and "Unhandled" not in closed_windows.text, \
+            closed_windows.text[-5000:]
 
 
 # ---------------------------------------------------------------- slowloris
 
-async def slowloris(port, n, trickle, seconds):
+async def slowloris(port, n, trickle, seconds=60, opened=None):
     """
     ``n`` sockets that never finish the upgrade: silent ones (``trickle`` False) or ones that send
     a never-ending header one byte every 0.5 s.  Returns when each was closed by the server
-    (seconds), or None if it was still open after ``seconds``.
+    (seconds), or None if it was still open after ``seconds`` (a guard: the server's closes end
+    the run).  ``opened()`` is called once every socket is open.
     """
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
@@ -359,6 +429,8 @@ async def slowloris(port, n, trickle, seconds):
         except OSError:  # refused (reset) at once
             socks.append(None)
             closed_at[i] = time.monotonic() - t0
+    if opened is not None:
+        opened()
 
     async def one(i, s):
         if s is None:
@@ -388,12 +460,16 @@ async def slowloris(port, n, trickle, seconds):
     return closed_at
 
 
+# When each socket was closed is printed, not asserted: on a loaded machine the
+# server's timer fires late.  That the server closed every one, and that its
+# handshake timer is what closed them, is asserted.
+
 def test_silent_sockets_are_dropped_after_the_handshake_timeout(daemon):
     d = daemon("--handshake-timeout", "2s", "--rate-limit", "0")
     base = quiet_baseline(d)
-    closed = asyncio.run(slowloris(d.port, 200, trickle=False, seconds=6))
-    print(f"\nsilent sockets: closed after {min(closed):.1f}-{max(c or 99 for c in closed):.1f}s")
-    assert all(c is not None and c <= 2 + 1.5 for c in closed), closed
+    closed = asyncio.run(slowloris(d.port, 200, trickle=False))
+    print(f"\nsilent sockets: closed after {min(c or 99 for c in closed):.1f}-{max(c or 99 for c in closed):.1f}s")
+    assert all(c is not None for c in closed), closed
     # whichever timer got there first, each is counted once
     metrics = d.metrics()
     assert metrics[("explorer_websocket_errors_total", '{type="handshake_timeout"}')] == 200
@@ -403,16 +479,13 @@ def test_silent_sockets_are_dropped_after_the_handshake_timeout(daemon):
 def test_a_byte_by_byte_upgrade_is_dropped_after_the_handshake_timeout(daemon):
     d = daemon("--handshake-timeout", "2s", "--rate-limit", "0", "--max-connections", "1000")
     base = quiet_baseline(d)
-
-    async def main():
-        task = asyncio.create_task(slowloris(d.port, 200, trickle=True, seconds=6))
-        await asyncio.sleep(1.5)
-        during = d.sample()
-        return await task, during
-
-    closed, during = asyncio.run(main())
+    during = {}
+    closed = asyncio.run(slowloris(d.port, 200, trickle=True, opened=lambda: during.update(d.sample())))
     still_open = sum(c is None for c in closed)
-    print(f"\nbyte-by-byte upgrades: {still_open}/200 still open after 6s (handshake timeout 2s); "
+    print(f"\nbyte-by-byte upgrades: {still_open}/200 still open (handshake timeout 2s), closed after "
+          f"{min(c or 99 for c in closed):.1f}-{max(c or 99 for c in closed):.1f}s; "
           f"server fds {base['fds']} -> {during['fds']}")
     settle_fds(d, base["fds"])
-    assert still_open == 0 and all(c <= 2 + 1.5 for c in closed), closed
+    assert still_open == 0, closed
+    metrics = d.metrics()
+    assert metrics[("explorer_websocket_errors_total", '{type="handshake_timeout"}')] == 200

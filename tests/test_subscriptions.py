@@ -5,6 +5,7 @@ import pytest_twisted
 from explorerd.history import Entry
 from tests.chaindata import mainnet_run
 from tests.clients import connect, drain
+from tests.metricvalues import sample
 
 
 THIN_TX = ("hash", "from_addr", "to_addr", "value_wei", "block_height", "block_hash", "tx_index")
@@ -163,9 +164,10 @@ async def test_publish_block_sends_each_client_its_block_then_its_transactions(s
         expected += [("newTx", tx["hash"]) for tx in block["transactions"]]
     assert [(m["type"], m["data"]["hash"]) for m in got] == expected
     assert [m["data"]["hash"] for m in await drain(blocks_only)] == [b["hash"] for b in run]
-    sent = daemon.hub.metrics.messages_sent
-    assert sent.labels("newBlock")._value.get() == 4
-    assert sent.labels("newTx")._value.get() == sum(len(b["transactions"]) for b in run)
+    registry = daemon.hub.metrics.registry
+    assert sample(registry, "explorer_websocket_messages_sent_total", type="newBlock") == 4
+    assert sample(registry, "explorer_websocket_messages_sent_total", type="newTx") == sum(
+        len(b["transactions"]) for b in run)
     await both.close()
     await blocks_only.close()
 

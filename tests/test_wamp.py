@@ -3,6 +3,10 @@ The WAMP broker at /v1/wamp: AutobahnJS (node) and autobahn-python clients
 against the live-tail, raw WAMP frames for the protocol errors, and the
 hub's admission, connection cap, slow-client policy and ping sweep applied
 to WAMP sessions.
+
+Each test checks one step; the set-up that brings a daemon or an edge to
+that step is shared (fixtures, and the L{EdgeStory} steps), so a failure
+names the step that broke.
 """
 
 import copy
@@ -21,12 +25,14 @@ from explorerd.config import Config, ConfigError
 from tests.chaindata import mainnet_run
 from tests.clients import connect, handshake_status, in_thread
 from tests.conftest import eventually
+from tests.metricvalues import sample
 from tests.observers import recorder
 from tests.test_fanout import constrain
 from tests.wamp.harness import node_client, python_client, python_leave, raw_join, raw_wamp
 
 HELLO, WELCOME, ABORT, GOODBYE, ERROR = 1, 2, 3, 6, 8
 PUBLISH, SUBSCRIBE, SUBSCRIBED, EVENT, CALL, RESULT, REGISTER = 16, 32, 33, 36, 48, 50, 64
+TOPICS = ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log")
 
 
 def wamp_url(daemon):
@@ -46,90 +52,165 @@ async def mine(daemon, n):
         assert await tail.poll()
 
 
-def value(counter, *labels):
-    return (counter.labels(*labels) if labels else counter)._value.get()
+def metric(daemon, name, **labels):
+    """A sample of the daemon's /metrics, by name and labels."""
+    return sample(daemon.service.metrics.registry, name, **labels)
 
 
 # ---------------------------------------------------------------------------
 # AutobahnJS.
 
-@pytest.mark.needs_node  # AutobahnJS from tests/node
-@pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
-@pytest_twisted.ensureDeferred
-async def test_autobahnjs_gets_the_live_tail_calls_head_and_may_not_publish(start_daemon, serializer):
+@pytest_twisted.async_yield_fixture
+async def js_client():
+    """C{await js_client(url, ...)} → an AutobahnJS client in node; every one is stopped at the end."""
+    started = []
+
+    async def start(url, **kwargs):
+        js = await node_client(url, **kwargs)
+        started.append(js)
+        return js
+
+    yield start
+    for js in started:
+        await js.stop()
+
+
+@pytest.fixture(params=["json", "msgpack", "cbor"])
+def serializer(request):
+    return request.param
+
+
+class TailedJS:
+    """A daemon tailing the embedded node, an AutobahnJS client of it, and what its hub published."""
+
+    def __init__(self, daemon, js, seen):
+        self.daemon = daemon
+        self.js = js
+        self.seen = seen
+
+    async def subscribeAll(self):
+        for topic in TOPICS:
+            assert (await self.js.command("subscribe", topic=topic))["ok"], topic
+
+
+@pytest_twisted.async_yield_fixture
+async def tailed_js(start_daemon, js_client, serializer):
     daemon = await start_daemon(with_tail=True)
     await daemon.service.tail.whenIdle()
     seen = recorder(daemon.hub)
-    js = await node_client(wamp_url(daemon), serializer=serializer)
-    try:
-        joined = await js.joined()
-        assert joined["protocol"] == f"wamp.2.{serializer}"
-        assert joined["details"]["realm"] == "explorer" and joined["details"]["authrole"] == "anonymous"
-        for topic in ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log"):
-            assert (await js.command("subscribe", topic=topic))["ok"]
+    js = await js_client(wamp_url(daemon), serializer=serializer)
+    yield TailedJS(daemon, js, seen)
+    await js.stop()
+    await eventually(lambda: daemon.hub.connectionCount == 0, what="the node client gone")
 
-        await mine(daemon, 3)
-        assert len(seen) > 3
-        await js.until(lambda: len(js.events) >= len(seen), what=f"{len(seen)} events")
-        assert [(e["topic"], e["args"][0]) for e in js.events] == seen
-        assert sum(1 for topic, _ in seen if topic == "explorer.tx") > 100  # real mainnet blocks
 
-        head = await js.command("call", procedure="explorer.head")
-        assert head["ok"] and head["result"] == daemon.hub.history.newest.data
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_joins_the_realm_as_anonymous(tailed_js, serializer):
+    joined = await tailed_js.js.joined()
+    assert joined["protocol"] == f"wamp.2.{serializer}"
+    assert joined["details"]["realm"] == "explorer" and joined["details"]["authrole"] == "anonymous"
 
-        newest = daemon.hub.history.newest
-        since = await js.command("call", procedure="explorer.blocks_since", args=[newest.height - 1,
-                                 daemon.hub.history.after(newest.height - 2)[0].hash])
-        assert since["result"] == {"reorg": None, "blocks": [{"block": newest.data, "txs": newest.txs_data,
-                                                              "logs": newest.logs}],
-                                   "more": False}
 
-        refused = await js.command("publish", topic="explorer.block", args=[{"height": 1}],
-                                   options={"acknowledge": True})
-        assert not refused["ok"] and refused["error"] == "wamp.error.not_authorized"
-        registered = await js.command("register", procedure="explorer.head")
-        assert not registered["ok"] and registered["error"] == "wamp.error.not_authorized"
-        # A publish without acknowledgement is dropped silently: not even its publisher's
-        # own subscription sees it, and the session goes on.
-        before = len(js.events)
-        assert (await js.command("publish", topic="explorer.block", args=[{"height": 1}]))["ok"]
-        assert (await js.command("call", procedure="explorer.head"))["ok"]
-        assert len(js.events) == before
-        assert value(daemon.service.broker.metrics.errors, "publish_refused") == 2
-    finally:
-        await js.stop()
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_gets_the_live_tail_in_order(tailed_js):
+    js, seen, daemon = tailed_js.js, tailed_js.seen, tailed_js.daemon
+    await js.joined()
+    await tailed_js.subscribeAll()
+    await mine(daemon, 3)
+    assert len(seen) > 3
+    await js.until(lambda: len(js.events) >= len(seen), what=f"{len(seen)} events")
+    assert [(e["topic"], e["args"][0]) for e in js.events] == seen
+    assert sum(1 for topic, _ in seen if topic == "explorer.tx") > 100  # real mainnet blocks
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_calls_explorer_head(tailed_js):
+    js, daemon = tailed_js.js, tailed_js.daemon
+    await js.joined()
+    await mine(daemon, 3)
+    head = await js.command("call", procedure="explorer.head")
+    assert head["ok"] and head["result"] == daemon.hub.history.newest.data
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_calls_explorer_blocks_since(tailed_js):
+    js, daemon = tailed_js.js, tailed_js.daemon
+    await js.joined()
+    await mine(daemon, 3)
+    newest = daemon.hub.history.newest
+    since = await js.command("call", procedure="explorer.blocks_since", args=[newest.height - 1,
+                             daemon.hub.history.after(newest.height - 2)[0].hash])
+    assert since["result"] == {"reorg": None, "blocks": [{"block": newest.data, "txs": newest.txs_data,
+                                                          "logs": newest.logs}],
+                               "more": False}
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_may_not_publish_or_register(tailed_js):
+    js, daemon = tailed_js.js, tailed_js.daemon
+    await js.joined()
+    refused = await js.command("publish", topic="explorer.block", args=[{"height": 1}],
+                               options={"acknowledge": True})
+    assert not refused["ok"] and refused["error"] == "wamp.error.not_authorized"
+    registered = await js.command("register", procedure="explorer.head")
+    assert not registered["ok"] and registered["error"] == "wamp.error.not_authorized"
+    assert metric(daemon, "explorer_wamp_errors_total", error="publish_refused") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unacknowledged_publish_is_dropped_silently_and_the_session_goes_on(tailed_js):
+    js, daemon = tailed_js.js, tailed_js.daemon
+    await js.joined()
+    await tailed_js.subscribeAll()
+    # Not even its publisher's own subscription sees it.
+    before = len(js.events)
+    assert (await js.command("publish", topic="explorer.block", args=[{"height": 1}]))["ok"]
+    assert (await js.command("call", procedure="explorer.head"))["ok"]
+    assert len(js.events) == before
+    assert metric(daemon, "explorer_wamp_errors_total", error="publish_refused") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_autobahnjs_client_that_goes_leaves_no_session(tailed_js):
+    js, daemon = tailed_js.js, tailed_js.daemon
+    await js.joined()
+    await js.stop()
     await eventually(lambda: daemon.hub.connectionCount == 0, what="the node client gone")
     assert daemon.service.broker.sessionCount == 0
 
 
 @pytest.mark.needs_node  # AutobahnJS from tests/node
 @pytest_twisted.ensureDeferred
-async def test_autobahnjs_prefix_subscription_and_wrong_realm(start_daemon):
+async def test_autobahnjs_in_the_wrong_realm_is_refused(start_daemon, js_client):
     daemon = await start_daemon(wamp_realm="com.example.chain")
-    js = await node_client(wamp_url(daemon), realm="explorer")
-    closed = None
-    try:
-        await js.until(lambda: any(l["type"] == "closed" for l in js.lines), what="the refusal")
-        closed = next(l for l in js.lines if l["type"] == "closed")
-    finally:
-        await js.stop()
+    js = await js_client(wamp_url(daemon), realm="explorer")
+    await js.until(lambda: any(l["type"] == "closed" for l in js.lines), what="the refusal")
+    closed = next(l for l in js.lines if l["type"] == "closed")
     assert closed["details"]["reason"] == "wamp.error.no_such_realm"
 
-    js = await node_client(wamp_url(daemon), realm="com.example.chain")
-    try:
-        await js.joined()
-        assert (await js.command("subscribe", topic="explorer.", options={"match": "prefix"}))["ok"]
-        missing = await js.command("subscribe", topic="explorer.blocks")
-        assert missing["error"] == "explorer.error.no_such_topic"
-        block = mainnet_run()[3]  # 5 transactions? whatever it has
-        broadcast(daemon.hub, [block])
-        n = 1 + len(block["transactions"])
-        await js.until(lambda: len(js.events) >= n)
-        assert js.events[0]["topic"] == "explorer.block" and js.events[0]["args"][0]["hash"] == block["hash"]
-        assert [e["args"][0]["hash"] for e in js.events[1:]] == [tx["hash"] for tx in block["transactions"]]
-        assert {e["topic"] for e in js.events[1:]} == {"explorer.tx"}
-    finally:
-        await js.stop()
+
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_prefix_subscription_in_a_realm_of_its_own(start_daemon, js_client):
+    daemon = await start_daemon(wamp_realm="com.example.chain")
+    js = await js_client(wamp_url(daemon), realm="com.example.chain")
+    await js.joined()
+    assert (await js.command("subscribe", topic="explorer.", options={"match": "prefix"}))["ok"]
+    block = mainnet_run()[3]  # 5 transactions? whatever it has
+    broadcast(daemon.hub, [block])
+    n = 1 + len(block["transactions"])
+    await js.until(lambda: len(js.events) >= n)
+    assert js.events[0]["topic"] == "explorer.block" and js.events[0]["args"][0]["hash"] == block["hash"]
+    assert [e["args"][0]["hash"] for e in js.events[1:]] == [tx["hash"] for tx in block["transactions"]]
+    assert {e["topic"] for e in js.events[1:]} == {"explorer.tx"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahnjs_subscribing_to_no_topic_is_an_error(start_daemon, js_client):
+    daemon = await start_daemon(wamp_realm="com.example.chain")
+    js = await js_client(wamp_url(daemon), realm="com.example.chain")
+    await js.joined()
+    missing = await js.command("subscribe", topic="explorer.blocks")
+    assert missing["error"] == "explorer.error.no_such_topic"
 
 
 # ---------------------------------------------------------------------------
@@ -143,8 +224,37 @@ def reorged(block, new_hash):
     return other
 
 
-@pytest_twisted.ensureDeferred
-async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_daemon):
+class PythonSession:
+    """
+    An autobahn-python session with a prefix and a wildcard subscription to
+    C{explorer.}, after three mainnet blocks went out to it.
+    """
+
+    def __init__(self, daemon, session, blocks, sub, got, wild):
+        self.daemon = daemon
+        self.hub = daemon.hub
+        self.session = session
+        self.blocks = blocks
+        self.sub = sub  # the prefix subscription, which records into got
+        self.got = got
+        self.wild = wild
+        self.want = []
+        for b in blocks:
+            self.want.append(("explorer.block", b["hash"]))
+            self.want.extend(("explorer.tx", tx["hash"]) for tx in b["transactions"])
+
+    def reorgTheLastBlock(self):
+        """The last block is orphaned and replaced; returns (the orphan's entry, the replacement)."""
+        hub, blocks = self.hub, self.blocks
+        gone = hub.history.newest
+        hub.publishReorg(1, {"height": gone.height - 1, "hash": blocks[1]["hash"]}, [gone.ref()])
+        replacement = reorged(blocks[2], "0x" + "ab" * 32)
+        broadcast(hub, [replacement])
+        return gone, replacement
+
+
+@pytest_twisted.async_yield_fixture
+async def py_session(start_daemon):
     daemon = await start_daemon()
     hub = daemon.hub
     blocks = mainnet_run()[:3]
@@ -155,14 +265,20 @@ async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_dae
     await session.subscribe(lambda data, details=None: wild.append((details.topic, data.get("hash"))),
                             "explorer.", options=SubscribeOptions(match="wildcard", details=True))
     broadcast(hub, blocks)
-    want = []
-    for b in blocks:
-        want.append(("explorer.block", b["hash"]))
-        want.extend(("explorer.tx", tx["hash"]) for tx in b["transactions"])
-    await eventually(lambda: len(got) == len(want) and len(wild) == len(want), what="every event")
-    assert got == want and wild == want
+    state = PythonSession(daemon, session, blocks, sub, got, wild)
+    await eventually(lambda: len(got) == len(state.want) and len(wild) == len(state.want), what="every event")
+    yield state
+    await python_leave(session)
 
-    # Resume from the first block: the two after it, with their transactions.
+
+@pytest_twisted.ensureDeferred
+async def test_prefix_and_wildcard_subscriptions_get_every_event_in_order(py_session):
+    assert py_session.got == py_session.want and py_session.wild == py_session.want
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_the_first_block_gives_the_two_after_it(py_session):
+    hub, blocks, session = py_session.hub, py_session.blocks, py_session.session
     first = hub.history.after(0)[0]
     result = await session.call("explorer.blocks_since", first.height, first.hash)
     assert result["reorg"] is None
@@ -170,35 +286,73 @@ async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_dae
     assert [len(b["txs"]) for b in result["blocks"]] == [len(b["transactions"]) for b in blocks[1:]]
     assert result["blocks"][0]["txs"][0] == hub.history.canonical(blocks[1]["hash"]).txs_data[0]
     assert result["more"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_by_keyword_with_an_uppercase_hash(py_session):
+    hub, session = py_session.hub, py_session.session
+    first = hub.history.after(0)[0]
+    result = await session.call("explorer.blocks_since", first.height, first.hash)
     by_name = await session.call("explorer.blocks_since", height=first.height, hash=first.hash.upper().replace("0X", "0x"))
     assert by_name == result
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_pages_with_a_limit(py_session):
+    hub, session = py_session.hub, py_session.session
+    first = hub.history.after(0)[0]
+    result = await session.call("explorer.blocks_since", first.height, first.hash)
     page = await session.call("explorer.blocks_since", first.height, first.hash, limit=1)
     assert page["blocks"] == result["blocks"][:1] and page["more"] is True
 
-    # The last block is orphaned: a client that holds it learns which of its blocks are gone.
-    gone = hub.history.newest
-    hub.publishReorg(1, {"height": gone.height - 1, "hash": blocks[1]["hash"]}, [gone.ref()])
-    replacement = reorged(blocks[2], "0x" + "ab" * 32)
-    broadcast(hub, [replacement])
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_an_orphan_names_the_reorg_then_the_new_branch(py_session):
+    blocks, session = py_session.blocks, py_session.session
+    gone, replacement = py_session.reorgTheLastBlock()
     result = await session.call("explorer.blocks_since", gone.height, gone.hash)
     assert result["reorg"] == {"depth": 1, "common_ancestor": {"height": gone.height - 1, "hash": blocks[1]["hash"]},
                                "removed": [{"height": gone.height, "hash": gone.hash}]}
     assert [b["block"]["hash"] for b in result["blocks"]] == [replacement["hash"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reorg_reaches_subscribers_before_the_new_branch(py_session):
+    got, session, hub = py_session.got, py_session.session, py_session.hub
+    _, replacement = py_session.reorgTheLastBlock()
     await eventually(lambda: ("explorer.reorg", None) in got, what="the reorg event")
+    await eventually(lambda: len(got) == len(py_session.want) + 2 + len(replacement["transactions"]),
+                     what="the new branch's events")
     assert got[-1 - len(replacement["transactions"]) - 1:] == [("explorer.reorg", None), ("explorer.block", replacement["hash"])] \
         + [("explorer.tx", tx["hash"]) for tx in replacement["transactions"]]
     assert await session.call("explorer.head") == hub.history.newest.data
 
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_an_unknown_block_is_history_unavailable(py_session):
+    blocks, session = py_session.blocks, py_session.session
     with pytest.raises(ApplicationError) as e:
         await session.call("explorer.blocks_since", 5, "0x" + "cd" * 32)
     assert e.value.error == "explorer.error.history_unavailable"
     assert e.value.kwargs == {"oldest_height": blocks[0]["number"] if isinstance(blocks[0]["number"], int)
                               else int(blocks[0]["number"], 16)}
-    for args in ([1], ["1", "0x" + "00" * 32], [1, "0x12"], [-1, "0x" + "00" * 32], [True, "0x" + "zz" * 32],
-                 [1, "0x" + "00" * 32, 0], [1, "0x" + "00" * 32, 33], [1, "0x" + "00" * 32, 1, 2]):
-        with pytest.raises(ApplicationError) as e:
-            await session.call("explorer.blocks_since", *args)
-        assert e.value.error == "wamp.error.invalid_argument"
+
+
+@pytest.mark.parametrize("args", [
+    [1], ["1", "0x" + "00" * 32], [1, "0x12"], [-1, "0x" + "00" * 32], [True, "0x" + "zz" * 32],
+    [1, "0x" + "00" * 32, 0], [1, "0x" + "00" * 32, 33], [1, "0x" + "00" * 32, 1, 2]],
+    ids=["no-hash", "height-a-string", "short-hash", "negative-height", "bool-height", "limit-0", "limit-33",
+         "too-many"])
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_with_invalid_arguments_is_invalid_argument(py_session, args):
+    with pytest.raises(ApplicationError) as e:
+        await py_session.session.call("explorer.blocks_since", *args)
+    assert e.value.error == "wamp.error.invalid_argument"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_procedure_and_a_register_are_refused(py_session):
+    session = py_session.session
     with pytest.raises(ApplicationError) as e:
         await session.call("explorer.nothing")
     assert e.value.error == "wamp.error.no_such_procedure"
@@ -206,15 +360,24 @@ async def test_autobahn_python_prefix_wildcard_blocks_since_and_errors(start_dae
         await session.register(lambda: None, "explorer.mine")
     assert e.value.error == "wamp.error.not_authorized"
 
-    await sub.unsubscribe()
+
+@pytest_twisted.ensureDeferred
+async def test_an_unsubscribed_subscription_gets_nothing_more(py_session):
+    hub, got, wild = py_session.hub, py_session.got, py_session.wild
+    await py_session.sub.unsubscribe()
     before = len(got)
-    after = dict(mainnet_run()[3], parentHash=replacement["hash"])  # on the new branch
+    after = mainnet_run()[3]  # the next block
     broadcast(hub, [after])
-    await eventually(lambda: len(wild) > len(want) + 2, what="events for the other subscription")
+    await eventually(lambda: len(wild) > len(py_session.want) + 2, what="events for the other subscription")
     assert len(got) == before
-    await python_leave(session)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_python_session_that_leaves_leaves_nothing_in_the_broker(py_session):
+    hub = py_session.hub
+    await python_leave(py_session.session)
     await eventually(lambda: hub.connectionCount == 0, what="the session gone")
-    broker = daemon.service.broker
+    broker = py_session.daemon.service.broker
     assert broker.sessionCount == 0 and broker._subscriptions == {} and broker._held == 0
 
 
@@ -229,77 +392,147 @@ async def expect_abort(client, reason, code):
     return message
 
 
-@pytest_twisted.ensureDeferred
-async def test_protocol_errors_end_only_that_session(start_daemon):
-    daemon = await start_daemon()
-    url = wamp_url(daemon)
-    bystander = await python_client(url)
-    got = []
-    await bystander.subscribe(lambda data: got.append(data["hash"]), "explorer.block")
-
-    # A message before HELLO.
+async def message_before_hello(url):
     c = await raw_wamp(url)
     c.send_json([SUBSCRIBE, 1, {}, "explorer.block"])
     abort = await expect_abort(c, "wamp.error.protocol_violation", 1002)
     assert "before HELLO" in abort[1]["message"]
 
-    # A second HELLO.
-    c, welcome = await raw_join(url)
-    assert welcome[2]["roles"]["broker"]["features"]["pattern_based_subscription"] is True
-    assert "dealer" in welcome[2]["roles"]
+
+async def second_hello(url):
+    c, _ = await raw_join(url)
     c.send_json([HELLO, "explorer", {"roles": {"subscriber": {}}}])
     await expect_abort(c, "wamp.error.protocol_violation", 1002)
 
-    # Garbage, an unknown message type, a router's message, a malformed one, a binary frame.
-    for bad in (b"this is not json", b"[999, 1, 2]", b'[36, 1, 2, {}, ["x"]]', b"[32, 1]",
-                b'{"not": "a list"}', b"[]", b'[32, 1, {"match": "fuzzy"}, "explorer.block"]'):
+
+def bad_frame(payload, isBinary=False):
+    async def send(url):
         c, _ = await raw_join(url)
-        c.sendMessage(bad)
+        c.sendMessage(payload, isBinary=isBinary)
         await expect_abort(c, "wamp.error.protocol_violation", 1002)
-    c, _ = await raw_join(url)
-    c.sendMessage(b"[1, 2]", isBinary=True)
-    await expect_abort(c, "wamp.error.protocol_violation", 1002)
-    # Invalid UTF-8 in a text frame is the WebSocket's business: 1007.
+
+    return send
+
+
+# Each ends its session with ABORT wamp.error.protocol_violation and close code 1002.
+VIOLATIONS = {
+    "message-before-hello": message_before_hello,
+    "second-hello": second_hello,
+    "garbage": bad_frame(b"this is not json"),
+    "unknown-type": bad_frame(b"[999, 1, 2]"),
+    "a-routers-message": bad_frame(b'[36, 1, 2, {}, ["x"]]'),
+    "malformed": bad_frame(b"[32, 1]"),
+    "not-a-list": bad_frame(b'{"not": "a list"}'),
+    "empty-list": bad_frame(b"[]"),
+    "unknown-match": bad_frame(b'[32, 1, {"match": "fuzzy"}, "explorer.block"]'),
+    "binary-frame": bad_frame(b"[1, 2]", isBinary=True),
+}
+
+
+async def another_realm(url):
+    c = await raw_wamp(url)
+    c.send_json([HELLO, "elsewhere", {"roles": {"subscriber": {}}}])
+    abort = await expect_abort(c, "wamp.error.no_such_realm", 1000)
+    assert "explorer" in abort[1]["message"]
+
+
+async def no_anonymous_authentication(url):
+    c = await raw_wamp(url)
+    c.send_json([HELLO, "explorer", {"roles": {"subscriber": {}}, "authmethods": ["ticket"], "authid": "x"}])
+    await expect_abort(c, "wamp.error.no_auth_method", 1000)
+
+
+async def invalid_utf8(url):
+    """Invalid UTF-8 in a text frame is the WebSocket's business: 1007."""
     c, _ = await raw_join(url)
     c.sendMessage(b"\xff\xfe", isBinary=False)
     code, _ = await c.closed
     assert code == 1007
 
-    # Another realm, or no anonymous authentication on offer.
-    c = await raw_wamp(url)
-    c.send_json([HELLO, "elsewhere", {"roles": {"subscriber": {}}}])
-    abort = await expect_abort(c, "wamp.error.no_such_realm", 1000)
-    assert "explorer" in abort[1]["message"]
-    c = await raw_wamp(url)
-    c.send_json([HELLO, "explorer", {"roles": {"subscriber": {}}, "authmethods": ["ticket"], "authid": "x"}])
-    await expect_abort(c, "wamp.error.no_auth_method", 1000)
 
-    # Errors that keep the session.
-    c, _ = await raw_join(url)
-    c.send_json([34, 7, 12345])
-    assert await c.next() == [ERROR, 34, 7, {}, "wamp.error.no_such_subscription", ["no subscription 12345"]]
-    c.send_json([66, 9, 1])
-    assert (await c.next())[4] == "wamp.error.no_such_registration"
-    c.send_json([PUBLISH, 10, {"acknowledge": True}, "explorer.block", [{}]])
-    assert (await c.next())[:5] == [ERROR, PUBLISH, 10, {}, "wamp.error.not_authorized"]
-    c.send_json([REGISTER, 11, {}, "explorer.head"])
-    assert (await c.next())[:5] == [ERROR, REGISTER, 11, {}, "wamp.error.not_authorized"]
-    c.send_json([CALL, 12, {}, "explorer.head", []])
-    assert await c.next() == [RESULT, 12, {}, [None]]
+@pytest.mark.parametrize("violation", VIOLATIONS.values(), ids=VIOLATIONS.keys())
+@pytest_twisted.ensureDeferred
+async def test_a_protocol_violation_aborts_the_session(start_daemon, violation):
+    daemon = await start_daemon()
+    await violation(wamp_url(daemon))
+    assert metric(daemon, "explorer_wamp_errors_total", error="wamp.error.protocol_violation") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_welcome_offers_pattern_based_subscriptions_and_a_dealer(start_daemon):
+    daemon = await start_daemon()
+    c, welcome = await raw_join(wamp_url(daemon))
+    assert welcome[2]["roles"]["broker"]["features"]["pattern_based_subscription"] is True
+    assert "dealer" in welcome[2]["roles"]
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_in_a_text_frame_is_closed_1007(start_daemon):
+    daemon = await start_daemon()
+    await invalid_utf8(wamp_url(daemon))
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_realm_is_aborted_naming_ours(start_daemon):
+    daemon = await start_daemon()
+    await another_realm(wamp_url(daemon))
+    assert metric(daemon, "explorer_wamp_errors_total", error="wamp.error.no_such_realm") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hello_without_anonymous_authentication_is_aborted(start_daemon):
+    daemon = await start_daemon()
+    await no_anonymous_authentication(wamp_url(daemon))
+
+
+@pytest.mark.parametrize("request_, answer", [
+    ([34, 7, 12345], [ERROR, 34, 7, {}, "wamp.error.no_such_subscription", ["no subscription 12345"]]),
+    ([66, 9, 1], [ERROR, 66, 9, {}, "wamp.error.no_such_registration"]),
+    ([PUBLISH, 10, {"acknowledge": True}, "explorer.block", [{}]], [ERROR, PUBLISH, 10, {}, "wamp.error.not_authorized"]),
+    ([REGISTER, 11, {}, "explorer.head"], [ERROR, REGISTER, 11, {}, "wamp.error.not_authorized"]),
+    ([CALL, 12, {}, "explorer.head", []], [RESULT, 12, {}, [None]]),
+], ids=["unsubscribe-unknown", "unregister-unknown", "publish", "register", "call"])
+@pytest_twisted.ensureDeferred
+async def test_an_error_that_keeps_the_session(start_daemon, request_, answer):
+    daemon = await start_daemon()
+    c, _ = await raw_join(wamp_url(daemon))
+    c.send_json(request_)
+    assert (await c.next())[:len(answer)] == answer
+    c.send_json([CALL, 99, {}, "explorer.head", []])
+    assert await c.next() == [RESULT, 99, {}, [None]]
+    await c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_goodbye_the_transport_may_carry_a_new_session(start_daemon):
+    daemon = await start_daemon()
+    c, _ = await raw_join(wamp_url(daemon))
     c.send_json([GOODBYE, {}, "wamp.close.close_realm"])
     assert await c.next() == [GOODBYE, {}, "wamp.close.goodbye_and_out"]
-    # After GOODBYE the transport may carry a new session.
     c.send_json([HELLO, "explorer", {"roles": {"caller": {}}}])
     assert (await c.next())[0] == WELCOME
     await c.close()
 
+
+@pytest_twisted.ensureDeferred
+async def test_protocol_errors_end_only_their_own_session(start_daemon):
+    daemon = await start_daemon()
+    url = wamp_url(daemon)
+    bystander = await python_client(url)
+    got = []
+    await bystander.subscribe(lambda data: got.append(data["hash"]), "explorer.block")
+    for violation in VIOLATIONS.values():
+        await violation(url)
+    await invalid_utf8(url)
+    await another_realm(url)
+    await no_anonymous_authentication(url)
     # The bystander saw none of it and still gets what is published.
     block = mainnet_run()[0]
     broadcast(daemon.hub, [block])
     await eventually(lambda: got == [block["hash"]], what="the bystander's event")
-    errors = daemon.service.broker.metrics.errors
-    assert value(errors, "wamp.error.protocol_violation") == 10
-    assert value(errors, "wamp.error.no_such_realm") == 1
+    assert metric(daemon, "explorer_wamp_errors_total", error="wamp.error.protocol_violation") == 10
+    assert metric(daemon, "explorer_wamp_errors_total", error="wamp.error.no_such_realm") == 1
     await python_leave(bystander)
     await eventually(lambda: daemon.hub.connectionCount == 0, what="every connection gone")
     assert daemon.service.broker.sessionCount == 0
@@ -308,14 +541,30 @@ async def test_protocol_errors_end_only_that_session(start_daemon):
 # ---------------------------------------------------------------------------
 # One encoding per wire format, the hub's policies.
 
-@pytest_twisted.ensureDeferred
-async def test_each_event_is_encoded_once_per_wire_format(start_daemon):
+FORMATS = [[JsonSerializer()]] * 3 + [[MsgPackSerializer()]] * 2 + [[CBORSerializer()]] \
+    + [[JsonSerializer(batched=True)]] * 2
+
+
+class Formats:
+    """Sessions in every wire format and a raw JSON one, after one block went out to them."""
+
+    def __init__(self, daemon, sessions, received, raw, payloads, block):
+        self.daemon = daemon
+        self.sessions = sessions
+        self.received = received
+        self.raw = raw
+        self.payloads = payloads  # (event kind, serializer id) → ids of the payloads delivered
+        self.block = block
+        self.n = len(block["transactions"])
+        self.want = [("block", block["hash"])] + [("tx", tx["hash"]) for tx in block["transactions"]]
+
+
+@pytest_twisted.async_yield_fixture
+async def formats(start_daemon, monkeypatch):
     daemon = await start_daemon()
-    hub, broker = daemon.hub, daemon.service.broker
+    hub = daemon.hub
     url = wamp_url(daemon)
-    formats = [[JsonSerializer()]] * 3 + [[MsgPackSerializer()]] * 2 + [[CBORSerializer()]] \
-        + [[JsonSerializer(batched=True)]] * 2
-    sessions = [await python_client(url, serializers=f) for f in formats]
+    sessions = [await python_client(url, serializers=f) for f in FORMATS]
     received = [[] for _ in sessions]
     for s, got in zip(sessions, received):
         await s.subscribe(lambda data, got=got: got.append(("block", data["hash"])), "explorer.block")
@@ -332,56 +581,95 @@ async def test_each_event_is_encoded_once_per_wire_format(start_daemon):
             payloads.setdefault((kind, client.protocol._serializer.SERIALIZER_ID), set()).add(id(payload))
         return deliver(client, payload, count, kind)
 
-    hub.deliver = spy
+    monkeypatch.setattr(hub, "deliver", spy)
     block = mainnet_run()[0]
-    n = len(block["transactions"])
     broadcast(hub, [block])
-    want = [("block", block["hash"])] + [("tx", tx["hash"]) for tx in block["transactions"]]
-    await eventually(lambda: all(len(got) == len(want) for got in received), what="every session's events")
-    assert all(got == want for got in received)
-    txs = [await raw.next() for _ in range(n)]
-    assert [m[0] for m in txs] == [EVENT] * n and [m[4][0]["hash"] for m in txs] == [w[1] for w in want[1:]]
-    assert len({m[2] for m in txs}) == n, "one publication id per transaction"
-
-    # One payload object per (event kind, wire format), shared by every subscriber.
-    assert all(len(ids) == 1 for ids in payloads.values()), payloads
-    encodings = broker.metrics.encodings
-    for ser in ("json", "msgpack", "cbor", "json.batched"):
-        assert value(encodings, ser) == 1 + n
-    assert value(encodings, "msgpack.batched") == 0
-    assert value(broker.metrics.events, "explorer.tx") == n * (len(sessions) + 1)
-    hub.deliver = deliver
+    state = Formats(daemon, sessions, received, raw, payloads, block)
+    await eventually(lambda: all(len(got) == len(state.want) for got in received), what="every session's events")
+    yield state
+    monkeypatch.undo()
     for s in sessions:
         await python_leave(s)
     await raw.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_origin_rate_limit_and_one_connection_cap_for_raw_and_wamp(start_daemon):
-    daemon = await start_daemon(max_connections=2, rate_limit=5, cors_origins="https://ok.example")
+async def test_a_session_in_every_wire_format_gets_the_block_then_its_transactions(formats):
+    assert all(got == formats.want for got in formats.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_transaction_is_a_publication_of_its_own(formats):
+    n, raw = formats.n, formats.raw
+    txs = [await raw.next() for _ in range(n)]
+    assert [m[0] for m in txs] == [EVENT] * n and [m[4][0]["hash"] for m in txs] == [w[1] for w in formats.want[1:]]
+    assert len({m[2] for m in txs}) == n, "one publication id per transaction"
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_payload_per_event_and_wire_format_is_shared_by_every_subscriber(formats):
+    assert all(len(ids) == 1 for ids in formats.payloads.values()), formats.payloads
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_event_is_encoded_once_per_wire_format(formats):
+    daemon, n = formats.daemon, formats.n
+    for ser in ("json", "msgpack", "cbor", "json.batched"):
+        assert metric(daemon, "explorer_wamp_encodings_total", serializer=ser) == 1 + n
+    assert metric(daemon, "explorer_wamp_encodings_total", serializer="msgpack.batched") == 0
+    assert metric(daemon, "explorer_wamp_events_total", topic="explorer.tx") == n * (len(formats.sessions) + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wamp_handshake_from_a_foreign_origin_is_refused(start_daemon):
+    daemon = await start_daemon(cors_origins="https://ok.example")
+    assert await in_thread(handshake_status, wamp_url(daemon), origin="https://evil.example") == 403
+    assert metric(daemon, "explorer_websocket_connections_refused_total", reason="origin") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_connection_cap_counts_raw_and_wamp(start_daemon):
+    daemon = await start_daemon(max_connections=2)
     url = wamp_url(daemon)
-    assert await in_thread(handshake_status, url, origin="https://evil.example") == 403
     raw = await connect(daemon.url)
     session = await python_client(url)
     assert daemon.hub.connectionCount == 2
     # The cap counts both kinds: neither gets in.
     assert await in_thread(handshake_status, url) == 503
     assert await in_thread(handshake_status, daemon.url) == 503
+    assert metric(daemon, "explorer_websocket_connections_refused_total", reason="capacity") == 2
     await python_leave(session)
     await eventually(lambda: daemon.hub.connectionCount == 1, what="the WAMP slot back")
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_wamp_subprotocol_is_400_and_gives_the_slot_back(start_daemon):
+    daemon = await start_daemon(max_connections=2)
+    raw = await connect(daemon.url)
     # Admitted, but no WAMP subprotocol offered: 400, and the slot is given back.
-    assert await in_thread(handshake_status, url) == 400
+    assert await in_thread(handshake_status, wamp_url(daemon)) == 400
     await eventually(lambda: daemon.hub.connectionCount == 1, what="the refused slot back")
+    await raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rate_limit_counts_raw_and_wamp_connections_alike(start_daemon):
+    daemon = await start_daemon(max_connections=2, rate_limit=5)
+    url = wamp_url(daemon)
+    raw = await connect(daemon.url)
+    session = await python_client(url)
     # Five new connections a minute from one address, whatever the path (refusals for
     # capacity happen when the connection is accepted and take no token).
-    for _ in range(2):  # tokens 4 and 5 of 5: raw, session and the first 400 took three
+    assert await in_thread(handshake_status, url) == 503
+    await python_leave(session)
+    await eventually(lambda: daemon.hub.connectionCount == 1, what="the WAMP slot back")
+    for _ in range(3):  # tokens 3, 4 and 5 of 5: raw and session took two
         assert await in_thread(handshake_status, url) == 400
         await eventually(lambda: daemon.hub.connectionCount == 1, what="the refused slot back")
     assert await in_thread(handshake_status, url) == 429
     await raw.close()
-    refused = daemon.service.metrics.connections_refused
-    assert value(refused, "origin") == 1 and value(refused, "capacity") == 2 and value(refused, "rate_limit") == 1
-
+    assert metric(daemon, "explorer_websocket_connections_refused_total", reason="rate_limit") == 1
 
 @pytest_twisted.ensureDeferred
 async def test_a_wamp_client_that_stops_reading_is_closed_and_nobody_else_waits(start_daemon):
@@ -405,7 +693,7 @@ async def test_a_wamp_client_that_stops_reading_is_closed_and_nobody_else_waits(
         broadcast(hub, [block])
         sent += len(block["transactions"])
         await eventually(lambda: len(got) == sent, what="the healthy session's events")
-    assert value(hub.metrics.errors, "slow_client") == 1
+    assert metric(daemon, "explorer_websocket_errors_total", type="slow_client") == 1
     assert daemon.service.broker.sessionCount == 1
     slow.transport.resumeProducing()
     code, reason = await slow.closed
@@ -424,7 +712,7 @@ async def test_a_wamp_flood_is_closed_by_the_message_budget(start_daemon):
     code, reason = await flooder.closed
     assert code == 1008 and reason.startswith("too many messages")
     assert len(flooder.received) < 70, "answered past its budget"
-    assert daemon.hub.metrics.errors.labels("message_budget")._value.get() == 1
+    assert metric(daemon, "explorer_websocket_errors_total", type="message_budget") == 1
     bystander.send_json([CALL, 1, {}, "explorer.head", []])
     assert await bystander.next() == [RESULT, 1, {}, [None]]
     await bystander.close()
@@ -492,7 +780,7 @@ async def test_wamp_churn_leaves_nothing_behind(start_daemon):
         await eventually(lambda: hub.connectionCount == 0, what="every connection released")
     assert broker.sessionCount == 0 and broker._subscriptions == {} and broker._by_id == {}
     assert all(subs == [] for subs in broker._by_topic.values())
-    assert value(broker.metrics.sessions) == 0 and value(broker.metrics.subscriptions) == 0
+    assert metric(daemon, "explorer_wamp_sessions") == 0 and metric(daemon, "explorer_wamp_subscriptions") == 0
     del clients, c
     gc.collect()
     alive = [r() for r in refs if r() is not None]
@@ -545,6 +833,8 @@ def test_wamp_settings():
         with pytest.raises(ConfigError) as e:
             Config.load(env, options)
         assert text in str(e.value)
+
+
 
 
 # ---------------------------------------------------------------------------
@@ -627,90 +917,213 @@ def hashes(hub):
     return [e.hash for e in hub.history.after(0)]
 
 
-def test_the_edge_rebuilds_whole_blocks_and_fills_gaps_from_the_tail():
-    tail, hub, edge, session = make_hubs()
-    out = recorder(hub)
-    blocks = chain(6)
-    events = [wire(tail, b) for b in blocks[:2]]
-    feed(edge, events[0] + events[1])
-    assert hashes(hub) == hashes(tail) and out == events[0] + events[1] and session.calls == []
-    # Block 2 is lost on the way: block 3 does not follow, the edge asks the tail, and all is in order.
-    events += [wire(tail, b) for b in blocks[2:4]]
-    feed(edge, events[3])
-    assert session.calls == [("explorer.blocks_since", (tail.history.after(0)[1].height, blocks[1]["hash"]))]
-    assert hashes(hub) == hashes(tail)
-    assert out == [e for ev in events for e in ev]
-    # Joined in the middle of a block: its stray transactions are dropped; the next block catches up.
-    events.append(wire(tail, blocks[4]))
-    feed(edge, events[4][1:])
-    assert len(hub.history) == 4
-    events.append(wire(tail, blocks[5]))
-    feed(edge, events[5])
-    assert hashes(hub) == hashes(tail)
-    # A duplicate (the catch-up brought it first) is ignored.
-    feed(edge, events[5])
-    assert out == [e for ev in events for e in ev]
-    assert edge.metrics.resyncs.labels("ok")._value.get() == 2
-    assert edge.metrics.discarded.labels("orphan_tx")._value.get() == 3
+class EdgeStory:
+    """
+    A tail's hub, an edge fed what the router would carry from it, and the
+    steps of a story told to the edge.  A test takes the steps before the
+    one it checks, then checks that one.
+    """
+
+    def __init__(self):
+        self.tail, self.hub, self.edge, self.session = make_hubs()
+        self.out = recorder(self.hub)  # what the edge's own clients get
+
+    def edgeMetric(self, name, **labels):
+        return sample(self.hub.metrics.registry, name, **labels)
 
 
-def test_the_edge_follows_reorgs_pages_and_accepts_a_gap_it_cannot_fill(monkeypatch):
-    tail, hub, edge, session = make_hubs()
-    out = recorder(hub)
-    blocks = chain(4)
-    for b in blocks:
-        feed(edge, wire(tail, b))
-    # A reorg on the tail replaces the last two blocks; the edge tells its clients the same.
-    start = len(tail._wire)
-    ancestor = tail.history.after(0)[1]
-    tail.publishReorg(2, ancestor.ref(), [e.ref() for e in tail.history.after(ancestor.height)])
-    r3 = child(blocks[1], "a1", template=blocks[2])
-    r4 = child(r3, "a2", template=blocks[3])
-    broadcast(tail, [r3, r4])
-    feed(edge, tail._wire[start:])
-    assert hashes(hub) == hashes(tail) == [b["hash"] for b in blocks[:2] + [r3, r4]]
-    assert out == tail._wire
-    assert edge.metrics.reorgs._value.get() == 1
+class GapStory(EdgeStory):
+    """Six blocks, of which the router loses one, then half of another, then repeats one."""
 
-    # Three blocks lost; the catch-up comes one block per answer.
-    monkeypatch.setattr("explorerd.wamp.MAX_BLOCKS_SINCE", 1)
-    b5 = child(r4, "b1")
-    b6 = child(b5, "b2")
-    b7 = child(b6, "b3")
-    wire(tail, b5)
-    wire(tail, b6)
-    session.calls.clear()
-    feed(edge, wire(tail, b7))
-    assert len(session.calls) == 3, "one block per answer, then more"
-    assert hashes(hub) == hashes(tail) and out == tail._wire
+    def __init__(self):
+        super().__init__()
+        self.blocks = chain(6)
+        self.events = []
 
-    # The tail cannot answer: the next block that does not follow asks again;
-    # history_unavailable means a gap.
-    session.fail_with = "wamp.error.no_such_procedure"
-    lost = child(b7, "c0")
-    b9 = child(lost, "c1")
-    feed(edge, wire(tail, b9))
-    assert hub.history.newest.hash == b7["hash"]
-    b10 = child(b9, "c2")
-    session.fail_with = "explorer.error.history_unavailable"
-    feed(edge, wire(tail, b10))
-    assert hub.history.newest.hash == b10["hash"], "a gap it is"
-    assert edge.metrics.discarded.labels("unlinked")._value.get() == 1  # b9, while the tail was away
-    assert edge.metrics.resyncs.labels("unavailable")._value.get() == 1
-    assert edge.metrics.resyncs.labels("failed")._value.get() == 1
+    def inOrder(self):
+        self.events += [wire(self.tail, b) for b in self.blocks[:2]]
+        feed(self.edge, self.events[0] + self.events[1])
 
-    # A reorg the edge missed, and the tail cannot say what it was: the next
-    # block is at the next height but not b10's child.  A gap too: the edge's
-    # history starts over from it (it must not link across).
-    tail.publishReorg(1, tail.history.canonical(b9["hash"]).ref(), [tail.history.newest.ref()])
-    d0 = child(b9, "d0")
-    wire(tail, d0)
-    d1 = child(d0, "d1")
-    feed(edge, wire(tail, d1))
+    def lostBlock(self):
+        """Block 2 is lost on the way: block 3 does not follow it."""
+        self.events += [wire(self.tail, b) for b in self.blocks[2:4]]
+        feed(self.edge, self.events[3])
+
+    def joinedMidBlock(self):
+        """The edge sees only the transactions of block 4, not the block."""
+        self.events.append(wire(self.tail, self.blocks[4]))
+        feed(self.edge, self.events[4][1:])
+
+    def nextBlock(self):
+        self.events.append(wire(self.tail, self.blocks[5]))
+        feed(self.edge, self.events[5])
+
+    def duplicate(self):
+        feed(self.edge, self.events[5])
+
+
+def test_the_edge_republishes_what_follows_in_order():
+    story = GapStory()
+    story.inOrder()
+    assert hashes(story.hub) == hashes(story.tail)
+    assert story.out == story.events[0] + story.events[1] and story.session.calls == []
+
+
+def test_a_block_that_does_not_follow_makes_the_edge_ask_the_tail():
+    story = GapStory()
+    story.inOrder()
+    story.lostBlock()
+    tail, blocks = story.tail, story.blocks
+    assert story.session.calls == [("explorer.blocks_since", (tail.history.after(0)[1].height, blocks[1]["hash"]))]
+    assert hashes(story.hub) == hashes(tail)
+    assert story.out == [e for ev in story.events for e in ev]
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="ok") == 1
+
+
+def test_stray_transactions_of_a_block_the_edge_joined_in_the_middle_of_are_dropped():
+    story = GapStory()
+    story.inOrder()
+    story.lostBlock()
+    story.joinedMidBlock()
+    assert len(story.hub.history) == 4
+    assert story.edgeMetric("explorer_wamp_edge_discarded_total", reason="orphan_tx") == 3
+
+
+def test_the_block_after_a_half_seen_one_catches_up():
+    story = GapStory()
+    story.inOrder()
+    story.lostBlock()
+    story.joinedMidBlock()
+    story.nextBlock()
+    assert hashes(story.hub) == hashes(story.tail)
+    assert story.out == [e for ev in story.events for e in ev]
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="ok") == 2
+
+
+def test_a_duplicate_the_catch_up_brought_first_is_ignored():
+    story = GapStory()
+    story.inOrder()
+    story.lostBlock()
+    story.joinedMidBlock()
+    story.nextBlock()
+    story.duplicate()
+    assert story.out == [e for ev in story.events for e in ev]
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="ok") == 2
+    assert story.edgeMetric("explorer_wamp_edge_discarded_total", reason="orphan_tx") == 3
+
+
+class ReorgStory(EdgeStory):
+    """Four blocks, then a reorg, a paged catch-up, a tail that cannot answer, and a reorg the edge missed."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.monkeypatch = monkeypatch
+        self.blocks = chain(4)
+        for b in self.blocks:
+            feed(self.edge, wire(self.tail, b))
+
+    def reorg(self):
+        """A reorg on the tail replaces the last two blocks."""
+        tail, blocks = self.tail, self.blocks
+        start = len(tail._wire)
+        ancestor = tail.history.after(0)[1]
+        tail.publishReorg(2, ancestor.ref(), [e.ref() for e in tail.history.after(ancestor.height)])
+        self.r3 = r3 = child(blocks[1], "a1", template=blocks[2])
+        self.r4 = r4 = child(r3, "a2", template=blocks[3])
+        broadcast(tail, [r3, r4])
+        feed(self.edge, tail._wire[start:])
+
+    def threeBlocksLost(self):
+        """Three blocks lost; the catch-up comes one block per answer."""
+        tail = self.tail
+        self.monkeypatch.setattr("explorerd.wamp.MAX_BLOCKS_SINCE", 1)
+        b5 = child(self.r4, "b1")
+        b6 = child(b5, "b2")
+        self.b7 = b7 = child(b6, "b3")
+        wire(tail, b5)
+        wire(tail, b6)
+        self.session.calls.clear()
+        feed(self.edge, wire(tail, b7))
+
+    def tailCannotAnswer(self):
+        """A block is lost while the tail cannot answer: the next one, which does not follow, is discarded."""
+        tail = self.tail
+        self.session.fail_with = "wamp.error.no_such_procedure"
+        lost = child(self.b7, "c0")
+        self.b9 = b9 = child(lost, "c1")
+        feed(self.edge, wire(tail, b9))
+
+    def historyUnavailable(self):
+        """The next block that does not follow asks again; history_unavailable means a gap."""
+        tail = self.tail
+        self.b10 = b10 = child(self.b9, "c2")
+        self.session.fail_with = "explorer.error.history_unavailable"
+        feed(self.edge, wire(tail, b10))
+
+    def missedReorg(self):
+        """
+        A reorg the edge missed, and the tail cannot say what it was: the next
+        block is at the next height but not b10's child.
+        """
+        tail, b9 = self.tail, self.b9
+        tail.publishReorg(1, tail.history.canonical(b9["hash"]).ref(), [tail.history.newest.ref()])
+        d0 = child(b9, "d0")
+        wire(tail, d0)
+        self.d1 = d1 = child(d0, "d1")
+        feed(self.edge, wire(tail, d1))
+
+
+def test_the_edge_follows_a_reorg_of_the_tail(monkeypatch):
+    story = ReorgStory(monkeypatch)
+    story.reorg()
+    assert hashes(story.hub) == hashes(story.tail) == [b["hash"] for b in story.blocks[:2] + [story.r3, story.r4]]
+    assert story.out == story.tail._wire
+    assert story.edgeMetric("explorer_wamp_edge_reorgs_total") == 1
+
+
+def test_the_edges_catch_up_pages_one_block_per_answer(monkeypatch):
+    story = ReorgStory(monkeypatch)
+    story.reorg()
+    story.threeBlocksLost()
+    assert len(story.session.calls) == 3, "one block per answer, then more"
+    assert hashes(story.hub) == hashes(story.tail) and story.out == story.tail._wire
+
+
+def test_a_block_that_does_not_follow_waits_while_the_tail_cannot_answer(monkeypatch):
+    story = ReorgStory(monkeypatch)
+    story.reorg()
+    story.threeBlocksLost()
+    story.tailCannotAnswer()
+    assert story.hub.history.newest.hash == story.b7["hash"]
+    assert story.edgeMetric("explorer_wamp_edge_discarded_total", reason="unlinked") == 1  # b9
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="failed") == 1
+
+
+def test_history_unavailable_from_the_tail_is_a_gap(monkeypatch):
+    story = ReorgStory(monkeypatch)
+    story.reorg()
+    story.threeBlocksLost()
+    story.tailCannotAnswer()
+    story.historyUnavailable()
+    assert story.hub.history.newest.hash == story.b10["hash"], "a gap it is"
+    assert story.edgeMetric("explorer_wamp_edge_discarded_total", reason="unlinked") == 1  # b9, while the tail was away
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="unavailable") == 1
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="failed") == 1
+
+
+def test_after_a_reorg_it_missed_the_edge_starts_its_history_over(monkeypatch):
+    # A gap too: the edge's history starts over from the new block (it must not link across).
+    story = ReorgStory(monkeypatch)
+    story.reorg()
+    story.threeBlocksLost()
+    story.tailCannotAnswer()
+    story.historyUnavailable()
+    story.missedReorg()
+    hub, d1 = story.hub, story.d1
     assert hub.history.newest.hash == d1["hash"] and len(hub.history) == 1
-    assert [data["hash"] for topic, data in out if topic == "explorer.block"][-1] == d1["hash"]
-    assert edge.metrics.discarded.labels("invalid")._value.get() == 0
-    assert edge.metrics.resyncs.labels("unavailable")._value.get() == 2
+    assert [data["hash"] for topic, data in story.out if topic == "explorer.block"][-1] == d1["hash"]
+    assert story.edgeMetric("explorer_wamp_edge_discarded_total", reason="invalid") == 0
+    assert story.edgeMetric("explorer_wamp_edge_resyncs_total", outcome="unavailable") == 2
 
 
 def test_the_publisher_drops_whole_batches_while_the_router_is_away():
@@ -739,6 +1152,7 @@ def test_the_publisher_drops_whole_batches_while_the_router_is_away():
     broadcast(hub, [block | {"hash": "0x" + "d1" * 32}])
     publisher._flow.paused = True  # the router is not reading
     broadcast(hub, [block | {"hash": "0x" + "d2" * 32}])
-    m = publisher.metrics
     assert published == ["explorer.block"] + ["explorer.tx"] * 3
-    assert m.dropped.labels("explorer.block")._value.get() == 2 and m.dropped.labels("explorer.tx")._value.get() == 6
+    registry = hub.metrics.registry
+    assert sample(registry, "explorer_wamp_router_dropped_total", topic="explorer.block") == 2
+    assert sample(registry, "explorer_wamp_router_dropped_total", topic="explorer.tx") == 6
