@@ -80,7 +80,7 @@ class _LinkSession(ApplicationSession):
 
 class LinkMetrics:
     def __init__(self, registry):
-        r = registry
+        r = self.registry = registry
         self.connected = Gauge(
             "explorer_wamp_router_connected", "1 while the WAMP router session is joined.", registry=r)
         self.joins = Counter(

@@ -23,6 +23,7 @@ from explorerd.config import Config
 from explorerd.routerlink import RouterLink
 from tests.conftest import eventually
 from tests.crossbar.router import free_port
+from tests.metricvalues import sample
 from tests.wamp.router import LocalRouter
 
 
@@ -243,7 +244,7 @@ async def test_link_backoff_doubles_up_to_the_maximum_with_jitter_from_its_rng(n
         delays.append(await next_retry(clock))
         clock.advance(delays[-1])
     assert delays == pytest.approx([base + twin.random() * 0.25 for base in (0.25, 0.5, 1, 2, 2)])
-    assert link.metrics.failures.labels("connecting")._value.get() == 5
+    assert sample(link.metrics.registry, "explorer_wamp_router_failures_total", stage="connecting") == 5
     assert link.health() == {"url": link.url, "realm": "explorer", "connected": False}
     # Stopping while it waits to retry: done at once, and nothing is left scheduled.
     await next_retry(clock)
@@ -262,7 +263,7 @@ async def test_link_joins_and_after_each_loss_starts_its_backoff_over(router):
     link.startService()
     for n in range(1, 4):
         await eventually(lambda: link.session is not None, what=f"join {n}")
-        assert link.health()["connected"] is True and link.metrics.connected._value.get() == 1
+        assert link.health()["connected"] is True and sample(link.metrics.registry, "explorer_wamp_router_connected") == 1
         r.dropAll()  # the router restarts
         await eventually(lambda: link.session is None, what="the link to notice")
         # Unlike Component without main: the first delay every time.
