@@ -23,3 +23,23 @@ def load_blocks(name):
 def mainnet_run():
     """Seven consecutive mainnet blocks, ~200 transactions each, one contract creation."""
     return load_blocks("mainnet_11880804-11880810")
+
+
+def load_logs(name):
+    """The recorded logs of a chain (e.g. C{"mainnet"}), by block hash, in log order."""
+    for place in _PLACES:
+        path = os.path.join(place, name + ".logs.jsonl")
+        if os.path.exists(path):
+            by_block = {}
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        log = json.loads(line)
+                        by_block.setdefault(log["blockHash"], []).append(log)
+            return by_block
+    raise FileNotFoundError(f"no logs {name!r} in {_PLACES}")
+
+
+def mainnet_logs():
+    """The real logs of L{mainnet_run}'s blocks (eth_getLogs shape), by block hash."""
+    return load_logs("mainnet")
