@@ -81,6 +81,24 @@ class _Flow:
         self.paused = True
 
 
+class _OnTheRouter(Service):
+    """A service whose work is done over a L{RouterLink} session (C{self.link})."""
+
+    _session = None
+
+    def health(self):
+        return self.link.health()
+
+    def startService(self):
+        super().startService()
+        self.link.startService()
+
+    def stopService(self):
+        super().stopService()
+        self._session = None
+        return self.link.stopService()
+
+
 class PublisherMetrics:
     def __init__(self, registry):
         r = registry
@@ -94,7 +112,7 @@ class PublisherMetrics:
 
 
 @implementer(IPublicationObserver)
-class RouterPublisher(Service):
+class RouterPublisher(_OnTheRouter):
     """Publishes everything the hub publishes to the router; registers the history procedures there."""
 
     name = "wamp-router"
@@ -107,18 +125,6 @@ class RouterPublisher(Service):
         self._session = None
         self._flow = _Flow()
         hub.addObserver(self)
-
-    def health(self):
-        return self.link.health()
-
-    def startService(self):
-        super().startService()
-        self.link.startService()
-
-    def stopService(self):
-        super().stopService()
-        self._session = None
-        return self.link.stopService()
 
     async def _joined(self, session):
         for procedure in PROCEDURES:
@@ -182,7 +188,7 @@ class EdgeMetrics:
             "Router events an edge could not use, by reason.", ["reason"], registry=r)
 
 
-class EdgeSource(Service):
+class EdgeSource(_OnTheRouter):
     """C{--source wamp}: the router's events, as whole blocks, into the hub."""
 
     name = "edge"
@@ -201,20 +207,11 @@ class EdgeSource(Service):
         self._tail_missing = False
 
     def health(self):
-        status = self.link.health()
+        status = super().health()
         status["status"] = "ok" if status["connected"] else "degraded"
         newest = self.hub.history.newest
         status["height"] = None if newest is None else newest.height
         return status
-
-    def startService(self):
-        super().startService()
-        self.link.startService()
-
-    def stopService(self):
-        super().stopService()
-        self._session = None
-        return self.link.stopService()
 
     async def _joined(self, session):
         await session.subscribe(self._onEvent, "explorer.", options=SubscribeOptions(match="prefix", details=True))
