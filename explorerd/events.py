@@ -219,6 +219,15 @@ def node_block(block, receipts=None, logs=None):
     return data, txs_data, logs_data, inputs
 
 
+# What geth leaves out of a newHeads header.
+_NOT_IN_HEADER = frozenset(("transactions", "uncles", "size", "totalDifficulty", "withdrawals"))
+
+
+def node_header(block):
+    """The block's header as the node gave it, in geth's C{newHeads} shape (checked by L{node_block})."""
+    return {k: v for k, v in block.items() if k not in _NOT_IN_HEADER}
+
+
 # The wire shape, field by field: what an edge checks of what a router brings.
 
 def _int(obj, key, what, nullable=False):

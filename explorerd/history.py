@@ -27,6 +27,7 @@ from explorerd.events import (
     frame,
     logs_data,
     node_block,
+    node_header,
     tx_hash_data,
     wire_block,
 )
@@ -57,12 +58,14 @@ class Entry:
 
     @ivar logs: the block's logs in the wire shape, or C{None} when they are
         not known (receipts off).
+    @ivar header: the block's header as the node gave it (geth's C{newHeads}
+        fields, values untouched), or C{None} (an edge's blocks).
     """
 
-    __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "logs", "inputs",
+    __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "logs", "inputs", "header",
                  "block_frame", "_txs", "_tx_frames", "_groups", "_logs")
 
-    def __init__(self, data, txs_data, logs=None, inputs=None):
+    def __init__(self, data, txs_data, logs=None, inputs=None, header=None):
         if logs is not None:
             data = dict(data, log_count=len(logs))
         elif "log_count" not in data:
@@ -75,6 +78,7 @@ class Entry:
         self.tx_count = len(txs_data)
         self.logs = logs
         self.inputs = inputs
+        self.header = header
         self.block_frame = frame(encode({"type": "newBlock", "data": data}))
         self._txs = {}
         self._tx_frames = {}
@@ -88,7 +92,7 @@ class Entry:
         or only its logs, or neither; L{InvalidBlock} if anything is missing
         or is not the block's own.
         """
-        return cls(*node_block(block, receipts, logs))
+        return cls(*node_block(block, receipts, logs), header=node_header(block))
 
     @classmethod
     def fromWire(cls, data, txs_data, logs=None):
