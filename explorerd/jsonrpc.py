@@ -255,6 +255,18 @@ def _block_or_none(method, value):
     raise RPCProtocolError(method, f"expected a block object or null, got {type(value).__name__}")
 
 
+def _list_or_none(method, value, what):
+    if value is None or isinstance(value, list):
+        return value
+    raise RPCProtocolError(method, f"expected a list of {what} or null, got {type(value).__name__}")
+
+
+def _list(method, value, what):
+    if isinstance(value, list):
+        return value
+    raise RPCProtocolError(method, f"expected a list of {what}, got {type(value).__name__}")
+
+
 def _error_from(method, obj, index=None):
     """Build an RPCError from a response's "error" member (validated)."""
     err = obj["error"]
@@ -354,14 +366,18 @@ class JSONRPCClient:
         d.addCallback(self._single_result, method, reqid)
         return d
 
-    def batch(self, calls, *, timeout=None):
+    def batch(self, calls, *, timeout=None, returnErrors=False):
         """
         Send ``[(method, params), ...]`` as one JSON-RPC batch.
 
         Fires with the results in request order. If any item has an error,
         fails with that item's :class:`RPCError` (the first in request
-        order; ``.index`` says which). Transport failures name the batch as
-        ``"batch[m1,m2,...]"``. An empty batch fires ``[]`` without a request.
+        order; ``.index`` says which); with ``returnErrors``, that
+        :class:`RPCError` takes the item's place in the results instead, for
+        callers that can use the other items (a node may refuse one block of
+        many). Transport failures, and an error object answering the whole
+        batch, name the batch as ``"batch[m1,m2,...]"``. An empty batch
+        fires ``[]`` without a request.
         """
         calls = [(m, list(p)) for m, p in calls]
         if not calls:
@@ -373,7 +389,7 @@ class JSONRPCClient:
             for i, (m, p) in zip(ids, calls)
         ]
         d = self._post(label, payload, timeout)
-        d.addCallback(self._batch_results, label, calls, ids)
+        d.addCallback(self._batch_results, label, calls, ids, returnErrors)
         return d
 
     # Convenience ---------------------------------------------------------
@@ -406,6 +422,29 @@ class JSONRPCClient:
         calls = [(m, [_block_param(n), bool(full)]) for n in numbers]
         d = self.batch(calls)
         return d.addCallback(lambda rs: [_block_or_none(m, r) for r in rs])
+
+    def getBlockReceipts(self, blockHash):
+        """
+        The receipts of every transaction of block ``blockHash``, in block
+        order, or None if the node does not know the block.  Not every node
+        has this method (geth, erigon, anvil, reth do): the error is an
+        :class:`RPCError`, usually -32601.
+        """
+        m = "eth_getBlockReceipts"
+        d = self.call(m, [blockHash])
+        return d.addCallback(lambda r: _list_or_none(m, r, "receipts"))
+
+    def getLogs(self, criteria):
+        """
+        The logs that match ``criteria``, a filter object such as
+        ``{"blockHash": h}`` or ``{"fromBlock": ..., "toBlock": ...,
+        "address": ..., "topics": [...]}`` (passed as given).
+        """
+        if not isinstance(criteria, dict):
+            raise TypeError(f"a log filter must be a dict, not {type(criteria).__name__}")
+        m = "eth_getLogs"
+        d = self.call(m, [criteria])
+        return d.addCallback(lambda r: _list(m, r, "logs"))
 
     # Lifecycle -----------------------------------------------------------
 
@@ -504,7 +543,7 @@ class JSONRPCClient:
         return obj["result"]
 
     @staticmethod
-    def _batch_results(objs, label, calls, ids):
+    def _batch_results(objs, label, calls, ids, returnErrors=False):
         if isinstance(objs, dict) and objs.get("error") is not None:
             raise _error_from(label, objs)  # the whole batch was rejected
         if not isinstance(objs, list):
@@ -524,7 +563,11 @@ class JSONRPCClient:
             if obj is None:
                 raise RPCProtocolError(method, f"no response for batch item {index} (id {reqid})")
             if obj.get("error") is not None:
-                raise _error_from(method, obj, index)
+                error = _error_from(method, obj, index)
+                if returnErrors and isinstance(error, RPCError):
+                    results.append(error)
+                    continue
+                raise error
             if "result" not in obj:
                 raise RPCProtocolError(method, f"batch item {index} has neither result nor error")
             results.append(obj["result"])

@@ -5,8 +5,10 @@ hub in chain order, never skipping or repeating one.
 One C{LoopingCall} on the clock we are given runs L{LiveTail.poll}; polls
 never overlap and never fail (a LoopingCall stops for good after one
 exception): faults are counted, logged and retried with backoff and jitter.
-A poll asks for the head, checks every new block in full into the
-L{Entry} the hub publishes (L{validate}), and follows parent hashes: a block
+A poll asks for the head, fetches the new blocks and then, by hash in one
+more round trip, their receipts (or only their logs: C{receipts=}), checks
+every block with them in full into the L{Entry} the hub publishes
+(L{validate}), and follows parent hashes: a block
 that does not extend the last one published is a reorg, walked back to the
 common ancestor and announced (C{hub.publishReorg}) before the new branch.
 The position is saved (L{TailState}) before a batch reaches any client, so
@@ -14,13 +16,14 @@ a restart republishes nothing a client has, and gives the hub back its
 history (C{hub.remember}) before publishing anything new.
 
 How the walk handles heads that stall or go back, null blocks, reorgs deeper
-than we remember, re-anchoring, and the restore after a restart:
-C{docs/livetail.md}.
+than we remember, re-anchoring, the restore after a restart, and nodes without
+C{eth_getBlockReceipts} or with pruned logs: C{docs/livetail.md}.
 """
 
 import random
 import time
 from collections import deque
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,13 +46,32 @@ from explorerd.jsonrpc import (
 )
 from explorerd.tailstate import Position
 
-__all__ = ["LiveTail", "TailMetrics", "TailFault", "BadBlock", "validate", "redact"]
+__all__ = ["LiveTail", "TailMetrics", "TailFault", "BadBlock", "validate", "redact", "RECEIPTS_MODES"]
 
 _GET = "eth_getBlockByNumber"
 _GET_BATCH = "batch[eth_getBlockByNumber]"
 _BY_HASH = "eth_getBlockByHash"
 _BY_HASH_BATCH = "batch[eth_getBlockByHash]"
 _NUMBER = "eth_blockNumber"
+_RECEIPTS = "eth_getBlockReceipts"
+_RECEIPTS_BATCH = "batch[eth_getBlockReceipts]"
+_LOGS = "eth_getLogs"
+_LOGS_BATCH = "batch[eth_getLogs]"
+
+#: What the tail fetches with each block: C{auto} its receipts, else its
+#: logs, else nothing, as far as the node can; C{block} its receipts
+#: (C{eth_getBlockReceipts}); C{logs} only its logs (C{eth_getLogs}); C{off}
+#: neither (logs unknown).
+RECEIPTS_MODES = ("auto", "block", "logs", "off")
+# What the tail is fetching: receipts ("block"), logs, or nothing ("off").
+_SOURCES = ("block", "logs", "off")
+
+# JSON-RPC error codes by which a node says it has no such method: -32601
+# (method not found); anvil and some providers say -32602 (invalid params).
+_UNSUPPORTED = (-32601, -32602)
+# "pruned history unavailable" (geth, the replay node): the node cannot give
+# the logs of that block, now or later.
+_PRUNED = 4444
 
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -81,6 +103,42 @@ class BadBlock(TailFault):
     def __init__(self, method, height, reason):
         super().__init__(method, f"block {height}: {reason}")
         self.height = height
+        self.reason = reason
+
+
+class _Extras(NamedTuple):
+    """What came with one block besides itself: its receipts, or its logs, or neither."""
+
+    receipts: list = None
+    logs: list = None
+    pruned: bool = False  # neither, because the node said its logs are pruned
+    method: str = None  # the call that fetched them
+
+
+_NO_EXTRAS = _Extras()
+
+
+def _unsupported(answer):
+    return isinstance(answer, RPCError) and answer.code in _UNSUPPORTED
+
+
+def _hashesOf(blocks):
+    """
+    The hashes of the blocks up to the first that is missing or has no
+    well-formed hash (there is nothing to publish from there on).
+    """
+    hashes = []
+    for block in blocks:
+        try:
+            hashes.append(events.block_data(block)["hash"])
+        except events.InvalidBlock:
+            break
+    return hashes
+
+
+def _heights(heights):
+    """C{"block 7"}, C{"blocks 7, 9"}: for logs."""
+    return ("block " if len(heights) == 1 else "blocks ") + ", ".join(map(str, heights))
 
 
 def redact(url):
@@ -118,15 +176,16 @@ def _kind(failure_value):
     return "internal"
 
 
-def validate(block, height, method=_GET, full=True):
+def validate(block, height, method=_GET, full=True, receipts=None, logs=None):
     """
     Check a block from the node before anything is published: with C{full},
-    the whole block, every transaction included, checked into the
+    the whole block, every transaction included, with its C{receipts} or
+    its C{logs} if given (they must be the block's own), checked into the
     L{Entry} the hub publishes; else a header, checked into its C{newBlock}
     data (for hash comparisons).  Raises L{BadBlock}.
     """
     try:
-        checked = Entry.fromNode(block) if full else events.block_data(block)
+        checked = Entry.fromNode(block, receipts, logs) if full else events.block_data(block)
     except events.InvalidBlock as e:
         raise BadBlock(method, height, str(e)) from None
     number = checked.height if full else checked["height"]
@@ -171,6 +230,17 @@ class TailMetrics:
         self.skipped = Counter("explorer_tail_blocks_skipped_total",
                                "Heights never published because the tail re-anchored at the head "
                                "(more than max_catchup blocks behind).", registry=r)
+        self.receipts_mode = Gauge("explorer_tail_receipts_mode",
+                                   "1 for what the tail fetches with each block: its receipts "
+                                   "(block), only its logs (logs), or nothing (off).", ["mode"],
+                                   registry=r)
+        self.receipts_fallbacks = Counter("explorer_tail_receipts_fallbacks_total",
+                                          "Times receipts=auto fell back because the node does not "
+                                          "have a method, by the mode it fell back to.", ["mode"],
+                                          registry=r)
+        self.logs_unavailable = Counter("explorer_tail_logs_unavailable_total",
+                                        "Blocks published or restored with their logs unknown "
+                                        "because the node said they are pruned.", registry=r)
 
 
 class LiveTail(Service):
@@ -193,6 +263,12 @@ class LiveTail(Service):
         the node fails (C{EXPLORERD_RPC_RETRY}); a retry comes at the first
         tick after it.
     @param rng: a C{random.Random} for the backoff jitter.
+    @param receipts: what to fetch with each block, by its hash (one of
+        L{RECEIPTS_MODES}): C{"auto"}, its receipts (C{eth_getBlockReceipts})
+        and, if the node does not have that method, its logs
+        (C{eth_getLogs}), and if not that either, nothing, deciding once for
+        the run; C{"block"}, its receipts, C{"logs"}, its logs, or the
+        poll fails; C{"off"}, nothing (the logs are unknown).
     """
 
     name = "livetail"
@@ -201,7 +277,7 @@ class LiveTail(Service):
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
                  batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
-                 remember=None):
+                 remember=None, receipts="auto"):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -214,6 +290,8 @@ class LiveTail(Service):
             raise ValueError(f"max_backoff must be > 0, got {max_backoff!r}")
         if remember is not None and remember < 1:
             raise ValueError(f"remember must be >= 1, got {remember!r}")
+        if receipts not in RECEIPTS_MODES:
+            raise ValueError(f"receipts must be one of {', '.join(RECEIPTS_MODES)}, got {receipts!r}")
         self.clock = clock
         self.rpc = rpc
         self.hub = IBlockSink(hub)
@@ -225,7 +303,11 @@ class LiveTail(Service):
         self.batch_size = int(batch_size)
         self.max_backoff = float(max_backoff)
         self.state = state
+        self.receipts = receipts
         self.metrics = TailMetrics(registry)
+        # What we fetch with each block; receipts="auto" falls back, once.
+        self._source = "block" if receipts == "auto" else receipts
+        self._setSourceGauge()
         self._now = now
         self._rng = random.Random() if rng is None else rng
 
@@ -250,6 +332,7 @@ class LiveTail(Service):
         self._restore_skipped = []  # the oldest ones, which the node did not have
         self._restored = 0  # blocks handed to hub.remember
         self._restore_failures = 0  # attempts that failed though the node answered
+        self._restored_without_logs = 0  # of _restored: logs pruned by the node
         self._restore_waiters = None  # whenRestored() Deferreds; None once released
         if state is not None:
             # Read at construction so that an unreadable state file stops
@@ -336,6 +419,14 @@ class LiveTail(Service):
         """The node's head height as last reported, or C{None}."""
         return self._head
 
+    @property
+    def receipts_source(self):
+        """
+        What the tail fetches with each block now: C{"block"} (receipts),
+        C{"logs"} or C{"off"}; with C{receipts="auto"}, where it fell back to.
+        """
+        return self._source
+
     def poll(self):
         """
         Poll the node once now, whatever the backoff says.
@@ -416,6 +507,7 @@ class LiveTail(Service):
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
             "node": self.node,
+            "receipts": self._source,
             "head": head,
             "published": published,
             "lag_blocks": lag_blocks,
@@ -553,6 +645,7 @@ class LiveTail(Service):
             method = _BY_HASH if len(batch) == 1 else _BY_HASH_BATCH
             try:
                 blocks = await self._fetchByHash([p.hash for p in batch])
+                extras = iter(await self._extrasOf([p.hash for p, b in zip(batch, blocks) if b is not None]))
                 for p, block in zip(batch, blocks):
                     if block is None:
                         if not self._restored:
@@ -563,13 +656,19 @@ class LiveTail(Service):
                                       "we were down?): the history is restored up to block {last} only",
                                       height=p.height, hash=p.hash, last=p.height - 1)
                         return self._restoreOver()
-                    entry = self._validated(block, p.height, method, full=True)
+                    extra = next(extras)
+                    if isinstance(extra, Exception):
+                        raise extra
+                    entry = self._validated(block, p.height, method, full=True, extras=extra)
                     if entry.hash != p.hash:
                         self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
                         raise BadBlock(method, p.height, f"asked for {p.hash}, got {entry.hash}")
                     self.hub.remember(entry)
                     self._restored += 1
                     self._restore_at += 1
+                    if extra.pruned:
+                        self._restored_without_logs += 1
+                        self.metrics.logs_unavailable.inc()
             except (RPCError, TailFault, events.InvalidBlock) as e:
                 # Answers we cannot use: carry on without (the rest of) the history.
                 self.log.warn("cannot restore the history from the node ({kind}: {error}); restored "
@@ -603,8 +702,10 @@ class LiveTail(Service):
                           last=skipped[-1].height)
         if n:
             first = positions[len(skipped)].height
-            self.log.info("restored the history of {n} blocks ({first}-{last}) for clients that resume",
-                          n=n, first=first, last=first + n - 1)
+            without = self._restored_without_logs
+            self.log.info("restored the history of {n} blocks ({first}-{last}) for clients that resume"
+                          + (", {without} of them without their logs (pruned by the node)" if without else ""),
+                          n=n, first=first, last=first + n - 1, without=without)
 
     def _skip(self, first, head):
         skipped = head - first
@@ -657,17 +758,29 @@ class LiveTail(Service):
                            else f"fetching blocks {height}-{last}")
             blocks = await self._fetch(heights, full=True)
             method = _GET if len(heights) == 1 else _GET_BATCH
+            if self._source != "off":
+                what = "receipts" if self._source == "block" else "logs"
+                self._doing = (f"fetching the {what} of block {height}" if height == last
+                               else f"fetching the {what} of blocks {height}-{last}")
+            extras = await self._extrasOf(_hashesOf(blocks))
             # Check the batch first: the blocks we publish now, and why we
-            # stop after them (a null block, a reorg, an invalid block).
-            ready, stop, fault = [], None, None
-            for h, block in zip(heights, blocks):
+            # stop after them (a null block, a reorg, an invalid block, no
+            # receipts or logs to publish it with).
+            ready, pruned, stop, fault = [], set(), None, None
+            for i, (h, block) in enumerate(zip(heights, blocks)):
                 if block is None:
                     self.log.debug("the node has no block {height} yet (head {head}); "
                                    "trying again next poll", height=h, head=head)
                     stop = False
                     break
+                # Past the end of extras: a block without a hash to fetch
+                # them by, which validation refuses (BadBlock) just below.
+                extra = extras[i] if i < len(extras) else _NO_EXTRAS
+                if isinstance(extra, Exception):
+                    fault = extra
+                    break
                 try:
-                    entry = self._validated(block, h, method, full=True)
+                    entry = self._validated(block, h, method, full=True, extras=extra)
                 except BadBlock as e:
                     fault = e
                     break
@@ -678,9 +791,11 @@ class LiveTail(Service):
                     stop = True
                     break
                 ready.append(entry)
+                if extra.pruned:
+                    pruned.add(entry.hash)
                 parent = entry.hash
             if ready:
-                self._publishAll(ready, method)
+                self._publishAll(ready, method, pruned)
             if fault is not None:
                 raise fault
             if stop is not None:
@@ -688,26 +803,35 @@ class LiveTail(Service):
             height = last + 1
         return False
 
-    def _publishAll(self, ready, method):
+    def _publishAll(self, ready, method, pruned=()):
         """
         Publish checked entries in order.  The state file names
         them first: the hub's writes may reach clients before this reactor
         turn ends, and whatever a client got must be in the file (a crash
         in between leaves blocks in the file that nobody got: a restart puts
         them in the history, and resuming clients get them from there).
+        C{pruned}: hashes of those published without their logs because
+        the node has pruned them.
         """
         saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready])
-        published = 0
+        published, without = 0, []
         try:
             for entry in ready:
                 self._publish(entry, method)
                 published += 1
+                if entry.hash in pruned:
+                    without.append(entry.height)
         finally:
             if published < len(ready):
                 self._dirty = True  # the hub refused one: the file must not name it
                 self._saveState()
             else:
                 self._dirty = not saved
+            if without:
+                self.metrics.logs_unavailable.inc(len(without))
+                self.log.warn("the node cannot give the logs of {blocks} (pruned history): "
+                              "published without them (log_count null)",
+                              blocks=_heights(without), heights=without)
 
     async def _reorg(self, start):
         """
@@ -801,12 +925,22 @@ class LiveTail(Service):
 
     # Helpers -------------------------------------------------------------
 
-    def _validated(self, block, height, method, full):
+    def _validated(self, block, height, method, full, extras=_NO_EXTRAS):
         try:
-            return validate(block, height, method, full)
-        except BadBlock:
-            self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
-            raise
+            return validate(block, height, method, full, extras.receipts, extras.logs)
+        except BadBlock as e:
+            fault = e
+        if extras.method is not None:
+            # Whose fault: the block's, or its receipts' (or logs')?
+            try:
+                validate(block, height, method, full)
+            except BadBlock:
+                pass
+            else:
+                method = extras.method
+                fault = BadBlock(method, height, fault.reason)
+        self.metrics.rpc_errors.labels(method, BadBlock.kind).inc()
+        raise fault
 
     def _publish(self, entry, method):
         """Hand one checked block to the hub, then remember it."""
@@ -829,13 +963,13 @@ class LiveTail(Service):
             self.metrics.transactions_published.inc(entry.tx_count)
         self._setPublishedGauges()
 
-    async def _call(self, method, fn, *args):
+    async def _call(self, method, fn, *args, **kwargs):
         """One RPC call, counted and timed by method."""
         m = self.metrics
         m.rpc_calls.labels(method).inc()
         start = time.perf_counter()
         try:
-            return await fn(*args)
+            return await fn(*args, **kwargs)
         except RPCFailure as e:
             if not self._stopping:
                 m.rpc_errors.labels(method, _kind(e)).inc()
@@ -858,6 +992,82 @@ class LiveTail(Service):
         if len(heights) == 1:
             return [await self._call(_GET, self.rpc.getBlockByNumber, heights[0], full)]
         return await self._call(_GET_BATCH, self.rpc.getBlocksByNumber, heights, full)
+
+    async def _extrasOf(self, hashes):
+        """
+        The receipts (or logs) of the blocks C{hashes}, in one round trip
+        (two, the one time C{receipts="auto"} falls back): for each block an
+        L{_Extras}, or the exception that says why it cannot be published
+        (raise it once the blocks before it are out).
+        """
+        while True:
+            source = self._source
+            if source == "off" or not hashes:
+                return [_NO_EXTRAS] * len(hashes)
+            single, batch = (_RECEIPTS, _RECEIPTS_BATCH) if source == "block" else (_LOGS, _LOGS_BATCH)
+            method = single if len(hashes) == 1 else batch
+            answers = await self._fetchExtras(source, hashes, single, method)
+            refusal = next((a for a in answers if _unsupported(a)), None)
+            if refusal is None or self.receipts != "auto":
+                return [self._extras(source, h, a, method) for h, a in zip(hashes, answers)]
+            self._fallBack(refusal)
+
+    async def _fetchExtras(self, source, hashes, single, method):
+        """The node's answers for each block, its JSON-RPC errors (L{RPCError}) included."""
+        if len(hashes) == 1:
+            fn = (self.rpc.getBlockReceipts if source == "block"
+                  else lambda h: self.rpc.getLogs({"blockHash": h}))
+            try:
+                return [await self._call(method, fn, hashes[0])]
+            except RPCError as e:
+                return [e]
+        calls = [(single, [h] if source == "block" else [{"blockHash": h}]) for h in hashes]
+        # An error answering the whole batch fails the poll: a node without
+        # the method says so for each call.
+        answers = await self._call(method, self.rpc.batch, calls, returnErrors=True)
+        for answer in answers:
+            if isinstance(answer, RPCError):
+                self.metrics.rpc_errors.labels(method, _kind(answer)).inc()
+        return answers
+
+    def _extras(self, source, block_hash, answer, method):
+        """One block's L{_Extras} from the node's answer, or why there are none."""
+        if isinstance(answer, RPCError):
+            if source == "logs" and answer.code == _PRUNED:
+                return _Extras(pruned=True, method=method)
+            return answer
+        what = "receipts" if source == "block" else "logs"
+        if not isinstance(answer, list):
+            # null: the node served the block a moment ago but has nothing of
+            # it now (a reorg, a lagging backend); try again rather than
+            # publish it without.
+            self.metrics.rpc_errors.labels(method, TailFault.kind).inc()
+            if answer is None:
+                return TailFault(method, f"the node has no {what} of block {block_hash}, which it served")
+            return TailFault(method, f"the {what} of block {block_hash} are not a list: {answer!r:.80}")
+        if source == "block":
+            return _Extras(receipts=answer, method=method)
+        return _Extras(logs=answer, method=method)
+
+    def _fallBack(self, refusal):
+        """receipts="auto" and the node does not have the method: fetch less, for the rest of the run."""
+        old = self._source
+        self._source = "logs" if old == "block" else "off"
+        self.metrics.receipts_fallbacks.labels(self._source).inc()
+        self._setSourceGauge()
+        if self._source == "logs":
+            self.log.warn("the node does not answer {method} ({error}): from now on the tail fetches "
+                          "only each block's logs (eth_getLogs), and transactions go out without "
+                          "status, gas_used, fee_wei and contract_address",
+                          method=_RECEIPTS, error=str(refusal), receipts=self._source)
+        else:
+            self.log.warn("the node does not answer {method} either ({error}): from now on blocks "
+                          "go out without their logs (log_count null)",
+                          method=_LOGS, error=str(refusal), receipts=self._source)
+
+    def _setSourceGauge(self):
+        for source in _SOURCES:
+            self.metrics.receipts_mode.labels(source).set(1 if source == self._source else 0)
 
     def _observeHead(self, head):
         if self._head is not None and head < self._head:

@@ -16,12 +16,15 @@ answers it badly instead:
   - otherwise: pass the upstream answer through unchanged.
 
 C{rates} maps fault names to probabilities; set it to C{{}} to make the
-proxy honest.  C{counts} tells what happened.  No timers outlive their
+proxy honest.  C{methods}, if given, names the JSON-RPC methods whose
+requests may be spoiled (a batch calling any of them); the others pass.
+C{counts} tells what happened.  No timers outlive their
 request: a held answer's timer is cancelled when the client goes away, and
 L{FaultProxy.stop} waits for the open connections to close (close the
 client first) and for upstream requests in flight.
 """
 
+import json
 import random
 from collections import Counter
 
@@ -140,7 +143,7 @@ class FaultProxy:
     → the proxy, listening at C{.url}.
     """
 
-    def __init__(self, reactor, upstream, *, seed=0, rates=None, delay=1.0):
+    def __init__(self, reactor, upstream, *, seed=0, rates=None, delay=1.0, methods=None):
         self.reactor = reactor
         self.upstream = upstream.encode("ascii") if isinstance(upstream, str) else upstream
         self.rng = random.Random(seed)
@@ -149,6 +152,7 @@ class FaultProxy:
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
         self.delay = delay
+        self.methods = None if methods is None else frozenset(methods)
         self.counts = Counter()
         self.url = None
         self.port = None
@@ -190,8 +194,19 @@ class FaultProxy:
             r -= rate
         return "pass"
 
+    def _spoilable(self, body):
+        if self.methods is None:
+            return True
+        try:
+            calls = json.loads(body)
+        except ValueError:
+            return True
+        calls = calls if isinstance(calls, list) else [calls]
+        return any(isinstance(c, dict) and c.get("method") in self.methods for c in calls)
+
     def _handle(self, request):
-        fault = self.choose()
+        body = request.content.read()
+        fault = self.choose() if self._spoilable(body) else "pass"
         self.counts[fault] += 1
         gone = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
@@ -205,7 +220,6 @@ class FaultProxy:
         if fault == "garbage":
             request.setHeader(b"Content-Type", b"application/json")
             return self.rng.choice(_GARBAGE)
-        body = request.content.read()
         d = self._forward(body)
 
         def answer(result):

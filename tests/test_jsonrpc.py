@@ -287,6 +287,26 @@ async def test_batch_of_many_blocks(rpc):
 
 @pytest.mark.needs_node  # anvil from tests/node
 @pytest_twisted.ensureDeferred
+async def test_block_receipts_and_logs(rpc):
+    sender, receiver = DEV_ACCOUNTS
+    txHash = await rpc.call("eth_sendTransaction", [{"from": sender, "to": receiver, "value": hex(1)}])
+    await rpc.call("evm_mine")
+    block = await rpc.getBlockByNumber(1, full=False)
+    (receipt,) = await rpc.getBlockReceipts(block["hash"])
+    assert (receipt["transactionHash"], receipt["blockHash"]) == (txHash, block["hash"])
+    assert receipt["status"] == "0x1" and receipt["logs"] == []
+    assert await rpc.getBlockReceipts("0x" + "ab" * 32) is None
+    assert await rpc.getLogs({"blockHash": block["hash"]}) == []
+    assert await rpc.getLogs({"fromBlock": "0x0", "toBlock": "latest"}) == []
+    e = await _fails(rpc.getLogs({"blockHash": "0x" + "ab" * 32}), RPCError)
+    assert e.method == "eth_getLogs"
+    with pytest.raises(TypeError):
+        rpc.getLogs(block["hash"])
+    many = await rpc.batch([("eth_getBlockReceipts", [block["hash"]]), ("eth_getLogs", [{"blockHash": block["hash"]}])])
+    assert many == [[receipt], []]
+
+
+@pytest_twisted.ensureDeferred
 async def test_json_rpc_error_names_method(rpc):
     e = await _fails(rpc.call("explorerd_noSuchMethod", []), RPCError)
     assert e.method == "explorerd_noSuchMethod"
@@ -344,6 +364,47 @@ async def test_batch_matched_by_id_not_order(serve, client):
     server = await serve(reversed_ok)
     c = client(server.url)
     assert await c.batch([("echo", [n]) for n in range(10)]) == list(range(10))
+
+
+@pytest_twisted.ensureDeferred
+async def test_batch_can_return_the_errors_of_items_in_their_place(serve, client):
+    def odd_fails(request, body):
+        if not isinstance(body, list):
+            return _reply(request, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no"}})
+        return _reply(request, [
+            {"jsonrpc": "2.0", "id": b["id"], "result": b["params"][0]} if b["params"][0] % 2 == 0
+            else {"jsonrpc": "2.0", "id": b["id"], "error": {"code": 4444, "message": "pruned"}}
+            for b in body])
+
+    server = await serve(odd_fails)
+    c = client(server.url)
+    answers = await c.batch([("eth_getLogs", [n]) for n in range(4)], returnErrors=True)
+    assert answers[0::2] == [0, 2]
+    assert [(e.method, e.code, e.message, e.index) for e in answers[1::2]] == [
+        ("eth_getLogs", 4444, "pruned", 1), ("eth_getLogs", 4444, "pruned", 3)]
+    assert all(isinstance(e, RPCError) for e in answers[1::2])
+    e = await _fails(c.batch([("eth_getLogs", [n]) for n in range(4)]), RPCError)  # by default, it fails
+    assert (e.code, e.index) == (4444, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_batch_refused_as_a_whole_fails_even_when_returning_item_errors(serve, client):
+    server = await serve(lambda request, body: _reply(
+        request, {"jsonrpc": "2.0", "id": None, "error": {"code": -32601, "message": "no batches"}}))
+    e = await _fails(client(server.url).batch([("a", []), ("b", [])], returnErrors=True), RPCError)
+    assert (e.method, e.code) == ("batch[a,b]", -32601)
+
+
+@pytest.mark.parametrize("method, result", [
+    ("getBlockReceipts", {"not": "a list"}), ("getBlockReceipts", "0x1"), ("getLogs", None), ("getLogs", {}),
+])
+@pytest_twisted.ensureDeferred
+async def test_receipts_and_logs_of_the_wrong_type_are_protocol_errors(serve, client, method, result):
+    server = await serve(lambda request, body: _reply(request, {"jsonrpc": "2.0", "id": body["id"], "result": result}))
+    c = client(server.url)
+    arg = "0x" + "ab" * 32 if method == "getBlockReceipts" else {"blockHash": "0x" + "ab" * 32}
+    e = await _fails(getattr(c, method)(arg), RPCProtocolError)
+    assert e.method == {"getBlockReceipts": "eth_getBlockReceipts", "getLogs": "eth_getLogs"}[method]
 
 
 @pytest_twisted.ensureDeferred

@@ -170,6 +170,45 @@ def make_block(height, parent, branch="a", ntx=1):
     }
 
 
+def make_receipts(block):
+    """The receipts of a fake block: every transaction succeeded; the i-th logged i % 3 events."""
+    receipts, log_index = [], 0
+    for i, tx in enumerate(block["transactions"]):
+        logs = []
+        for _ in range(i % 3):  # 0, 1, 2, 0, ... logs
+            logs.append({
+                "address": "0x" + "44" * 20,
+                "topics": [_hash("topic", tx["hash"], log_index)],
+                "data": "0x" + f"{log_index:064x}",
+                "blockHash": block["hash"],
+                "blockNumber": block["number"],
+                "transactionHash": tx["hash"],
+                "transactionIndex": hex(i),
+                "logIndex": hex(log_index),
+                "removed": False,
+            })
+            log_index += 1
+        receipts.append({
+            "transactionHash": tx["hash"],
+            "transactionIndex": hex(i),
+            "blockHash": block["hash"],
+            "blockNumber": block["number"],
+            "from": tx["from"],
+            "to": tx["to"],
+            "status": "0x1",
+            "gasUsed": hex(21000 + i),
+            "cumulativeGasUsed": hex(21000 * (i + 1)),
+            "effectiveGasPrice": hex(2 * 10**9),
+            "contractAddress": None,
+            "logs": logs,
+        })
+    return receipts
+
+
+# The methods whose requests C{FakeNode.receipt_faults} applies to (C{faults} to the others).
+RECEIPT_METHODS = frozenset({"eth_getBlockReceipts", "eth_getLogs"})
+
+
 class FakeNode(Resource):
     """
     A JSON-RPC node whose chain and misbehaviour the test scripts:
@@ -180,6 +219,16 @@ class FakeNode(Resource):
     C{eth_getBlockByHash} answers every block ever made, orphans included,
     unless its hash is in C{forgotten}; with C{by_hash=False} it is an
     unknown method, as on some providers.
+
+    C{eth_getBlockReceipts(hash)} and C{eth_getLogs({"blockHash": hash})}
+    answer from L{make_receipts} for every block it serves (null and
+    -32000 for a hash it does not know), unless: C{refuse} maps the method
+    to an error code to answer instead (-32601: a node without it);
+    C{pruned} holds block hashes whose logs get 4444 "pruned history
+    unavailable"; C{tamper} is a list of functions (or None: leave it),
+    each applied to the next answer of either (for someone else's
+    receipts); C{receipt_faults} is C{faults} for the requests that call
+    either (and C{faults} skips those requests).
     """
 
     isLeaf = True
@@ -196,6 +245,10 @@ class FakeNode(Resource):
         self.known = {}  # every block ever made, by hash
         self.forgotten = set()
         self.by_hash = True
+        self.refuse = {}  # method -> JSON-RPC error code
+        self.pruned = set()  # block hashes whose logs are "pruned"
+        self.tamper = []  # functions applied to the next receipts/logs answers
+        self.receipt_faults = []
         self.methods = Counter()  # answered calls, by method
         self.requests = 0  # HTTP requests, answered or not
         self.hanging = []
@@ -220,6 +273,16 @@ class FakeNode(Resource):
 
     def hash(self, height):
         return self.blocks[height]["hash"]
+
+    def served_by_hash(self, block_hash):
+        """A block this node has served or made (canonical, orphan or a scripted stand-in), or None."""
+        if block_hash in self.forgotten:
+            return None
+        block = self.known.get(block_hash)
+        if block is None:
+            block = next((b for b in self.served.values() if isinstance(b, dict) and b.get("hash") == block_hash),
+                         None)
+        return block
 
     @property
     def reported(self):
@@ -246,8 +309,10 @@ class FakeNode(Resource):
     def render_POST(self, request):
         self.requests += 1
         body = json.loads(request.content.read())
-        if self.faults:
-            fault = self.faults.pop(0)
+        methods = {item.get("method") for item in (body if isinstance(body, list) else [body])}
+        faults = self.receipt_faults if methods & RECEIPT_METHODS else self.faults
+        if faults:
+            fault = faults.pop(0)
             if fault == "ok":
                 fault = None
             elif fault == "500":
@@ -262,7 +327,8 @@ class FakeNode(Resource):
                 self.hanging.append(request)
                 return NOT_DONE_YET
             if fault == "rpc_error":
-                return json.dumps({"jsonrpc": "2.0", "id": body["id"],
+                # A batch gets one error object for the whole of it.
+                return json.dumps({"jsonrpc": "2.0", "id": body["id"] if isinstance(body, dict) else None,
                                    "error": {"code": -32000, "message": "header not found"}}).encode()
             if fault is not None:
                 raise AssertionError(f"unknown fault {fault}")
@@ -294,6 +360,26 @@ class FakeNode(Resource):
             assert full is True
             block = self.known.get(block_hash)
             result = None if block is None or block_hash in self.forgotten else block
+        elif method in self.refuse:
+            return {"jsonrpc": "2.0", "id": req["id"],
+                    "error": {"code": self.refuse[method], "message": f"{method} refused for the test"}}
+        elif method == "eth_getBlockReceipts":
+            (block_hash,) = params
+            block = self.served_by_hash(block_hash)
+            result = None if block is None else make_receipts(block)
+            if self.tamper and (tamper := self.tamper.pop(0)) is not None:
+                result = tamper(result)
+        elif method == "eth_getLogs":
+            (criteria,) = params
+            block = self.served_by_hash(criteria["blockHash"])
+            if block is None:
+                return {"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32000, "message": "unknown block"}}
+            if block["hash"] in self.pruned:
+                return {"jsonrpc": "2.0", "id": req["id"],
+                        "error": {"code": 4444, "message": "pruned history unavailable"}}
+            result = [log for receipt in make_receipts(block) for log in receipt["logs"]]
+            if self.tamper and (tamper := self.tamper.pop(0)) is not None:
+                result = tamper(result)
         else:
             return {"jsonrpc": "2.0", "id": req["id"],
                     "error": {"code": -32601, "message": f"no method {method}"}}
