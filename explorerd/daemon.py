@@ -102,7 +102,7 @@ class Daemon(MultiService):
             self.tail = LiveTail(clock, self.rpc, self.hub, poll_interval=config.poll_interval,
                                  max_reorg_depth=config.max_reorg_depth, max_catchup=config.max_catchup,
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
-                                 max_backoff=config.rpc_retry,
+                                 max_backoff=config.rpc_retry, receipts=config.receipts,
                                  state=state, registry=self.metrics.registry,
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
