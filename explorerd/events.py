@@ -155,14 +155,13 @@ def tx_data(tx, position, block_height, block_hash, receipt=None, log_count=None
 
 
 def log_data(log, what, block_hash, tx_hashes):
-    """One log in the wire shape, checked to belong to the block (C{tx_hashes}: hash → index)."""
+    """One log in the wire shape, checked to belong to the block (C{tx_hashes}: its transactions' hashes)."""
     if not isinstance(log, dict):
         raise InvalidBlock(f"{what} is not an object: {log!r:.80}")
     if _hexdata(log, "blockHash", what, _HASH) != block_hash:
         raise InvalidBlock(f"{what} is from block {log.get('blockHash')}, not {block_hash}")
     tx_hash = _hexdata(log, "transactionHash", what, _HASH)
-    tx_index = tx_hashes.get(tx_hash)
-    if tx_index is None:
+    if tx_hash not in tx_hashes:
         raise InvalidBlock(f"{what} is for transaction {tx_hash}, which is not in block {block_hash}")
     topics = log.get("topics")
     if not isinstance(topics, list) or len(topics) > 4:
@@ -172,7 +171,9 @@ def log_data(log, what, block_hash, tx_hashes):
         "topics": [_hexdata({"topic": t}, "topic", what, _HASH) for t in topics],
         "data": _bytes(log, "data", what),
         "tx_hash": tx_hash,
-        "tx_index": tx_index,
+        # As the node gives it: a Polygon state-sync transaction's own
+        # transactionIndex has been seen to differ from its position.
+        "tx_index": _quantity(log, "transactionIndex", what),
         "log_index": _quantity(log, "logIndex", what),
     }
 
@@ -213,7 +214,7 @@ def node_block(block, receipts=None, logs=None):
         inputs.append(call)
     logs_data = None
     if logs is not None:
-        tx_hashes = {tx["hash"]: tx["tx_index"] for tx in txs_data}
+        tx_hashes = {tx["hash"] for tx in txs_data}
         logs_data = [log_data(log, f"log {i} of block {height}", block_hash, tx_hashes)
                      for i, log in enumerate(logs)]
     return data, txs_data, logs_data, inputs

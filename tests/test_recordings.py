@@ -175,3 +175,55 @@ async def test_the_client_sees_the_recorded_reorgs(start_daemon, served, errors,
     assert registry.get_sample_value("explorer_tail_reorgs_total") == len(expected)
     assert registry.get_sample_value("explorer_tail_reorg_depth_sum") == sum(r.depth for r in expected)
     await client.close()
+
+
+def wire_logs(logs):
+    return [{"address": log["address"].lower(), "topics": [t.lower() for t in log["topics"]],
+             "data": log["data"].lower(), "tx_hash": log["transactionHash"].lower(),
+             "tx_index": int(log["transactionIndex"], 16), "log_index": int(log["logIndex"], 16)}
+            for log in logs]
+
+
+@pytest.mark.parametrize("name", ["polygon_13522175-13522230", "polygon_13522239-13522298",
+                                  "rinkeby_4947153-4947173"])
+@pytest_twisted.ensureDeferred
+async def test_the_logs_a_client_applies_are_the_canonical_chains_logs(start_daemon, served, errors, name):
+    """
+    Through the real reorgs, the logs a client holds (every one added, minus every one retracted)
+    are exactly the recorded canonical chain's logs, in chain order, each once.
+    """
+    recording = load_recording(name)
+    served_node = await served(name)
+    node = served_node.node
+    daemon = await start_daemon(with_tail=True, rpc_url=served_node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    client = await connect(daemon.url)
+    assert (await client.request({"action": "subscribe", "channels": ["logs"]}))["type"] == "subscribed"
+    await arrived(daemon, client)
+    held, order, retracted = {}, [], 0
+    while node.mine() is not None:
+        assert await tail.poll()
+        for m in await arrived(daemon, client):
+            if m["type"] == "reorg":
+                continue
+            assert m["type"] == "logs"
+            data = m["data"]
+            if data["removed"]:
+                assert held.pop(data["block_hash"]) == data["logs"], "retracted what it was not sent"
+                order.remove(data["block_hash"])
+                retracted += 1
+            else:
+                assert data["block_hash"] not in held, "a block's logs twice"
+                held[data["block_hash"]] = data["logs"]
+                order.append(data["block_hash"])
+    assert tail.receipts_source == "logs"  # the replay node has no receipts: the fallback
+    expected = [(b["hash"], wire_logs(recording.logs[b["hash"]])) for b in recording.blocks
+                if recording.logs.get(b["hash"])]
+    assert order == [h for h, _ in expected]
+    assert [(h, held[h]) for h in order] == expected
+    # Every block a reorg removed whose logs the client had was retracted (a flip-flop removes a
+    # canonical block too, before it comes back).
+    assert retracted == sum(1 for r in expected_reorgs(recording) for h in r.removed if recording.logs.get(h))
+    assert retracted > 0
+    await client.close()
