@@ -555,8 +555,13 @@ class Hub(Service):
                     for client in subscribers:
                         if client.log_filter.matches(log):
                             matches.setdefault(client, []).append(i)
+        shared = {}  # clients whose matches are the same share one frame
         for client, indexes in matches.items():
-            self._send(client, entry.logFrame(indexes, removed), counts)
+            key = tuple(indexes)
+            payload = shared.get(key)
+            if payload is None:
+                payload = shared[key] = entry.logFrame(indexes, removed)
+            self._send(client, payload, counts)
 
     def _logsFor(self, client, entry, removed=False):
         """C{(payload, counts)} of one block's logs for one client (replays)."""

@@ -106,7 +106,7 @@ async def test_the_tails_events_reach_autobahnjs_through_the_router(js_via_route
     seen = recorder(tail.hub)
     # The tail may have published its first block before the recorder was attached.
     published_before = metric(tail, "explorer_wamp_router_published_total", topic="explorer.tx")
-    for topic in ("explorer.block", "explorer.tx", "explorer.reorg"):
+    for topic in ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log"):
         assert (await js.command("subscribe", topic=topic))["ok"]
     await mine(tail, 3)
     await js.until(lambda: len(js.events) >= len(seen), timeout=15, what=f"{len(seen)} events via crossbar")
