@@ -12,7 +12,8 @@ block, --repeat times in a shuffled order, with explorerd's own JSON-RPC client
 (explorerd.jsonrpc.JSONRPCClient: treq, one keep-alive connection):
   block           eth_getBlockByNumber(n, full), what the live-tail fetches without receipts;
   block+receipts  the same, then eth_getBlockReceipts(its hash): two round trips, by hash so
-                  that a reorg in between fails instead of mixing two blocks (receipts auto/block);
+                  that a reorg in between fails instead of mixing two blocks, as the live-tail
+                  does with receipts auto/block (one block a poll; it batches when catching up);
   block+logs      the same, then eth_getLogs({"blockHash": its hash}) (receipts logs);
   batch           eth_getBlockByNumber(n, full) and eth_getBlockReceipts(n) in one JSON-RPC
                   batch: one round trip, but by number, so a reorg between the two is not seen.
@@ -20,6 +21,8 @@ Per fetch: wall time (request to parsed result), this process's CPU meanwhile (w
 would spend: HTTP and JSON decoding), anvil's CPU (from /proc, 10 ms ticks: a mean over all
 fetches), and the time Entry.fromNode takes to check what came into an Entry.
 Prints a Markdown table; --json also writes the raw figures (bench/run.py puts them in its report).
+bench/receipts.py (not part of the suite) measures the same fetches a call at a time, batches of
+10 blocks, and a LiveTail catching up, in each receipts mode.
 """
 
 import argparse
@@ -78,9 +81,9 @@ async def fetch(rpc, method, number):
         return block, receipts, None
     block = await rpc.getBlockByNumber(number, True)
     if method == "block+receipts":
-        return block, await rpc.call("eth_getBlockReceipts", [block["hash"]]), None
+        return block, await rpc.getBlockReceipts(block["hash"]), None
     if method == "block+logs":
-        return block, None, await rpc.call("eth_getLogs", [{"blockHash": block["hash"]}])
+        return block, None, await rpc.getLogs({"blockHash": block["hash"]})
     return block, None, None
 
 
@@ -107,7 +110,7 @@ async def measure(reactor, args):
             numbers.append(number)
             txs.append(len(block["transactions"]))
             logs.append(sum(len(r["logs"]) for r in receipts))
-            found = await rpc.call("eth_getLogs", [{"blockHash": block["hash"]}])
+            found = await rpc.getLogs({"blockHash": block["hash"]})
             for key, value in (("block", block), ("receipts", receipts), ("logs", found)):
                 sizes[key].append(len(json.dumps(value, separators=(",", ":"))))
         samples = {m: {"wall": [], "cpu": [], "check": [], "node_cpu": 0.0} for m in METHODS}
