@@ -24,13 +24,15 @@ def main():
     p.add_argument("results", nargs="+")
     p.add_argument("--out", default="-")
     args = p.parse_args()
-    results, meta, command = [], None, None
+    results, meta, command, side = [], None, None, {}
     for path in args.results:
         with open(path) as f:
             data = json.load(f)
         results += data["results"]
         meta = meta or data["meta"]
         command = command or data["command"]
+        for name, measured in (data.get("side") or {}).items():
+            side.setdefault(name, measured)
     scenarios = {}
     for r in results:
         name = r["scenario"]
@@ -44,13 +46,13 @@ def main():
     for name in scenarios:
         for path in args.results:
             d = os.path.dirname(path)
-            raw = os.path.join(d, f"{name}.wire.json")
-            if os.path.exists(raw):
-                files[name] = run.file_facts(raw)
+            wire = os.path.join(d, f"{name}.wire.json")
+            if os.path.exists(wire):
+                files[name] = run.file_facts(wire, os.path.join(d, f"{name}.raw.json"))
                 break
     now = datetime.datetime.now(datetime.timezone.utc)
     out = args.out if args.out != "-" else "/dev/stdout"
-    run.report(results, meta, out, command, files, now, now, scenarios)
+    run.report(results, meta, out, command, files, now, now, scenarios, side=side)
 
 
 if __name__ == "__main__":

@@ -1114,7 +1114,7 @@ def main():
     longest = max(args.blocks + args.blocks + 1 + ATTACKS[k].get("extra_seconds", 0) for k in kinds) + 40
     files = run.make_files({"data": run.MAINNET_200, "blocks": longest}, out_dir, "blocks")
     with open(files["raw"]) as f:
-        raw = json.load(f)
+        raw = [item["block"] for item in json.load(f)]
     print(f"attacks: writing to {os.path.relpath(out_dir, REPO)}; load average {' '.join(meta['loadavg_start'])}",
           flush=True)
     results = []

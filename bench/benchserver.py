@@ -6,7 +6,7 @@ stdout (JSON lines):
   {"event": "listening", "port": P, "pid": ...}
   {"event": "stats", "t": mono, "cpu": user+sys s, "rss_kb": ..., "clients": n, ...}   per "stats"
   {"event": "block", "height": H, "t": mono at hand-off, "t_sched": when it was due (go + i/rate),
-   "took": s in the publish call, "txs": k, "clients": n}
+   "took": s in the publish call, "txs": k, "logs": k or null (explorerd), "clients": n}
   {"event": "sent_all", "t": mono}
 stdin (lines): "stats", "go", "profile_stop", "quit" (EOF = quit).
 

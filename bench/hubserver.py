@@ -5,9 +5,10 @@ this script instead of the live-tail, so the moment the hub receives each block 
 
   python bench/hubserver.py --events blocks.json [--rate 1] [--profile out.prof]
 
---events is a JSON list of JSON-RPC blocks (full transactions), as bench/blocks.py makes them.
-Each block is checked into an Entry and handed to hub.publish, as the live-tail does (both are
-inside the timed publish).
+--events is a JSON list of {"block": JSON-RPC block (full transactions), "logs": its logs
+(eth_getLogs elements) or null}, as bench/blocks.py makes them.  Each block is checked into an
+Entry with its logs (Entry.fromNode(block, logs=logs), what the live-tail does with receipts on)
+and handed to hub.publish (both are inside the timed publish).
 Control protocol and output: see bench/benchserver.py.  The daemon logs to --log (a file, as
 under twistd) so its per-connection log events do not pile up in memory.
 """
@@ -45,9 +46,11 @@ class HubServer:
                 "queued": self.daemon.metrics.registry.get_sample_value("explorer_websocket_queued_messages"),
                 "connections": self.hub.connectionCount}
 
-    def publish(self, i, block):
-        self.hub.publish(Entry.fromNode(block))
-        return {"height": int(block["number"], 16), "txs": len(block["transactions"])}
+    def publish(self, i, item):
+        block, logs = item["block"], item["logs"]
+        self.hub.publish(Entry.fromNode(block, logs=logs))
+        return {"height": int(block["number"], 16), "txs": len(block["transactions"]),
+                "logs": None if logs is None else len(logs)}
 
 
 def main():

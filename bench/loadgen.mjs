@@ -4,6 +4,7 @@
 //   node loadgen.mjs --url ws://127.0.0.1:PORT/v1/stream --clients 1000 \
 //        [--channels newBlocks,newTxs] [--batch] [--silent 0.1] [--hosts 4] [--host-base 2] \
 //        [--concurrency 200] [--max-seconds 900] [--id 0] [--verify] [--silent-keepalive 15]
+//        [--channels logs --logs-filters FILE --client-offset K]
 //
 // stdout (JSON lines):  {"event":"ready", ...}  once every client is subscribed (or gave up);
 //                       {"event":"progress", ...} for each "progress" line read on stdin;
@@ -24,10 +25,18 @@
 // isolation; at "report" they are resumed for a moment to learn how the server closed them.
 // With --silent-keepalive S they send {"action":"ping"} every S s (writing, never reading), so a
 // server cannot drop them for silence and only its slow-client policy can close them.
+//
+// --logs-filters FILE gives every client its own `logs` filter and what it should receive (bench/run.py
+// writes it): {"heights": [H, ...], "filters": [[address, ...], ...], "expect": [[logs, ...], ...]},
+// one filter and one row of expected log counts (per height) per client of the whole cell; this
+// process's client i is the cell's client K + i (--client-offset K).  A client subscribes with
+// {"logs": {"address": its filter}}, and each `logs` message is checked against its row: a message
+// for a block it expects nothing of is counted as unexpected (and not as delivered), one with
+// another number of logs as a count mismatch.  Without the file a `logs` subscriber takes every log.
 import WebSocket from "ws";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 
 const args = {};
 for (let i = 2; i < process.argv.length; i++) {
@@ -50,17 +59,20 @@ const batch = args.batch === "true";
 const verify = args.verify === "true";
 const id = parseInt(args.id || "0", 10);
 const reportFile = args["report-file"] || "";
+const logPlan = args["logs-filters"] ? JSON.parse(readFileSync(args["logs-filters"], "utf8")) : null;
+const clientOffset = parseInt(args["client-offset"] || "0", 10);
 
 const mono = () => Number(process.hrtime.bigint()) / 1e9;
 const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 
-const T_OTHER = 0, T_BLOCK = 1, T_TX = 2, T_TXS = 3, T_SUB = 4;
+const T_OTHER = 0, T_BLOCK = 1, T_TX = 2, T_TXS = 3, T_SUB = 4, T_LOGS = 5;
 const PREFIX = Buffer.from('{"type":"');
 const K_HEIGHT = Buffer.from('"height":');
 const K_BHEIGHT = Buffer.from('"block_height":');
 const K_INDEX = Buffer.from('"tx_index":');
 const K_HASH = Buffer.from('"hash":');
 const K_HASHES = Buffer.from('"hashes":[');
+const K_LOG_INDEX = Buffer.from('"log_index":');
 
 function intAfter(buf, key, from = 0) {
   const i = buf.indexOf(key, from);
@@ -80,7 +92,7 @@ function count(buf, key) {
   return n;
 }
 
-// -> [type, height, txIndex or txCount]
+// -> [type, height, txIndex or txCount or logCount]
 function fastParse(buf) {
   if (buf.length < 16 || buf.compare(PREFIX, 0, 9, 0, 9) !== 0) return null;
   if (buf[9] === 0x6e && buf[10] === 0x65 && buf[11] === 0x77) {            // "new..."
@@ -99,6 +111,8 @@ function fastParse(buf) {
       }
     }
   }
+  if (buf[9] === 0x6c && buf[10] === 0x6f && buf[11] === 0x67 && buf[12] === 0x73 && buf[13] === 0x22) // "logs"
+    return [T_LOGS, intAfter(buf, K_BHEIGHT, 20), count(buf, K_LOG_INDEX)];
   if (buf[9] === 0x73 && buf[10] === 0x75 && buf[11] === 0x62) return [T_SUB, 0, 0]; // subscribed
   return [T_OTHER, 0, 0];
 }
@@ -109,6 +123,7 @@ function slowParse(buf) {
     case "newBlock": return [T_BLOCK, m.data.height, 0];
     case "newTx": return [T_TX, m.data.block_height, m.data.tx_index];
     case "newTxs": return [T_TXS, m.data.block_height, (m.data.txs || m.data.hashes).length];
+    case "logs": return [T_LOGS, m.data.block_height, m.data.logs.length];
     case "subscribed": return [T_SUB, 0, 0];
     default: return [T_OTHER, 0, 0];
   }
@@ -117,6 +132,7 @@ function slowParse(buf) {
 const clients = [];
 let opened = 0, subscribed = 0, failed = 0, closedN = 0, errors = 0, retries = 0, verifyErrors = 0;
 let totalUnique = 0, totalDupes = 0, orderErrors = 0, otherMessages = 0;
+let logsMessages = 0, logsReceived = 0, logsBytes = 0, logsUnexpected = 0, logsMismatch = 0;
 const closeCodes = {};
 const errorKinds = {};
 const silentCloseCodes = {};
@@ -130,7 +146,7 @@ function isSilent(i) {
 }
 
 // Per client, per block height: [first arrival, last arrival, unique messages, next tx index, txs,
-// newBlock seen (0/1)]
+// newBlock seen (0/1), logs in its logs message (-1: none yet)]
 function onMessage(c, data) {
   const t = c.tData;
   let p = fastParse(data);
@@ -147,7 +163,7 @@ function onMessage(c, data) {
     if (b === undefined) {
       if (h < c.lastHeight) orderErrors++;
       c.lastHeight = h;
-      c.blocks.set(h, [t, t, 1, 0, 0, 1]);
+      c.blocks.set(h, [t, t, 1, 0, 0, 1, -1]);
       if (!c.silent) totalUnique++;
     } else if (b[5] === 1) {
       totalDupes++;
@@ -162,7 +178,7 @@ function onMessage(c, data) {
     if (b === undefined) {
       if (h < c.lastHeight) orderErrors++;
       c.lastHeight = h;
-      b = [t, t, 0, 0, 0, 0];
+      b = [t, t, 0, 0, 0, 0, -1];
       if (c.wantsBlocks) orderErrors++;    // a tx before its block
       c.blocks.set(h, b);
     }
@@ -177,6 +193,24 @@ function onMessage(c, data) {
     }
     b[1] = t; b[2]++;
     if (!c.silent) totalUnique++;
+  } else if (type === T_LOGS) {
+    const h = p[1];
+    if (c.expect !== null) {
+      const want = c.expect.get(h) || 0;
+      if (want === 0) { logsUnexpected++; return; }
+      if (p[2] !== want) logsMismatch++;
+    }
+    let b = c.blocks.get(h);
+    if (b === undefined) {
+      if (h < c.lastHeight) orderErrors++;
+      c.lastHeight = h;
+      b = [t, t, 0, 0, 0, 0, -1];
+      if (c.wantsBlocks) orderErrors++;    // logs before their block
+      c.blocks.set(h, b);
+    } else if (b[6] >= 0) { totalDupes++; return; }
+    b[6] = p[2];
+    b[1] = t; b[2]++;
+    if (!c.silent) { totalUnique++; logsMessages++; logsReceived += p[2]; logsBytes += data.length; }
   } else if (type === T_SUB) {
     if (!c.subscribed) {
       c.subscribed = true; subscribed++;
@@ -194,6 +228,28 @@ function onMessage(c, data) {
 
 const subscribeMessage = JSON.stringify(Object.assign({ action: "subscribe", channels }, batch ? { batch: true } : {}));
 const wantsBlocks = channels.includes("newBlocks");
+
+// Client i's subscribe message and its expected log count per height (null: not checked).
+function subscribeFor(i) {
+  if (logPlan === null || !channels.includes("logs")) return subscribeMessage;
+  const filter = logPlan.filters[clientOffset + i];
+  if (filter === undefined) throw new Error(`--logs-filters has no filter for client ${clientOffset + i}`);
+  return JSON.stringify(Object.assign({ action: "subscribe", channels, logs: { address: filter } }, batch ? { batch: true } : {}));
+}
+function expectFor(i) {
+  if (logPlan === null || !channels.includes("logs")) return null;
+  const row = logPlan.expect[clientOffset + i];
+  return new Map(logPlan.heights.map((h, k) => [h, row[k]]));
+}
+// Per height: how many of the subscribed, reading clients should get a logs message for it.
+function logsExpectation() {
+  const out = {};
+  for (const c of clients) {
+    if (c.silent || !c.subscribed || c.expect === null) continue;
+    for (const [h, n] of c.expect) if (n > 0) out[h] = (out[h] || 0) + 1;
+  }
+  return out;
+}
 
 // The socket's bytes are taken before ws's parser: each read is stamped and queued, and the
 // queue is parsed in slices of at most ~1 ms between socket polls, so one client's parsing
@@ -282,7 +338,7 @@ function connect(c, done) {
     socket.on("data", (chunk) => enqueue(c, chunk));
     socket.on("end", () => enqueue(c, null));
     socket.on("close", () => { c.socketClosed = true; });   // after ws's own close handling
-    ws.send(subscribeMessage);
+    ws.send(c.subscribe);
     done();
   });
   // Messages ws parsed itself (fragmented ones, or data read at close): same bookkeeping.
@@ -319,6 +375,7 @@ const t0 = mono();
     while (inFlight < concurrency && next < N) {
       const i = next++;
       const c = { i, silent: isSilent(i), wantsBlocks, ws: null, blocks: new Map(), lastHeight: -1, tData: 0,
+        subscribe: subscribeFor(i), expect: expectFor(i),
         subscribed: false, attempts: 0, closed: null, gaveUp: false, silentMessages: 0, rest: null, onEnd: null, socketClosed: false };
       clients.push(c);
       inFlight++;
@@ -339,7 +396,8 @@ process.stderr.write(`loadgen ${id}: ${subscribed}/${N} subscribed in ${(tReady 
 const loop = monitorEventLoopDelay({ resolution: 10 });
 loop.enable();
 const cpu0 = process.cpuUsage();
-emit({ event: "ready", id, t: tReady, subscribed, failed, retries, errorKinds, connect_s: tReady - t0 });
+const logsExpect = logPlan === null ? null : logsExpectation();
+emit({ event: "ready", id, t: tReady, subscribed, failed, retries, errorKinds, connect_s: tReady - t0, logsExpect });
 
 let reported = false;
 async function report(reason) {
@@ -377,6 +435,8 @@ async function report(reason) {
     silent: { count: silentClients.length, messages: silentClients.reduce((s, c) => s + c.silentMessages, 0),
       closeCodes: silentCloseCodes, stillOpen: silentOpen },
     unique: totalUnique, dupes: totalDupes, orderErrors, otherMessages,
+    logs: { expect: logsExpect, messages: logsMessages, logs: logsReceived, bytes: logsBytes,
+      unexpected: logsUnexpected, mismatch: logsMismatch },
     cpu_s: (cpu.user + cpu.system) / 1e6, window_s: tEnd - tReady,
     loop_delay_ms: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
     blocks,

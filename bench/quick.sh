@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # quick.sh N SCENARIO [SERVERS] [BLOCKS]: one cell of the benchmark, one run, report to stdout.
 #   PY=/tmp/venv/bin/python ./bench/quick.sh 10000 blocks explorerd 5
-# SCENARIO: blocks | txs | batch | silent | e2e.  SERVERS: comma list (default explorerd,ws,autobahn).
+# SCENARIO: blocks | txs | batch | silent | e2e | logs (explorerd only).  SERVERS: comma list (default explorerd,ws,autobahn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=$1; SCENARIO=${2:-blocks}; SERVERS=${3:-explorerd,ws,autobahn}; BLOCKS=${4:-5}

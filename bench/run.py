@@ -2,13 +2,15 @@
 """
 explorerd's benchmark suite, in one command.
 
-  python3 bench/run.py --quick        # smoke run: small N, 1 run per cell (~6 min)
+  python3 bench/run.py --quick        # smoke run: small N, 1 run per cell (~7 min)
   python3 bench/run.py                # the full matrix, 3 runs per key cell (see bench/README.md)
 
 Runs explorerd (bench/hubserver.py: the real Daemon fed at a fixed block rate) and the peer
 servers (bench/peers/: a minimal Node "ws" server and a minimal Autobahn prepared-message
-server) against the same load from bench/loadgen.mjs, and writes bench/RESULTS.md (or --out)
-plus raw per-run JSON under bench/results/<date>/.  The Python running this script runs
+server) against the same load from bench/loadgen.mjs; measures, without clients, the block
+history's memory (bench/history_memory.py) and what fetching receipts from anvil costs
+(bench/receipts_cost.py); and writes bench/RESULTS.md (or --out) plus raw JSON under
+bench/results/<date>/.  The Python running this script runs
 explorerd and the Autobahn peer: it must have explorerd's dependencies (Twisted, Autobahn, ...).
 Node's "ws" is installed with `npm ci --prefix bench` when missing.
 """
@@ -45,7 +47,7 @@ SERVERS = ("explorerd", "ws", "autobahn")
 # so that committed raw results that have it still render.
 ALL_SERVERS = ("explorerd", "explorerd-split", "ws", "ws-prepared", "autobahn")
 ANVIL = os.path.join(REPO, "tests", "node", "node_modules", "@foundry-rs", "anvil-linux-amd64", "bin", "anvil")
-MAINNET_200 = {"recordings": ["mainnet_11880804-11880810"], "min_txs": 100}  # 6 blocks, 167-209 txs
+MAINNET_200 = {"recordings": ["mainnet_11880804-11880810"], "min_txs": 100}  # 6 blocks, 167-209 txs, 219-349 logs
 SMALL = {"recordings": ["mainnet_15478281-15478287"], "min_txs": 0}
 
 # Scenario -> how it runs.  "clients": {N: runs}.
@@ -71,6 +73,19 @@ FULL = {
     "e2e": dict(title="end to end: anvil evm_mine -> twistd explorerd (--poll-interval 0.1s) -> clients",
                 channels="newBlocks,newTxs", blocks=10, txs_per_block=5, clients={1000: 3},
                 per_loadgen=5000, servers=("explorerd",)),
+    # The same clients two ways in the same run, one cell after the other: each with its own
+    # 10-address logs filter, then as (d).  explorerd only: the peers do not speak logs.
+    "logs": dict(title="logs: own 10-address log filters vs newTxs batch, mainnet blocks (~300 logs), 1 block/s",
+                 channels="logs", data=MAINNET_200, blocks=10, clients={1000: 3}, per_loadgen=5000,
+                 servers=("explorerd",),
+                 variants={"logs": dict(channels="logs", log_filters=10),
+                           "batch": dict(channels="newBlocks,newTxs", batch=True)}),
+}
+# Measurements without clients, each one script that writes raw JSON and renders its own table.
+SIDE = {
+    "memory": dict(title="History memory with logs", script="history_memory.py", args=[], quick_args=["--size", "16"]),
+    "receipts": dict(title="Receipts fetching against a local anvil", script="receipts_cost.py", args=[],
+                     quick_args=["--blocks", "5", "--repeat", "1"]),
 }
 QUICK = {
     "blocks": dict(FULL["blocks"], blocks=4, clients={100: 1, 1000: 1}),
@@ -78,6 +93,7 @@ QUICK = {
     "batch": dict(FULL["batch"], blocks=4, clients={200: 1}),
     "silent": dict(FULL["silent"], blocks=13, clients={200: 1}, phases={}),
     "e2e": dict(FULL["e2e"], blocks=4, clients={100: 1}),
+    "logs": dict(FULL["logs"], blocks=4, clients={200: 1}),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -285,9 +301,12 @@ def server_argv(server, files, rate, count, log_dir, profile=""):
     raise ValueError(server)
 
 
-def start_loadgens(spec, n, url, log_dir, verify, max_seconds):
-    k = max(1, math.ceil(n / spec["per_loadgen"]))
-    sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+def start_loadgens(spec, n, url, log_dir, verify, max_seconds, logs_filters=""):
+    """
+    The load generators of one cell; with C{logs_filters} (a file from L{write_log_filters}) each
+    client subscribes with its own logs filter and checks what it gets against it.
+    """
+    sizes = loadgen_sizes(spec, n)
     # Source addresses 127.0.0.<host_base + hosts * i ...>, each loadgen its own `hosts` of them.
     hosts, host_base = spec.get("hosts", 4), spec.get("host_base", 2)
     loadgens = []
@@ -303,6 +322,8 @@ def start_loadgens(spec, n, url, log_dir, verify, max_seconds):
             argv += ["--silent-keepalive", str(spec["silent_keepalive"])]
         if verify:
             argv.append("--verify")
+        if logs_filters:
+            argv += ["--logs-filters", logs_filters, "--client-offset", str(sum(sizes[:i]))]
         argv += ["--report-file", os.path.join(log_dir, f"loadgen{i}.json")]
         loadgens.append(Proc(f"loadgen{i}", argv, log_dir))
     return loadgens
@@ -318,11 +339,74 @@ def read_done(msg):
 
 
 def expected_messages(spec, txs):
+    """Messages a client should get for a block of C{txs} transactions on newBlocks and newTxs."""
     channels = spec["channels"].split(",")
     m = 1 if "newBlocks" in channels else 0
     if "newTxs" in channels:
         m += (1 if txs else 0) if spec.get("batch") else txs
     return m
+
+
+def block_expectation(spec, block, clients, logs_expect=None):
+    """
+    C{(total, per_client)}: the messages C{clients} reading clients should get for C{block} (a
+    server's "block" line), and at most how many one client should.  A logs subscriber gets one
+    logs message per block with logs; with log filters, only the clients whose filter matches
+    (C{logs_expect}: the load generators' count per height) do.
+    """
+    per_client = expected_messages(spec, block["txs"])
+    total = per_client * clients
+    if "logs" in spec["channels"].split(","):
+        if spec.get("log_filters"):
+            total += (logs_expect or {}).get(str(block["height"]), 0)
+        elif block.get("logs"):
+            total += clients
+        per_client += 1
+    return total, per_client
+
+
+def merged_logs_expect(messages):
+    """The load generators' logs expectations (per height) added up, or None without log filters."""
+    out = None
+    for m in messages:
+        expect = m.get("logsExpect") if "logsExpect" in m else (m.get("logs") or {}).get("expect")
+        if expect is not None:
+            out = out or {}
+            for h, k in expect.items():
+                out[h] = out.get(h, 0) + k
+    return out
+
+
+def write_log_filters(raw_path, nblocks, n, size, path, seed=0):
+    """
+    Every client's own logs filter: C{size} addresses drawn (seeded by the client's index, so
+    runs and load generators agree) from the addresses in the logs of the cell's first
+    C{nblocks} blocks, so every client's filter matches some logs and no two are alike; and per
+    client and block how many logs it should get.  Written once to C{path} for loadgen.mjs.
+    """
+    if os.path.exists(path):
+        return path
+    with open(raw_path) as f:
+        items = json.load(f)[:nblocks]
+    per_block = []
+    for item in items:
+        counts = {}
+        for log in item["logs"] or ():
+            address = log["address"].lower()
+            counts[address] = counts.get(address, 0) + 1
+        per_block.append(counts)
+    pool = sorted({a for counts in per_block for a in counts})
+    if not pool:
+        raise BenchError("the blocks have no logs to draw log filters from")
+    filters, expect = [], []
+    for i in range(n):
+        chosen = random.Random(f"bench-logs-{seed}-{i}").sample(pool, min(size, len(pool)))
+        filters.append(chosen)
+        expect.append([sum(counts.get(a, 0) for a in chosen) for counts in per_block])
+    with open(path, "w") as f:
+        json.dump({"heights": [int(item["block"]["number"], 16) for item in items], "filters": filters,
+                   "expect": expect}, f)
+    return path
 
 
 def wait_ready(loadgens, n):
@@ -375,17 +459,28 @@ def stop_pyspy(spy):
 
 
 def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False, profile="", pyspy="",
-             pyspy_setup=""):
-    """One run: start server and loadgens, publish, collect; returns a result dict."""
-    cell = f"{scenario}-{server}-{n}-r{run_index}"
+             pyspy_setup="", variant=""):
+    """
+    One run: start server and loadgens, publish, collect; returns a result dict.  C{variant}
+    names which of the scenario's subscriptions C{spec} (already merged with it) is.
+    """
+    cell = f"{scenario}-{variant + '-' if variant else ''}{server}-{n}-r{run_index}"
     log_dir = os.path.join(out_dir, "logs", cell)
     os.makedirs(log_dir, exist_ok=True)
     rate, nblocks = spec.get("rate", 1.0), blocks_for(spec, n)
     result = {"scenario": scenario, "server": server, "clients": n, "run": run_index, "blocks": nblocks,
               "rate": rate, "channels": spec["channels"], "batch": bool(spec.get("batch")),
               "silent_share": spec.get("silent", 0), "errors": []}
+    if variant:
+        result["variant"] = variant
+    if spec.get("log_filters"):
+        result["log_filters"] = spec["log_filters"]
     procs = []
     try:
+        logs_filters = ""
+        if spec.get("log_filters"):
+            logs_filters = write_log_filters(files["raw"], nblocks, n, spec["log_filters"],
+                                             os.path.join(out_dir, f"{scenario}-logs-filters-{n}-{nblocks}.json"))
         srv = Proc("server", server_argv(server, files, rate, nblocks, log_dir, profile), log_dir)
         procs.append(srv)
         listening = srv.expect("listening", 60)
@@ -396,7 +491,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         url = f"ws://127.0.0.1:{port}/v1/stream"
         setup_spy = start_pyspy(srv.pid, pyspy_setup, log_dir) if pyspy_setup else None
         max_seconds = 900 + n / 20 + nblocks / rate
-        loadgens = start_loadgens(spec, n, url, log_dir, verify, max_seconds)
+        loadgens = start_loadgens(spec, n, url, log_dir, verify, max_seconds, logs_filters)
         procs += loadgens
         ready = wait_ready(loadgens, n)
         stop_pyspy(setup_spy)
@@ -421,7 +516,8 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         blocks = [srv.expect("block", 30 + n / 100 + (nblocks / rate if i == 0 else 0)) for i in range(nblocks)]
         srv.expect("sent_all", 30 + n / 100)
         non_silent = n - sum(round_silent(spec, size) for size in loadgen_sizes(spec, n))
-        expected_total = sum(expected_messages(spec, b["txs"]) for b in blocks) * min(non_silent, subscribed)
+        logs_expect = merged_logs_expect(ready)
+        expected_total = sum(block_expectation(spec, b, min(non_silent, subscribed), logs_expect)[0] for b in blocks)
         # Generous: an overloaded peer may take tens of seconds per block; a stall ends it sooner.
         got, drain_s, how = drain(loadgens, expected_total, max_wait=60 + expected_total / 5e4)
         srv.send("stats")
@@ -482,7 +578,11 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
     non_silent = 0
     silent = {"count": 0, "messages": 0, "closeCodes": {}, "stillOpen": 0}
     lg_cpu, loop_p99, loop_max = [], [], []
+    logs_expect = merged_logs_expect(dones)
+    logs = {"messages": 0, "logs": 0, "bytes": 0, "unexpected": 0, "mismatch": 0}
     for d in dones:
+        for key in logs:
+            logs[key] += (d.get("logs") or {}).get(key, 0)
         unique += d["unique"]
         dupes += d["dupes"]
         order += d["orderErrors"]
@@ -504,7 +604,7 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
             if b is None:
                 continue
             t = b["t"]
-            exp_msgs = expected_messages(spec, b["txs"])
+            exp_msgs = block_expectation(spec, b, 1, logs_expect)[1]
             firsts = [b0 + f / 1e6 - t for f in e["first"]]
             lasts = [b0 + x / 1e6 - t for x in e["last"]]
             first_lat += firsts
@@ -520,7 +620,8 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         whole = [x for h in heights for x in per_block_last.get(h, [])]
         phases[label] = {"lat_p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
                          "whole_p99_ms": round(pct(whole, 99) * 1000, 2) if whole else None}
-    expected = sum(expected_messages(spec, b["txs"]) for b in blocks) * non_silent
+    msgs_per_block = [block_expectation(spec, b, non_silent, logs_expect)[0] for b in blocks]
+    expected = sum(msgs_per_block)
     delivered = sum(received_by_block.values())
     lost = expected - delivered
     completion = []
@@ -530,7 +631,6 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
     window = (last_arrival - blocks[0]["t"]) if blocks and last_arrival else None
     cpu = end["cpu"] - idle["cpu"]
     ms = lambda v: None if v is None else round(v * 1000, 2)
-    msgs_per_block = [expected_messages(spec, b["txs"]) * non_silent for b in blocks]
     fanout_rates = [m / c for m, c in zip(msgs_per_block, completion) if c > 0]
     out = {
         "non_silent": non_silent, "expected": expected, "delivered": delivered, "lost": lost, "dupes": dupes,
@@ -549,6 +649,8 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         # The kernel splits user/sys by tick sampling: no use for small totals.
         "server_sys_share": round((end["sys"] - idle["sys"]) / cpu, 2) if cpu > 0.2 and "sys" in idle and "sys" in end else None,
         "cpu_us_per_msg": round(cpu / delivered * 1e6, 3) if delivered else None,
+        "cpu_ms_per_block": round(cpu / len(blocks) * 1000, 2) if blocks else None,
+        "msgs_per_block": round(delivered / len(blocks), 1) if blocks else None,
         "rss_base_kb": base["rss_kb"], "rss_idle_kb": idle["rss_kb"], "rss_peak_kb": max(rss_peak, end["rss_kb"]),
         "rss_end_kb": end["rss_kb"],
         "rss_per_conn_idle_kb": round((idle["rss_kb"] - base["rss_kb"]) / n, 2),
@@ -560,8 +662,12 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
         "loadgen_loop_p99_ms": [round(x, 1) for x in loop_p99], "loadgen_loop_max_ms": [round(x, 1) for x in loop_max],
         "block_txs": [b["txs"] for b in blocks],
+        "block_logs": [b.get("logs") for b in blocks],
         "phases": phases,
     }
+    if "logs" in spec["channels"].split(","):
+        out["logs"] = dict(logs, per_message=round(logs["logs"] / logs["messages"], 1) if logs["messages"] else None,
+                           bytes_per_message=round(logs["bytes"] / logs["messages"]) if logs["messages"] else None)
     return out
 
 
@@ -768,7 +874,7 @@ def machine():
 
 
 def make_files(spec, out_dir, key):
-    """The run's blocks: raw JSON-RPC for explorerd and wire events for the peers."""
+    """The run's blocks: raw JSON-RPC blocks with their logs for explorerd and wire events for the peers."""
     data = spec["data"]
     raw = blockdata.raw_blocks(data["recordings"], spec["blocks"], min_txs=data["min_txs"])
     wire = blockdata.wire_events(raw)
@@ -777,21 +883,36 @@ def make_files(spec, out_dir, key):
         json.dump(raw, f)
     with open(files["wire"], "w") as f:
         json.dump(wire, f)
-    files.update(file_facts(files["wire"]))
+    files.update(file_facts(files["wire"], files["raw"]))
     return files
 
 
-def file_facts(wire_path):
-    """Frame sizes (as explorerd encodes them) and transactions per block of a wire-events file."""
+def file_facts(wire_path, raw_path=None):
+    """
+    Frame sizes (as explorerd encodes them) and transactions per block of a wire-events file;
+    with the raw file, logs per block and the size of a block's logs message with all of them.
+    """
     import explorerd.events as ev
 
     with open(wire_path) as f:
         wire = json.load(f)
     sizes = [len(ev.frame(ev.encode({"type": "newBlock", "data": w["block"]}))) for w in wire]
     tx_sizes = [len(ev.frame(ev.encode({"type": "newTx", "data": t}))) for w in wire for t in w["txs"]]
-    return {"block_frame_bytes": round(statistics.mean(sizes)),
-            "tx_frame_bytes": round(statistics.mean(tx_sizes)) if tx_sizes else 0,
-            "txs_per_block": [len(w["txs"]) for w in wire]}
+    facts = {"block_frame_bytes": round(statistics.mean(sizes)),
+             "tx_frame_bytes": round(statistics.mean(tx_sizes)) if tx_sizes else 0,
+             "txs_per_block": [len(w["txs"]) for w in wire]}
+    if raw_path and os.path.exists(raw_path):
+        from explorerd.history import Entry
+
+        with open(raw_path) as f:
+            raw = json.load(f)
+        logs = [item for item in raw if item["logs"] is not None]
+        facts["logs_per_block"] = [len(item["logs"]) for item in logs]
+        facts["log_addresses"] = len({log["address"].lower() for item in logs for log in item["logs"]})
+        if logs:
+            facts["all_logs_frame_bytes"] = round(statistics.mean(
+                len(Entry.fromNode(item["block"], logs=item["logs"]).logFrame(None)) for item in logs))
+    return facts
 
 
 def fmt(values, digits=1):
@@ -825,9 +946,103 @@ COLUMNS = [
     ("setup s", "connect_s", 1), ("setup CPU µs/conn", "setup_cpu_us_per_conn", 0),
 ]
 TX_COLUMNS = COLUMNS[:3] + [("whole block p50 ms", "whole_p50_ms", 1), ("whole block p99 ms", "whole_p99_ms", 1)] + COLUMNS[3:]
+LOGS_COLUMNS = [
+    ("msgs/block", "msgs_per_block", 0), ("CPU ms/block", "cpu_ms_per_block", 1), ("CPU µs/msg", "cpu_us_per_msg", 2),
+    ("of it sys", "server_sys_share", 2), ("lat p50 ms", "lat_p50_ms", 1), ("lat p99 ms", "lat_p99_ms", 1),
+    ("whole block p99 ms", "whole_p99_ms", 1), ("fan-out ms", "completion_p50_ms", 1),
+    ("publish call ms", "handoff_took_p50_ms", 1), ("RSS/conn load KiB", "rss_per_conn_load_kb", 1),
+]
+LOGS_TARGET = 1.5  # logs fan-out within 1.5x the CPU of newTxs batch fan-out for the same clients
 
 
-def report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles=()):
+def logs_section(spec, rows, files):
+    """The logs scenario: each variant of the same clients as a row, then logs / batch."""
+    out = []
+    w = out.append
+    w(f"## {spec['title']}\n")
+    variants = list(spec.get("variants") or {})
+    logs_per_block = files.get("logs_per_block") or []
+    if files:
+        txs = files.get("txs_per_block", [])
+        w(f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s: real mainnet blocks of {min(txs)}–{max(txs)} "
+          f"transactions with their real logs, {min(logs_per_block, default=0)}–{max(logs_per_block, default=0)} "
+          f"logs per block (a logs message with all of a block's logs: {files.get('all_logs_frame_bytes', 0):,} B), "
+          f"{files.get('log_addresses', '?')} distinct log addresses over the blocks.\n")
+    filters = spec.get("variants", {}).get("logs", {}).get("log_filters", 10)
+    w(f"Subscriptions, the same N clients each way, one cell after the other in every run: **logs** = "
+      f'`{{"action": "subscribe", "channels": ["logs"], "logs": {{"address": [...]}}}}`, each client its own '
+      f"{filters} addresses drawn (seeded by the client's index) from the addresses in the run's logs, so every "
+      f"client gets some logs and no two filters are alike; a client gets one `logs` message per block that has a "
+      f"log from one of its addresses, and checks the block and the number of logs against what its filter "
+      f"should take (*unexpected*: a message for a block it should get nothing of; *count mismatch*: another "
+      f'number of logs). **batch** = `newBlocks` + `newTxs` with `"batch": true`, as (d). explorerd only: the '
+      f"peers (ws, autobahn) do not speak logs. *whole block* = block hand-off → the client's last frame of the "
+      f"block (for logs its one `logs` message, for batch its `newTxs` frame); *CPU ms/block* = the server's CPU "
+      f"from just before the first block to the last delivery, / blocks; *logs/msg*, *B/msg*: logs and bytes per "
+      f"`logs` message received.\n")
+    w("| subscription | N | runs | " + " | ".join(c[0] for c in LOGS_COLUMNS)
+      + " | logs/msg | B/msg | lost | dup | order | unexpected | count mismatch | loadgen CPU | foreign CPU | notes |")
+    w("|---|---|---|" + "---|" * len(LOGS_COLUMNS) + "---|---|---|---|---|---|---|---|---|---|")
+    for n in sorted({r["clients"] for r in rows}):
+        for variant in variants:
+            rs = [r for r in rows if r["clients"] == n and r.get("variant") == variant]
+            if not rs:
+                continue
+            ok = [r for r in rs if "lat_p50_ms" in r]
+            cells = [fmt([r.get(key) for r in ok], d) for _, key, d in LOGS_COLUMNS]
+            logs = [r["logs"] for r in ok if r.get("logs")]
+            per_msg = fmt([x.get("per_message") for x in logs], 1) if logs else "–"
+            bytes_msg = fmt([x.get("bytes_per_message") for x in logs], 0) if logs else "–"
+            unexpected = sum(x["unexpected"] for x in logs) if logs else "–"
+            mismatch = sum(x["mismatch"] for x in logs) if logs else "–"
+            lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
+            notes = [e for r in rs for e in r["errors"]]
+            behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
+            if behind > 0.5:
+                notes.append(f"fell behind the block rate by up to {behind:.1f} s")
+            w(f"| {variant} | {n:,} | {len(ok)}/{len(rs)} | " + " | ".join(cells) +
+              f" | {per_msg} | {bytes_msg} | {sum(r.get('lost', 0) for r in ok)} | {sum(r.get('dupes', 0) for r in ok)} | "
+              f"{sum(r.get('order_errors', 0) for r in ok)} | {unexpected} | {mismatch} | "
+              f"{'–' if lg is None else f'{lg:.0%}'} | {fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | "
+              f"{'; '.join(notes)} |")
+    w("")
+    if "logs" in variants and "batch" in variants:
+        w(f"logs ÷ batch, the same clients (medians; target: logs fan-out within {LOGS_TARGET}× the CPU of "
+          f"newTxs batch fan-out, and no loss):\n")
+        w("| N | CPU per block | target met | CPU µs/msg | whole block p99 | logs lost |")
+        w("|---|---|---|---|---|---|")
+        for n in sorted({r["clients"] for r in rows}):
+            m = lambda variant, key: median([r.get(key) for r in rows if r["clients"] == n
+                                              and r.get("variant") == variant and "lat_p50_ms" in r])
+            cpu_l, cpu_b = m("logs", "cpu_ms_per_block"), m("batch", "cpu_ms_per_block")
+            logs_rows = [r for r in rows if r["clients"] == n and r.get("variant") == "logs" and "lat_p50_ms" in r]
+            lost = sum(r.get("lost", 0) for r in logs_rows)
+            wrong = sum(r["logs"]["unexpected"] + r["logs"]["mismatch"] for r in logs_rows if r.get("logs"))
+            misses = [what for what, bad in (("CPU", cpu_l is not None and cpu_b and cpu_l / cpu_b > LOGS_TARGET),
+                                             ("loss", lost > 0), ("wrong logs", wrong > 0)) if bad]
+            met = "–" if cpu_l is None or not cpu_b else f"**no** ({', '.join(misses)})" if misses else "yes"
+            w(f"| {n:,} | {ratio(cpu_l, cpu_b)} | {met} | {ratio(m('logs', 'cpu_us_per_msg'), m('batch', 'cpu_us_per_msg'))} | "
+              f"{ratio(m('logs', 'whole_p99_ms'), m('batch', 'whole_p99_ms'))} | {lost} |")
+        w("")
+    return "\n".join(out)
+
+
+def side_sections(side):
+    """The measurements without clients (bench/history_memory.py, bench/receipts_cost.py), as their scripts render them."""
+    out = []
+    for name, data in (side or {}).items():
+        if name not in SIDE:
+            continue
+        module = __import__(SIDE[name]["script"][:-3])
+        out.append(f"## {SIDE[name]['title']}\n")
+        if data.get("error"):
+            out.append(f"Failed: {data['error']}\n")
+            continue
+        out.append(module.render(data))
+    return "\n".join(out)
+
+
+def report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles=(), side=None):
     lines = []
     w = lines.append
     w("# explorerd benchmark results\n")
@@ -864,6 +1079,9 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             continue
         spec = scenarios[scenario]
         files = files_by_scenario.get(scenario, {})
+        if spec.get("variants"):
+            w(logs_section(spec, rows, files))
+            continue
         w(f"## {spec['title']}\n")
         if files:
             txs = files.get("txs_per_block", [])
@@ -945,6 +1163,8 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
                                             ("lat_p50_ms", "lat_p99_ms", "whole_p99_ms", "completion_p50_ms",
                                              "cpu_us_per_msg")) + " |")
             w("")
+    if side:
+        w(side_sections(side))
     w(summary_section(results))
     if profiles:
         w("## Where explorerd's CPU goes\n")
@@ -993,7 +1213,28 @@ def summary_section(results):
             f = lambda v: "–" if v is None else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
             out.append(f"| {title} | {n:,} | {label} | {f(vals['explorerd'])} | {f(vals['ws'])} | {f(vals['autobahn'])} | "
                        f"{ratio(vals['explorerd'], vals['ws'])} | {ratio(vals['explorerd'], vals['autobahn'])} |")
+    if len(out) == 3:
+        return ""  # none of (a)-(f) ran
     return "\n".join(out) + "\n"
+
+
+def run_side(name, out_dir, quick, timeout=1800):
+    """One measurement without clients, in a process of its own; its raw JSON (or the error)."""
+    spec = SIDE[name]
+    log_dir = os.path.join(out_dir, "logs", name)
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.json")
+    argv = [sys.executable, os.path.join(HERE, spec["script"]), "--json", path] + (spec["quick_args"] if quick else spec["args"])
+    proc = Proc(name, argv, log_dir, json_lines=False)
+    try:
+        code = proc.p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    proc.stop()
+    if code != 0 or not os.path.exists(path):
+        return {"error": f"{spec['script']} {'timed out' if code is None else f'exited {code}'}; see {proc.stderr_path}"}
+    with open(path) as f:
+        return json.load(f)
 
 
 def pyspy_binary():
@@ -1092,8 +1333,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="smoke run: small N, 1 run per cell, few blocks")
-    p.add_argument("--scenarios", default="blocks,txs,batch,silent,e2e",
-                   help="comma list from: blocks, txs, batch, silent, e2e (default: all)")
+    p.add_argument("--scenarios", default="blocks,txs,batch,silent,e2e,logs,memory,receipts",
+                   help="comma list from: blocks, txs, batch, silent, e2e, logs, memory, receipts (default: all)")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help=f"comma list from: {', '.join(ALL_SERVERS)} (default: {','.join(SERVERS)})")
     p.add_argument("--clients", default="", help="override N for every scenario, e.g. 1000,5000")
@@ -1115,8 +1356,10 @@ def main():
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in chosen:
-        if s not in base:
+        if s not in base and s not in SIDE:
             raise SystemExit(f"bench: unknown scenario {s!r}")
+    side_chosen = [s for s in chosen if s in SIDE]
+    chosen = [s for s in chosen if s not in SIDE]
     for s in servers:
         if s not in ALL_SERVERS:
             raise SystemExit(f"bench: unknown server {s!r}")
@@ -1146,7 +1389,7 @@ def main():
 
     files_by_scenario = {}
     plan = []
-    max_runs = max(max(s["clients"].values()) for s in scenarios.values())
+    max_runs = max((max(s["clients"].values()) for s in scenarios.values()), default=0)
     for scenario, spec in scenarios.items():
         if scenario != "e2e":
             files_by_scenario[scenario] = make_files(spec, out_dir, scenario)
@@ -1160,24 +1403,29 @@ def main():
                     if not server.startswith("explorerd") and run_index >= spec.get("peer_runs", runs):
                         continue
                     if scenario == "e2e" or server in servers or server in extra:
-                        plan.append((scenario, server, n, run_index))
+                        for variant in spec.get("variants") or [""]:
+                            plan.append((scenario, server, n, run_index, variant))
     results = []
     profiles = []
+    side = {}
     if args.profile_only:
         plan = []
+        side_chosen = []
         args.profile = True
     t0 = time.monotonic()
     try:
-        for i, (scenario, server, n, run_index) in enumerate(plan):
+        for i, (scenario, server, n, run_index, variant) in enumerate(plan):
             spec = scenarios[scenario]
-            label = f"[{i + 1}/{len(plan)}] {scenario} {server} N={n} run {run_index + 1}"
+            if variant:
+                spec = dict(spec, **spec["variants"][variant])
+            label = f"[{i + 1}/{len(plan)}] {scenario}{' ' + variant if variant else ''} {server} N={n} run {run_index + 1}"
             print(f"bench: {label} ...", end=" ", flush=True)
             t = time.monotonic()
             if scenario == "e2e":
                 r = run_e2e(spec, n, run_index, out_dir, verify=args.verify)
             else:
                 r = run_cell(scenario, spec, server, n, run_index, files_by_scenario[scenario], out_dir,
-                             verify=args.verify)
+                             verify=args.verify, variant=variant)
             results.append(r)
             if "lat_p50_ms" in r:
                 print(f"p50 {r['lat_p50_ms']} ms, p99 {r['lat_p99_ms']} ms, whole p99 {r['whole_p99_ms']} ms, "
@@ -1186,6 +1434,12 @@ def main():
             else:
                 print(f"FAILED: {r['errors']} ({time.monotonic() - t:.0f}s)", flush=True)
             time.sleep(1.0)
+        for name in side_chosen:
+            print(f"bench: {name} ({SIDE[name]['script']}) ...", end=" ", flush=True)
+            t = time.monotonic()
+            side[name] = run_side(name, out_dir, args.quick)
+            print(f"{'FAILED: ' + side[name]['error'] if side[name].get('error') else 'done'} "
+                  f"({time.monotonic() - t:.0f}s)", flush=True)
         if args.profile:
             profiles = profile_runs({**base, **scenarios}, out_dir, args.quick)
     finally:
@@ -1193,9 +1447,9 @@ def main():
         finished = datetime.datetime.now(datetime.timezone.utc)
         meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump({"meta": meta, "command": command, "results": results}, f, indent=1)
-        if results or profiles:
-            report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles)
+            json.dump({"meta": meta, "command": command, "results": results, "side": side}, f, indent=1)
+        if results or profiles or side:
+            report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles, side)
             print(f"bench: {len(results)} runs in {(time.monotonic() - t0) / 60:.1f} min; report: "
                   f"{os.path.relpath(out_path, REPO)}", flush=True)
 
