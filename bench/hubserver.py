@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from benchserver import Control, common_arguments, raise_nofile  # noqa: E402
 
+from explorerd.collector import heldOff  # noqa: E402
 from explorerd.history import Entry  # noqa: E402
 
 BENCH_SETTINGS = {"rate_limit": 0, "max_connections_per_ip": 0}
@@ -48,7 +49,8 @@ class HubServer:
 
     def publish(self, i, item):
         block, logs = item["block"], item["logs"]
-        self.hub.publish(Entry.fromNode(block, logs=logs))
+        with heldOff():  # as the live-tail checks and publishes a block
+            self.hub.publish(Entry.fromNode(block, logs=logs))
         return {"height": int(block["number"], 16), "txs": len(block["transactions"]),
                 "logs": None if logs is None else len(logs)}
 

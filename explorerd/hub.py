@@ -15,8 +15,6 @@ One C{LoopingCall} on the clock we are given sweeps: the L{Keepalive}
 (unfinished requests and closes).  There are no per-client timers.
 """
 
-import functools
-import gc
 import itertools
 import time
 from collections import deque
@@ -29,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd import events
+from explorerd.collector import collectAfter
 from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
 from explorerd.interfaces import IBlockSink, IPublicationObserver
@@ -43,30 +42,6 @@ CLOSE_GOING_AWAY = 1001
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
-
-
-def _collectAfter(publish):
-    """
-    Run C{publish} with the garbage collector held off until it returns.
-
-    A full collection walks every object of every connection: ~200 ms at
-    10,000 clients.  When one started inside a fan-out that block reached
-    everyone 200 ms late (measured at 10,000 clients: one publish of 302 ms,
-    205 ms of it a collection).  Held off, the collection runs right after
-    the block is out, in the same reactor turn.
-    """
-
-    @functools.wraps(publish)
-    def publishing(*args, **kwargs):
-        if not gc.isenabled():
-            return publish(*args, **kwargs)
-        gc.disable()
-        try:
-            return publish(*args, **kwargs)
-        finally:
-            gc.enable()
-
-    return publishing
 
 
 class TxOptions:
@@ -406,7 +381,7 @@ class Hub(Service):
 
     # Publishing (IBlockSink).
 
-    @_collectAfter
+    @collectAfter
     def publish(self, entry):
         """
         Publish a checked block, its transactions and its logs, in passes:
@@ -440,7 +415,7 @@ class Hub(Service):
         """Add a block to the history without sending it: what clients saw before a restart."""
         self.history.add(entry)
 
-    @_collectAfter
+    @collectAfter
     def publishReorg(self, depth, ancestor, removed):
         """
         Tell C{newBlocks} and C{newTxs} subscribers (each once) that the

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from explorerd import events
+from explorerd.collector import heldOff
 from explorerd.history import Entry
 from explorerd.interfaces import IBlockSink
 from explorerd.jsonrpc import (
@@ -766,36 +767,38 @@ class LiveTail(Service):
             # Check the batch first: the blocks we publish now, and why we
             # stop after them (a null block, a reorg, an invalid block, no
             # receipts or logs to publish it with).
-            ready, pruned, stop, fault = [], set(), None, None
-            for i, (h, block) in enumerate(zip(heights, blocks)):
-                if block is None:
-                    self.log.debug("the node has no block {height} yet (head {head}); "
-                                   "trying again next poll", height=h, head=head)
-                    stop = False
-                    break
-                # Past the end of extras: a block without a hash to fetch
-                # them by, which validation refuses (BadBlock) just below.
-                extra = extras[i] if i < len(extras) else _NO_EXTRAS
-                if isinstance(extra, Exception):
-                    fault = extra
-                    break
-                try:
-                    entry = self._validated(block, h, method, full=True, extras=extra)
-                except BadBlock as e:
-                    fault = e
-                    break
-                if parent is not None and entry.parent_hash != parent:
-                    self.log.info("block {height} {hash} has parent {parent}, we published {ours}: "
-                                  "reorg", height=h, hash=entry.hash, parent=entry.parent_hash,
-                                  ours=parent)
-                    stop = True
-                    break
-                ready.append(entry)
-                if extra.pruned:
-                    pruned.add(entry.hash)
-                parent = entry.hash
-            if ready:
-                self._publishAll(ready, method, pruned)
+            # Checking builds every block's frames: no collection until they are out.
+            with heldOff():
+                ready, pruned, stop, fault = [], set(), None, None
+                for i, (h, block) in enumerate(zip(heights, blocks)):
+                    if block is None:
+                        self.log.debug("the node has no block {height} yet (head {head}); "
+                                       "trying again next poll", height=h, head=head)
+                        stop = False
+                        break
+                    # Past the end of extras: a block without a hash to fetch
+                    # them by, which validation refuses (BadBlock) just below.
+                    extra = extras[i] if i < len(extras) else _NO_EXTRAS
+                    if isinstance(extra, Exception):
+                        fault = extra
+                        break
+                    try:
+                        entry = self._validated(block, h, method, full=True, extras=extra)
+                    except BadBlock as e:
+                        fault = e
+                        break
+                    if parent is not None and entry.parent_hash != parent:
+                        self.log.info("block {height} {hash} has parent {parent}, we published {ours}: "
+                                      "reorg", height=h, hash=entry.hash, parent=entry.parent_hash,
+                                      ours=parent)
+                        stop = True
+                        break
+                    ready.append(entry)
+                    if extra.pruned:
+                        pruned.add(entry.hash)
+                    parent = entry.hash
+                if ready:
+                    self._publishAll(ready, method, pruned)
             if fault is not None:
                 raise fault
             if stop is not None:

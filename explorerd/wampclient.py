@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd import events
+from explorerd.collector import heldOff
 from explorerd.history import Entry
 from explorerd.interfaces import IBlockSink, IPublicationObserver
 from explorerd.routerlink import RouterLink
@@ -309,7 +310,8 @@ class EdgeSource(_OnTheRouter):
 
     def _publish(self, block, txs, logs):
         try:
-            self.hub.publish(Entry.fromWire(block, txs, logs))
+            with heldOff():
+                self.hub.publish(Entry.fromWire(block, txs, logs))
         except events.InvalidBlock as e:
             self.metrics.discarded.labels("invalid").inc()
             log.warn("edge: discarded an invalid block from the router: {error}", error=str(e))

@@ -1574,3 +1574,35 @@ async def test_stop_cancels_a_hung_poll_and_leaves_nothing_running(env):
     # The tail did not close the client: the daemon owns it.
     node.grow(1)
     assert await rpc.blockNumber() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_garbage_collection_runs_between_checking_a_block_and_publishing_it(env, monkeypatch):
+    # Checking a block builds its frames (the allocations that trigger a collection); a collection
+    # there would delay the block for every client as one inside the fan-out would.
+    import gc
+
+    from explorerd import history
+
+    node, hub, tail = await fake_setup(env)
+    node.grow(3)
+    seen = []
+    checked = history.node_block
+
+    def checking(*args):
+        seen.append(("check", gc.isenabled()))
+        return checked(*args)
+
+    published = hub.publish
+
+    def publishing(entry):
+        seen.append(("publish", gc.isenabled()))
+        return published(entry)
+
+    monkeypatch.setattr(history, "node_block", checking)
+    monkeypatch.setattr(hub, "publish", publishing)
+    assert gc.isenabled()
+    assert await tail.poll()
+    assert seen and all(enabled is False for _, enabled in seen)
+    assert {step for step, _ in seen} == {"check", "publish"}
+    assert gc.isenabled()
