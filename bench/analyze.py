@@ -50,9 +50,19 @@ def main():
             if os.path.exists(wire):
                 files[name] = run.file_facts(wire, os.path.join(d, f"{name}.raw.json"))
                 break
-    now = datetime.datetime.now(datetime.timezone.utc)
+    started, finished = _when(meta)
     out = args.out if args.out != "-" else "/dev/stdout"
-    run.report(results, meta, out, command, files, now, now, scenarios, side=side)
+    run.report(results, meta, out, command, files, started, finished, scenarios, side=side)
+
+
+def _when(meta):
+    """When the run was: recorded in its meta, or (older runs) its start from its folder's name."""
+    if meta.get("started"):
+        return (datetime.datetime.fromisoformat(meta["started"]),
+                datetime.datetime.fromisoformat(meta["finished"]))
+    name = os.path.basename(meta["out_dir"]).split("-quick")[0]
+    started = datetime.datetime.strptime(name, "%Y%m%d-%H%M%S").replace(tzinfo=datetime.timezone.utc)
+    return started, started
 
 
 if __name__ == "__main__":

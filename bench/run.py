@@ -1047,7 +1047,10 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
     w = lines.append
     w("# explorerd benchmark results\n")
     w(f"Command: `{command}`  ")
-    w(f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} min)  ")
+    if finished > started:
+        w(f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} min)  ")
+    else:  # re-rendered from a run that did not record its end
+        w(f"Date: {started:%Y-%m-%d %H:%M} UTC (start; the end was not recorded)  ")
     w(f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['ram_gib']} GiB RAM, Linux {meta['kernel']}, "
       f"open files {meta['nofile']}, somaxconn {meta['somaxconn']}  ")
     w(f"Software: Python {meta['python']}, Twisted {meta['twisted']}, Autobahn {meta['autobahn']}, "
@@ -1175,7 +1178,7 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             head = text.split("## top 30 by inclusive")[0].split("# pstats")[0].strip().splitlines()[:18]
             w("```\n" + "\n".join(head) + "\n```\n")
     w("Raw per-run JSON (every figure above, per run, plus loadgen event-loop delay, handoff times, silent "
-      f"clients' close codes) and logs: `{os.path.relpath(meta['out_dir'], REPO)}/` (not committed).\n")
+      f"clients' close codes): `{os.path.relpath(meta['out_dir'], REPO)}/`, committed with this report (the block files and the processes' logs are not).\n")
     with open(out_path, "w") as f:
         f.write("\n".join(lines))
 
@@ -1446,6 +1449,7 @@ def main():
         kill_all()
         finished = datetime.datetime.now(datetime.timezone.utc)
         meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        meta["started"], meta["finished"] = started.isoformat(), finished.isoformat()
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"meta": meta, "command": command, "results": results, "side": side}, f, indent=1)
         if results or profiles or side:
