@@ -29,7 +29,6 @@ import random
 from collections import Counter
 
 from twisted.internet import defer
-from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
@@ -37,6 +36,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from zope.interface import implementer
+
+from tests.serving import TrackingFactory
 
 FAULTS = ("drop", "error", "delay", "truncate", "cut", "garbage")
 
@@ -100,32 +101,6 @@ class _QuietSite(server.Site):
         pass
 
 
-class _Tracking(WrappingFactory):
-    """Knows the open server connections, so stop() can wait for them to close."""
-
-    def __init__(self, wrapped):
-        super().__init__(wrapped)
-        self._idle = []
-
-    def unregisterProtocol(self, p):
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
-
-    def whenIdle(self):
-        if not self.protocols:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
-
-    def abortAll(self):
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-
-
 class _ProxyResource(Resource):
     isLeaf = True
 
@@ -160,7 +135,7 @@ class FaultProxy:
         self._upstream_calls = set()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._agent = Agent(reactor, pool=self._pool)
-        self.factory = _Tracking(_QuietSite(_ProxyResource(self), timeout=None))
+        self.factory = TrackingFactory(_QuietSite(_ProxyResource(self), timeout=None))
 
     async def start(self):
         self.port = self.reactor.listenTCP(0, self.factory, interface="127.0.0.1")

@@ -9,10 +9,10 @@ import json
 
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 
 from explorerd.replay.resource import QuietSite
+from tests.serving import TrackingFactory
 
 FAULT_KINDS = ("http-500", "rpc-error", "disconnect", "delay")
 
@@ -121,37 +121,6 @@ def _write(request, answer):
     request.finish()
 
 
-class _Wrapper(ProtocolWrapper):
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.factory.connectionGone()
-
-
-class _Counting(WrappingFactory):
-    """Knows when no connection is open, so a test can close its port cleanly."""
-
-    noisy = False
-    protocol = _Wrapper
-
-    def __init__(self, wrapped):
-        super().__init__(wrapped)
-        self._idle = []
-
-    def connectionGone(self):
-        """After the server's own C{connectionLost} (its timeout is cancelled by then)."""
-        if not self.protocols:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
-
-    def whenIdle(self):
-        if not self.protocols:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
-
-
 class ServedNode:
     """
     A replay node listening on a loopback port behind L{Faults}; C{url} is
@@ -167,7 +136,7 @@ class ServedNode:
         self._factory = None
 
     async def listen(self, reactor, description="tcp:0:interface=127.0.0.1"):
-        self._factory = _Counting(QuietSite(self.faults, reactor=reactor))
+        self._factory = TrackingFactory(QuietSite(self.faults, reactor=reactor))
         self._port = await serverFromString(reactor, description).listen(self._factory)
         self.url = f"http://127.0.0.1:{self._port.getHost().port}/"
         return self

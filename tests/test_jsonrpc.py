@@ -31,6 +31,7 @@ from explorerd.jsonrpc import (
     RPCUnavailable,
 )
 from tests.anvil import DEV_ACCOUNTS, Anvil
+from tests.serving import TrackingFactory
 
 
 # Fixtures -------------------------------------------------------------------
@@ -81,33 +82,6 @@ async def rpc(reactor, node):
     await client.close()
 
 
-class _TrackingFactory(WrappingFactory):
-    """Counts connections so teardown can wait until the server is idle."""
-
-    def __init__(self, wrapped):
-        super().__init__(wrapped)
-        self.accepted = 0
-        self._idle = []
-
-    def registerProtocol(self, p):
-        self.accepted += 1
-        super().registerProtocol(p)
-
-    def unregisterProtocol(self, p):
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
-
-    def whenIdle(self):
-        if not self.protocols:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
-
-
 class _Handler(Resource):
     """POST -> ``respond(request, parsed_json_or_None)``; keeps requests."""
 
@@ -144,7 +118,7 @@ async def serve(reactor):
 
     async def start(respond, tls=None):
         handler = _Handler(respond)
-        tracker = _TrackingFactory(Site(handler, reactor=reactor))
+        tracker = TrackingFactory(Site(handler, reactor=reactor))
         if tls is None:
             endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
         else:

@@ -41,7 +41,8 @@ from explorerd.tailstate import Position, TailState
 from tests.anvil import DEV_ACCOUNTS, Anvil
 from tests.clients import connect
 from tests.conftest import eventually
-from tests.faultproxy import FAULTS, FaultProxy, _QuietSite, _Tracking
+from tests.faultproxy import FAULTS, FaultProxy, _QuietSite
+from tests.serving import TrackingFactory
 
 T0 = 1_700_000_000  # timestamp of the fake node's genesis
 ZERO = "0x" + "00" * 32
@@ -254,7 +255,7 @@ class FakeNode(Resource):
         self.hanging = []
         self.port = None
         self.portNumber = 0
-        self.factory = _Tracking(_QuietSite(self, timeout=None))
+        self.factory = TrackingFactory(_QuietSite(self, timeout=None))
 
     # The chain.
 
