@@ -8,6 +8,12 @@ by npm playwright-core through ``tests/dashboard/driver.mjs`` (JSON lines over
 stdio).  A Python WebSocket client on the same daemon records the wire, so
 what the page shows is compared with what was sent.
 
+Exact scenarios (receipts, logs, reorgs of logs) are told to a page through
+its own message handler, on a page whose stream is stopped: the messages are
+built by explorerd's own code (L{explorerd.history.Entry}) from real recorded
+blocks and logs where the recordings have them, by hand where they do not
+(the recordings have no receipts, so no failed transaction).
+
 The page exposes what it shows as data-* attributes on its rows and its state
 as ``window.__explorer``.  Screenshots go to ``artifacts/dashboard/``; with
 ``EXPLORERD_UPDATE_SCREENSHOTS=1`` the README's copies in ``web/screenshots/``
@@ -30,6 +36,11 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
+
+from explorerd.events import logs_data
+from explorerd.history import Entry
+from tests.chaindata import load_blocks
+from tests.dashboard.keccak import keccak256
 from tests.processlog import ProcessLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,10 +75,12 @@ def clean_env(**extra):
 class Daemon(ProcessLog):
     """A real explorerd process on the embedded replay node; finds its port in its own log."""
 
-    def __init__(self, port=0, block_time=0.1, poll_interval=0.02):
+    def __init__(self, port=0, block_time=0.1, poll_interval=0.02, receipts=None):
         argv = [tool("twistd"), "-n", "--pidfile=", "explorerd", "--state-dir=",
                 "--listen", f"tcp:{port}:interface=127.0.0.1",
                 "--replay-block-time", str(block_time), "--poll-interval", str(poll_interval)]
+        if receipts is not None:
+            argv += ["--receipts", receipts]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=clean_env(), cwd=ROOT, text=True)
         self.readOutput()
@@ -123,7 +136,7 @@ class Wire:
         try:
             with ws_connect(url, compression=None, open_timeout=10, max_size=None) as ws:
                 self.ws = ws
-                ws.send(json.dumps({"action": "subscribe", "channels": ["newBlocks", "newTxs"]}))
+                ws.send(json.dumps({"action": "subscribe", "channels": ["newBlocks", "newTxs", "logs"]}))
                 self._ready.set()
                 for raw in ws:
                     with self._lock:
@@ -175,6 +188,11 @@ class Wire:
 
     def reorgs(self):
         return [m["data"] for m in self.snapshot() if m["type"] == "reorg"]
+
+    def logs(self):
+        """(block hash, log index) -> (the log, removed) as last sent."""
+        return {(m["data"]["block_hash"], log["log_index"]): (log, m["data"]["removed"])
+                for m in self.snapshot() if m["type"] == "logs" for log in m["data"]["logs"]}
 
     def canonical(self):
         """height -> hash of the chain as the wire tells it, reorgs applied."""
@@ -444,7 +462,7 @@ STATE_JS = r"""(() => {
     title: document.title,
     stats: Object.fromEntries(['head-height', 'head-age', 'bpm', 'tpm', 'lag', 'reorg-count', 'reorg-last', 'spark-desc']
       .map((id) => [id, text(document.getElementById(id))])),
-    tickerItems: [...document.querySelectorAll('#blocks > li')].map((li) => li.classList.contains('gap')
+    tickerItems: [...document.querySelectorAll('#blocks > li:not(.empty)')].map((li) => li.classList.contains('gap')
       ? { gap: true, text: text(li), after: li.dataset.afterHeight }
       : { gap: false, key: li.dataset.key, epoch: +li.dataset.epoch, height: +li.dataset.height, hash: li.dataset.hash,
           txCount: +li.dataset.txCount, gasUsed: +li.dataset.gasUsed, miner: li.dataset.miner,
@@ -456,7 +474,22 @@ STATE_JS = r"""(() => {
     txRows: [...document.querySelectorAll('#tx-rows tr[data-hash]')].map((tr) => ({
       hash: tr.dataset.hash, blockHash: tr.dataset.blockHash, blockKey: tr.dataset.blockKey, blockHeight: +tr.dataset.blockHeight,
       valueWei: tr.dataset.valueWei, from: tr.dataset.from, to: tr.dataset.to, orphaned: tr.dataset.orphaned === 'true',
+      status: tr.dataset.status, feeWei: tr.dataset.feeWei, failed: tr.classList.contains('failed'),
+      background: getComputedStyle(tr).backgroundColor, edge: getComputedStyle(tr.cells[0]).boxShadow,
       cells: [...tr.cells].map(text) })),
+    logRows: [...document.querySelectorAll('#log-rows tr[data-key]')].map((tr) => ({
+      key: tr.dataset.key, blockHash: tr.dataset.blockHash, blockHeight: +tr.dataset.blockHeight,
+      logIndex: +tr.dataset.logIndex, address: tr.dataset.address, topic: tr.dataset.topic, txHash: tr.dataset.txHash,
+      removed: tr.dataset.removed === 'true',
+      struck: getComputedStyle(tr.querySelector('.c-address')).textDecorationLine,
+      tagShown: !!tr.querySelector('.removed-tag') && tr.querySelector('.removed-tag').offsetParent !== null,
+      txLink: !!tr.querySelector('.c-logtx button'), cells: [...tr.cells].map(text) })),
+    logs: (() => {
+      const notice = document.getElementById('logs-notice');
+      const empty = document.getElementById('logs-empty');
+      return { available: x.logsAvailable, notice: text(notice), noticeShown: notice.offsetHeight > 0,
+               empty: text(empty), emptyShown: empty.offsetParent !== null };
+    })(),
     events: [...document.querySelectorAll('#events li[data-kind]')].map((li) => ({ kind: li.dataset.kind, text: text(li) })),
     store: {
       epoch: x.store.epoch,
@@ -466,6 +499,7 @@ STATE_JS = r"""(() => {
       gaps: x.store.gaps.map((g) => ({ epoch: g.epoch, after: g.after, oldestHeight: g.oldestHeight })),
       reorgs: x.store.reorgs.map((r) => ({ depth: r.depth, removed: r.removed, ancestor: r.common_ancestor })),
       duplicates: x.store.duplicates,
+      latestHash: x.store.latest ? x.store.latest.hash : null,
     },
     shown: x.log.shown,
     states: x.log.states.map((s) => ({ state: s.state, reason: s.reason, retryAt: s.retryAt })),
@@ -501,6 +535,118 @@ def eth(wei):
 
 def short(hex_string, head=4, tail=4):
     return f"{hex_string[:2 + head]}…{hex_string[-tail:]}"
+
+
+UNKNOWN = "—"  # what the page shows for a value the server does not know (a null receipt field)
+STATUS_TEXT = {1: "success", 0: "failed", None: UNKNOWN}
+
+
+def fee_text(wei):
+    """The page's fee cell: ETH rounded half up to six decimals, never 0 for a fee that is not 0."""
+    if wei is None:
+        return UNKNOWN
+    value = int(wei)
+    rounded = (value + 5 * 10**11) // 10**12
+    if rounded == 0 and value:
+        return "<0.000001 ETH"
+    whole, fraction = divmod(rounded, 10**6)
+    text = f"{whole:,}"
+    if fraction:
+        text += "." + f"{fraction:06d}".rstrip("0")
+    return text + " ETH"
+
+
+def tx_cells(sent):
+    """The cells of a transaction's row, as the page should show them."""
+    return [
+        short(sent["hash"], 6, 4),
+        STATUS_TEXT[sent["status"]],
+        short(sent["from_addr"]),
+        short(sent["to_addr"]) if sent["to_addr"] else "contract creation",
+        f"{eth(sent['value_wei'])} ETH",
+        fee_text(sent["fee_wei"]),
+        f"#{sent['block_height']}",
+    ]
+
+
+def log_cells(log, height, known, removed=False):
+    """The cells of a log's row in the events view: event (first topic), contract, transaction, block."""
+    topic = log["topics"][0] if log["topics"] else None
+    signature = known.get(topic)
+    event = "no topic" if topic is None else f"{signature.split('(')[0]} {short(topic)}" if signature else short(topic)
+    return [event + (" removed" if removed else ""), short(log["address"]), short(log["tx_hash"], 6, 4), f"#{height}"]
+
+
+def recorded_logs(network):
+    """Block hash -> its recorded logs (eth_getLogs' shape), from the replay node's data."""
+    logs = {}
+    with open(os.path.join(ROOT, "explorerd", "data", f"{network}.logs.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                log = json.loads(line)
+                logs.setdefault(log["blockHash"], []).append(log)
+    return logs
+
+
+def block_messages(entry):
+    """What the server sends a newBlocks + newTxs + logs subscriber for one published block."""
+    messages = [{"type": "newBlock", "data": entry.data}]
+    messages += [{"type": "newTx", "data": tx} for tx in entry.txs_data]
+    if entry.logs:
+        messages.append({"type": "logs", "data": logs_data(entry.data, entry.logs)})
+    return messages
+
+
+def tell(page, messages):
+    """Messages through the page's own handler, as if its server had sent them."""
+    page.eval("((messages) => { for (const m of messages) window.__explorer.stream.dispatchEvent("
+              f"new CustomEvent('message', {{detail: m}})); }})({json.dumps(messages)})")
+
+
+def quiet_page(pages, live):
+    """
+    A page of the live daemon whose stream is stopped, so that nothing moves
+    while a test tells it things (what it got before is still there).
+    """
+    page = pages(live.daemon.http)
+    page.wait("window.__explorer.state === 'live'", what="live")
+    page.eval("window.__explorer.stream.stop()")
+    return page
+
+
+# The details dialog's fields: label -> the text shown (without the screen-reader-only words).
+DETAILS_JS = r"""(() => {
+  const text = (node) => {
+    const copy = node.cloneNode(true);
+    copy.querySelectorAll('.visually-hidden').forEach((n) => n.remove());
+    copy.querySelectorAll('br').forEach((n) => n.replaceWith(' '));  // lines, as they are seen
+    copy.querySelectorAll('li').forEach((n) => n.append(' '));
+    return copy.textContent.replace(/\s+/g, ' ').trim();
+  };
+  const dts = [...document.querySelectorAll('#details-body dl.fields > dt')];
+  return Object.fromEntries(dts.map((dt) => [text(dt), text(dt.nextElementSibling)]));
+})()"""
+
+
+# For a picture: the events view scrolled to where live logs end and removed ones begin.
+SHOW_REMOVED_LOGS_JS = r"""(() => {
+  const wrap = document.querySelector('.pane-logs .table-wrap');
+  const first = wrap.querySelector('tr[data-removed=true]');
+  wrap.scrollTop = first.offsetTop - wrap.querySelector('thead').offsetHeight - 2 * first.offsetHeight;
+})()"""
+
+
+def open_details(page, selector, title):
+    page.click(selector)
+    page.wait(f"document.getElementById('details').open && "
+              f"document.getElementById('details-title').textContent === {json.dumps(title)}",
+              what=f"details of {title}")
+    return page.eval(DETAILS_JS)
+
+
+def close_details(page):
+    page.press("Escape")
+    page.wait("!document.getElementById('details').open", what="the details closed")
 
 
 def reorg_notice(reorg):
@@ -588,6 +734,20 @@ class TestLivePage:
             assert text == eth(value), value
         junk = live.page.eval("import('./format.js').then((m) => ['', '-1', '1e18', '0x10', '1.5', null].map(m.formatEther))")
         assert junk == [None] * 6
+        # Fees: ETH to six decimals, rounded half up; a fee that rounds to nothing is not shown as 0.
+        values += ["500000000000", "499999999999", "1499999999999", "2146789000000000"]
+        fees = live.page.eval(f"import('./format.js').then((m) => {json.dumps(values)}"
+                              ".map((v) => m.formatUnits(v, 18, 6)))")
+        assert fees[-4:] == ["0.000001", "<0.000001", "0.000001", "0.002147"]
+        for value, text in zip(values, fees):
+            assert f"{text} ETH" == fee_text(value), value
+
+    def test_known_event_names_are_the_keccak_of_their_signatures(self, live):
+        """The events view names a log by its first topic only when that topic is the signature's hash."""
+        known = live.page.eval("import('./topics.js').then((m) => m.KNOWN_EVENTS)")
+        assert len(known) >= 10
+        for topic, signature in known.items():
+            assert keccak256(signature.encode()) == topic, signature
 
     def test_blocks_and_transactions_match_the_wire(self, live):
         page, wire = live.page, live.wire
@@ -597,8 +757,9 @@ class TestLivePage:
         assert state["state"] == "live" and state["conn"] == "Live"
         assert state["connStateRole"] == "status" and state["connStateLive"] == "polite"
         # The page got the stream by itself, at the URL derived from its location.
-        assert state["sent"][0] == {"action": "subscribe", "channels": ["newBlocks", "newTxs"]}
+        assert state["sent"][0] == {"action": "subscribe", "channels": ["newBlocks", "newTxs", "logs"]}
         assert page.eval("window.__explorer.stream.url") == live.daemon.ws_url
+        assert state["logs"]["available"] is True and not state["logs"]["noticeShown"]
 
         on_wire, wire_txs = wire.blocks(), wire.txs()
         blocks = [b for b in state["tickerItems"] if not b["gap"]]
@@ -621,13 +782,8 @@ class TestLivePage:
         for row in rows:
             sent = wire_txs[(row["blockHash"], row["hash"])]
             assert row["valueWei"] == sent["value_wei"]
-            assert row["cells"] == [
-                short(sent["hash"], 6, 4),
-                short(sent["from_addr"]),
-                short(sent["to_addr"]) if sent["to_addr"] else "contract creation",
-                f"{eth(sent['value_wei'])} ETH",
-                f"#{sent['block_height']}",
-            ]
+            assert row["cells"] == tx_cells(sent)
+            assert row["failed"] == (sent["status"] == 0)
         # The table holds the newest transactions, newest first, in stream order.
         order = [(m["data"]["block_hash"], m["data"]["hash"]) for m in wire.snapshot() if m["type"] == "newTx"]
         position = {key: i for i, key in enumerate(order)}
@@ -645,6 +801,31 @@ class TestLivePage:
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()""")
         assert painted > 50
+
+        # The events view: every log shown is one the server sent for its block (the
+        # embedded node's tail may not fetch logs: then it says the server does not know them).
+        deadline = time.monotonic() + 5
+        while True:
+            state, on_wire = page.state(), wire.logs()
+            rows = state["logRows"]
+            if all((r["blockHash"], r["logIndex"]) in on_wire for r in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        known = page.eval("import('./topics.js').then((m) => m.KNOWN_EVENTS)")
+        for row in rows:
+            log, removed = on_wire[(row["blockHash"], row["logIndex"])]
+            assert row["cells"] == log_cells(log, row["blockHeight"], known, removed=row["removed"])
+            if removed:
+                assert row["removed"]
+        if not rows:
+            latest = state["store"]["latestHash"]
+            wire.wait_for_blocks([latest])
+            assert state["logs"]["emptyShown"]
+            if wire.blocks()[latest]["log_count"] is None:
+                assert state["logs"]["empty"] == ("Waiting for events… the server does not know the logs of "
+                                                  "the latest blocks.")
+            else:
+                assert state["logs"]["empty"] == "Waiting for events…"
         assert page.problems() == []
 
     def test_a_recorded_reorg_shows_orphaned_blocks(self, live):
@@ -769,9 +950,11 @@ class TestLivePage:
         state = page.state()
         rows = [r for r in state["txRows"] if r["blockHash"] == "0x" + "a" * 64]
         assert len(rows) == 1, "a second message with the same hash in the same block is a duplicate"
-        assert rows[0]["cells"][2] == "contract creation"
-        assert rows[0]["cells"][3] == f"{eth(str(2**256 - 1))} ETH"
-        assert state["store"]["duplicates"] == {"blocks": 0, "txs": 1}
+        assert rows[0]["cells"][3] == "contract creation"
+        assert rows[0]["cells"][4] == f"{eth(str(2**256 - 1))} ETH"
+        # A message without receipt fields (an older server): nothing is known of them.
+        assert rows[0]["cells"][1] == rows[0]["cells"][5] == UNKNOWN
+        assert state["store"]["duplicates"] == {"blocks": 0, "txs": 1, "logs": 0}
         bar = page.eval("(() => { const li = document.querySelector(`#blocks li[data-height='9000099']`);"
                         " return [li.querySelector('.gas').title, li.querySelector('.fill').style.width]; })()")
         assert bar == ["25% of the gas limit (30,000,000)", "25%"]
@@ -802,7 +985,7 @@ class TestLivePage:
         rows = [(r["blockHash"], r["orphaned"]) for r in state["txRows"] if r["hash"] == "0x" + "d" * 64]
         assert rows == [(x, False), (y, True), (x, True)]
         assert page.eval("window.__explorer.store.resumePoint()") == {"height": 9000100, "hash": x}
-        assert state["store"]["duplicates"] == {"blocks": 1, "txs": 2}
+        assert state["store"]["duplicates"] == {"blocks": 1, "txs": 2, "logs": 0}
 
         # A resume from the parent of a block whose transactions were cut off, when
         # that block was orphaned meanwhile: the server replays from the parent and
@@ -873,6 +1056,257 @@ class TestLivePage:
         assert_contiguous_without_duplicates(settled_chain(page, wire))
         assert page.eval("window.__explorer.store.resumePoint().height") >= 93
 
+    def test_status_fee_and_log_counts_show_what_the_server_knows(self, live, pages):
+        """
+        Receipt fields as the server sends them: a failed transaction (status 0)
+        is marked in the table and its fee shown; a transaction without a receipt
+        (status, fee, gas used and log count null) shows "—", never success or 0;
+        a block's details give its log count, or "—" when the server does not know it.
+        """
+        page = quiet_page(pages, live)
+        h = lambda c: "0x" + c * 64
+        a = lambda c: "0x" + c * 40
+        block = {"height": 9100000, "hash": h("a"), "parent_hash": h("9"), "tx_count": 5, "timestamp": 1700000000,
+                 "miner": a("1"), "gas_used": 235000, "gas_limit": 30000000, "base_fee_per_gas": "38119263451",
+                 "size": 51234, "burnt_fees_wei": str(38119263451 * 235000), "log_count": 3}
+        unknown_block = dict(block, height=9100001, hash=h("b"), parent_hash=h("a"), tx_count=0, gas_used=0,
+                             base_fee_per_gas=None, burnt_fees_wei=None, size=None, log_count=None)
+
+        def tx(c, index, status, fee, **more):
+            return {"hash": h(c), "from_addr": a("2"), "to_addr": a("3"), "value_wei": "1500000000000000000",
+                    "block_height": 9100000, "block_hash": h("a"), "tx_index": index, "nonce": 7, "gas": 100000,
+                    "type": 2, "gas_price_wei": "40000000000", "max_fee_per_gas_wei": "50000000000",
+                    "max_priority_fee_per_gas_wei": "1500000000", "method_id": "0xa9059cbb", "input_size": 68,
+                    "status": status, "gas_used": 52000, "fee_wei": fee, "contract_address": None,
+                    "log_count": 3 if status == 1 else 0, **more}
+
+        txs = [
+            tx("c", 0, 1, "2080000000000000"),
+            tx("d", 1, 0, "1234567890123456"),
+            tx("e", 2, None, None, gas_used=None, log_count=None, gas_price_wei="40000000000"),
+            tx("f", 3, 1, "400000000000"),  # rounds to nothing: not "0"
+            tx("0", 4, 1, "0", gas_price_wei="0", type=0, max_fee_per_gas_wei=None, max_priority_fee_per_gas_wei=None),
+        ]
+        tell(page, [{"type": "newBlock", "data": block}] + [{"type": "newTx", "data": t} for t in txs]
+             + [{"type": "newBlock", "data": unknown_block}])
+        page.wait(f"document.querySelectorAll(`#tx-rows tr[data-block-hash='{h('a')}']`).length === 5",
+                  what="the transactions")
+        # New rows flash as they come in: compare their colours once that is over.
+        page.wait(f"document.querySelector(`#tx-rows tr[data-hash='{h('d')}']`).getAnimations().length === 0",
+                  what="the new rows' flash over")
+        state = page.state()
+        rows = {r["hash"]: r for r in state["txRows"]}
+        for sent in txs:
+            assert rows[sent["hash"]]["cells"] == tx_cells(sent)
+        succeeded, failed, unknown = rows[h("c")], rows[h("d")], rows[h("e")]
+        assert failed["cells"][1] == "failed" and failed["cells"][5] == "0.001235 ETH"
+        assert rows[h("f")]["cells"][5] == "<0.000001 ETH" and rows[h("0")]["cells"][5] == "0 ETH"
+        # Visibly: a tinted row with a coloured edge, unlike a successful one.
+        assert failed["failed"] and not succeeded["failed"] and not unknown["failed"]
+        assert failed["background"] != succeeded["background"]
+        assert failed["edge"] != "none" and succeeded["edge"] == "none"
+        # Unknown is neither success nor 0, and says "unknown" to a screen reader.
+        assert unknown["cells"][1] == unknown["cells"][5] == UNKNOWN
+        assert (unknown["status"], unknown["feeWei"]) == ("", "")
+        said = page.eval(f"[...document.querySelector(`#tx-rows tr[data-hash='{h('e')}']`).cells]"
+                         ".map((td) => td.textContent)")
+        assert said[1] == "—status unknown" and said[5] == "—fee unknown"
+        assert page.problems() == []
+        page.screenshot("status-fee.png")
+
+        fields = open_details(page, f"#tx-rows tr[data-hash='{h('d')}'] button", "Transaction")
+        assert fields["Status"] == "failed"
+        assert fields["Fee"] == "0.001234567890123456 ETH 1234567890123456 wei"
+        assert fields["Gas used"] == "52,000 of 100,000 (its gas limit)"
+        assert fields["Gas price"] == "40 gwei · max 50 gwei · priority 1.5 gwei"
+        assert fields["Call"] == "0xa9059cbb · 68 bytes of input" and fields["Logs"] == "0"
+        close_details(page)
+        fields = open_details(page, f"#tx-rows tr[data-hash='{h('e')}'] button", "Transaction")
+        assert fields["Status"] == fields["Fee"] == "— the server has no receipt for it"
+        assert fields["Gas used"] == "— of 100,000 (its gas limit)"
+        assert fields["Logs"] == "— the server does not know its logs"
+        close_details(page)
+
+        fields = open_details(page, "#blocks li[data-height='9100000'] button", "Block #9100000")
+        assert fields["Logs"] == "3"
+        assert fields["Base fee"] == "38.119 gwei (38119263451 wei)"
+        assert fields["Burnt fees"] == f"{eth(block['burnt_fees_wei'])} ETH" and fields["Size"] == "51,234 bytes"
+        close_details(page)
+        fields = open_details(page, "#blocks li[data-height='9100001'] button", "Block #9100001")
+        assert fields["Logs"] == "— the server does not know this block's logs"
+        assert fields["Size"] == UNKNOWN
+        close_details(page)
+
+    def test_the_events_view_lists_logs_and_marks_the_ones_a_reorg_removed(self, live, pages):
+        """
+        The recorded Polygon reorg at 13522194, told as the server tells a
+        newBlocks + newTxs + logs subscriber (messages built by explorerd's own
+        Entry from the recorded blocks and logs): the parent and the orphan with
+        their logs; the reorg, the orphan's logs again with "removed": true, then
+        the replacement.  The events view lists every log (event, contract,
+        transaction, block), newest first; the orphan's stay, struck through and
+        tagged removed, as orphaned blocks do.
+        """
+        page = quiet_page(pages, live)
+        known = page.eval("import('./topics.js').then((m) => m.KNOWN_EVENTS)")
+        logs = recorded_logs("polygon")
+        run = {int(b["number"], 16): b for b in load_blocks("polygon_13522175-13522230")}
+        orphan_block = next(b for b in load_blocks("polygon.reorged") if int(b["number"], 16) == 13522194)
+        parent, orphan, replacement = (Entry.fromNode(b, logs=logs[b["hash"]])
+                                       for b in (run[13522193], orphan_block, run[13522194]))
+        assert orphan.parent_hash == replacement.parent_hash == parent.hash != orphan.hash
+        assert 0 < len(parent.logs) + len(orphan.logs) + len(replacement.logs) <= 100  # all of them in view
+
+        ours = (parent.hash, orphan.hash, replacement.hash)
+        count = f"[...document.querySelectorAll('#log-rows tr[data-key]')].filter((tr) => {json.dumps(ours)}" \
+                ".includes(tr.dataset.blockHash)).length"
+
+        def rows():
+            state = page.state()
+            return state, [r for r in state["logRows"] if r["blockHash"] in ours]
+
+        tell(page, block_messages(parent) + block_messages(orphan))
+        page.wait(f"{count} === {len(parent.logs) + len(orphan.logs)}", what="the recorded logs")
+        state, shown_rows = rows()
+        shown = [(e, log) for e in (parent, orphan) for log in e.logs][::-1]  # newest first
+        assert state["logRows"][:len(shown)] == shown_rows  # above anything older
+        assert [(r["blockHash"], r["logIndex"]) for r in shown_rows] == [(e.hash, log["log_index"]) for e, log in shown]
+        for row, (e, log) in zip(shown_rows, shown):
+            assert row["cells"] == log_cells(log, e.height, known)
+            assert (row["address"], row["topic"], row["txHash"]) == (log["address"], log["topics"][0], log["tx_hash"])
+            assert not row["removed"] and row["struck"] == "none" and not row["tagShown"]
+            assert row["txLink"]  # its transaction is in the table
+        assert any(r["cells"][0].startswith("Transfer ") for r in shown_rows)
+        assert not state["logs"]["emptyShown"] and not state["logs"]["noticeShown"]
+
+        # The same logs again (a replay overlapping what the page holds) are dropped.
+        duplicates = state["store"]["duplicates"]["logs"]
+        tell(page, block_messages(parent)[-1:])
+        assert page.state()["store"]["duplicates"]["logs"] == duplicates + len(parent.logs)
+
+        reorg = {"type": "reorg", "data": {"depth": 1, "common_ancestor": parent.ref(), "removed": [orphan.ref()]}}
+        retracted = {"type": "logs", "data": logs_data(orphan.data, orphan.logs, removed=True)}
+        tell(page, [reorg, retracted] + block_messages(replacement))
+        total = len(parent.logs) + len(orphan.logs) + len(replacement.logs)
+        page.wait(f"{count} === {total}", what="the replacement's logs")
+        state, shown_rows = rows()
+        shown = [(e, log) for e in (parent, orphan, replacement) for log in e.logs][::-1]
+        assert [(r["blockHash"], r["logIndex"]) for r in shown_rows] == [(e.hash, log["log_index"]) for e, log in shown]
+        for row, (e, log) in zip(shown_rows, shown):
+            gone = e is orphan
+            assert row["cells"] == log_cells(log, e.height, known, removed=gone)
+            assert row["removed"] == row["tagShown"] == gone
+            assert ("line-through" in row["struck"]) == gone
+        assert state["store"]["duplicates"]["logs"] == duplicates + len(parent.logs)
+        page.eval(SHOW_REMOVED_LOGS_JS)
+        page.screenshot("events.png", "dashboard-events.png")
+
+        # A log's details: everything it carries, and the way to its transaction.
+        log = replacement.logs[0]
+        key = next(r["key"] for r in shown_rows
+                   if r["blockHash"] == replacement.hash and r["logIndex"] == log["log_index"])
+        name = known.get(log["topics"][0])
+        fields = open_details(page, f"#log-rows tr[data-key='{key}'] .c-event button",
+                              f"Event {name.split('(')[0]}" if name else "Event")
+        assert fields["Status"] == "in a canonical block" and fields["Contract"] == log["address"]
+        assert fields["Topics" if len(log["topics"]) > 1 else "Topic"] == " ".join(log["topics"])
+        assert fields["Transaction"] == f"{log['tx_hash']} · index {log['tx_index']}"
+        assert fields["Block"] == f"#{replacement.height} · log index {log['log_index']}"
+        assert page.eval("JSON.parse(document.querySelector('#details pre').textContent)") == log
+        page.click("#details dd button[data-key]")  # its transaction
+        page.wait("document.getElementById('details-title').textContent === 'Transaction'", what="the log's transaction")
+        assert page.eval(DETAILS_JS)["Hash"] == log["tx_hash"]
+        close_details(page)
+        fields = open_details(page, f"#blocks li[data-hash='{replacement.hash}'] button", f"Block #{replacement.height}")
+        assert fields["Logs"] == str(len(replacement.logs))
+        close_details(page)
+
+        # On a phone: one column, each log a two-line card, nothing wider than the screen.
+        page.viewport(PHONE)
+        try:
+            page.eval("document.getElementById('logs-pane').scrollIntoView()")
+            page.eval(SHOW_REMOVED_LOGS_JS)
+            page.wait("document.documentElement.scrollWidth <= 390", what="no horizontal overflow on a phone")
+            page.screenshot("events-phone.png", "dashboard-events-phone.png")
+            layout = page.eval("""(() => { const r = (s) => document.querySelector(s).getBoundingClientRect();
+                const row = document.querySelector('#log-rows tr[data-key]');
+                return {txsBottom: r('.pane-txs').bottom, logsTop: r('.pane-logs').top,
+                        rowDisplay: getComputedStyle(row).display, width: r('.pane-logs').width}; })()""")
+            assert layout["logsTop"] >= layout["txsBottom"] and layout["rowDisplay"] == "grid"
+            assert layout["width"] <= 390
+        finally:
+            page.viewport(DESKTOP)
+        assert page.problems() == []
+
+    def test_a_retracted_log_is_marked_removed_and_live_again_when_sent_again(self, live, pages):
+        """
+        "removed": true marks exactly the logs it lists, even without a reorg
+        the page saw; the same log sent again later (its block canonical
+        again) is a new, live row above the removed one.  A log without topics
+        (an anonymous event) says so.
+        """
+        page = quiet_page(pages, live)
+        h = lambda c: "0x" + c * 64
+        a = lambda c: "0x" + c * 40
+        block = {"height": 9200000, "hash": h("a"), "parent_hash": h("9"), "tx_count": 0, "timestamp": 1700000000,
+                 "miner": a("1"), "gas_used": 0, "gas_limit": 30000000, "base_fee_per_gas": None, "size": None,
+                 "burnt_fees_wei": None, "log_count": 2}
+        first = {"address": a("4"), "topics": [h("7"), h("8")], "data": "0x", "tx_hash": h("c"), "tx_index": 0,
+                 "log_index": 0}
+        anonymous = {"address": a("5"), "topics": [], "data": "0x1234", "tx_hash": h("c"), "tx_index": 0,
+                     "log_index": 1}
+        logs = {"type": "logs", "data": {"block_height": 9200000, "block_hash": h("a"), "removed": False,
+                                          "logs": [first, anonymous]}}
+        ours = f"#log-rows tr[data-block-hash='{h('a')}']"
+
+        def our_rows():
+            return [r for r in page.state()["logRows"] if r["blockHash"] == h("a")]
+
+        tell(page, [{"type": "newBlock", "data": block}, logs])
+        page.wait(f"document.querySelectorAll(`{ours}`).length === 2", what="two logs")
+        rows = our_rows()
+        assert [r["cells"] for r in rows] == [log_cells(anonymous, 9200000, {}), log_cells(first, 9200000, {})]
+        assert rows[0]["cells"][0] == "no topic" and not rows[0]["txLink"]
+
+        tell(page, [{"type": "logs", "data": dict(logs["data"], removed=True, logs=[first])}])
+        page.wait(f"document.querySelector(`{ours}[data-removed=true]`) !== null", what="the retracted log")
+        rows = our_rows()
+        assert [(r["logIndex"], r["removed"], r["tagShown"]) for r in rows] == [(1, False, False), (0, True, True)]
+        assert "line-through" in rows[1]["struck"]
+        assert rows[1]["cells"] == log_cells(first, 9200000, {}, removed=True)
+
+        tell(page, [{"type": "logs", "data": dict(logs["data"], logs=[first])}])
+        page.wait(f"document.querySelectorAll(`{ours}`).length === 3", what="the log, live again")
+        rows = our_rows()
+        assert [(r["logIndex"], r["removed"]) for r in rows] == [(0, False), (1, False), (0, True)]
+        assert page.state()["store"]["duplicates"]["logs"] == 0
+        assert page.problems() == []
+
+    def test_logs_unavailable_is_said_in_the_events_view(self, live, pages):
+        """
+        A server without logs answers the subscribe with logs_unavailable and
+        serves the other channels: the events view says so (not as a chain
+        event); a later connection that gets logs clears it.
+        """
+        page = quiet_page(pages, live)
+        tell(page, [{"type": "error", "error": {"code": "logs_unavailable", "message":
+                     "this server does not fetch logs (EXPLORERD_RECEIPTS=off); the logs channel is off"}},
+                    {"type": "subscribed", "channels": ["newBlocks", "newTxs"]}])
+        page.wait("window.__explorer.logsAvailable === false", what="logs unavailable")
+        state = page.state()
+        assert state["logs"]["notice"] == "Logs are not available on this server, so no events can be shown."
+        assert state["logs"]["noticeShown"] and not state["logs"]["emptyShown"]
+        assert not any(e["kind"] == "error" for e in state["events"])
+        assert page.eval("document.getElementById('logs-notice').getAttribute('role')") == "status"
+        page.screenshot("logs-unavailable.png")
+
+        tell(page, [{"type": "subscribed", "channels": ["logs", "newBlocks", "newTxs"]}])
+        page.wait("window.__explorer.logsAvailable === true", what="logs available again")
+        state = page.state()
+        assert state["logs"]["notice"] == "" and not state["logs"]["noticeShown"]
+        assert state["logs"]["emptyShown"] == (state["logRows"] == [])
+        assert page.problems() == []
+
     def test_offline_then_back_online_resumes(self, live, browser, pages):
         """
         The browser says it is offline: the page says so and waits; online again,
@@ -942,7 +1376,7 @@ def test_resume_after_a_network_drop_has_no_gap_and_no_duplicate(daemons, pages,
 
     # Resumed from the last block it held, and the server replayed the rest.
     resume = after["sent"][-1]
-    assert resume["channels"] == ["newBlocks", "newTxs"]
+    assert resume["channels"] == ["newBlocks", "newTxs", "logs"]
     assert resume["since"]["height"] >= held["height"]
     by_hash = {b["hash"]: b for b in after["store"]["blocks"]}
     assert by_hash[resume["since"]["hash"]]["height"] == resume["since"]["height"]
@@ -1021,4 +1455,33 @@ def test_a_daemon_restart_on_the_same_port_shows_reconnecting_live_and_a_gap(dae
     chain = wire.canonical()
     overlap = [b for b in new if b["height"] >= wire_first["height"]]
     assert overlap and all(chain[b["height"]] == b["hash"] for b in overlap)
+    assert page.problems() == []
+
+
+def test_a_server_without_logs_says_so_and_serves_the_rest(daemons, pages):
+    """
+    A real daemon with EXPLORERD_RECEIPTS=off (here --receipts off): the
+    page's subscribe gets logs_unavailable, then the other channels; the
+    events view says logs are not available, blocks and transactions go on.
+    """
+    daemon = daemons(block_time=0.1, poll_interval=0.02, receipts="off")
+    page = pages(daemon.http)
+    page.wait("window.__explorer.state === 'live' && document.querySelectorAll('#blocks li.block').length >= 3 && "
+              "document.querySelectorAll('#tx-rows tr[data-hash]').length >= 3", what="blocks and transactions")
+    state = page.state()
+    assert state["sent"][0]["channels"] == ["newBlocks", "newTxs", "logs"]
+    error, subscribed = state["answers"][:2]
+    assert error["type"] == "error" and error["error"]["code"] == "logs_unavailable"
+    assert subscribed["type"] == "subscribed" and sorted(subscribed["channels"]) == ["newBlocks", "newTxs"]
+    assert state["logs"]["available"] is False and state["logs"]["noticeShown"]
+    assert state["logs"]["notice"] == "Logs are not available on this server, so no events can be shown."
+    assert state["logRows"] == [] and not state["logs"]["emptyShown"]
+    assert not any(e["kind"] == "error" for e in state["events"])
+    # Without receipts nothing is known of a transaction's outcome: "—", never success or 0.
+    assert all(r["cells"][1] == UNKNOWN and r["cells"][5] == UNKNOWN for r in state["txRows"])
+    page.screenshot("receipts-off.png")
+    page.eval("window.__explorer.stream.stop()")  # so that the newest block stays the newest
+    newest = page.state()["tickerItems"][0]
+    fields = open_details(page, f"#blocks li[data-hash='{newest['hash']}'] button", f"Block #{newest['height']}")
+    assert fields["Logs"] == "— the server does not know this block's logs"
     assert page.problems() == []

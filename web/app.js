@@ -5,14 +5,15 @@
 //   ?heartbeat=15   seconds between app-level pings (a silent connection is
 //                   dropped after about two of them)
 //
-// window.__explorer exposes the state (store, connection, logs) to tests and
-// to anyone curious in the devtools console.
+// window.__explorer exposes the state (store, connection, what happened) to
+// tests and to anyone curious in the devtools console.
 
 import { StreamClient, streamUrl } from "./stream.js";
 import { Store } from "./store.js";
 import {
-  formatAge, formatCompact, formatEther, formatInt, formatSeconds, formatTimestamp, shortHex, splitEther,
+  formatAge, formatCompact, formatEther, formatInt, formatSeconds, formatTimestamp, formatUnits, shortHex, splitEther,
 } from "./format.js";
+import { eventName, eventSignature } from "./topics.js";
 
 const params = new URLSearchParams(location.search);
 const positive = (name, fallback) => {
@@ -22,6 +23,7 @@ const positive = (name, fallback) => {
 
 const MAX_TICKER = 60; // block items in the DOM (the store keeps more)
 const MAX_TX_ROWS = 100;
+const MAX_LOG_ROWS = 100;
 const SPARK_BLOCKS = 60;
 const MAX_EVENTS = 4;
 
@@ -41,10 +43,12 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const store = new Store({ maxTxs: MAX_TX_ROWS });
+const store = new Store({ maxTxs: MAX_TX_ROWS, maxLogs: MAX_LOG_ROWS });
 const stream = new StreamClient({
   url: streamUrl(),
-  channels: ["newBlocks", "newTxs"],
+  // Logs are asked for on every (re)connection: a server without them says
+  // logs_unavailable and serves the other channels; a restarted one may have them.
+  channels: ["newBlocks", "newTxs", "logs"],
   resumePoint: () => store.resumePoint(),
   heartbeatMs: positive("heartbeat", 15) * 1000,
 });
@@ -55,9 +59,13 @@ function remember(list, item) {
   list.push(item);
   if (list.length > 500) list.splice(0, list.length - 500);
 }
+// Whether the server sends logs: null until it answers a subscribe; why not.
+let logsAvailable = null;
+let logsUnavailableWhy = "";
 window.__explorer = {
   store, stream, log,
   get state() { return stream.state; },
+  get logsAvailable() { return logsAvailable; },
   /** Draw what is pending now (tests read the DOM right after the store). */
   render() {
     scheduled = true;
@@ -70,7 +78,7 @@ window.__explorer = {
 let replayLeft = 0; // blocks still to come from a resume
 let resumedFrom = null; // the `since` of the subscribe in flight
 let gapOnResume = false; // the server answered that subscribe with history_unavailable
-const pending = { items: [], txs: [], changed: [], events: [] };
+const pending = { items: [], txs: [], changed: [], events: [], logs: [], removedLogs: [], logsState: true };
 
 stream.addEventListener("sent", (e) => {
   const message = e.detail;
@@ -96,8 +104,10 @@ stream.addEventListener("message", (e) => {
       if (replayLeft > 0) replayLeft -= 1;
       if (rec && rec.inferredReorg) {
         pending.changed.push(...rec.inferredReorg.changed);
+        pending.removedLogs.push(...rec.inferredReorg.changedLogs);
         pending.events.push(reorgEvent(rec.inferredReorg.event));
       }
+      pending.logsState = true;
       if (rec) keepLast(pending.items, rec, MAX_TICKER);
       break;
     }
@@ -106,15 +116,26 @@ stream.addEventListener("message", (e) => {
       if (tx) keepLast(pending.txs, tx, MAX_TX_ROWS);
       break;
     }
+    case "logs": {
+      if (!message.data || typeof message.data !== "object") break;
+      const { added, changed } = store.addLogs(message.data, now);
+      for (const rec of added) keepLast(pending.logs, rec, MAX_LOG_ROWS);
+      pending.removedLogs.push(...changed);
+      break;
+    }
     case "reorg": {
-      const { event, changed } = store.reorg(message.data, now);
+      const { event, changed, changedLogs } = store.reorg(message.data, now);
       pending.changed.push(...changed);
+      pending.removedLogs.push(...changedLogs);
       pending.events.push(reorgEvent(event));
       break;
     }
     case "subscribed":
       remember(log.answers, { at: now, message });
       replayLeft = message.replayed || 0;
+      // The channels we have now: without "logs", this server has none to send.
+      if (Array.isArray(message.channels)) logsAvailable = message.channels.includes("logs");
+      pending.logsState = true;
       if (resumedFrom && !gapOnResume) {
         const n = message.replayed || 0;
         pending.events.push({
@@ -127,7 +148,12 @@ stream.addEventListener("message", (e) => {
     case "error": {
       remember(log.answers, { at: now, message });
       const error = message.error || {};
-      if (error.code === "history_unavailable") {
+      if (error.code === "logs_unavailable") {
+        // Not a chain event: the events view says it, for as long as it is so.
+        logsAvailable = false;
+        logsUnavailableWhy = error.message || "";
+        pending.logsState = true;
+      } else if (error.code === "history_unavailable") {
         gapOnResume = true;
         const marker = store.gap(error, now);
         keepLast(pending.items, marker, MAX_TICKER);
@@ -192,6 +218,7 @@ function schedule() {
 const blockNodes = new Map(); // key -> li
 const blocksList = $("blocks");
 const txBody = $("tx-rows");
+const logBody = $("log-rows");
 let shownMaxGas = 0;
 
 function flush() {
@@ -202,9 +229,15 @@ function flush() {
   const txs = pending.txs.splice(0);
   const changed = pending.changed.splice(0);
   const events = pending.events.splice(0);
+  const logs = pending.logs.splice(0);
+  const removedLogs = pending.removedLogs.splice(0);
   if (items.length) renderBlocks(items);
   if (changed.length) renderOrphans(changed);
   if (txs.length) renderTxs(txs);
+  if (logs.length) renderLogs(logs);
+  if (removedLogs.length) renderRemovedLogs(removedLogs);
+  if (logs.length || pending.logsState) renderLogsState();
+  pending.logsState = false;
   if (events.length) renderEvents(events);
   if (store.maxGas !== shownMaxGas) {
     shownMaxGas = store.maxGas;
@@ -215,6 +248,7 @@ function flush() {
     drawSpark();
     if (details.open && details.current && changed.some((r) => r.key === details.current.key)) showDetails(details.current);
   }
+  if (details.open && details.current && removedLogs.includes(details.current)) showDetails(details.current);
   renderStats();
 }
 
@@ -348,20 +382,49 @@ function valueCell(wei) {
   return td;
 }
 
+const NO_RECEIPT = "not known: the server has no receipt for it";
+
+/** "—" for a value the server does not know (a null receipt field): never 0, never success. */
+function unknown(what = "unknown") {
+  return [el("span", { "aria-hidden": "true" }, "—"), el("span", { class: "visually-hidden" }, what)];
+}
+
+function statusCell(status) {
+  if (status === 1) {
+    return el("td", { class: "c-status" }, el("span", { class: "status ok-status" }, "success"));
+  }
+  if (status === 0) {
+    return el("td", { class: "c-status" }, el("span", { class: "tag fail-tag" }, "failed"));
+  }
+  return el("td", { class: "c-status unknown", title: `Status ${NO_RECEIPT}` }, ...unknown("status unknown"));
+}
+
+/** The fee in ETH to six decimals (the exact amount in its title and in the details). */
+function feeCell(wei) {
+  const text = formatUnits(wei, 18, 6);
+  if (text === null) return el("td", { class: "num c-fee unknown", title: `Fee ${NO_RECEIPT}` }, ...unknown("fee unknown"));
+  return el("td", { class: wei === "0" ? "num c-fee zero" : "num c-fee", title: `${formatEther(wei)} ETH (${wei} wei)` },
+    text, el("span", { class: "unit" }, " ETH"));
+}
+
 function txRow(tx) {
   const d = tx.data;
+  const classes = [tx.orphaned ? "orphaned" : null, d.status === 0 ? "failed" : null].filter(Boolean).join(" ");
   const tr = el("tr", {
     "data-key": tx.key, "data-epoch": tx.epoch, "data-hash": d.hash, "data-block-hash": d.block_hash,
     "data-block-key": tx.blockKey || "", "data-block-height": d.block_height, "data-value-wei": d.value_wei,
     "data-from": d.from_addr, "data-to": d.to_addr || "", "data-orphaned": tx.orphaned ? "true" : "false",
-    class: tx.orphaned ? "orphaned" : null,
+    "data-status": typeof d.status === "number" ? d.status : "", "data-fee-wei": d.fee_wei ?? "",
+    class: classes || null,
   },
   el("td", { class: "c-hash" }, el("button", { type: "button", class: "link mono", "data-key": tx.key, title: d.hash },
     el("span", { class: "visually-hidden" }, "Transaction "), shortHex(d.hash, 6, 4))),
+  statusCell(d.status),
   el("td", { class: "c-from mono", title: d.from_addr }, shortHex(d.from_addr)),
   el("td", { class: "c-to mono", title: d.to_addr || "contract creation" },
     d.to_addr ? shortHex(d.to_addr) : el("span", { class: "create" }, "contract creation")),
   valueCell(d.value_wei),
+  feeCell(d.fee_wei),
   el("td", { class: "num c-block" }, `#${d.block_height}`));
   return tr;
 }
@@ -378,6 +441,88 @@ function renderTxs(txs) {
   }
   txBody.prepend(frag);
   while (txBody.children.length > MAX_TX_ROWS) txBody.lastElementChild.remove();
+}
+
+// ---------------------------------------------------------------- logs (the events view)
+
+function logRow(rec) {
+  const d = rec.data;
+  const topic = Array.isArray(d.topics) && d.topics.length ? d.topics[0] : null;
+  const name = eventName(topic);
+  const tx = store.txOfLog(rec);
+  const txText = [el("span", { class: "visually-hidden" }, "Transaction "), shortHex(d.tx_hash, 6, 4)];
+  const tr = el("tr", {
+    "data-key": rec.key, "data-epoch": rec.epoch, "data-block-hash": rec.blockHash, "data-block-height": rec.blockHeight,
+    "data-log-index": d.log_index, "data-address": d.address, "data-topic": topic ?? "", "data-tx-hash": d.tx_hash,
+    "data-removed": rec.removed ? "true" : "false", class: rec.removed ? "removed" : null,
+  },
+  el("td", { class: "c-event" },
+    el("button", {
+      type: "button", class: "link", "data-key": rec.key,
+      title: eventSignature(topic) || topic || "no topics: an anonymous event",
+    },
+      el("span", { class: "visually-hidden" }, "Event "),
+      name ? el("span", { class: "ev-name" }, name) : null, name ? " " : null,
+      topic ? el("span", { class: "mono ev-topic" }, shortHex(topic)) : el("span", { class: "ev-none" }, "no topic")),
+    rec.removed ? removedMark() : null),
+  el("td", { class: "c-address mono", title: d.address }, shortHex(d.address)),
+  el("td", { class: "c-logtx", title: d.tx_hash },
+    tx ? el("button", { type: "button", class: "link mono", "data-key": tx.key }, ...txText)
+      : el("span", { class: "mono" }, ...txText)),
+  el("td", { class: "num c-block", title: `log ${d.log_index} of block ${rec.blockHash}` }, `#${rec.blockHeight}`));
+  return tr;
+}
+
+/** The "removed" tag (in a box of its own: the row's strike-through does not run into it). */
+function removedMark() {
+  return el("span", { class: "removed-mark" }, " ",
+    el("span", { class: "tag removed-tag", title: "no longer canonical: its block was orphaned by a reorg" }, "removed"));
+}
+
+function renderLogs(logs) {
+  const fresh = logs.slice(-MAX_LOG_ROWS);
+  const animate = fresh.length <= 12;
+  const frag = document.createDocumentFragment();
+  for (let i = fresh.length - 1; i >= 0; i--) {
+    const tr = logRow(fresh[i]);
+    if (animate) tr.classList.add("enter");
+    frag.append(tr);
+  }
+  logBody.prepend(frag);
+  const rows = logBody.querySelectorAll("tr[data-key]");
+  for (let i = MAX_LOG_ROWS; i < rows.length; i++) rows[i].remove();
+}
+
+/** Logs that stopped being canonical stay in view, struck through and tagged, as orphaned blocks do. */
+function renderRemovedLogs(recs) {
+  for (const rec of recs) {
+    const tr = logBody.querySelector(`tr[data-key="${rec.key}"]`);
+    if (!tr || tr.dataset.removed === "true") continue;
+    tr.classList.add("removed");
+    tr.dataset.removed = "true";
+    tr.querySelector(".c-event").append(removedMark());
+  }
+}
+
+/** What the events view says while it has nothing to list, and whether logs are available at all. */
+function renderLogsState() {
+  const pane = $("logs-pane");
+  const notice = $("logs-notice");
+  const empty = $("logs-empty");
+  const hasRows = logBody.querySelector("tr[data-key]") !== null;
+  pane.dataset.logs = logsAvailable === false ? "unavailable" : logsAvailable ? "available" : "pending";
+  const says = logsAvailable === false ? "Logs are not available on this server, so no events can be shown." : "";
+  if (notice.textContent !== says) notice.textContent = says; // a live region: only a change is announced
+  notice.title = logsAvailable === false ? logsUnavailableWhy : "";
+  $("logs-note").hidden = logsAvailable === false;
+  empty.hidden = hasRows || logsAvailable === false;
+  let text = "Waiting for events…";
+  const latest = store.latest;
+  if (logsAvailable && latest && latest.data.log_count == null) {
+    text = "Waiting for events… the server does not know the logs of the latest blocks.";
+  }
+  const cell = empty.firstElementChild;
+  if (cell.textContent !== text) cell.textContent = text;
 }
 
 const eventsList = $("events");
@@ -538,17 +683,26 @@ function showDetails(rec) {
       ...field("Parent", parent ? jumpButton(d.parent_hash, parent.key) : el("code", { class: "hex" }, d.parent_hash)),
       ...field("Timestamp", `${formatTimestamp(d.timestamp)} (${d.timestamp}) · ${ago(Date.now() / 1000 - d.timestamp)}`),
       ...field("Transactions", formatInt(d.tx_count)),
+      ...field("Logs", ...count(d.log_count, "the server does not know this block's logs")),
       ...field("Gas used", formatInt(d.gas_used), typeof d.gas_limit === "number" ? ` of ${formatInt(d.gas_limit)}` : ""),
+      ...field("Base fee", ...gwei(d.base_fee_per_gas, "none (no EIP-1559 base fee in this block)")),
+      ...field("Burnt fees", ...ether(d.burnt_fees_wei, "none (no EIP-1559 base fee in this block)")),
+      ...field("Size", ...(typeof d.size === "number" ? [`${formatInt(d.size)} bytes`] : unknown())),
       ...field("Miner", el("code", { class: "hex" }, d.miner)),
       ...field("Received", `${clock(rec.receivedAt)} · lag ${formatSeconds(rec.lag)}`),
     );
     message = { type: "newBlock", data: d };
+  } else if (rec.kind === "log") {
+    message = logDetails(rec, dl);
   } else {
     const d = rec.data;
     $("details-title").textContent = "Transaction";
     const blockRec = store.blocks.get(rec.blockKey);
     dl.append(
-      ...field("Status", rec.orphaned || (blockRec && blockRec.orphaned)
+      ...field("Status", d.status === 1 ? el("span", { class: "tag ok-tag" }, "success")
+        : d.status === 0 ? el("span", { class: "tag fail-tag" }, "failed")
+        : unknownWhy("the server has no receipt for it")),
+      ...field("Chain", rec.orphaned || (blockRec && blockRec.orphaned)
         ? el("span", { class: "tag orphan-tag" }, "in an orphaned block") : el("span", { class: "tag ok-tag" }, "in a canonical block")),
       ...field("Hash", el("code", { class: "hex" }, d.hash)),
       ...field("Block", blockRec ? jumpButton(`#${d.block_height}`, rec.blockKey) : `#${d.block_height}`,
@@ -558,16 +712,103 @@ function showDetails(rec) {
       ...field("To", d.to_addr ? el("code", { class: "hex" }, d.to_addr) : el("span", { class: "create" }, "contract creation")),
       ...field("Value", el("span", { class: "value-full" }, `${formatEther(d.value_wei) ?? d.value_wei} ETH`),
         el("br"), el("span", { class: "muted" }, `${d.value_wei} wei`)),
+      ...field("Fee", ...(typeof d.fee_wei === "string"
+        ? [el("span", { class: "value-full" }, `${formatEther(d.fee_wei) ?? d.fee_wei} ETH`),
+          el("br"), el("span", { class: "muted" }, `${d.fee_wei} wei`)]
+        : [unknownWhy("the server has no receipt for it")])),
+      ...field("Gas used", ...(typeof d.gas_used === "number" ? [formatInt(d.gas_used)] : unknown()),
+        typeof d.gas === "number" ? ` of ${formatInt(d.gas)} (its gas limit)` : ""),
+      ...field("Gas price", ...gasPrice(d)),
+      ...field("Nonce", ...(typeof d.nonce === "number" ? [formatInt(d.nonce)] : unknown())),
+      ...field("Type", TX_TYPES[d.type] ? `${d.type} (${TX_TYPES[d.type]})` : String(d.type ?? "—")),
+      ...field("Call", ...call(d)),
+      ...(d.contract_address ? field("Contract created", el("code", { class: "hex" }, d.contract_address)) : []),
+      ...field("Logs", ...count(d.log_count, "the server does not know its logs")),
     );
     message = { type: "newTx", data: d };
   }
-  body.append(dl, el("details", { class: "raw" }, el("summary", {}, "Message as received"),
+  const raw = rec.kind === "log" ? "Log as received" : "Message as received";
+  body.append(dl, el("details", { class: "raw" }, el("summary", {}, raw),
     el("pre", {}, JSON.stringify(message, null, 2))));
   if (!details.open) details.showModal();
 }
 
 function recordFor(key) {
-  return store.blocks.get(key) || store.txByKey.get(key) || null;
+  return store.blocks.get(key) || store.txByKey.get(key) || store.logByKey.get(key) || null;
+}
+
+const TX_TYPES = { 0: "legacy", 1: "access list, EIP-2930", 2: "EIP-1559", 3: "blob, EIP-4844", 4: "set code, EIP-7702" };
+
+/** "—" and, dimmed, why it is not known. */
+function unknownWhy(why) {
+  return el("span", { class: "unknown" }, ...unknown(), el("span", { class: "muted" }, ` ${why}`));
+}
+
+function count(n, why) {
+  return typeof n === "number" ? [formatInt(n)] : [unknownWhy(why)];
+}
+
+function gwei(wei, none) {
+  const text = formatUnits(wei, 9, 3);
+  if (text === null) return [el("span", { class: "muted" }, none)];
+  return [`${text} gwei`, el("span", { class: "muted" }, ` (${wei} wei)`)];
+}
+
+function ether(wei, none) {
+  const text = formatEther(wei);
+  return text === null ? [el("span", { class: "muted" }, none)] : [`${text} ETH`];
+}
+
+function gasPrice(d) {
+  const parts = [];
+  const price = formatUnits(d.gas_price_wei, 9, 3);
+  parts.push(price === null ? unknownWhy("not given") : `${price} gwei`);
+  const max = formatUnits(d.max_fee_per_gas_wei, 9, 3);
+  const tip = formatUnits(d.max_priority_fee_per_gas_wei, 9, 3);
+  if (max !== null) parts.push(el("span", { class: "muted" }, ` · max ${max} gwei`));
+  if (tip !== null) parts.push(el("span", { class: "muted" }, ` · priority ${tip} gwei`));
+  return parts;
+}
+
+function call(d) {
+  if (d.method_id) {
+    return [el("code", { class: "hex" }, d.method_id),
+      el("span", { class: "muted" }, ` · ${formatInt(d.input_size)} bytes of input`)];
+  }
+  if (d.input_size === 0) return [el("span", { class: "muted" }, "none (no input)")];
+  return typeof d.input_size === "number" ? [`${formatInt(d.input_size)} bytes of input`] : unknown();
+}
+
+/** A log's fields into `dl`; returns what to show as received. */
+function logDetails(rec, dl) {
+  const d = rec.data;
+  const topics = Array.isArray(d.topics) ? d.topics : [];
+  const name = eventName(topics[0]);
+  $("details-title").textContent = name ? `Event ${name}` : "Event";
+  const blockRec = store.block(rec.blockHash, rec.epoch);
+  const tx = store.txOfLog(rec);
+  const signature = eventSignature(topics[0]);
+  dl.append(
+    ...field("Status", rec.removed
+      ? el("span", { class: "tag removed-tag" }, "removed (its block was orphaned by a reorg)")
+      : el("span", { class: "tag ok-tag" }, "in a canonical block")),
+    ...(signature ? field("Event", el("code", {}, signature)) : []),
+    ...field("Contract", el("code", { class: "hex" }, d.address)),
+    ...field(topics.length === 1 ? "Topic" : "Topics", topics.length
+      ? el("ol", { class: "topics" }, ...topics.map((t) => el("li", {}, el("code", { class: "hex" }, t))))
+      : el("span", { class: "muted" }, "none (an anonymous event)")),
+    ...field("Data", typeof d.data === "string" && d.data.length > 2
+      ? el("code", { class: "hex data" }, d.data.length > 2050 ? `${d.data.slice(0, 2050)}…` : d.data)
+      : el("span", { class: "muted" }, "none"),
+    typeof d.data === "string" && d.data.length > 2 ? el("span", { class: "muted" }, ` (${formatInt((d.data.length - 2) / 2)} bytes)`) : ""),
+    ...field("Transaction", tx ? jumpButton(d.tx_hash, tx.key) : el("code", { class: "hex" }, d.tx_hash),
+      ` · index ${d.tx_index}`),
+    ...field("Block", blockRec ? jumpButton(`#${rec.blockHeight}`, blockRec.key) : `#${rec.blockHeight}`,
+      ` · log index ${d.log_index}`),
+    ...field("Block hash", el("code", { class: "hex" }, rec.blockHash)),
+    ...field("Received", clock(rec.receivedAt)),
+  );
+  return d;
 }
 
 function onSelect(event) {
@@ -578,6 +819,7 @@ function onSelect(event) {
 }
 blocksList.addEventListener("click", onSelect);
 txBody.addEventListener("click", onSelect);
+logBody.addEventListener("click", onSelect);
 $("details-body").addEventListener("click", onSelect);
 details.addEventListener("click", (event) => {
   if (event.target === details) details.close(); // a click on the backdrop
@@ -600,4 +842,5 @@ setInterval(() => { if (stream.state === "reconnecting") renderConnection(); }, 
 
 $("stream-url").textContent = stream.url;
 $("tx-limit").textContent = String(MAX_TX_ROWS);
+$("log-limit").textContent = String(MAX_LOG_ROWS);
 stream.start();

@@ -34,6 +34,25 @@ export function formatEther(wei) {
   return parts.fraction ? `${parts.whole}.${parts.fraction}` : parts.whole;
 }
 
+/**
+ * A wei amount in a larger unit (18 decimals: ETH, 9: gwei), rounded half up
+ * to `places` decimals, trailing zeros trimmed: "2146789000000000", 18, 6 ->
+ * "0.002147".  A non-zero amount that rounds to nothing is "<0.000001", never
+ * "0" (a fee of 0 and a fee too small to show are not the same).  Exact
+ * (BigInt); null for anything that is not a non-negative decimal integer.
+ */
+export function formatUnits(wei, decimals, places) {
+  if (typeof wei !== "string" || !/^[0-9]+$/.test(wei)) return null;
+  const value = BigInt(wei);
+  const step = 10n ** BigInt(decimals - places);
+  const rounded = (value + step / 2n) / step; // in units of 10^-places
+  if (rounded === 0n && value > 0n) return `<0.${"0".repeat(places - 1)}1`;
+  const scale = 10n ** BigInt(places);
+  const whole = groupDigits((rounded / scale).toString());
+  const fraction = (rounded % scale).toString().padStart(places, "0").replace(/0+$/, "");
+  return fraction ? `${whole}.${fraction}` : whole;
+}
+
 /** "0x6f01a5163724…" -> "0x6f01…7c4d" (full value belongs in a title or the details). */
 export function shortHex(hex, head = 4, tail = 4) {
   if (typeof hex !== "string") return "";

@@ -1,5 +1,5 @@
 // What the dashboard knows: recent blocks (orphaned ones included), the
-// latest transactions, reorgs and gaps.  No DOM here; app.js renders it.
+// latest transactions and logs, reorgs and gaps.  No DOM here; app.js renders it.
 //
 // Identity.  A block is known by its hash, a transaction by its block and its
 // own hash (after a reorg the same transaction is often mined again in the
@@ -13,11 +13,18 @@
 // Everything is scoped by an *epoch*: when the server cannot resume our
 // stream (history_unavailable) it can no longer be related to what we hold,
 // so a gap marker starts a new epoch and we stop comparing with the old one.
+//
+// Logs.  A log is known by its block's hash and its log index.  A log that
+// stops being canonical (its block orphaned by a reorg, or the server sends
+// it again with "removed": true) stays, marked removed, as orphaned blocks
+// and their transactions do; the same log sent again later (its block
+// canonical again) is a new record.
 
 export class Store {
-  constructor({ maxBlocks = 1000, maxTxs = 100, maxTxKeys = 50000, windowSeconds = 60 } = {}) {
+  constructor({ maxBlocks = 1000, maxTxs = 100, maxLogs = 100, maxTxKeys = 50000, windowSeconds = 60 } = {}) {
     this.maxBlocks = maxBlocks;
     this.maxTxs = maxTxs;
+    this.maxLogs = maxLogs;
     this.maxTxKeys = maxTxKeys;
     this.windowSeconds = windowSeconds;
     this.epoch = 0;
@@ -28,9 +35,13 @@ export class Store {
     this.txs = []; // oldest first, at most maxTxs
     this.txByKey = new Map(); // key -> tx record, for the rows we keep
     this.txKeys = new Set(); // every tx key seen lately (dedupe), bounded
+    this.logs = []; // oldest first, at most maxLogs
+    this.logByKey = new Map(); // record key -> log record, for the rows we keep
+    this.logById = new Map(); // `${epoch}:${block hash}:${log index}` -> the newest record we keep
+    this.logsSeen = new Map(); // that id -> "live" | "removed", for every log seen lately (dedupe), bounded
     this.reorgs = [];
     this.gaps = [];
-    this.duplicates = { blocks: 0, txs: 0 };
+    this.duplicates = { blocks: 0, txs: 0, logs: 0 };
     this.maxGas = 0;
     this.latest = null; // the newest canonical block record
     this.anchor = null; // {height, hash}: the common ancestor of the last reorg, if nothing newer
@@ -146,6 +157,74 @@ export class Store {
   }
 
   /**
+   * A logs message's data.  Returns {added, changed}: the new log records
+   * (a log we hold and that is still canonical is a duplicate, dropped) and,
+   * for "removed": true, the records now marked removed.
+   */
+  addLogs(data, nowMs) {
+    const added = [];
+    const changed = [];
+    const logs = Array.isArray(data.logs) ? data.logs : [];
+    const block = this.block(data.block_hash);
+    for (const log of logs) {
+      if (!log || typeof log !== "object") continue;
+      const id = `${this.epoch}:${data.block_hash}:${log.log_index}`;
+      if (data.removed) {
+        this._logSeen(id, "removed");
+        const rec = this.logById.get(id);
+        if (rec && !rec.removed) {
+          rec.removed = true;
+          changed.push(rec);
+        }
+        continue;
+      }
+      if (this.logsSeen.get(id) === "live") {
+        this.duplicates.logs += 1;
+        continue;
+      }
+      const orphaned = Boolean(block && block.orphaned);
+      this._logSeen(id, orphaned ? "removed" : "live");
+      const seq = ++this.seq;
+      const rec = {
+        kind: "log",
+        key: `l${seq}`,
+        seq,
+        id,
+        epoch: this.epoch,
+        blockHeight: data.block_height,
+        blockHash: data.block_hash,
+        blockKey: block ? block.key : null,
+        data: log,
+        receivedAt: nowMs,
+        removed: orphaned,
+      };
+      this.logs.push(rec);
+      this.logByKey.set(rec.key, rec);
+      this.logById.set(id, rec);
+      added.push(rec);
+    }
+    while (this.logs.length > this.maxLogs) {
+      const old = this.logs.shift();
+      this.logByKey.delete(old.key);
+      if (this.logById.get(old.id) === old) this.logById.delete(old.id);
+    }
+    return { added, changed };
+  }
+
+  _logSeen(id, state) {
+    this.logsSeen.delete(id); // re-inserted: the newest stay when the oldest go
+    this.logsSeen.set(id, state);
+    if (this.logsSeen.size > this.maxTxKeys) this.logsSeen.delete(this.logsSeen.keys().next().value);
+  }
+
+  /** The transaction record a log came from, while we keep it, or null. */
+  txOfLog(rec) {
+    const block = this.block(rec.blockHash, rec.epoch);
+    const key = block ? `${block.key}:${rec.data.tx_hash}` : `${rec.epoch}:${rec.blockHash}:${rec.data.tx_hash}`;
+    return this.txByKey.get(key) || null;
+  }
+
+  /**
    * A reorg message's data.  Every block we hold above the common ancestor
    * (in this epoch) is no longer canonical: the ones the server lists and,
    * defensively, any other.  They stay, marked orphaned.  Returns the
@@ -165,6 +244,17 @@ export class Store {
     }
     const keys = new Set(changed.map((r) => r.key));
     for (const tx of this.txs) if (keys.has(tx.blockKey)) tx.orphaned = true;
+    // Their logs too (the server retracts them with "removed": true as well).
+    const hashes = new Set(changed.map((r) => r.hash));
+    const changedLogs = [];
+    for (const log of this.logs) {
+      if (log.removed || log.epoch !== this.epoch) continue;
+      if (keys.has(log.blockKey) || hashes.has(log.blockHash) || removed.has(log.blockHash)) {
+        log.removed = true;
+        this._logSeen(log.id, "removed");
+        changedLogs.push(log);
+      }
+    }
     const event = { ...data, at: nowMs, epoch: this.epoch, orphanedHere: changed.length };
     this.reorgs.push(event);
     if (this.reorgs.length > 100) this.reorgs.shift();
@@ -172,7 +262,7 @@ export class Store {
     if (typeof ancestor.height === "number" && typeof ancestor.hash === "string") {
       this.anchor = { height: ancestor.height, hash: ancestor.hash };
     }
-    return { event, changed };
+    return { event, changed, changedLogs };
   }
 
   /**
