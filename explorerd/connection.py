@@ -8,6 +8,7 @@ no data frame ever follows a close frame; the slot is given back when the
 connection is gone.
 """
 
+import math
 from types import FunctionType
 
 from twisted.logger import Logger
@@ -16,6 +17,12 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from explorerd.admission import TokenBucket
 
 log = Logger()
+
+# An answer counts against the message budget as one message per this many
+# bytes it writes: a reply, an error or a pong is under 200 bytes, so even
+# charged like this an answer buys far more bytes per token than any other
+# message.  At the default 20 a second a loop of them gets at most 1.25 MiB/s.
+BYTES_PER_MESSAGE = 64 * 1024
 
 # Closes Autobahn makes for what the client sent, as counted in explorer_websocket_errors_total.
 _PROTOCOL_ERRORS = {1002: "protocol_error", 1007: "invalid_utf8", 1009: "message_too_big"}
@@ -40,6 +47,26 @@ class HubConnection:
         if self._explorer_budget is None:
             self._explorer_budget = TokenBucket(burst, now)
         return self._explorer_budget.take(now, rate, burst, cost)
+
+    def _payForBytes(self, client, size, what, cap=None):
+        """
+        Charge an answer of C{size} bytes (a replay, a WAMP call's result)
+        to the budget before any of it is written: one message per
+        L{BYTES_PER_MESSAGE}, the request's own token included, at most the
+        whole burst, so one full answer on a fresh connection always goes
+        through while a loop of them is closed like any flood (C{cap}: at
+        most that, where the connection's first messages cost more than
+        one).  Closes the client and answers False when the budget cannot pay.
+        """
+        if not self.factory.messageRate:
+            return True
+        cap = self.factory.messageBurst if cap is None else cap
+        cost = min(cap, max(1, math.ceil(size / BYTES_PER_MESSAGE)))
+        if self._withinBudget(client.hub, cost - 1):  # the request paid its own token
+            return True
+        self._overBudget(client, f"too many messages: {what} of {size / 1048576:.1f} MiB counts as "
+                                 f"{cost:g}; {self._budgetText()}")
+        return False
 
     def _budgetText(self):
         return f"the budget is {self.factory.messageRate:g} a second, bursts of {self.factory.messageBurst:g}"

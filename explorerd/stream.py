@@ -52,7 +52,7 @@ reading) or over the message budget, 1009 message too big, 1007 invalid UTF-8.
 
 The message budget is a token bucket per connection (C{message_rate} a
 second, bursts of C{message_burst}).  A message costs one token; a
-subscribe with C{since} costs one per L{REPLAY_BYTES_PER_MESSAGE} of frames
+subscribe with C{since} costs one per L{BYTES_PER_MESSAGE} of frames
 its replay writes (the subscribe itself included, at least one), at most
 the whole burst, so that one full replay on a fresh connection always goes
 through while a loop of them is closed like any flood.  The cost is known
@@ -61,7 +61,6 @@ cannot pay is not sent.
 """
 
 import json
-import math
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
@@ -73,12 +72,6 @@ from explorerd.logfilter import LogFilter
 
 MAX_FILTER_ADDRESSES = 1000
 
-# A replay counts as one message per this many bytes it writes: a subscribe
-# answer, an error or a pong is under 200 bytes, so even charged like this
-# a replay buys far more bytes per token than any other message.  At the
-# default 20 a second a loop of replays gets at most 1.25 MiB/s, or one full
-# history (capped at the burst of 60) every 3 s, instead of one per token.
-REPLAY_BYTES_PER_MESSAGE = 64 * 1024
 
 _SHOWN = 5  # unknown channel names echoed back in an error, at most
 
@@ -150,10 +143,6 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         self._explorer_client = hub.attach(self, self._explorer_ip, "websocket")
         log.info("client {client} connected from {peer}",
                       client=self._explorer_client.id, peer=self._explorer_ip)
-
-    def _replayCost(self, size):
-        """Messages a replay of C{size} bytes counts as, the subscribe included: 1 to the burst."""
-        return min(self.factory.messageBurst, max(1, math.ceil(size / REPLAY_BYTES_PER_MESSAGE)))
 
     def onMessage(self, payload, isBinary):
         client = self._explorer_client
@@ -244,17 +233,10 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         budget, before any of it is written (the hub writes it in this same
         reactor turn); close the client instead if the budget cannot pay.
         """
-        if not self.factory.messageRate:
-            return True
         blocks = "newBlocks" in client.channels
         mode = client.tx_options.mode if "newTxs" in client.channels else None
         size = hub.history.replay_size(height, blocks, mode, "logs" in client.channels)
-        cost = self._replayCost(size)
-        if self._withinBudget(hub, cost - 1):  # the subscribe paid its own token
-            return True
-        self._overBudget(client, f"too many messages: a replay of {size / 1048576:.1f} MiB counts as "
-                                 f"{cost:g}; {self._budgetText()}")
-        return False
+        return self._payForBytes(client, size, "a replay")
 
     def _unsubscribe(self, hub, client, message):
         for key in ("since", "batch", "filter", "hashes_only", "input", "logs"):

@@ -559,8 +559,14 @@ class BrokerSession:
         except ApplicationError as e:
             metrics.calls.labels(procedure, "error").inc()
             return self._error(message.Call.MESSAGE_TYPE, msg.request, e.error, *e.args, **e.kwargs)
+        answer = message.Result(msg.request, args=[result])
+        # Charged by the bytes it sends, as the raw protocol's replays are:
+        # a blocks_since answer can be 32 busy blocks (~2.5 MB) for one CALL.
+        if not self._transport.payForAnswer(answer, f"an answer to {procedure}"):
+            metrics.calls.labels(procedure, "over_budget").inc()
+            return
         metrics.calls.labels(procedure, "ok").inc()
-        self._send(message.Result(msg.request, args=[result]))
+        self._send(answer)
 
     def _cancel(self, msg):
         # Calls are answered at once: there is never anything to cancel.
@@ -630,6 +636,16 @@ class WampProtocol(HubConnection, WampWebSocketServerProtocol):
             if self._session is None or client.hub is None:
                 break
             session.onMessage(msg)
+
+    def payForAnswer(self, msg, what):
+        """Charge C{msg}'s size to the budget before it is sent (its bytes are kept for sending)."""
+        client = self._explorer_client
+        if client is None or client.hub is None:
+            return False
+        # At most the burst less the HELLO's token: a fresh session's first
+        # full answer always goes through, as a fresh raw client's replay does.
+        return self._payForBytes(client, len(msg.serialize(self._explorer_ser[0])), what,
+                                 cap=max(1, self.factory.messageBurst - 1))
 
     def send(self, msg):
         """C{ITransport.send}: serialize with this connection's format, frame, hand to the hub."""

@@ -1156,3 +1156,32 @@ def test_the_publisher_drops_whole_batches_while_the_router_is_away():
     registry = hub.metrics.registry
     assert sample(registry, "explorer_wamp_router_dropped_total", topic="explorer.block") == 2
     assert sample(registry, "explorer_wamp_router_dropped_total", topic="explorer.tx") == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocks_since_is_charged_by_the_bytes_it_sends_so_a_loop_of_them_is_closed(start_daemon):
+    # One CALL used to buy up to 32 busy blocks (~2.5 MB): 440 MB in 30 s within the budget.
+    daemon = await start_daemon(message_burst=10)
+    hub = daemon.hub
+    blocks = mainnet_run()[:6]
+    broadcast(hub, blocks)
+    url = wamp_url(daemon)
+    bystander, _ = await raw_join(url)
+    caller, _ = await raw_join(url)
+    oldest = hub.history.oldest
+    call = [CALL, 1, {}, "explorer.blocks_since", [oldest.height - 1, oldest.parent_hash]]
+    caller.send_json(call)  # ~2 MiB: a fresh connection's full answer always goes through
+    answer = await caller.next()
+    assert answer[0] == RESULT and len(answer[3][0]["blocks"]) == 6
+    daemon.clock.advance(0.1)  # two tokens: the next CALL is paid for, its answer is not
+    caller.send_json([CALL, 2, *call[2:]])
+    code, reason = await caller.closed
+    assert code == 1008
+    assert reason.startswith("too many messages: an answer to explorer.blocks_since of ")
+    assert " MiB counts as 9; " in reason  # the burst less the HELLO's token
+    assert "the budget is 20 a second, bursts of 10" in reason
+    assert sum(1 for m in caller.received if m[0] == RESULT) == 1
+    assert metric(daemon, "explorer_wamp_calls_total", procedure="explorer.blocks_since", outcome="over_budget") == 1
+    bystander.send_json([CALL, 1, {}, "explorer.head", []])
+    assert (await bystander.next())[0] == RESULT
+    await bystander.close()
