@@ -30,7 +30,6 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from explorerd import events
 from explorerd.history import History

@@ -10,7 +10,7 @@ import pytest_twisted
 
 from tests.clients import connect, drain
 from tests.contracts import Contracts, Log, transfer, word
-from tests.test_livetail import env  # noqa: F401  (the fixture)
+from tests.test_livetail import env  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.needs_node  # anvil from tests/node
 

@@ -18,7 +18,6 @@ anything that is not its own: the poll fails and the next one publishes it,
 once.
 """
 
-import json
 
 import pytest
 import pytest_twisted
