@@ -11,7 +11,9 @@ import re
 from collections import OrderedDict
 
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 
 RATE_LIMITED = "too many new connections from your address; try again in a minute"
@@ -153,6 +155,7 @@ class Admission:
 
     def __init__(self, slots, config, metrics, clock):
         self.slots = slots
+        self.trusted_proxies = config.trusted_proxies
         self.metrics = metrics
         self.origins = OriginPolicy(config.cors_origins)
         self.limiter = RateLimiter(clock, config.rate_limit, config.rate_limit_ips)
@@ -190,7 +193,59 @@ class Admission:
         self.metrics.connections_refused.labels("rate_limit").inc()
         return (429, "Too Many Requests", RATE_LIMITED)
 
+    def refusedAtAccept(self, ip):
+        """
+        A connection from C{ip} was accepted on a TLS listener: the reason
+        to close it at once (C{"capacity"}, C{"rate_limit"},
+        C{"ip_capacity"}), before any TLS work, or C{None}.  A full
+        handshake costs ~1.5 ms of server CPU, a close ~0.1 ms; such a client
+        cannot be answered politely (that would take the handshake), but
+        it would have been refused anyway.  The per-address checks apply
+        only where the peer is the client (no trusted proxies).
+        """
+        slots = self.slots
+        if slots.stopping or slots.count >= slots.config.max_connections + slots.headroom:
+            reason = "capacity"
+        elif self.trusted_proxies:
+            return None
+        elif self.limiter.exhausted(ip):
+            reason = "rate_limit"
+        elif slots.ipFull(ip):
+            reason = "ip_capacity"
+        else:
+            return None
+        self.metrics.connections_refused.labels(reason).inc()
+        self.metrics.refused_at_accept.inc()
+        return reason
+
     def _refuse(self, reason, ip, message, code):
         self.metrics.connections_refused.labels(reason).inc()
         self.log.info("refused {ip}: HTTP {code} {message}", ip=ip, code=code, message=message)
         raise ConnectionDeny(code, message)
+
+
+@implementer(IProtocolFactory)
+class RefusingAtAccept:
+    """
+    A listening port's factory in front of TLS: a connection that
+    L{Admission.refusedAtAccept} refuses gets no protocol, and Twisted
+    closes its socket before the TLS layer ever sees it.
+    """
+
+    def __init__(self, factory, admission):
+        self.factory = factory
+        self.admission = admission
+
+    def buildProtocol(self, addr):
+        if self.admission.refusedAtAccept(addr.host) is not None:
+            return None
+        return self.factory.buildProtocol(addr)
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
+
+    def logPrefix(self):
+        return self.factory.logPrefix()

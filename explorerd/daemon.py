@@ -14,10 +14,11 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import tcp
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from explorerd.admission import Admission
+from explorerd.admission import Admission, RefusingAtAccept
 from explorerd.hub import Hub
 from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
@@ -39,10 +40,11 @@ class ListeningEndpoint:
 
     log = Logger()
 
-    def __init__(self, endpoint, label, transport=None):
+    def __init__(self, endpoint, label, transport=None, admission=None):
         self.endpoint = endpoint
         self.label = label
         self.transport = transport
+        self.admission = admission
         self.port = None
 
     def listen(self, factory):
@@ -50,6 +52,9 @@ class ListeningEndpoint:
             self.port = port
             if self.transport is not None and isinstance(port, tcp.Port):
                 port.transport = self.transport
+            if self.admission is not None and isinstance(port.factory, TLSMemoryBIOFactory):
+                # Refused addresses are closed before the (expensive) TLS handshake.
+                port.factory = RefusingAtAccept(port.factory, self.admission)
             address = port.getHost()
             self.log.info("{label} listening on http://{host}:{port}/", label=self.label,
                           host=address.host, port=address.port)
@@ -58,10 +63,10 @@ class ListeningEndpoint:
         return self.endpoint.listen(factory).addCallback(listening)
 
 
-def listening(reactor, description, factory, label, transport=None):
+def listening(reactor, description, factory, label, transport=None, admission=None):
     """A service listening on C{description}, its endpoint a L{ListeningEndpoint}."""
     service = strports.service(description, factory, reactor=reactor)
-    service.endpoint = ListeningEndpoint(service.endpoint, label, transport)
+    service.endpoint = ListeningEndpoint(service.endpoint, label, transport, admission)
     return service
 
 
@@ -120,7 +125,8 @@ class Daemon(MultiService):
                           wamp_factory=self.wampFactory)
         self.site = Site(root, config, self.hub.slots, self.admission)
         self.listener = listening(reactor, config.listen, self.site, "explorerd",
-                                  sized_server(config.read_buffer_size, config.write_buffer_size))
+                                  sized_server(config.read_buffer_size, config.write_buffer_size),
+                                  self.admission)
         self.listener.setServiceParent(self)
 
     @property

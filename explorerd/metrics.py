@@ -33,6 +33,10 @@ class Metrics:
         self.connections_refused = Counter(
             "explorer_websocket_connections_refused_total",
             "WebSocket handshakes refused, by reason.", ["reason"], registry=r)
+        self.refused_at_accept = Counter(
+            "explorer_connections_refused_at_accept_total",
+            "TLS connections closed as accepted, before any TLS work (also counted by reason above).",
+            registry=r)
         self.messages_sent = Counter(
             "explorer_websocket_messages_sent_total",
             "Messages written to client transports, by message type.", ["type"], registry=r)

@@ -38,6 +38,15 @@ class ConnectionSlots:
         return len(self._protocols) + len(self._pending)
 
     @property
+    def headroom(self):
+        """
+        Connections over the cap that HTTP requests may hold, so /healthz
+        and /metrics still answer when the WebSockets fill it (the
+        WebSocket handshake itself checks the cap).
+        """
+        return max(16, self.config.max_connections // 10)
+
+    @property
     def protocols(self):
         """The WebSocket protocols holding a slot."""
         return tuple(self._protocols)
@@ -68,10 +77,7 @@ class ConnectionSlots:
         """
         config = self.config
         refusal = None
-        # Headroom over the cap, so /healthz and /metrics still answer when the
-        # WebSockets fill it; the WebSocket handshake itself checks the cap.
-        headroom = max(16, config.max_connections // 10)
-        if self.stopping or self.count >= config.max_connections + headroom:
+        if self.stopping or self.count >= config.max_connections + self.headroom:
             self.metrics.connections_refused.labels("capacity").inc()
             refusal = (503, "Service Unavailable")
         track_ip = not config.trusted_proxies

@@ -314,3 +314,44 @@ async def test_the_daemons_own_pages_may_connect_whatever_the_origin_list(start_
     assert await in_thread(handshake_status, daemon.url, origin=own) == 101
     assert await in_thread(handshake_status, daemon.url, origin="http://127.0.0.1:1") == 403
     await eventually(lambda: daemon.hub.connectionCount == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_tls_a_refused_address_is_closed_at_accept_before_any_tls_work(start_daemon, tmp_path):
+    # A TLS handshake costs ~1.5 ms of server CPU; a rate-limited address used to get one before
+    # its 429. Now its connection is closed as it is accepted: it never even gets a ServerHello.
+    import socket
+    import ssl
+
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(self_signed_pem())
+    daemon = await start_daemon(listen=f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}", rate_limit=2)
+    url = daemon.url.replace("ws://", "wss://")
+
+    def handshake(source="127.0.0.1"):
+        from websockets.sync.client import connect as ws_connect
+
+        context = ssl.create_default_context(cafile=str(pem))
+        sock = socket.create_connection(("127.0.0.1", daemon.port), source_address=(source, 0))
+        with ws_connect(url, sock=sock, ssl=context, compression=None, open_timeout=10) as ws:
+            ws.send('{"action":"ping"}')
+            return ws.recv(timeout=10)
+
+    def refused():
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            try:
+                return sock.recv(1)  # a TLS server would wait for our ClientHello
+            except ConnectionResetError:
+                return b""
+
+    for _ in range(2):  # the address's two connections a minute
+        assert await in_thread(handshake) == '{"type":"pong"}'
+    assert await in_thread(refused) == b""
+    registry = daemon.service.metrics.registry
+    assert sample(registry, "explorer_connections_refused_at_accept_total") == 1
+    assert sample(registry, "explorer_websocket_connections_refused_total", reason="rate_limit") == 1
+    # Another address is served as before.
+    assert await in_thread(handshake, "127.0.0.2") == '{"type":"pong"}'
+    daemon.clock.advance(daemon.service.config.shutdown_timeout + 1)
