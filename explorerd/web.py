@@ -50,10 +50,11 @@ class HealthResource(Resource):
 class Channel(http.HTTPChannel):
     """
     An HTTP connection that holds a connection slot from the moment it is
-    accepted: until its first request is complete it is "pending", counted
-    in the connection cap and the per-IP limit, and dropped by the hub's
-    sweep if the request does not arrive within the handshake timeout from
-    connecting (slowloris: the idle timer alone is reset by every byte).
+    accepted: until its first request is complete, body included, it is
+    "pending", counted in the connection cap and the per-IP limit, and
+    dropped by the hub's sweep if the request does not arrive within the
+    handshake timeout from connecting (slowloris: the idle timer alone is
+    reset by every byte, of the head or of the body).
     """
 
     _explorer_pending = False
@@ -75,13 +76,13 @@ class Channel(http.HTTPChannel):
             # expect (answering before reading makes some of them fail oddly).
             self._explorer_refusal = verdict
 
-    def allHeadersReceived(self):
-        if self._explorer_refusal is None:
-            self._explorerDone()
-        super().allHeadersReceived()
-
     def allContentReceived(self):
+        # The whole request, body included, had to arrive within the
+        # handshake timeout: a body that trickles in a byte at a time resets
+        # the idle timer on every byte, and only this deadline ends it.
         refusal = self._explorer_refusal
+        if refusal is None:
+            self._explorerDone()
         if refusal is None and self._explorer_ip is not None:
             if self._path.split(b"?", 1)[0] in WEBSOCKET_PATHS:
                 refusal = self.site.admission.refuseEarly(self._explorer_ip)

@@ -355,3 +355,33 @@ async def test_over_tls_a_refused_address_is_closed_at_accept_before_any_tls_wor
     # Another address is served as before.
     assert await in_thread(handshake, "127.0.0.2") == '{"type":"pong"}'
     daemon.clock.advance(daemon.service.config.shutdown_timeout + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_whose_body_trickles_in_is_dropped_at_the_handshake_timeout(start_daemon):
+    # Every byte of a body resets twisted.web's idle timer: only the deadline from connecting,
+    # which now covers the whole request, body included, ends it.
+    import socket
+
+    daemon = await start_daemon(handshake_timeout=2)
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")
+    hub = daemon.hub
+    for _ in range(4):  # a byte of body every half second: never idle, never done
+        sock.sendall(b"x")
+        await eventually(lambda: hub.slots.count == 1, what="the connection to hold its slot")
+        daemon.clock.advance(0.5)
+    sock.sendall(b"x")
+    daemon.clock.advance(0.5)  # two seconds from connecting: the handshake timeout
+    await eventually(lambda: hub.slots.count == 0, what="the slow body to be dropped")
+
+    def closed():
+        sock.settimeout(5)
+        try:
+            return sock.recv(100)
+        except ConnectionResetError:
+            return b""
+
+    assert await in_thread(closed) == b""
+    sock.close()
+    assert sample(daemon.service.metrics.registry, "explorer_websocket_errors_total", type="handshake_timeout") == 1
