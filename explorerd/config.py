@@ -304,6 +304,10 @@ SETTINGS = (
     Setting("rpc_batch_size", "EXPLORERD_RPC_BATCH_SIZE", "rpc-batch-size", "50",
             parse_int, 1,
             "Blocks fetched per JSON-RPC batch while catching up."),
+    Setting("rpc_batch_max", "EXPLORERD_RPC_BATCH_MAX", "rpc-batch-max", "100",
+            parse_int, 1,
+            "Most requests in one JSON-RPC batch a `/v1/rpc` client may send; a larger batch is "
+            "answered with one -32600 error."),
     Setting("max_catchup", "EXPLORERD_MAX_CATCHUP", "max-catchup", "1000",
             parse_int, 1,
             "Most blocks published to catch up (after a restart or an outage); further behind, "

@@ -1,5 +1,6 @@
 """
-The HTTP resource tree: C{/v1/stream} (WebSocket), C{/v1/wamp} (WAMP), C{/metrics},
+The HTTP resource tree: C{/v1/stream} (WebSocket), C{/v1/wamp} (WAMP), C{/v1/rpc}
+(Ethereum JSON-RPC over WebSocket), C{/metrics},
 C{/healthz} and the dashboard in C{web/} at C{/}, all on one port.
 """
 
@@ -14,7 +15,7 @@ from twisted.web.static import Data, File
 
 from explorerd.metrics import MetricsResource
 
-WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp")
+WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
 
 
 class UpgradeResource(WebSocketResource):
@@ -150,7 +151,7 @@ def default_web_root():
     return None
 
 
-def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None):
+def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None, rpc_factory=None):
     if web_root and os.path.isdir(web_root):
         root = Static(web_root)
     else:
@@ -158,12 +159,15 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
         root.putChild(b"", Data(
             b"<!doctype html><title>explorerd</title><p>explorerd is running. "
             b"WebSocket: <code>/v1/stream</code>, WAMP: <code>/v1/wamp</code>, "
+            b"Ethereum JSON-RPC: <code>/v1/rpc</code>, "
             b"metrics: <code>/metrics</code>.</p>",
             "text/html; charset=utf-8"))
     v1 = Resource()
     v1.putChild(WEBSOCKET_PATHS[0].rsplit(b"/", 1)[1], UpgradeResource(stream_factory))
     if wamp_factory is not None:
         v1.putChild(WEBSOCKET_PATHS[1].rsplit(b"/", 1)[1], UpgradeResource(wamp_factory))
+    if rpc_factory is not None:
+        v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], UpgradeResource(rpc_factory))
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(health))

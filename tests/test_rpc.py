@@ -1,0 +1,428 @@
+"""
+/v1/rpc, Ethereum JSON-RPC over WebSocket, spoken raw: every JSON-RPC 2.0 rule,
+eth_subscribe newHeads and logs with real mainnet blocks and logs, reorgs with
+geth's semantics, resuming with since, and the refused method families (against
+a real anvil, which shows no effect of them).
+"""
+
+import json
+
+import pytest
+import pytest_twisted
+
+from explorerd.history import Entry
+from explorerd.rpcsubs import nodeLogs
+from tests.anvil import Anvil
+from tests.chaindata import mainnet_logs, mainnet_run
+from tests.clients import connect
+
+WETH = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"
+TRANSFER = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def entries(n=6):
+    logs = mainnet_logs()
+    return [Entry.fromNode(b, logs=logs.get(b["hash"], [])) for b in mainnet_run()[:n]]
+
+
+def header_of(block):
+    """geth's newHeads header: the node's block minus five fields, values untouched."""
+    return {k: v for k, v in block.items()
+            if k not in ("transactions", "uncles", "size", "totalDifficulty", "withdrawals")}
+
+
+def node_log(log, removed=False):
+    """One of the node's logs as an eth_subscribe client must get it (hex quantities, lowercase)."""
+    return {"address": log["address"].lower(), "topics": [t.lower() for t in log["topics"]],
+            "data": log["data"].lower(), "blockNumber": log["blockNumber"],
+            "transactionHash": log["transactionHash"].lower(), "transactionIndex": log["transactionIndex"],
+            "blockHash": log["blockHash"].lower(), "logIndex": log["logIndex"], "removed": removed}
+
+
+def rpc_url(daemon):
+    return f"ws://127.0.0.1:{daemon.port}/v1/rpc"
+
+
+async def rpc_client(daemon):
+    return await connect(rpc_url(daemon))
+
+
+async def ask(client, method, params=(), request_id=1):
+    """One request; the answer (everything sent before it is kept in C{client.received})."""
+    client.send_json({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
+    while True:
+        message = await client.next()
+        if isinstance(message, dict) and "id" in message and message.get("id") == request_id:
+            return message
+
+
+async def notifications_until_answer(client, request_id=999):
+    """Every notification sent so far: a request's answer comes after all of them."""
+    client.send_json({"jsonrpc": "2.0", "id": request_id, "method": "web3_clientVersion", "params": []})
+    got = []
+    while True:
+        message = await client.next()
+        if message.get("id") == request_id:
+            return got
+        got.append(message)
+
+
+async def subscribe(client, *params, request_id=1):
+    answer = await ask(client, "eth_subscribe", params, request_id)
+    assert "result" in answer, answer
+    return answer["result"]
+
+
+# JSON-RPC 2.0 conformance ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_are_echoed_as_given_and_a_notification_gets_no_answer(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    for request_id in (7, "abc", None, 1.5, 0):
+        client.send_json({"jsonrpc": "2.0", "id": request_id, "method": "web3_clientVersion"})
+        answer = await client.next()
+        assert answer == {"jsonrpc": "2.0", "id": request_id, "result": answer["result"]}
+        assert answer["result"].startswith("explorerd/")
+    client.send_json({"jsonrpc": "2.0", "method": "web3_clientVersion", "params": []})  # a notification
+    client.send_json({"jsonrpc": "2.0", "method": "no_such_method", "params": []})  # no answer, not even an error
+    client.send_json({"jsonrpc": "2.0", "id": "last", "method": "web3_clientVersion", "params": []})
+    assert (await client.next())["id"] == "last"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_frames_are_read_and_answered_in_text(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    client.sendMessage(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "web3_clientVersion"}).encode(),
+                       isBinary=True)
+    answer = await client.next()
+    assert answer["id"] == 1 and "result" in answer
+    await client.close()
+
+
+@pytest.mark.parametrize("payload, code", [
+    (b"{not json", -32700),
+    (b'{"jsonrpc":"2.0","id":1,"method":"web3_clientVersion"', -32700),
+    (b"\xff\xfe", -32700),  # not UTF-8 (a binary frame)
+    (b"[]", -32600),
+    (b"42", -32600),
+    (b'"eth_chainId"', -32600),
+])
+@pytest_twisted.ensureDeferred
+async def test_invalid_json_and_invalid_requests_get_one_error_with_id_null(start_daemon, payload, code):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    client.sendMessage(payload, isBinary=True)
+    answer = await client.next()
+    assert answer["jsonrpc"] == "2.0" and answer["id"] is None and answer["error"]["code"] == code
+    assert answer["error"]["message"]
+    # The connection stays open and useful.
+    assert "result" in await ask(client, "web3_clientVersion")
+    await client.close()
+
+
+@pytest.mark.parametrize("request_, request_id", [
+    ({"jsonrpc": "1.0", "id": 3, "method": "web3_clientVersion"}, 3),
+    ({"id": 3, "method": "web3_clientVersion"}, 3),
+    ({"jsonrpc": "2.0", "id": 3, "method": 5}, 3),
+    ({"jsonrpc": "2.0", "id": 3, "method": "web3_clientVersion", "params": "x"}, 3),
+    ({"jsonrpc": "2.0", "id": {"an": "object"}, "method": "web3_clientVersion"}, None),
+    ({"jsonrpc": "2.0", "id": True, "method": "web3_clientVersion"}, None),
+])
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_request_is_32600_naming_what_is_wrong(start_daemon, request_, request_id):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    client.send_json(request_)
+    answer = await client.next()
+    assert answer["id"] == request_id and answer["error"]["code"] == -32600, answer
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_is_answered_as_one_array_notifications_left_out(start_daemon):
+    daemon = await start_daemon()
+    for e in entries(2):
+        daemon.hub.publish(e)
+    client = await rpc_client(daemon)
+    client.send_json([
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"},
+        {"jsonrpc": "2.0", "method": "eth_blockNumber"},
+        {"jsonrpc": "2.0", "id": "two", "method": "nope_nope"},
+        {"jsonrpc": "2.0", "id": 3, "method": "eth_blockNumber", "params": ["extra"]},
+        1,
+    ])
+    answer = await client.next()
+    assert isinstance(answer, list)
+    by_id = {a["id"]: a for a in answer}
+    assert len(answer) == 4 and set(by_id) == {1, "two", 3, None}
+    assert by_id[1]["result"] == mainnet_run()[1]["number"]
+    assert by_id["two"]["error"]["code"] == -32601
+    assert by_id[3]["error"]["code"] == -32602
+    assert by_id[None]["error"]["code"] == -32600
+    # A batch of notifications only: no answer at all.
+    client.send_json([{"jsonrpc": "2.0", "method": "eth_blockNumber"}])
+    assert (await ask(client, "web3_clientVersion", request_id="after"))["id"] == "after"
+    assert client.received[-1]["id"] == "after" and client.received[-2] == answer
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_over_the_cap_is_one_32600(start_daemon):
+    daemon = await start_daemon(rpc_batch_max=3)
+    client = await rpc_client(daemon)
+    client.send_json([{"jsonrpc": "2.0", "id": i, "method": "web3_clientVersion"} for i in range(4)])
+    answer = await client.next()
+    assert answer["id"] is None and answer["error"]["code"] == -32600 and "at most 3" in answer["error"]["message"]
+    client.send_json([{"jsonrpc": "2.0", "id": i, "method": "web3_clientVersion"} for i in range(3)])
+    assert len(await client.next()) == 3
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_request_of_a_batch_counts_against_the_message_budget(start_daemon):
+    daemon = await start_daemon(message_rate=1, message_burst=5)
+    client = await rpc_client(daemon)
+    client.send_json([{"jsonrpc": "2.0", "id": i, "method": "web3_clientVersion"} for i in range(10)])
+    code, reason = await client.closed
+    assert code == 1008 and "10 in one batch" in reason
+
+
+@pytest.mark.parametrize("params, says", [
+    (["newPendingTransactions"], "no mempool"),
+    (["syncing"], "newHeads"),
+    (["whatever"], '"logs"'),
+    ([], "newHeads"),
+    ([5], "newHeads"),
+    (["newHeads", {"includeTransactions": True}], "since"),
+    (["logs", {"address": "0x1234"}], "address"),
+    (["logs", {"fromBlock": "0x1"}], "fromBlock"),
+    (["logs", {}, {"since": {"number": 5, "hash": "0x00"}}], "since"),
+])
+@pytest_twisted.ensureDeferred
+async def test_unsupported_subscriptions_and_bad_params_are_32602_saying_what_is_supported(
+        start_daemon, params, says):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    answer = await ask(client, "eth_subscribe", params)
+    assert answer["error"]["code"] == -32602 and says in answer["error"]["message"], answer
+    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 0
+    await client.close()
+
+
+# newHeads ------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_heads_every_block_in_order_with_the_nodes_header(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    sub = await subscribe(client, "newHeads")
+    assert sub.startswith("0x") and len(sub) == 34
+    blocks = mainnet_run()[:6]
+    for e in entries(6):
+        daemon.hub.publish(e)
+    got = await notifications_until_answer(client)
+    assert got == [{"jsonrpc": "2.0", "method": "eth_subscription",
+                    "params": {"subscription": sub, "result": header_of(b)}} for b in blocks]
+    assert (await ask(client, "eth_blockNumber", request_id=5))["result"] == blocks[-1]["number"]
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_subscriptions_share_frames_but_ids_stay_unique_per_connection(start_daemon):
+    daemon = await start_daemon()
+    a, b = await rpc_client(daemon), await rpc_client(daemon)
+    first_a, first_b = await subscribe(a, "newHeads"), await subscribe(b, "newHeads")
+    second_a = await subscribe(a, "newHeads", request_id=2)
+    assert first_a == first_b != second_a
+    daemon.hub.publish(entries(1)[0])
+    got_a, got_b = await notifications_until_answer(a), await notifications_until_answer(b)
+    assert sorted(m["params"]["subscription"] for m in got_a) == sorted([first_a, second_a])
+    assert [m["params"]["subscription"] for m in got_b] == [first_b]
+    # Unsubscribing one leaves the other; an unknown id is false.
+    assert (await ask(a, "eth_unsubscribe", [first_a], 3))["result"] is True
+    assert (await ask(a, "eth_unsubscribe", [first_a], 4))["result"] is False
+    assert (await subscribe(a, "newHeads", request_id=5)) == first_a  # the free slot again
+    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 3
+    await a.close()
+    await b.close()
+    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_heads_subscriber_costs_one_shared_frame_per_block(start_daemon):
+    daemon = await start_daemon()
+    clients = [await rpc_client(daemon) for _ in range(5)]
+    for c in clients:
+        await subscribe(c, "newHeads")
+    written = []
+    for c in daemon.hub._clients.values():
+        original = c.transport.write
+        c.transport.write = lambda data, original=original: (written.append(data), original(data))[1]
+    daemon.hub.publish(entries(1)[0])
+    assert len(written) == 5 and len({id(w) for w in written}) == 1
+    for c in clients:
+        await c.close()
+
+
+# logs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flt", [
+    {},
+    {"address": WETH},
+    {"topics": [TRANSFER]},
+    {"address": [WETH], "topics": [TRANSFER, None, None]},
+    {"topics": [None, None, None, None]},
+])
+@pytest_twisted.ensureDeferred
+async def test_logs_one_notification_per_matching_log_in_the_nodes_format(start_daemon, flt):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    sub = await subscribe(client, "logs", flt)
+    blocks = entries(3)
+    for e in blocks:
+        daemon.hub.publish(e)
+    got = await notifications_until_answer(client)
+    want = []
+    for e in blocks:
+        for log in mainnet_logs().get(e.hash, []):
+            if flt.get("address") and log["address"].lower() not in {a.lower() for a in
+                                                                        ([flt["address"]] if isinstance(flt["address"], str) else flt["address"])}:
+                continue
+            topics = flt.get("topics", [])
+            if len(log["topics"]) < len(topics) or any(t is not None and log["topics"][i].lower() != t
+                                                       for i, t in enumerate(topics)):
+                continue
+            want.append(node_log(log))
+    assert want, "the filter should match something in these blocks"
+    assert [m["params"]["result"] for m in got] == want
+    assert all(m["params"]["subscription"] == sub and m["method"] == "eth_subscription" for m in got)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reorg_resends_removed_logs_oldest_first_then_the_new_branch(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    heads = await subscribe(client, "newHeads", request_id=1)
+    logs_sub = await subscribe(client, "logs", {"address": WETH}, request_id=2)
+    blocks = entries(6)
+    for e in blocks[:5]:
+        daemon.hub.publish(e)
+    await notifications_until_answer(client)
+    # Blocks 3 and 4 are replaced: the new branch is block 3' (the recorded block 5's content re-parented).
+    ancestor = blocks[2]
+    removed = [b.ref() for b in blocks[3:5]]
+    daemon.hub.publishReorg(2, ancestor.ref(), removed)
+    raw = dict(mainnet_run()[5], parentHash=ancestor.hash, number=hex(ancestor.height + 1))
+    raw_logs = [dict(log, blockNumber=raw["number"]) for log in mainnet_logs().get(raw["hash"], [])]
+    replacement = Entry.fromNode(raw, logs=raw_logs)
+    daemon.hub.publish(replacement)
+    got = await notifications_until_answer(client)
+    removed_logs = [json.loads(b) for e in blocks[3:5] for b in nodeLogs(e, removed=True)
+                    if json.loads(b)["address"] == WETH]
+    new_logs = [node_log(log) for log in raw_logs if log["address"].lower() == WETH]
+    assert removed_logs and new_logs
+    assert [m["params"]["result"] for m in got if m["params"]["subscription"] == logs_sub] == removed_logs + new_logs
+    assert [m["params"]["result"]["hash"] for m in got if m["params"]["subscription"] == heads] == [raw["hash"]]
+    # The removed logs came before the new branch's header.
+    kinds = [m["params"]["subscription"] for m in got]
+    assert kinds.index(heads) > kinds.index(logs_sub)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_resumes_new_heads_and_logs_from_the_history(start_daemon):
+    daemon = await start_daemon()
+    blocks = entries(6)
+    for e in blocks:
+        daemon.hub.publish(e)
+    client = await rpc_client(daemon)
+    since = {"since": {"number": hex(blocks[2].height), "hash": blocks[2].hash}}
+    heads = await subscribe(client, "newHeads", since, request_id=1)
+    logs_sub = await subscribe(client, "logs", {"address": WETH}, since, request_id=2)
+    await notifications_until_answer(client)
+    got = [m for m in client.received if m.get("method") == "eth_subscription"]
+    assert [m["params"]["result"]["number"] for m in got if m["params"]["subscription"] == heads] == \
+        [hex(e.height) for e in blocks[3:]]
+    assert [m["params"]["result"] for m in got if m["params"]["subscription"] == logs_sub] == \
+        [node_log(log) for e in blocks[3:] for log in mainnet_logs()[e.hash] if log["address"].lower() == WETH]
+    answer = await ask(client, "eth_subscribe", ["newHeads", {"since": {"number": "0x1", "hash": "0x" + "11" * 32}}], 3)
+    assert answer["error"]["code"] == -32602 and "older than the history" in answer["error"]["message"]
+    assert answer["error"]["data"]["oldest"] == hex(blocks[0].height)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_logs_a_logs_subscription_is_refused(start_daemon):
+    daemon = await start_daemon(receipts="off")
+    client = await rpc_client(daemon)
+    answer = await ask(client, "eth_subscribe", ["logs", {}])
+    assert answer["error"]["code"] == -32602 and "EXPLORERD_RECEIPTS=off" in answer["error"]["message"]
+    await client.close()
+
+
+# With a real node ------------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def anvil(no_leaks):
+    node = await Anvil(_reactor(), no_mining=True, chain_id=31337).start()
+    yield node
+    await node.stop()
+
+
+REFUSED = ["evm_mine", "anvil_mine", "anvil_setBalance", "hardhat_mine", "admin_nodeInfo", "debug_traceBlockByNumber",
+           "personal_listAccounts", "miner_start", "txpool_content", "eth_sign", "eth_signTransaction",
+           "eth_signTypedData_v4", "eth_sendTransaction", "eth_accounts"]
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_refused_families_are_32601_and_never_reach_the_node(start_daemon, anvil):
+    from explorerd.jsonrpc import JSONRPCClient
+
+    daemon = await start_daemon(rpc_url=anvil.url)
+    node = JSONRPCClient(_reactor(), anvil.url, timeout=5.0)
+    try:
+        before = await node.blockNumber()
+        client = await rpc_client(daemon)
+        params = {"evm_mine": [], "anvil_mine": ["0x5"], "hardhat_mine": ["0x5"],
+                  "eth_sendTransaction": [{"from": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+                                           "to": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "value": "0x1"}]}
+        for i, method in enumerate(REFUSED):
+            answer = await ask(client, method, params.get(method, []), i)
+            assert answer["error"]["code"] == -32601, (method, answer)
+            assert "not served" in answer["error"]["message"]
+        assert await node.blockNumber() == before  # evm_mine, anvil_mine, hardhat_mine: nothing mined
+        assert await node.call("eth_getTransactionCount", ["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "pending"]) \
+            == "0x0"  # and nothing sent
+        # What is answered comes from the node.
+        assert (await ask(client, "eth_chainId", [], "c"))["result"] == "0x7a69"
+        assert (await ask(client, "net_version", [], "n"))["result"] == "31337"
+        block = (await ask(client, "eth_getBlockByNumber", ["0x0", False], "b"))["result"]
+        assert block == await node.call("eth_getBlockByNumber", ["0x0", False])
+        await client.close()
+    finally:
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_fails_is_a_32000_for_that_id_and_the_connection_stays(start_daemon):
+    daemon = await start_daemon(rpc_url="http://127.0.0.1:9/", rpc_timeout=2.0)
+    client = await rpc_client(daemon)
+    answer = await ask(client, "eth_chainId", [], "x")
+    assert answer["id"] == "x" and answer["error"]["code"] == -32000 and "eth_chainId" in answer["error"]["message"]
+    assert "result" in await ask(client, "web3_clientVersion", [], "y")
+    await client.close()
