@@ -1,0 +1,34 @@
+// ethers v6 against explorerd's /v1/rpc, unchanged: one JSON line on stdout per event.
+// node rpc-ethers.mjs URL blocks N            provider.on("block"): the first N block numbers (and hashes)
+// node rpc-ethers.mjs URL logs N ADDRESS      contract.on("Transfer"): the first N Transfer events
+import { Contract, WebSocketProvider } from "ethers";
+
+const [url, mode, count, address] = process.argv.slice(2);
+const want = Number(count);
+const provider = new WebSocketProvider(url);
+const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+let seen = 0;
+
+async function done() {
+  say({ event: "done" });
+  await provider.destroy();
+  process.exit(0);
+}
+
+say({ event: "chainId", chainId: Number((await provider.getNetwork()).chainId) });
+if (mode === "blocks") {
+  await provider.on("block", async (number) => {
+    say({ event: "block", number });
+    if (++seen === want) await done();
+  });
+} else {
+  const abi = ["event Transfer(address indexed from, address indexed to, uint256 value)"];
+  const token = new Contract(address, abi, provider);
+  await token.on("Transfer", async (from, to, value, payload) => {
+    say({ event: "log", from: from.toLowerCase(), to: to.toLowerCase(), value: value.toString(),
+          blockNumber: payload.log.blockNumber, transactionHash: payload.log.transactionHash,
+          logIndex: payload.log.index });
+    if (++seen === want) await done();
+  });
+}
+say({ event: "listening" });

@@ -1,0 +1,200 @@
+"""
+The Ethereum libraries people use, unchanged, against /v1/rpc on a real anvil:
+ethers v6 (WebSocketProvider), viem (webSocket transport) and web3.py
+(AsyncWeb3 + WebSocketProvider).  Each runs as its own process
+(tests/node/rpc-*.mjs, tests/node/rpc_web3.py) and prints one JSON line per
+event it saw.
+
+newHeads goes the live path: anvil mines, explorerd's live-tail publishes.
+Logs are real events of a real contract on that anvil; explorerd's tail does
+not fetch logs yet here, so the test publishes each block with its logs the
+way the tail would (C{Entry.fromNode(block, logs=eth_getLogs by hash)}).
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.defer import DeferredQueue
+
+from explorerd.history import Entry
+from explorerd.jsonrpc import JSONRPCClient
+from tests.anvil import DEV_ACCOUNTS, Anvil
+from tests.conftest import eventually
+from tests.contracts import Contracts, transfer
+
+NODE_DIR = os.path.join(os.path.dirname(__file__), "node")
+
+
+def _have(module):
+    if module == "web3":
+        try:
+            import web3  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return shutil.which("node") is not None and os.path.isdir(os.path.join(NODE_DIR, "node_modules", module))
+
+
+CLIENTS = {
+    "ethers": ["node", os.path.join(NODE_DIR, "rpc-ethers.mjs")],
+    "viem": ["node", os.path.join(NODE_DIR, "rpc-viem.mjs")],
+    "web3py": [sys.executable, os.path.join(NODE_DIR, "rpc_web3.py")],
+}
+NEEDS = {"ethers": "ethers", "viem": "viem", "web3py": "web3"}
+
+pytestmark = [pytest.mark.needs_node]
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class ClientProcess(protocol.ProcessProtocol):
+    """One library's driver: its JSON lines in a queue, its end as a Deferred."""
+
+    def __init__(self, name, args):
+        self.name = name
+        self.lines = DeferredQueue()
+        self.errors = []
+        self.ended = defer.Deferred()
+        self._partial = b""
+        argv = list(CLIENTS[name]) + [str(a) for a in args]
+        argv[0] = shutil.which(argv[0]) or argv[0]
+        self.transport = _reactor().spawnProcess(self, argv[0], argv, env=dict(os.environ), path=NODE_DIR)
+
+    def outReceived(self, data):
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                try:
+                    self.lines.put(json.loads(line))
+                except ValueError:
+                    self.errors.append(line.decode("utf-8", "replace"))
+
+    def errReceived(self, data):
+        self.errors.append(data.decode("utf-8", "replace"))
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+    async def next(self, timeout=20.0):
+        d = self.lines.get()
+        d.addTimeout(timeout, _reactor())
+        try:
+            return await d
+        except defer.TimeoutError:
+            raise AssertionError(f"{self.name} said nothing for {timeout}s; stderr: {''.join(self.errors)[-2000:]}")
+
+    async def until(self, event):
+        got = []
+        while True:
+            line = await self.next()
+            if line["event"] == "error":
+                raise AssertionError(f"{self.name}: {line['message']}")
+            if line["event"] == event:
+                return got
+            got.append(line)
+
+    async def finish(self, timeout=20.0):
+        d = self.ended
+        d.addTimeout(timeout, _reactor())
+        try:
+            return await d
+        except defer.TimeoutError:
+            self.transport.signalProcess(signal.SIGKILL)
+            raise AssertionError(f"{self.name} did not exit; stderr: {''.join(self.errors)[-2000:]}")
+
+
+@pytest_twisted.async_yield_fixture
+async def chain(no_leaks):
+    """A fresh anvil that mines only on request, and a JSON-RPC client of it."""
+    reactor = _reactor()
+    node = await Anvil(reactor, no_mining=True).start()
+    rpc = JSONRPCClient(reactor, node.url, timeout=5.0)
+    yield node, rpc
+    await rpc.close()
+    await node.stop()
+
+
+def clients():
+    return [pytest.param(name, marks=pytest.mark.skipif(not _have(NEEDS[name]), reason=f"{NEEDS[name]} not installed"))
+            for name in CLIENTS]
+
+
+@pytest.mark.parametrize("name", clients())
+@pytest_twisted.ensureDeferred
+async def test_every_mined_block_reaches_the_library_in_order(start_daemon, chain, name):
+    node, rpc = chain
+    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    subscriptions = daemon.service.rpcFactory.subscriptions
+    client = ClientProcess(name, [f"ws://127.0.0.1:{daemon.port}/v1/rpc", "blocks", 7])
+    first = await client.next()
+    assert first == {"event": "chainId", "chainId": node.chain_id}
+    await eventually(lambda: subscriptions.count("newHeads") == 1, timeout=20, what=f"{name} to subscribe")
+    # Mined one at a time, then three between two polls: explorerd sends each of them.
+    for batch in (1, 1, 1, 1, 3):
+        for _ in range(batch):
+            await rpc.call("evm_mine", [])
+        assert await tail.poll()
+    got = [line for line in await client.until("done") if line["event"] == "block"]
+    head = await rpc.blockNumber()
+    assert [line["number"] for line in got] == list(range(head - 6, head + 1))
+    if "hash" in got[0]:
+        blocks = [await rpc.getBlockByNumber(n, False) for n in range(head - 6, head + 1)]
+        assert [line["hash"] for line in got] == [b["hash"] for b in blocks]
+    assert await client.finish() == 0
+    await eventually(lambda: subscriptions.count("newHeads") == 0, what="the subscription to go")
+
+
+async def publish_new_blocks(daemon, rpc, published):
+    """What the live-tail does once it fetches logs: each new block with its logs, in order."""
+    head = await rpc.blockNumber()
+    for n in range(published + 1, head + 1):
+        block = await rpc.getBlockByNumber(n, True)
+        logs = await rpc.call("eth_getLogs", [{"blockHash": block["hash"]}])
+        daemon.hub.publish(Entry.fromNode(block, logs=logs))
+    return head
+
+
+@pytest.mark.parametrize("name", clients())
+@pytest_twisted.ensureDeferred
+async def test_contract_events_reach_the_library_as_the_node_logged_them(start_daemon, chain, name):
+    node, rpc = chain
+    daemon = await start_daemon(rpc_url=node.url)  # no tail: this test publishes
+    contracts = await Contracts.deploy(rpc)
+    published = await publish_new_blocks(daemon, rpc, -1)
+    subscriptions = daemon.service.rpcFactory.subscriptions
+    client = ClientProcess(name, [f"ws://127.0.0.1:{daemon.port}/v1/rpc", "logs", 3, contracts.emitter])
+    await client.next()  # its chain id
+    await eventually(lambda: subscriptions.count("logs") == 1, timeout=20, what=f"{name} to subscribe")
+    alice, bob = DEV_ACCOUNTS
+    # Two transfers in one block, one more in the next, and a call that reverts (no logs).
+    hashes = [await contracts.emit([transfer(alice, bob, 5), transfer(bob, alice, 7)])]
+    await contracts.revert([transfer(alice, bob, 1)])
+    await contracts.mine()
+    hashes.append(await contracts.emit([transfer(alice, bob, 11)]))
+    await contracts.mine()
+    await publish_new_blocks(daemon, rpc, published)
+    got = [line for line in await client.until("done") if line["event"] == "log"]
+    logs = await rpc.call("eth_getLogs", [{"fromBlock": hex(published + 1), "toBlock": "latest",
+                                           "address": contracts.emitter}])
+    assert len(logs) == 3
+    assert [line["transactionHash"] for line in got] == [log["transactionHash"] for log in logs]
+    assert [line["blockNumber"] for line in got] == [int(log["blockNumber"], 16) for log in logs]
+    assert [line["logIndex"] for line in got] == [int(log["logIndex"], 16) for log in logs]
+    if "value" in got[0]:  # the library decoded the event with its ABI
+        assert [(line["from"], line["to"], line["value"]) for line in got] == [
+            (alice, bob, "5"), (bob, alice, "7"), (alice, bob, "11")]
+    else:
+        assert [(line["topics"], line["data"]) for line in got] == [(log["topics"], log["data"]) for log in logs]
+    assert await client.finish() == 0
