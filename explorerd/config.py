@@ -144,6 +144,42 @@ def parse_receipts(text) -> str:
     return text
 
 
+# JSON-RPC methods /v1/rpc never sends a node: they sign, send, or change or read its internals.
+RPC_REFUSED_PREFIXES = ("admin_", "debug_", "personal_", "miner_", "txpool_", "anvil_", "evm_", "hardhat_",
+                        "eth_sign")
+RPC_REFUSED_METHODS = ("eth_sendTransaction", "eth_accounts")
+_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+
+
+def rpc_refused(method):
+    """Whether /v1/rpc refuses C{method} whatever the settings (see L{RPC_REFUSED_PREFIXES})."""
+    return method in RPC_REFUSED_METHODS or method.startswith(RPC_REFUSED_PREFIXES)
+
+
+def parse_methods(text) -> tuple:
+    """A comma list of JSON-RPC method names that may be forwarded to the node."""
+    methods = []
+    for name in str(text).split(","):
+        name = name.strip()
+        if not name:
+            continue
+        if not _METHOD.match(name):
+            raise ValueError(f"{name[:70]!r} is not a JSON-RPC method name")
+        if rpc_refused(name):
+            raise ValueError(f"{name} is never forwarded: it signs, sends or changes a node's state")
+        methods.append(name)
+    return tuple(dict.fromkeys(methods))
+
+
+def parse_switch(text) -> bool:
+    text = str(text).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
 _ENDPOINT_EXAMPLE = "a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
 
 
@@ -308,6 +344,26 @@ SETTINGS = (
             parse_int, 1,
             "Most requests in one JSON-RPC batch a `/v1/rpc` client may send; a larger batch is "
             "answered with one -32600 error."),
+    Setting("rpc_forward", "EXPLORERD_RPC_FORWARD", "rpc-forward",
+            "eth_call,eth_estimateGas,eth_getBalance,eth_getTransactionCount,eth_getCode,eth_getStorageAt,"
+            "eth_gasPrice,eth_maxPriorityFeePerGas,eth_feeHistory,eth_getTransactionByHash,"
+            "eth_getTransactionReceipt,eth_getBlockReceipts,eth_getLogs,eth_sendRawTransaction",
+            parse_methods, None,
+            "JSON-RPC methods `/v1/rpc` forwards to the node (comma list; empty: none). Methods that sign, "
+            "send or change state (`admin_*`, `debug_*`, `personal_*`, `miner_*`, `txpool_*`, `anvil_*`, "
+            "`evm_*`, `hardhat_*`, `eth_sign*`, `eth_sendTransaction`, `eth_accounts`) are refused here."),
+    Setting("rpc_forward_concurrency", "EXPLORERD_RPC_FORWARD_CONCURRENCY", "rpc-forward-concurrency", "8",
+            parse_int, 1,
+            "Calls of `/v1/rpc` clients in flight to the node at once, all clients together (its own "
+            "connections, apart from the live-tail's); more wait in order. Each connection has at most 16."),
+    Setting("rpc_pin_latest", "EXPLORERD_RPC_PIN_LATEST", "rpc-pin-latest", "on",
+            parse_switch, None,
+            "`on`: a forwarded call whose block is `latest` (or absent) reads the block explorerd last "
+            "announced (EIP-1898 `{\"blockHash\": ...}`), so a client reacting to `newHeads` reads that "
+            "block's state; `off`: as sent."),
+    Setting("rpc_getlogs_range", "EXPLORERD_RPC_GETLOGS_RANGE", "rpc-getlogs-range", "1000",
+            parse_int, 1,
+            "Most blocks one forwarded `eth_getLogs` may span; a wider range is answered -32602."),
     Setting("max_catchup", "EXPLORERD_MAX_CATCHUP", "max-catchup", "1000",
             parse_int, 1,
             "Most blocks published to catch up (after a restart or an outage); further behind, "

@@ -23,7 +23,7 @@ from explorerd.hub import Hub
 from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
-from explorerd.rpc import RpcFactory
+from explorerd.rpc import RpcFactory, RpcService
 from explorerd.tailstate import TailState
 from explorerd.stream import StreamFactory
 from explorerd.transport import sized_server
@@ -121,9 +121,10 @@ class Daemon(MultiService):
         self.admission = Admission(self.hub.slots, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
         self.wampFactory = WampFactory(self.broker, self.admission, self.metrics, config)
-        # An edge without --rpc-url has no node for /v1/rpc to ask.
-        upstream = None if config.source == "wamp" and not config.rpc_url else self.rpc
-        self.rpcFactory = RpcFactory(self.hub, self.admission, self.metrics, config, upstream)
+        # An edge has no node for /v1/rpc to ask.
+        upstream = None if config.source == "wamp" else self.rpc
+        self.rpcService = RpcService(self.hub, config, self.metrics.registry, upstream)
+        self.rpcFactory = RpcFactory(self.rpcService, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory, rpc_factory=self.rpcFactory)

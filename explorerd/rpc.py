@@ -1,53 +1,64 @@
 """
-Ethereum JSON-RPC over WebSocket at C{/v1/rpc}: what ethers, viem and
-web3.py speak to a node, so their C{eth_subscribe} works unchanged.
+Ethereum JSON-RPC at C{/v1/rpc}: what ethers, viem and web3.py speak to a
+node, over WebSocket (with C{eth_subscribe}) and over HTTP C{POST}.
 
 JSON-RPC 2.0: single requests and batches (at most C{rpc_batch_max}
-requests), in text or binary frames (web3.py sends binary), answered in
-text frames; ids echoed as given; a notification (no C{id}) gets no
-answer.  Errors::
+requests, answered as one array in any order), in text or binary frames
+(web3.py sends binary), answered in text frames; ids echoed as given; a
+notification (no C{id}) gets no answer.  Errors::
 
     -32700  invalid JSON (id null)          -32600  invalid request, empty or too large batch
     -32601  method not served               -32602  bad params, unsupported subscription
-    -32000  the upstream node failed (its own error codes pass through)
+    -32000  the node failed or timed out (a node's own error codes pass through)
 
-Methods answered here:
+Answered here:
 
   - C{eth_subscribe ["newHeads"]} and C{["logs", {"address", "topics"}]}
-    (L{explorerd.rpcsubs}); a last parameter C{{"since": {"number",
-    "hash"}}} resumes from the history as C{/v1/stream}'s C{since} does.
-    C{eth_unsubscribe [id]} answers C{true}, or C{false} for an id the
-    connection does not hold.
+    (L{explorerd.rpcsubs}), WebSocket only; a last parameter
+    C{{"since": {"number", "hash"}}} resumes from the history as
+    C{/v1/stream}'s C{since} does.  C{eth_unsubscribe [id]} answers
+    C{true}, or C{false} for an id the connection does not hold.
   - C{eth_blockNumber}: the newest block explorerd published, so it never
     contradicts the notifications.
   - C{eth_chainId}, C{net_version}: the node's, asked once.
-  - C{eth_getBlockByNumber}, C{eth_getBlockByHash}: from the node, pinned
-    by hash for a block in the history (C{latest} is the newest published);
-    without a node (an edge), C{null}.
   - C{web3_clientVersion}: explorerd's own.
 
-Everything that changes a node or reads its accounts (C{admin_*},
-C{debug_*}, C{personal_*}, C{miner_*}, C{txpool_*}, C{anvil_*}, C{evm_*},
-C{hardhat_*}, C{eth_sign*}, C{eth_sendTransaction}, C{eth_accounts}) and
-any other method is answered C{-32601} and never reaches the node.
+Forwarded to the node (C{EXPLORERD_RPC_FORWARD}), through a concurrency
+limit of their own (C{EXPLORERD_RPC_FORWARD_CONCURRENCY}) and at most
+L{PER_CONNECTION} a connection, more waiting in order:
+C{eth_getBlockByNumber}/C{eth_getBlockByHash} (a block of the history asked
+by its hash, so never another one) and the read-only methods of the
+setting.  With C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is
+C{latest} or absent becomes the block explorerd last announced (EIP-1898
+C{{"blockHash": …}}, or its number where a method takes only a number), so
+a client that reacts to a C{newHeads} notification reads that block's
+state.  An edge without a node answers C{-32601} for them.
 
-A connection is a hub client like any other: the same admission, caps,
-message budget (each request in a batch costs one message), pings and
-slow-client policy.
+Everything that signs, sends or changes a node (C{admin_*}, C{debug_*},
+C{personal_*}, C{miner_*}, C{txpool_*}, C{anvil_*}, C{evm_*}, C{hardhat_*},
+C{eth_sign*}, C{eth_sendTransaction}, C{eth_accounts}) and any other method
+is answered C{-32601} and never reaches the node.
+
+A WebSocket connection is a hub client like any other: the same admission,
+caps, message budget (each request of a batch costs one message), pings
+and slow-client policy.
 """
 
 import json
+import time
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from explorerd import __version__, events
+from explorerd.config import rpc_refused
 from explorerd.connection import HubConnection
 from explorerd.events import encode, frame
 from explorerd.jsonrpc import RPCError, RPCFailure
 from explorerd.logfilter import LogFilter
+from explorerd.metrics import LATENCY_BUCKETS
 from explorerd.rpcsubs import LOGS, NEW_HEADS, RpcSubscriptions
 from explorerd.stream import apply_limits
 
@@ -55,14 +66,21 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600,
 SERVER_ERROR = -32000
 
 MAX_SUBSCRIPTIONS = 256  # per connection
+PER_CONNECTION = 16  # forwarded calls in flight per connection
 CLIENT_VERSION = f"explorerd/v{__version__}"
 
-# Methods that write, sign, or reach into a node's internals: never forwarded.
-REFUSED_PREFIXES = ("admin_", "debug_", "personal_", "miner_", "txpool_", "anvil_", "evm_", "hardhat_",
-                    "eth_sign")
-REFUSED_METHODS = frozenset(("eth_sendTransaction", "eth_accounts"))
-
-_BLOCK_TAGS = ("latest", "safe", "finalized", "pending", "earliest")
+# Where each forwarded method takes its block: (index, EIP-1898 hash allowed?).
+BLOCK_PARAM = {
+    "eth_call": (1, True),
+    "eth_estimateGas": (1, True),
+    "eth_getBalance": (1, True),
+    "eth_getTransactionCount": (1, True),
+    "eth_getCode": (1, True),
+    "eth_getStorageAt": (2, True),
+    "eth_getProof": (2, True),
+    "eth_getBlockReceipts": (0, True),
+    "eth_feeHistory": (1, False),
+}
 
 log = Logger()
 
@@ -89,13 +107,12 @@ class RpcMetrics:
             "explorer_rpc_subscriptions", "eth_subscribe subscriptions held now, by kind.", ["kind"],
             registry=registry)
         self.requests = Counter(
-            "explorer_rpc_requests_total", "JSON-RPC requests on /v1/rpc, by method and outcome.",
+            "explorer_rpc_requests_total",
+            "JSON-RPC requests on /v1/rpc, by method (other: methods not served) and outcome.",
             ["method", "outcome"], registry=registry)
-
-
-def refused(method):
-    """Whether C{method} changes a node or reads its accounts: answered -32601 here."""
-    return method in REFUSED_METHODS or method.startswith(REFUSED_PREFIXES)
+        self.forwarded = Histogram(
+            "explorer_rpc_forwarded_latency_seconds", "Calls forwarded to the node, until its answer.",
+            ["method"], buckets=LATENCY_BUCKETS + (5.0, 10.0), registry=registry)
 
 
 def _short(value, limit=64):
@@ -135,20 +152,37 @@ def _since(options):
         raise RpcError(INVALID_PARAMS, f"invalid params: since: {e}") from None
 
 
+def _number(value, what):
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass
+    raise RpcError(INVALID_PARAMS, f"invalid params: {what} {_short(value)!r} is not a block number or tag")
+
+
 class Upstream:
     """
     The node, as clients' calls reach it: through its own
-    C{DeferredSemaphore}, so clients can never take the tail's connections
-    or starve it; its answers and failures become JSON-RPC answers.
+    C{DeferredSemaphore}, so clients never take the tail's place or starve
+    it; its answers and failures become JSON-RPC answers.
     """
 
-    def __init__(self, rpc, limit=8):
+    def __init__(self, rpc, limit, metrics):
         self.rpc = rpc
+        self.metrics = metrics
         self._semaphore = defer.DeferredSemaphore(limit)
         self._chain_id = None
 
     def call(self, method, params):
+        start = time.perf_counter()
+
+        def timed(result):
+            self.metrics.forwarded.labels(method).observe(time.perf_counter() - start)
+            return result
+
         d = self._semaphore.run(self.rpc.call, method, params)
+        d.addBoth(timed)
         d.addErrback(self._failed, method)
         return d
 
@@ -172,85 +206,68 @@ class Upstream:
         return self.call("eth_chainId", []).addCallback(keep)
 
 
-class RpcProtocol(HubConnection, WebSocketServerProtocol):
-    """One JSON-RPC WebSocket client: a hub client holding C{eth_subscribe} subscriptions."""
+class Session:
+    """
+    What one caller holds: its subscriptions (a WebSocket connection; an
+    HTTP request has none) and its share of the node, L{PER_CONNECTION}
+    calls in flight.
+    """
 
-    _explorer_subs = None
-    _explorer_after = ()
+    def __init__(self, client=None):
+        self.client = client
+        self.subscriptions = {} if client is not None else None
+        self.after = []  # replays written right after the answers that announce them
+        self.inflight = defer.DeferredSemaphore(PER_CONNECTION)
 
-    def onConnect(self, request):
-        self._explorer_ip = self.factory.admission.admit(self, request)
-        return None
 
-    def onOpen(self):
-        self._explorer_subs = {}
-        self._explorer_after = []
-        self._explorer_client = self.factory.hub.attach(self, self._explorer_ip, "rpc")
-        log.info("JSON-RPC client {client} connected from {peer}",
-                 client=self._explorer_client.id, peer=self._explorer_ip)
+class RpcService:
+    """
+    The methods of C{/v1/rpc}, shared by the WebSocket and HTTP front ends:
+    a request or batch in, its answer (a Deferred) out.
+    """
 
-    def _leaveHub(self, reason):
-        client, held = self._explorer_client, self._explorer_subs
-        if held:
-            self.factory.subscriptions.unsubscribeAll(held, client)
-        super()._leaveHub(reason)
+    def __init__(self, hub, config, registry, rpc=None):
+        self.hub = hub
+        self.metrics = RpcMetrics(registry)
+        self.subscriptions = RpcSubscriptions(hub, self.metrics)
+        self.upstream = None if rpc is None else Upstream(rpc, config.rpc_forward_concurrency, self.metrics)
+        self.forwarded = frozenset(config.rpc_forward)
+        self.batchMax = config.rpc_batch_max
+        self.pinLatest = config.rpc_pin_latest
+        self.getLogsRange = config.rpc_getlogs_range
+        self.logsAvailable = config.source == "wamp" or config.receipts != "off"
 
-    def onMessage(self, payload, isBinary):
-        client = self._explorer_client
-        if client is None or client.hub is None:
-            return
-        hub = client.hub
-        self.factory.metrics.messages_received.inc()
-        if not self._withinBudget(hub):
-            return self._overBudget(client, f"too many messages: {self._budgetText()}")
+    def parse(self, payload):
+        """C{(message, None)}, or C{(None, answer)} for a payload that is not JSON or is an empty batch."""
         try:
             message = json.loads(payload)
         except (ValueError, RecursionError):
-            self.factory.rpcMetrics.requests.labels("", "parse_error").inc()
-            return self._send(_answer(None, error=RpcError(PARSE_ERROR, "parse error: not valid JSON")))
+            self.metrics.requests.labels("", "parse_error").inc()
+            return None, _answer(None, error=RpcError(PARSE_ERROR, "parse error: not valid JSON"))
         if isinstance(message, list):
-            self._batch(hub, client, message)
-        else:
-            answer = self._handle(message)
-            if answer is not None:
-                answer.addCallback(self._send)
-        self._afterAnswers()
+            if not message:
+                return None, _answer(None, error=RpcError(INVALID_REQUEST, "invalid request: empty batch"))
+            if len(message) > self.batchMax:
+                return None, _answer(None, error=RpcError(
+                    INVALID_REQUEST, f"invalid request: a batch holds at most {self.batchMax} requests, "
+                                     f"not {len(message)}"))
+        return message, None
 
-    def _afterAnswers(self):
-        after, self._explorer_after = self._explorer_after, []
-        for action in after:
-            action()
-
-    def _batch(self, hub, client, requests):
-        if not requests:
-            return self._send(_answer(None, error=RpcError(INVALID_REQUEST, "invalid request: empty batch")))
-        most = self.factory.batchMax
-        if len(requests) > most:
-            return self._send(_answer(None, error=RpcError(
-                INVALID_REQUEST, f"invalid request: a batch holds at most {most} requests, not {len(requests)}")))
-        if not self._withinBudget(hub, len(requests) - 1):
-            return self._overBudget(client, f"too many messages: {len(requests)} in one batch; "
-                                            f"{self._budgetText()}")
-        answers = [a for a in map(self._handle, requests) if a is not None]
+    def answer(self, message, session):
+        """
+        A Deferred of the answer to C{message} (one request or a batch),
+        C{None} when there is none (notifications only).  Fired at once
+        unless the node was asked.
+        """
+        if not isinstance(message, list):
+            return self._handle(message, session)
+        answers = [a for a in (self._handle(r, session) for r in message) if a is not None]
         if not answers:
-            return
-        if all(a.called for a in answers):
-            # Answered now (nothing forwarded): before anything else is sent.
-            results = [a.result for a in answers]
-            return self._send(results)
-        defer.gatherResults(answers).addCallback(self._send)
+            return None
+        return defer.gatherResults(answers)
 
-    def _send(self, answer):
-        client = self._explorer_client
-        if client is not None and client.hub is not None:
-            client.hub.deliver(client, frame(encode(answer)), 1, "rpc_answer")
-
-    def _handle(self, request):
-        """
-        The answer to one request, as a Deferred (fired at once unless the
-        node was asked), or C{None} for a notification.
-        """
-        metrics = self.factory.rpcMetrics.requests
+    def _handle(self, request, session):
+        metrics = self.metrics.requests
         if not isinstance(request, dict):
             metrics.labels("", "invalid_request").inc()
             return defer.succeed(_answer(None, error=RpcError(INVALID_REQUEST, "invalid request: not an object")))
@@ -270,8 +287,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
             metrics.labels("", "invalid_request").inc()
             return defer.succeed(_answer(request_id, error=RpcError(INVALID_REQUEST, "invalid request: " + problem)))
         method, params = request["method"], request.get("params", [])
-        label = method if method in self._methods or method in self.factory.forwarded else "other"
-        d = defer.maybeDeferred(self._call, method, params)
+        label = method if method in self._methods or method in self.forwarded else "other"
         notification = "id" not in request
 
         def answered(result):
@@ -279,31 +295,91 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
             return None if notification else _answer(request_id, result)
 
         def failed(failure):
-            if not failure.check(RpcError):
+            if failure.check(RpcError):
+                error = failure.value
+            else:
                 log.failure("JSON-RPC {method} failed", failure, method=method)
                 error = RpcError(SERVER_ERROR, f"internal error in {method}")
-            else:
-                error = failure.value
             metrics.labels(label, "error").inc()
             return None if notification else _answer(request_id, error=error)
 
+        d = defer.maybeDeferred(self._call, method, params, session)
         d.addCallbacks(answered, failed)
-        if notification:
-            return None
-        return d
+        return None if notification else d
 
-    def _call(self, method, params):
+    def _call(self, method, params, session):
         handler = self._methods.get(method)
         if handler is not None:
-            return handler(self, params)
-        if refused(method):
+            return handler(self, params, session)
+        if method in self.forwarded:
+            return self._forward(method, self._pinned(method, params), session)
+        if rpc_refused(method):
             raise RpcError(METHOD_NOT_FOUND, f"the method {_short(method)} is not served: explorerd never "
                                              "sends a node anything that signs, sends or changes state")
         raise RpcError(METHOD_NOT_FOUND, f"the method {_short(method)} does not exist or is not available")
 
-    # Methods.
+    # Forwarding.
 
-    def _subscribe(self, params):
+    def _forward(self, method, params, session):
+        upstream = self.upstream
+        if upstream is None:
+            raise RpcError(METHOD_NOT_FOUND, f"the method {method} is not available: this server has no node "
+                                             "to ask (an edge without --rpc-url)")
+        return session.inflight.run(upstream.call, method, params)
+
+    def _pinned(self, method, params):
+        """C{params} with a C{latest} (or absent) block made the newest announced block, if so set."""
+        if not isinstance(params, list):
+            raise RpcError(INVALID_PARAMS, "invalid params: expected an array")
+        newest = self.hub.history.newest
+        if method == "eth_getLogs":
+            return self._getLogsParams(params, newest)
+        where = BLOCK_PARAM.get(method)
+        if where is None or newest is None or not self.pinLatest:
+            return params
+        index, by_hash = where
+        pin = {"blockHash": newest.hash} if by_hash else hex(newest.height)
+        if len(params) == index:
+            return params + [pin]
+        if len(params) > index and params[index] == "latest":
+            return params[:index] + [pin] + params[index + 1:]
+        return params
+
+    def _getLogsParams(self, params, newest):
+        params = _params(params, 1, 1, "[filter]")
+        flt = params[0]
+        if not isinstance(flt, dict):
+            raise RpcError(INVALID_PARAMS, "invalid params: the filter is an object")
+        if "blockHash" in flt:
+            return params
+        flt = dict(flt)
+        head = None
+        if newest is not None and self.pinLatest:
+            head = newest.height
+            for key in ("fromBlock", "toBlock"):
+                if flt.get(key, "latest") == "latest":
+                    flt[key] = hex(head)
+        start, end = flt.get("fromBlock", "latest"), flt.get("toBlock", "latest")
+        if start == "earliest":
+            start = "0x0"
+        if isinstance(start, str) and start.startswith("0x") and isinstance(end, str) and end.startswith("0x"):
+            span = _number(end, "toBlock") - _number(start, "fromBlock") + 1
+            if span > self.getLogsRange:
+                raise RpcError(INVALID_PARAMS, f"invalid params: eth_getLogs spans {span} blocks; at most "
+                                               f"{self.getLogsRange} (EXPLORERD_RPC_GETLOGS_RANGE)")
+        elif start not in ("latest", "safe", "finalized", "pending") or end not in ("latest", "safe",
+                                                                                   "finalized", "pending"):
+            # A range from a number to a tag: its size is the node's to know; refuse rather than guess.
+            if not (isinstance(end, str) and end.startswith("0x")):
+                raise RpcError(INVALID_PARAMS, "invalid params: eth_getLogs needs a fromBlock and toBlock of "
+                                               f"at most {self.getLogsRange} blocks, as numbers")
+        return [flt]
+
+    # Methods answered here.
+
+    def _subscribe(self, params, session):
+        if session.subscriptions is None:
+            raise RpcError(METHOD_NOT_FOUND, "eth_subscribe needs a WebSocket connection (ws://…/v1/rpc)")
         if not isinstance(params, list) or not params or not isinstance(params[0], str):
             raise RpcError(INVALID_PARAMS, 'invalid params: expected ["newHeads"] or ["logs", {filter}]')
         kind, rest = params[0], params[1:]
@@ -328,34 +404,34 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
                                            '"newHeads" and "logs"')
         if rest:
             since = _since(rest[0])
-        if kind == LOGS and not self.factory.logsAvailable:
+        if kind == LOGS and not self.logsAvailable:
             raise RpcError(INVALID_PARAMS, "this server does not fetch logs (EXPLORERD_RECEIPTS=off): "
                                            "no logs subscriptions")
-        if len(self._explorer_subs) >= MAX_SUBSCRIPTIONS:
+        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise RpcError(INVALID_PARAMS, f"too many subscriptions on this connection (at most {MAX_SUBSCRIPTIONS})")
-        client = self._explorer_client
-        group = self.factory.subscriptions.subscribe(self._explorer_subs, client, kind, log_filter)
+        group = self.subscriptions.subscribe(session.subscriptions, session.client, kind, log_filter)
         if since is not None:
-            self._catchUp(client, group, since)
+            self._catchUp(session, group, since)
         return group.id
 
-    def _catchUp(self, client, group, since):
+    def _catchUp(self, session, group, since):
         """
         The C{since} extension: the subscription's notifications for every
-        block after the one the client holds, written right after the
-        answer (the hub keeps the order), as C{/v1/stream} replays; an
-        error and nothing subscribed when the history cannot tell.
+        block after the one the client holds (the removed blocks' logs
+        first, when a reorg took it), written right after the answer, as
+        C{/v1/stream} replays; an error and nothing subscribed when the
+        history cannot tell.
         """
-        hub = client.hub
+        hub, client = self.hub, session.client
         status, ancestor, removed = hub.history.resume(since["height"], since["hash"])
         if status != "ok":
-            self.factory.subscriptions.unsubscribe(self._explorer_subs, client, group.id)
+            self.subscriptions.unsubscribe(session.subscriptions, client, group.id)
             oldest = hub.history.oldest
             raise RpcError(INVALID_PARAMS, f"cannot resume after block {since['height']} {since['hash']}: it is "
                                            "older than the history kept, or not a block this server published",
                            {"oldest": None if oldest is None else hex(oldest.height)})
         orphans = [o for o in (hub.history.orphan(r["hash"]) for r in removed) if o is not None]
-        items = self.factory.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
+        items = self.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
 
         def replay():
             for payload, ((kind, n),) in items:
@@ -363,57 +439,57 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
                     return
                 hub.deliver(client, payload, n, kind)
 
-        # After the answer that tells the client the id; in this same turn,
-        # so that no live notification can come between.
-        self._explorer_after.append(replay)
+        session.after.append(replay)
 
-    def _unsubscribe(self, params):
+    def _unsubscribe(self, params, session):
+        if session.subscriptions is None:
+            raise RpcError(METHOD_NOT_FOUND, "eth_unsubscribe needs a WebSocket connection (ws://…/v1/rpc)")
         params = _params(params, 1, 1, "[subscription id]")
         if not isinstance(params[0], str):
             raise RpcError(INVALID_PARAMS, "invalid params: the subscription id is a string")
-        return self.factory.subscriptions.unsubscribe(self._explorer_subs, self._explorer_client, params[0])
+        return self.subscriptions.unsubscribe(session.subscriptions, session.client, params[0])
 
-    def _blockNumber(self, params):
+    def _blockNumber(self, params, session):
         _params(params, 0, 0, "no params")
-        newest = self.factory.hub.history.newest
+        newest = self.hub.history.newest
         if newest is not None:
             return hex(newest.height)
-        return self._upstream().call("eth_blockNumber", [])
+        return self._forward("eth_blockNumber", [], session)
 
-    def _chainId(self, params):
+    def _upstream(self):
+        if self.upstream is None:
+            raise RpcError(METHOD_NOT_FOUND, "this server has no node to ask (an edge without --rpc-url)")
+        return self.upstream
+
+    def _chainId(self, params, session):
         _params(params, 0, 0, "no params")
         return self._upstream().chainId()
 
-    def _netVersion(self, params):
+    def _netVersion(self, params, session):
         _params(params, 0, 0, "no params")
         return self._upstream().chainId().addCallback(lambda chain_id: str(int(chain_id, 16)))
 
-    def _clientVersion(self, params):
+    def _clientVersion(self, params, session):
         _params(params, 0, 0, "no params")
         return CLIENT_VERSION
 
-    def _getBlockByNumber(self, params):
+    def _getBlockByNumber(self, params, session):
         params = _params(params, 1, 2, "[block number or tag, full transactions?]")
         tag, full = params[0], params[1] if len(params) > 1 else False
         if not isinstance(full, bool):
             raise RpcError(INVALID_PARAMS, "invalid params: the second parameter is true or false")
-        history = self.factory.hub.history
+        history = self.hub.history
         entry = None
         if tag == "latest":
-            entry = history.newest
-        elif isinstance(tag, str) and tag.startswith("0x"):
-            try:
-                height = int(tag, 16)
-            except ValueError:
-                raise RpcError(INVALID_PARAMS, f"invalid params: {_short(tag)!r} is not a block number") from None
+            entry = history.newest if self.pinLatest else None
+        elif tag not in ("safe", "finalized", "pending", "earliest"):
+            height = _number(tag, "block")
             entry = next((e for e in history.after(height - 1) if e.height == height), None)
-        elif tag not in _BLOCK_TAGS:
-            raise RpcError(INVALID_PARAMS, f"invalid params: {_short(tag)!r} is not a block number or tag")
         if entry is not None:
-            return self._block(entry, full)
-        return self._forwardOrNull("eth_getBlockByNumber", [tag, full])
+            return self._forward("eth_getBlockByHash", [entry.hash, full], session)
+        return self._forward("eth_getBlockByNumber", [tag, full], session)
 
-    def _getBlockByHash(self, params):
+    def _getBlockByHash(self, params, session):
         params = _params(params, 1, 2, "[block hash, full transactions?]")
         full = params[1] if len(params) > 1 else False
         try:
@@ -422,25 +498,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
             raise RpcError(INVALID_PARAMS, "invalid params: a block hash is 0x and 64 hex digits") from None
         if not isinstance(full, bool):
             raise RpcError(INVALID_PARAMS, "invalid params: the second parameter is true or false")
-        entry = self.factory.hub.history.canonical(block_hash)
-        if entry is not None:
-            return self._block(entry, full)
-        return self._forwardOrNull("eth_getBlockByHash", [block_hash, full])
-
-    def _block(self, entry, full):
-        """A block of the history, as the node has it: asked by hash, so never another one."""
-        return self._forwardOrNull("eth_getBlockByHash", [entry.hash, full])
-
-    def _forwardOrNull(self, method, params):
-        upstream = self.factory.upstream
-        if upstream is None:
-            return None
-        return upstream.call(method, params)
-
-    def _upstream(self):
-        if self.factory.upstream is None:
-            raise RpcError(METHOD_NOT_FOUND, "this server has no node to ask (an edge without --rpc-url)")
-        return self.factory.upstream
+        return self._forward("eth_getBlockByHash", [block_hash, full], session)
 
     _methods = {
         "eth_subscribe": _subscribe,
@@ -454,20 +512,64 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
     }
 
 
+class RpcProtocol(HubConnection, WebSocketServerProtocol):
+    """One JSON-RPC WebSocket client: a hub client holding C{eth_subscribe} subscriptions."""
+
+    _explorer_session = None
+
+    def onConnect(self, request):
+        self._explorer_ip = self.factory.admission.admit(self, request)
+        return None
+
+    def onOpen(self):
+        client = self._explorer_client = self.factory.hub.attach(self, self._explorer_ip, "rpc")
+        self._explorer_session = Session(client)
+        log.info("JSON-RPC client {client} connected from {peer}", client=client.id, peer=self._explorer_ip)
+
+    def _leaveHub(self, reason):
+        session = self._explorer_session
+        if session is not None and session.subscriptions:
+            self.factory.service.subscriptions.unsubscribeAll(session.subscriptions, session.client)
+        super()._leaveHub(reason)
+
+    def onMessage(self, payload, isBinary):
+        client, session = self._explorer_client, self._explorer_session
+        if client is None or client.hub is None:
+            return
+        hub, service = client.hub, self.factory.service
+        self.factory.metrics.messages_received.inc()
+        if not self._withinBudget(hub):
+            return self._overBudget(client, f"too many messages: {self._budgetText()}")
+        message, error = service.parse(payload)
+        if error is not None:
+            return self._send(error)
+        if isinstance(message, list) and not self._withinBudget(hub, len(message) - 1):
+            return self._overBudget(client, f"too many messages: {len(message)} in one batch; "
+                                            f"{self._budgetText()}")
+        answer = service.answer(message, session)
+        if answer is not None:
+            answer.addCallback(self._send)
+        # Replays (since) go out right after the answers that give their
+        # ids, in this same turn, so that no live notification comes between.
+        after, session.after = session.after, []
+        for replay in after:
+            replay()
+
+    def _send(self, answer):
+        client = self._explorer_client
+        if client is not None and client.hub is not None:
+            client.hub.deliver(client, frame(encode(answer)), 1, "rpc_answer")
+
+
 class RpcFactory(WebSocketServerFactory):
-    """Builds L{RpcProtocol}s sharing the hub, its subscriptions, admission, metrics and the node."""
+    """Builds L{RpcProtocol}s sharing the hub, the L{RpcService}, admission and metrics."""
 
     protocol = RpcProtocol
 
-    def __init__(self, hub, admission, metrics, config, rpc=None, url=None):
+    def __init__(self, service, admission, metrics, config, url=None):
         super().__init__(url)
-        self.hub = hub
+        self.service = service
+        self.hub = service.hub
         self.admission = admission
         self.metrics = metrics
-        self.rpcMetrics = RpcMetrics(metrics.registry)
-        self.subscriptions = RpcSubscriptions(hub, self.rpcMetrics)
-        self.upstream = None if rpc is None else Upstream(rpc)
-        self.forwarded = frozenset()
-        self.batchMax = config.rpc_batch_max
-        self.logsAvailable = config.source == "wamp" or config.receipts != "off"
         apply_limits(self, config)

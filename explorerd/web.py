@@ -30,6 +30,50 @@ class UpgradeResource(WebSocketResource):
         return super().render(request)
 
 
+class RpcResource(UpgradeResource):
+    """
+    C{/v1/rpc}: a WebSocket upgrade, or a C{POST} of a JSON-RPC request or
+    batch answered in the response (everything but subscriptions), so an
+    HTTP provider works too.
+    """
+
+    def __init__(self, factory, max_body):
+        super().__init__(factory)
+        self._max_body = max_body
+
+    def render(self, request):
+        if request.method != b"POST":
+            return super().render(request)
+        from explorerd.rpc import Session
+
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        body = request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            request.setResponseCode(413)
+            return json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32600, "message": f"invalid request: larger than {self._max_body} bytes"}}).encode()
+        service = self._factory.service
+        self._factory.metrics.messages_received.inc()
+        message, error = service.parse(body)
+        if error is not None:
+            return json.dumps(error, separators=(",", ":")).encode("utf-8")
+        answer = service.answer(message, Session())
+        if answer is None:
+            request.setResponseCode(204)
+            return b""
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def respond(result):
+            if not gone:
+                request.write(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+                request.finish()
+
+        answer.addCallback(respond)
+        return server.NOT_DONE_YET
+
+
 class HealthResource(Resource):
     """C{/healthz}: 200 with a small JSON status, 503 when not C{ok}/C{degraded}."""
 
@@ -167,7 +211,7 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
     if wamp_factory is not None:
         v1.putChild(WEBSOCKET_PATHS[1].rsplit(b"/", 1)[1], UpgradeResource(wamp_factory))
     if rpc_factory is not None:
-        v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], UpgradeResource(rpc_factory))
+        v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], RpcResource(rpc_factory, rpc_factory.maxMessagePayloadSize))
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(health))

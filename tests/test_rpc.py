@@ -215,7 +215,7 @@ async def test_unsupported_subscriptions_and_bad_params_are_32602_saying_what_is
     client = await rpc_client(daemon)
     answer = await ask(client, "eth_subscribe", params)
     assert answer["error"]["code"] == -32602 and says in answer["error"]["message"], answer
-    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 0
+    assert daemon.service.rpcService.subscriptions.count("newHeads") == 0
     await client.close()
 
 
@@ -253,10 +253,10 @@ async def test_identical_subscriptions_share_frames_but_ids_stay_unique_per_conn
     assert (await ask(a, "eth_unsubscribe", [first_a], 3))["result"] is True
     assert (await ask(a, "eth_unsubscribe", [first_a], 4))["result"] is False
     assert (await subscribe(a, "newHeads", request_id=5)) == first_a  # the free slot again
-    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 3
+    assert daemon.service.rpcService.subscriptions.count("newHeads") == 3
     await a.close()
     await b.close()
-    assert daemon.service.rpcFactory.subscriptions.count("newHeads") == 0
+    assert daemon.service.rpcService.subscriptions.count("newHeads") == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -426,3 +426,195 @@ async def test_a_node_that_fails_is_a_32000_for_that_id_and_the_connection_stays
     assert answer["id"] == "x" and answer["error"]["code"] == -32000 and "eth_chainId" in answer["error"]["message"]
     assert "result" in await ask(client, "web3_clientVersion", [], "y")
     await client.close()
+
+
+# Forwarding ----------------------------------------------------------------------
+
+
+async def publish_anvil_blocks(daemon, node, published=-1):
+    """Publish anvil's new blocks as the live-tail would; returns the newest published."""
+    head = await node.blockNumber()
+    for n in range(published + 1, head + 1):
+        daemon.hub.publish(Entry.fromNode(await node.getBlockByNumber(n, True)))
+    return head
+
+
+@pytest_twisted.async_yield_fixture
+async def node_client(anvil):
+    from explorerd.jsonrpc import JSONRPCClient
+
+    client = JSONRPCClient(_reactor(), anvil.url, timeout=5.0)
+    yield client
+    await client.close()
+
+
+@pytest.mark.needs_node
+@pytest.mark.parametrize("pin", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_latest_reads_the_block_explorerd_announced(start_daemon, anvil, node_client, pin):
+    alice, bob = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
+    daemon = await start_daemon(rpc_url=anvil.url, rpc_pin_latest=pin)
+    announced = await publish_anvil_blocks(daemon, node_client)
+    before = await node_client.call("eth_getBalance", [bob, "latest"])
+    # The node moves on; explorerd has not announced that block yet.
+    await node_client.call("eth_sendTransaction", [{"from": alice, "to": bob, "value": "0x1000"}])
+    await node_client.call("evm_mine", [])
+    after = await node_client.call("eth_getBalance", [bob, "latest"])
+    assert after != before
+    client = await rpc_client(daemon)
+    want = before if pin else after
+    assert (await ask(client, "eth_getBalance", [bob, "latest"], 1))["result"] == want
+    if pin:  # absent is latest too (anvil itself wants the parameter: unpinned, it says so)
+        assert (await ask(client, "eth_getBalance", [bob], 2))["result"] == want
+    assert (await ask(client, "eth_getTransactionCount", [alice, "latest"], 3))["result"] == ("0x0" if pin else "0x1")
+    assert (await ask(client, "eth_getBalance", [bob, "0x1"], 4))["result"] == after  # a number: as asked
+    block = (await ask(client, "eth_getBlockByNumber", ["latest", False], 5))["result"]
+    assert int(block["number"], 16) == (announced if pin else announced + 1)
+    await client.close()
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_get_logs_is_forwarded_within_its_range_cap(start_daemon, anvil, node_client):
+    daemon = await start_daemon(rpc_url=anvil.url, rpc_getlogs_range=10)
+    await node_client.call("anvil_mine", ["0x14"])
+    await publish_anvil_blocks(daemon, node_client)
+    client = await rpc_client(daemon)
+    ok = await ask(client, "eth_getLogs", [{"fromBlock": "0x1", "toBlock": "0xa"}], 1)
+    assert ok["result"] == []
+    wide = await ask(client, "eth_getLogs", [{"fromBlock": "0x1", "toBlock": "0xb"}], 2)
+    assert wide["error"]["code"] == -32602 and "spans 11 blocks; at most 10" in wide["error"]["message"]
+    earliest = await ask(client, "eth_getLogs", [{"fromBlock": "earliest"}], 3)  # to latest: 21 blocks
+    assert earliest["error"]["code"] == -32602
+    recent = await ask(client, "eth_getLogs", [{"fromBlock": "0x12"}], 4)  # 0x12 to the announced 0x14
+    assert recent["result"] == []
+    # A method that is not in EXPLORERD_RPC_FORWARD is not forwarded.
+    assert (await ask(client, "eth_getUncleCountByBlockNumber", ["0x1"], 5))["error"]["code"] == -32601
+    await client.close()
+
+
+class HeldNode:
+    """A node that answers only when told: to see how many calls are in flight to it."""
+
+    def __init__(self):
+        from twisted.web.resource import Resource
+
+        self.held = []
+        node = self
+
+        class Rpc(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                from twisted.web.server import NOT_DONE_YET
+
+                node.held.append((request, json.loads(request.content.read())))
+                return NOT_DONE_YET
+
+        self.resource = Rpc()
+
+    async def start(self):
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.web.server import Site
+
+        self.site = Site(self.resource)
+        self.port = await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(self.site)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}/"
+        return self
+
+    def release(self):
+        held, self.held = self.held, []
+        for request, body in held:
+            request.setHeader(b"Content-Type", b"application/json")
+            request.write(json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": body["params"][0]}).encode())
+            request.finish()
+        return len(held)
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_calls_wait_in_order_16_per_connection_and_under_the_shared_limit(start_daemon):
+    from tests.conftest import eventually
+
+    node = await HeldNode().start()
+    try:
+        daemon = await start_daemon(rpc_url=node.url, rpc_forward_concurrency=20, rpc_pin_latest=False)
+        upstream = daemon.service.rpcService.upstream
+        a, b = await rpc_client(daemon), await rpc_client(daemon)
+
+        def send(client, first, n):
+            for i in range(n):
+                client.send_json({"jsonrpc": "2.0", "id": first + i, "method": "eth_getCode",
+                                  "params": [f"0x{first + i:040x}", "0x1"]})
+
+        send(a, 0, 20)
+        await ask(a, "web3_clientVersion", [], "a read")  # all 20 were read
+        await eventually(lambda: len(node.held) == 16, what="a's first 16 calls to reach the node")
+        assert sorted(int(body["params"][0], 16) for _, body in node.held) == list(range(16))
+        send(b, 100, 10)
+        await ask(b, "web3_clientVersion", [], "b read")
+        await eventually(lambda: len(node.held) == 20, what="b's calls to take the rest of the shared 20")
+        assert len(upstream._semaphore.waiting) == 6  # b's other 6 wait for the node
+        total = 0
+        while total < 30:
+            total += node.release()
+            if total < 30:
+                await eventually(lambda: node.held, what="waiting calls to go out")
+        answers_a = [await a.next() for _ in range(20)]
+        answers_b = [await b.next() for _ in range(10)]
+        assert sorted(m["id"] for m in answers_a) == list(range(20))
+        assert sorted(m["id"] for m in answers_b) == list(range(100, 110))
+        assert all(m["result"] == f"0x{m['id']:040x}" for m in answers_a + answers_b)
+        await a.close()
+        await b.close()
+    finally:
+        await node.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_times_out_is_a_32000_for_that_id(start_daemon):
+    node = await HeldNode().start()
+    try:
+        daemon = await start_daemon(rpc_url=node.url, rpc_timeout=0.2)
+        client = await rpc_client(daemon)
+        answer = await ask(client, "eth_gasPrice", [], "slow")
+        assert answer["id"] == "slow" and answer["error"]["code"] == -32000
+        assert "eth_gasPrice" in answer["error"]["message"]
+        assert "result" in await ask(client, "web3_clientVersion", [], "still here")
+        await client.close()
+        for request, _ in node.held:
+            request.transport.abortConnection()
+    finally:
+        await node.port.stopListening()
+
+
+# HTTP POST -----------------------------------------------------------------------
+
+
+async def post(daemon, body):
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(_reactor(), persistent=False)
+    http = treq.client.HTTPClient(Agent(_reactor(), pool=pool))
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = await http.post(f"http://127.0.0.1:{daemon.port}/v1/rpc", data=data,
+                               headers={"Content-Type": "application/json"})
+    text = await response.content()
+    return response.code, (json.loads(text) if text else None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_post_answers_the_same_methods_without_subscriptions(start_daemon):
+    daemon = await start_daemon()
+    for e in entries(2):
+        daemon.hub.publish(e)
+    code, answer = await post(daemon, {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"})
+    assert code == 200 and answer == {"jsonrpc": "2.0", "id": 1, "result": mainnet_run()[1]["number"]}
+    code, answer = await post(daemon, [{"jsonrpc": "2.0", "id": "a", "method": "eth_subscribe", "params": ["newHeads"]},
+                                       {"jsonrpc": "2.0", "id": "b", "method": "evm_mine"}])
+    assert {m["id"]: m["error"]["code"] for m in answer} == {"a": -32601, "b": -32601}
+    assert "WebSocket" in answer[0]["error"]["message"]
+    code, answer = await post(daemon, b"{nope")
+    assert code == 200 and answer["error"]["code"] == -32700 and answer["id"] is None
+    code, answer = await post(daemon, {"jsonrpc": "2.0", "method": "eth_blockNumber"})
+    assert code == 204 and answer is None

@@ -1,6 +1,6 @@
 // ethers v6 against explorerd's /v1/rpc, unchanged: one JSON line on stdout per event.
 // node rpc-ethers.mjs URL blocks N            provider.on("block"): the first N block numbers (and hashes)
-// node rpc-ethers.mjs URL logs N ADDRESS      contract.on("Transfer"): the first N Transfer events
+// node rpc-ethers.mjs URL logs N ADDRESS      getBalance and call, then contract.on("Transfer"): N events
 import { Contract, WebSocketProvider } from "ethers";
 
 const [url, mode, count, address] = process.argv.slice(2);
@@ -22,6 +22,10 @@ if (mode === "blocks") {
     if (++seen === want) await done();
   });
 } else {
+  // Reads forwarded to the node: a balance and a call, as any dapp makes them.
+  const account = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+  say({ event: "reads", balance: (await provider.getBalance(account)).toString(),
+        call: await provider.call({ to: address, data: "0x" }) });
   const abi = ["event Transfer(address indexed from, address indexed to, uint256 value)"];
   const token = new Contract(address, abi, provider);
   await token.on("Transfer", async (from, to, value, payload) => {
