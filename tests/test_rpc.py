@@ -618,3 +618,29 @@ async def test_http_post_answers_the_same_methods_without_subscriptions(start_da
     assert code == 200 and answer["error"]["code"] == -32700 and answer["id"] is None
     code, answer = await post(daemon, {"jsonrpc": "2.0", "method": "eth_blockNumber"})
     assert code == 204 and answer is None
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_after_anvil_reorg_new_heads_has_the_new_branch_from_the_fork_point_up(start_daemon, anvil, node_client):
+    daemon = await start_daemon(with_tail=True, rpc_url=anvil.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    client = await rpc_client(daemon)
+    sub = await subscribe(client, "newHeads")
+    for _ in range(5):
+        await node_client.call("evm_mine", [])
+    assert await tail.poll()
+    old = [m["params"]["result"] for m in await notifications_until_answer(client, "a")]
+    head = await node_client.blockNumber()
+    assert [int(h["number"], 16) for h in old] == list(range(head - 4, head + 1))
+    await node_client.call("anvil_reorg", [3, []])  # the last three blocks replaced, same height
+    await tail.poll()
+    got = await notifications_until_answer(client, "b")
+    new = [m["params"]["result"] for m in got if m["params"]["subscription"] == sub]
+    assert [int(h["number"], 16) for h in new] == [head - 2, head - 1, head]
+    assert new[0]["parentHash"] == old[1]["hash"]  # from the fork point
+    assert all(b["parentHash"] == a["hash"] for a, b in zip(new, new[1:]))
+    assert {h["hash"] for h in new}.isdisjoint(h["hash"] for h in old)
+    assert new == [header_of(await node_client.getBlockByNumber(n, False)) for n in range(head - 2, head + 1)]
+    await client.close()

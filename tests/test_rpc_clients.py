@@ -201,3 +201,71 @@ async def test_contract_events_reach_the_library_as_the_node_logged_them(start_d
     else:
         assert [(line["topics"], line["data"]) for line in got] == [(log["topics"], log["data"]) for log in logs]
     assert await client.finish() == 0
+
+
+def readme_examples():
+    """The README's ethers, viem and web3.py examples, exactly as written there."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## Ethereum JSON-RPC (`/v1/rpc`)"):]
+    section = section[:section.index("\n## ")]
+    blocks = section.split("```")[1::2]
+    examples = {}
+    for block in blocks:
+        language, code = block.split("\n", 1)
+        name = "web3py" if language == "python" else code.split(":", 1)[0].strip("/ ").split()[0]
+        examples[name] = (language, code)
+    return examples
+
+
+@pytest.mark.parametrize("name", clients())
+@pytest_twisted.ensureDeferred
+async def test_the_readme_examples_work_as_written(start_daemon, chain, name, tmp_path):
+    node, rpc = chain
+    language, code = readme_examples()[{"ethers": "ethers", "viem": "viem", "web3py": "web3py"}[name]]
+    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    code = code.replace("ws://127.0.0.1:8080/v1/rpc", f"ws://127.0.0.1:{daemon.port}/v1/rpc")
+    if language == "python":
+        path = tmp_path / "blocks.py"
+        argv = [sys.executable, "-u", str(path)]
+    else:
+        path = os.path.join(NODE_DIR, f".readme-{name}.mjs")  # beside node_modules, to import from it
+        argv = [shutil.which("node"), path]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(code)
+    lines = DeferredQueue()
+    ended = defer.Deferred()
+
+    class Output(protocol.ProcessProtocol):
+        partial = b""
+
+        def outReceived(self, data):
+            *done, self.partial = (self.partial + data).split(b"\n")
+            for line in done:
+                lines.put(line.decode())
+
+        def processEnded(self, reason):
+            ended.callback(None)
+
+    process = _reactor().spawnProcess(Output(), argv[0], argv, env=dict(os.environ), path=NODE_DIR)
+    try:
+        async def line():
+            d = lines.get()
+            d.addTimeout(20, _reactor())
+            return await d
+
+        assert (await line()).split()[1] in (str(node.chain_id), f"{node.chain_id}n")
+        subscriptions = daemon.service.rpcService.subscriptions
+        await eventually(lambda: subscriptions.count("newHeads") == 1, timeout=20, what="the example to subscribe")
+        for _ in range(3):
+            await rpc.call("evm_mine", [])
+            assert await tail.poll()
+        head = await rpc.blockNumber()
+        got = [(await line()).split()[:2] for _ in range(3)]
+        assert [int(number.rstrip("n")) for _, number in got] == [head - 2, head - 1, head]
+    finally:
+        process.signalProcess(signal.SIGTERM)
+        await ended
+        if language != "python":
+            os.unlink(path)
