@@ -218,6 +218,7 @@ class Session:
         self.subscriptions = {} if client is not None else None
         self.after = []  # replays written right after the answers that announce them
         self.inflight = defer.DeferredSemaphore(PER_CONNECTION)
+        self.closed = False
 
 
 class RpcService:
@@ -325,7 +326,14 @@ class RpcService:
         if upstream is None:
             raise RpcError(METHOD_NOT_FOUND, f"the method {method} is not available: this server has no node "
                                              "to ask (an edge without --rpc-url)")
-        return session.inflight.run(upstream.call, method, params)
+        return session.inflight.run(self._forwardNow, session, upstream, method, params)
+
+    @staticmethod
+    def _forwardNow(session, upstream, method, params):
+        # Calls still waiting when their connection closed are not sent: nobody would read the answer.
+        if session.closed:
+            raise RpcError(SERVER_ERROR, "the connection closed")
+        return upstream.call(method, params)
 
     def _pinned(self, method, params):
         """C{params} with a C{latest} (or absent) block made the newest announced block, if so set."""
@@ -528,8 +536,10 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
 
     def _leaveHub(self, reason):
         session = self._explorer_session
-        if session is not None and session.subscriptions:
-            self.factory.service.subscriptions.unsubscribeAll(session.subscriptions, session.client)
+        if session is not None:
+            session.closed = True
+            if session.subscriptions:
+                self.factory.service.subscriptions.unsubscribeAll(session.subscriptions, session.client)
         super()._leaveHub(reason)
 
     def onMessage(self, payload, isBinary):

@@ -644,3 +644,63 @@ async def test_after_anvil_reorg_new_heads_has_the_new_branch_from_the_fork_poin
     assert {h["hash"] for h in new}.isdisjoint(h["hash"] for h in old)
     assert new == [header_of(await node_client.getBlockByNumber(n, False)) for n in range(head - 2, head + 1)]
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_still_waiting_when_their_connection_closes_never_reach_the_node(start_daemon):
+    from tests.conftest import eventually
+
+    node = await HeldNode().start()
+    try:
+        daemon = await start_daemon(rpc_url=node.url, rpc_pin_latest=False, rpc_forward_concurrency=32)
+        client = await rpc_client(daemon)
+        for i in range(20):
+            client.send_json({"jsonrpc": "2.0", "id": i, "method": "eth_getCode", "params": [f"0x{i:040x}", "0x1"]})
+        await eventually(lambda: len(node.held) == 16, what="16 calls to reach the node")
+        await client.close()
+        assert node.release() == 16
+        other = await rpc_client(daemon)  # a round trip: the released answers were taken care of
+        assert "result" in await ask(other, "web3_clientVersion")
+        assert node.held == []
+        await other.close()
+    finally:
+        await node.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_subscriptions_by_kind_and_requests_by_method_and_outcome(start_daemon):
+    from tests.metricvalues import sample as metric_value
+
+    daemon = await start_daemon()
+    registry = daemon.service.metrics.registry
+    client = await rpc_client(daemon)
+    await subscribe(client, "newHeads", request_id=1)
+    await subscribe(client, "logs", {"address": WETH}, request_id=2)
+    await subscribe(client, "logs", {}, request_id=3)
+    await ask(client, "evm_mine", [], 4)
+    await ask(client, "eth_subscribe", ["syncing"], 5)
+    assert metric_value(registry, "explorer_rpc_subscriptions", kind="newHeads") == 1
+    assert metric_value(registry, "explorer_rpc_subscriptions", kind="logs") == 2
+    assert metric_value(registry, "explorer_rpc_requests_total", method="eth_subscribe", outcome="ok") == 3
+    assert metric_value(registry, "explorer_rpc_requests_total", method="eth_subscribe", outcome="error") == 1
+    assert metric_value(registry, "explorer_rpc_requests_total", method="other", outcome="error") == 1
+    daemon.hub.publish(entries(1)[0])
+    await notifications_until_answer(client)
+    assert metric_value(registry, "explorer_websocket_messages_sent_total", type="rpc_newHeads") == 1
+    await client.close()
+    assert metric_value(registry, "explorer_rpc_subscriptions", kind="logs") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_edges_blocks_have_a_header_made_of_what_explorerd_publishes(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    sub = await subscribe(client, "newHeads")
+    node_entry = entries(1)[0]
+    daemon.hub.publish(Entry.fromWire(node_entry.data, node_entry.txs_data, node_entry.logs))
+    (got,) = await notifications_until_answer(client)
+    header = header_of(mainnet_run()[0])
+    assert got["params"]["subscription"] == sub
+    assert got["params"]["result"] == {k: header[k] for k in ("number", "hash", "parentHash", "timestamp", "miner",
+                                                              "gasUsed", "gasLimit", "baseFeePerGas") if k in header}
+    await client.close()
