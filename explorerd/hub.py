@@ -30,7 +30,7 @@ from explorerd import events
 from explorerd.collector import collectAfter
 from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
-from explorerd.interfaces import IBlockSink, IPublicationObserver
+from explorerd.interfaces import IBlockSink, IPublicationObserver, IResumeHint
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
 from explorerd.slots import ConnectionSlots
 
@@ -270,9 +270,29 @@ class Hub(Service):
         protocol = client.protocol
         if error is not None:
             self.metrics.errors.labels(error).inc()
+        if error == "slow_client":
+            reason = self._slowReason(client, reason)
         self.detach(client, reason)
         if protocol is not None:
             protocol.beginClose(code, reason)
+
+    @staticmethod
+    def _slowReason(client, reason, limit=123):
+        """
+        A slow client's close reason, naming the last block it was sent
+        when its protocol can tell (L{IResumeHint}); within the 123 bytes
+        a close frame's reason has room for.
+        """
+        protocol = client.protocol
+        if not IResumeHint.providedBy(protocol):
+            return reason
+        hint = protocol.resumeHint(client)
+        if not hint:
+            return reason
+        for text in (f"{reason}; {hint}", f"too slow; {hint}"):
+            if len(text.encode("utf-8")) <= limit:
+                return text
+        return reason
 
     # Subscriptions.
 

@@ -51,11 +51,13 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from explorerd import __version__, events
 from explorerd.config import rpc_refused
 from explorerd.connection import HubConnection
 from explorerd.events import encode, frame
+from explorerd.interfaces import IResumeHint
 from explorerd.jsonrpc import RPCError, RPCFailure
 from explorerd.logfilter import LogFilter
 from explorerd.metrics import LATENCY_BUCKETS
@@ -520,6 +522,7 @@ class RpcService:
     }
 
 
+@implementer(IResumeHint)
 class RpcProtocol(HubConnection, WebSocketServerProtocol):
     """One JSON-RPC WebSocket client: a hub client holding C{eth_subscribe} subscriptions."""
 
@@ -564,6 +567,26 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
         after, session.after = session.after, []
         for replay in after:
             replay()
+
+    def resumeHint(self, client):
+        """
+        Closed as too slow: the last block it was sent (everything before
+        the oldest block still queued for it), to resume from with C{since}.
+        """
+        session = self._explorer_session
+        if session is None or not session.subscriptions:
+            return None
+        first = self.factory.service.subscriptions.firstQueued(client.queue)
+        if first is False:
+            return None
+        if first is None:
+            newest = self.factory.hub.history.newest
+            if newest is None:
+                return None
+            number, block_hash = newest.height, newest.hash
+        else:
+            number, block_hash = first.height - 1, first.parent_hash
+        return f"last block sent {hex(number)} {block_hash}"
 
     def _send(self, answer):
         client = self._explorer_client

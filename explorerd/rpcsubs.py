@@ -29,6 +29,7 @@ branch's logs (geth's order).
 """
 
 import hashlib
+from collections import OrderedDict
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +38,10 @@ from explorerd.events import encode, frame
 from explorerd.interfaces import IPublicationObserver
 
 NEW_HEADS, LOGS = "newHeads", "logs"
+
+# Notification payloads remembered with their block, newest last, for the
+# close reason of a client closed as too slow (L{RpcSubscriptions.firstQueued}).
+RECENT_PAYLOADS = 4096
 
 log = Logger()
 
@@ -128,6 +133,7 @@ class RpcSubscriptions:
         self._groups = {}  # (kind, key, n) → Group
         self._heads = {}  # n → Group, in the order made
         self._logs = {}  # (key, n) → Group
+        self._recent = OrderedDict()  # id(payload) → (payload, entry)
         hub.addObserver(self)
 
     def subscribe(self, held, client, kind, log_filter=None):
@@ -184,7 +190,8 @@ class RpcSubscriptions:
         if self._heads:
             header = encode(nodeHeader(entry))
             for group in tuple(self._heads.values()):
-                self.hub.fanout(group.clients, group.notification(header), (("rpc_newHeads", 1),))
+                payload = self._remember(group.notification(header), entry)
+                self.hub.fanout(group.clients, payload, (("rpc_newHeads", 1),))
         if self._logs and entry.logs:
             self._sendLogs(entry, False)
 
@@ -204,7 +211,32 @@ class RpcSubscriptions:
             if not indexes:
                 continue
             payload = b"".join(group.notification(encoded[i]) for i in indexes)
+            if not removed:  # a retraction is not where a client resumes from
+                self._remember(payload, entry)
             self.hub.fanout(group.clients, payload, (("rpc_logs", len(indexes)),))
+
+    def _remember(self, payload, entry):
+        recent = self._recent
+        recent[id(payload)] = (payload, entry)
+        if len(recent) > RECENT_PAYLOADS:
+            recent.popitem(last=False)
+        return payload
+
+    def firstQueued(self, queue):
+        """
+        The entry of the oldest block with a notification among C{queue}'s
+        payloads (a hub client's queue), or C{None}: the client was sent
+        everything before that block.  C{False} when a notification in the
+        queue is too old to tell.
+        """
+        for payload, counts, _ in queue:
+            if not any(kind in ("rpc_newHeads", "rpc_logs") for kind, _ in counts):
+                continue
+            found = self._recent.get(id(payload))
+            if found is None or found[0] is not payload:
+                return False
+            return found[1]
+        return None
 
     # Replay (the since extension).
 
@@ -219,16 +251,19 @@ class RpcSubscriptions:
                 items.extend(self._logItems(group, entry, True))
         for entry in entries:
             if group.kind == NEW_HEADS:
-                items.append((group.notification(encode(nodeHeader(entry))), (("rpc_newHeads", 1),)))
+                payload = self._remember(group.notification(encode(nodeHeader(entry))), entry)
+                items.append((payload, (("rpc_newHeads", 1),)))
             elif entry.logs:
                 items.extend(self._logItems(group, entry, False))
         return items
 
-    @staticmethod
-    def _logItems(group, entry, removed):
+    def _logItems(self, group, entry, removed):
         encoded = nodeLogs(entry, removed)
         flt = group.log_filter
         indexes = [i for i, lg in enumerate(entry.logs) if flt is None or flt.matches(lg)]
         if not indexes:
             return []
-        return [(b"".join(group.notification(encoded[i]) for i in indexes), (("rpc_logs", len(indexes)),))]
+        payload = b"".join(group.notification(encoded[i]) for i in indexes)
+        if not removed:
+            self._remember(payload, entry)
+        return [(payload, (("rpc_logs", len(indexes)),))]

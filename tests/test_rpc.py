@@ -704,3 +704,52 @@ async def test_an_edges_blocks_have_a_header_made_of_what_explorerd_publishes(st
     assert got["params"]["result"] == {k: header[k] for k in ("number", "hash", "parentHash", "timestamp", "miner",
                                                               "gasUsed", "gasLimit", "baseFeePerGas") if k in header}
     await client.close()
+
+
+def chained_entries(n, first=None):
+    """C{n} blocks that link, made from a recorded mainnet block without its transactions."""
+    import hashlib
+
+    base = dict(mainnet_run()[0], transactions=[])
+    parent = base["parentHash"] if first is None else first.hash
+    height = int(base["number"], 16) if first is None else first.height + 1
+    made = []
+    for i in range(n):
+        block_hash = "0x" + hashlib.sha256(f"{height + i}".encode()).hexdigest()
+        made.append(Entry.fromNode(dict(base, number=hex(height + i), hash=block_hash, parentHash=parent)))
+        parent = block_hash
+    return made
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_closed_as_too_slow_is_told_the_last_block_it_was_sent(start_daemon):
+    import socket
+
+    daemon = await start_daemon(send_queue=8)
+    hub = daemon.hub
+    reader, slow = await rpc_client(daemon), await rpc_client(daemon)
+    await subscribe(reader, "newHeads")
+    sub = await subscribe(slow, "newHeads")
+    local = slow.transport.getHost().port
+    (server_side,) = [c for c in hub._clients.values() if c.transport.getPeer().port == local]
+    server_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    slow.transport.pauseProducing()  # stops reading
+    blocks = chained_entries(2000)
+    for i, entry in enumerate(blocks):
+        hub.publish(entry)
+        await notifications_until_answer(reader, f"r{i}")  # the others get every block meanwhile
+        if server_side.hub is None:
+            break
+    else:
+        raise AssertionError("the slow subscriber was never closed")
+    slow.transport.resumeProducing()
+    code, reason = await slow.closed
+    assert code == 1008 and reason.startswith("too slow")
+    assert "last block sent" in reason, reason
+    number, block_hash = reason.split("last block sent ")[1].split()
+    got = [m["params"]["result"] for m in slow.received if m.get("method") == "eth_subscription"]
+    assert all(m["params"]["subscription"] == sub for m in slow.received if m.get("method") == "eth_subscription")
+    assert got, "it had read nothing at all"
+    assert (got[-1]["number"], got[-1]["hash"]) == (number, block_hash)
+    assert [h["number"] for h in got] == [hex(e.height) for e in blocks[:len(got)]]
+    await reader.close()
