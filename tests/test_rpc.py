@@ -753,3 +753,40 @@ async def test_a_subscriber_closed_as_too_slow_is_told_the_last_block_it_was_sen
     assert (got[-1]["number"], got[-1]["hash"]) == (number, block_hash)
     assert [h["number"] for h in got] == [hex(e.height) for e in blocks[:len(got)]]
     await reader.close()
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_after_anvil_reorg_removed_logs_come_first_oldest_first_then_the_new_branch(
+        start_daemon, anvil, node_client):
+    from tests.contracts import Contracts, transfer
+
+    a, b, c = ("0x" + ch * 40 for ch in "abc")
+    daemon = await start_daemon(with_tail=True, rpc_url=anvil.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    contracts = await Contracts.deploy(node_client)
+    assert await tail.poll()
+    client = await rpc_client(daemon)
+    heads = await subscribe(client, "newHeads", request_id=1)
+    logs_sub = await subscribe(client, "logs", {"address": contracts.emitter}, request_id=2)
+    for log in (transfer(a, b, 1), transfer(b, c, 2)):
+        await contracts.emit([log])
+        await contracts.mine()
+        assert await tail.poll()
+    before = await notifications_until_answer(client, "before")
+    old_logs = [m["params"]["result"] for m in before if m["params"]["subscription"] == logs_sub]
+    assert len(old_logs) == 2
+    await contracts.reorg(2, [(contracts.emitTx([transfer(a, c, 3)]), 0)])
+    assert await tail.poll()
+    got = [(m["params"]["subscription"], m["params"]["result"]) for m in await notifications_until_answer(client, "after")]
+    head = await node_client.blockNumber()
+    new_logs = await node_client.call("eth_getLogs", [{"fromBlock": hex(head - 1), "toBlock": hex(head)}])
+    assert got == [
+        (logs_sub, dict(old_logs[0], removed=True)),
+        (logs_sub, dict(old_logs[1], removed=True)),
+        (heads, header_of(await node_client.getBlockByNumber(head - 1, False))),
+        (logs_sub, node_log(new_logs[0])),
+        (heads, header_of(await node_client.getBlockByNumber(head, False))),
+    ]
+    await client.close()

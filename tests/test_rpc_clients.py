@@ -5,10 +5,9 @@ ethers v6 (WebSocketProvider), viem (webSocket transport) and web3.py
 (tests/node/rpc-*.mjs, tests/node/rpc_web3.py) and prints one JSON line per
 event it saw.
 
-newHeads goes the live path: anvil mines, explorerd's live-tail publishes.
-Logs are real events of a real contract on that anvil; explorerd's tail does
-not fetch logs yet here, so the test publishes each block with its logs the
-way the tail would (C{Entry.fromNode(block, logs=eth_getLogs by hash)}).
+Everything goes the live path: anvil mines, explorerd's live-tail fetches
+each block with its receipts and publishes it; the logs are real events of a
+real contract on that anvil.
 """
 
 import importlib.util
@@ -23,7 +22,6 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.defer import DeferredQueue
 
-from explorerd.history import Entry
 from explorerd.jsonrpc import JSONRPCClient
 from tests.anvil import DEV_ACCOUNTS, Anvil
 from tests.conftest import eventually
@@ -155,23 +153,16 @@ async def test_every_mined_block_reaches_the_library_in_order(start_daemon, chai
     await eventually(lambda: subscriptions.count("newHeads") == 0, what="the subscription to go")
 
 
-async def publish_new_blocks(daemon, rpc, published):
-    """What the live-tail does once it fetches logs: each new block with its logs, in order."""
-    head = await rpc.blockNumber()
-    for n in range(published + 1, head + 1):
-        block = await rpc.getBlockByNumber(n, True)
-        logs = await rpc.call("eth_getLogs", [{"blockHash": block["hash"]}])
-        daemon.hub.publish(Entry.fromNode(block, logs=logs))
-    return head
-
-
 @pytest.mark.parametrize("name", clients())
 @pytest_twisted.ensureDeferred
 async def test_contract_events_reach_the_library_as_the_node_logged_them(start_daemon, chain, name):
     node, rpc = chain
-    daemon = await start_daemon(rpc_url=node.url)  # no tail: this test publishes
+    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
     contracts = await Contracts.deploy(rpc)
-    published = await publish_new_blocks(daemon, rpc, -1)
+    assert await tail.poll()
+    published = await rpc.blockNumber()
     subscriptions = daemon.service.rpcService.subscriptions
     client = ClientProcess(name, [f"ws://127.0.0.1:{daemon.port}/v1/rpc", "logs", 3, contracts.emitter])
     assert (await client.next())["event"] == "chainId"
@@ -185,9 +176,10 @@ async def test_contract_events_reach_the_library_as_the_node_logged_them(start_d
     hashes = [await contracts.emit([transfer(alice, bob, 5), transfer(bob, alice, 7)])]
     await contracts.revert([transfer(alice, bob, 1)])
     await contracts.mine()
+    assert await tail.poll()
     hashes.append(await contracts.emit([transfer(alice, bob, 11)]))
     await contracts.mine()
-    await publish_new_blocks(daemon, rpc, published)
+    assert await tail.poll()
     got = [line for line in await client.until("done") if line["event"] == "log"]
     logs = await rpc.call("eth_getLogs", [{"fromBlock": hex(published + 1), "toBlock": "latest",
                                            "address": contracts.emitter}])
@@ -269,3 +261,38 @@ async def test_the_readme_examples_work_as_written(start_daemon, chain, name, tm
         await ended
         if language != "python":
             os.unlink(path)
+
+
+@pytest.mark.parametrize("name", clients())
+@pytest_twisted.ensureDeferred
+async def test_after_a_reorg_the_library_sees_the_removed_logs_then_the_new_ones(start_daemon, chain, name):
+    node, rpc = chain
+    a, b, c = ("0x" + ch * 40 for ch in "abc")
+    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    contracts = await Contracts.deploy(rpc)
+    assert await tail.poll()
+    subscriptions = daemon.service.rpcService.subscriptions
+    # ethers hands its contract listeners no removed logs (it drops them itself): it sees 3.
+    expected = 3 if name == "ethers" else 5
+    client = ClientProcess(name, [f"ws://127.0.0.1:{daemon.port}/v1/rpc", "logs", expected, contracts.emitter])
+    assert (await client.next())["event"] == "chainId"
+    if name == "ethers":
+        assert (await client.next())["event"] == "reads"
+    await eventually(lambda: subscriptions.count("logs") == 1, timeout=20, what=f"{name} to subscribe")
+    old = []
+    for log in (transfer(a, b, 1), transfer(b, c, 2)):
+        old.append(await contracts.emit([log]))
+        await contracts.mine()
+        assert await tail.poll()
+    await contracts.reorg(2, [(contracts.emitTx([transfer(a, c, 3)]), 0)])
+    assert await tail.poll()
+    got = [line for line in await client.until("done") if line["event"] == "log"]
+    head = await rpc.blockNumber()
+    (new,) = await rpc.call("eth_getLogs", [{"fromBlock": hex(head - 1), "toBlock": hex(head)}])
+    want = [(old[0], False), (old[1], False), (old[0], True), (old[1], True), (new["transactionHash"], False)]
+    if name == "ethers":
+        want = [w for w in want if not w[1]]
+    assert [(line["transactionHash"], line["removed"]) for line in got] == want
+    assert await client.finish() == 0

@@ -31,7 +31,7 @@ if (mode === "blocks") {
   await token.on("Transfer", async (from, to, value, payload) => {
     say({ event: "log", from: from.toLowerCase(), to: to.toLowerCase(), value: value.toString(),
           blockNumber: payload.log.blockNumber, transactionHash: payload.log.transactionHash,
-          logIndex: payload.log.index });
+          logIndex: payload.log.index, removed: payload.log.removed });
     if (++seen === want) await done();
   });
 }
