@@ -326,7 +326,8 @@ SETTINGS = (
     Setting("rpc_url", "EXPLORERD_RPC_URL", "rpc-url", "",
             parse_url, None,
             "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
-            "real recorded blocks on 127.0.0.1 and tail that."),
+            "real recorded blocks on 127.0.0.1 and tail that. On an edge (`--source wamp`), which reads "
+            "blocks from its router, the node `/v1/rpc` forwards calls to (empty: none)."),
     Setting("rpc_timeout", "EXPLORERD_RPC_TIMEOUT", "rpc-timeout", "10s",
             parse_duration, 0.01,
             "Deadline for each JSON-RPC call, body included."),
@@ -483,9 +484,6 @@ class Config:
         if self.source == "wamp" and not self.wamp_router:
             raise ConfigError("invalid EXPLORERD_SOURCE='wamp': an edge needs EXPLORERD_WAMP_ROUTER "
                               "(--wamp-router ws://host:port/path) to read blocks from")
-        if self.source == "wamp" and self.rpc_url:
-            raise ConfigError("invalid EXPLORERD_RPC_URL: an edge (EXPLORERD_SOURCE=wamp) reads "
-                              "blocks from the WAMP router, not from a node; unset one of them")
 
     @classmethod
     def defaults(cls, **overrides):

@@ -121,8 +121,8 @@ class Daemon(MultiService):
         self.admission = Admission(self.hub.slots, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
         self.wampFactory = WampFactory(self.broker, self.admission, self.metrics, config)
-        # An edge has no node for /v1/rpc to ask.
-        upstream = None if config.source == "wamp" else self.rpc
+        # An edge reads blocks from its router; /v1/rpc forwards to its --rpc-url, if it has one.
+        upstream = None if config.source == "wamp" and not config.rpc_url else self.rpc
         self.rpcService = RpcService(self.hub, config, self.metrics.registry, upstream)
         self.rpcFactory = RpcFactory(self.rpcService, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,

@@ -790,3 +790,25 @@ async def test_after_anvil_reorg_removed_logs_come_first_oldest_first_then_the_n
         (heads, header_of(await node_client.getBlockByNumber(head, False))),
     ]
     await client.close()
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_an_edge_serves_subscriptions_and_forwards_to_its_own_node_if_it_has_one(start_daemon, anvil):
+    edge = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws", rpc_url=anvil.url)
+    bare = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws")
+    for daemon, chain_id in ((edge, "0x7a69"), (bare, None)):
+        client = await rpc_client(daemon)
+        sub = await subscribe(client, "newHeads")
+        node_entry = entries(1)[0]
+        daemon.hub.publish(Entry.fromWire(node_entry.data, node_entry.txs_data, node_entry.logs))
+        (got,) = await notifications_until_answer(client)
+        assert got["params"]["subscription"] == sub
+        answer = await ask(client, "eth_chainId", [], "c")
+        if chain_id is None:
+            assert answer["error"]["code"] == -32601 and "no node" in answer["error"]["message"]
+            answer = await ask(client, "eth_getBalance", ["0x" + "00" * 20, "latest"], "b")
+            assert answer["error"]["code"] == -32601
+        else:
+            assert answer["result"] == chain_id
+        await client.close()
