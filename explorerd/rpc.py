@@ -67,7 +67,7 @@ from explorerd.stream import apply_limits
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 SERVER_ERROR = -32000
 
-MAX_SUBSCRIPTIONS = 256  # per connection
+MAX_SUBSCRIPTIONS = 64  # per connection
 PER_CONNECTION = 16  # forwarded calls in flight per connection
 CLIENT_VERSION = f"explorerd/v{__version__}"
 

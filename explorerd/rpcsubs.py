@@ -40,8 +40,10 @@ from explorerd.interfaces import IPublicationObserver
 NEW_HEADS, LOGS = "newHeads", "logs"
 
 # Notification payloads remembered with their block, newest last, for the
-# close reason of a client closed as too slow (L{RpcSubscriptions.firstQueued}).
+# close reason of a client closed as too slow (L{RpcSubscriptions.firstQueued}):
+# at most this many, and this many bytes that nothing else would keep alive.
 RECENT_PAYLOADS = 4096
+RECENT_BYTES = 16 * 1024 * 1024
 
 log = Logger()
 
@@ -133,7 +135,14 @@ class RpcSubscriptions:
         self._groups = {}  # (kind, key, n) → Group
         self._heads = {}  # n → Group, in the order made
         self._logs = {}  # (key, n) → Group
+        # logs groups as the hub indexes its logs subscribers: every log,
+        # else by address, else by first topic, else scanned.
+        self._logs_all = {}
+        self._logs_by_address = {}
+        self._logs_by_topic = {}
+        self._logs_scan = {}
         self._recent = OrderedDict()  # id(payload) → (payload, entry)
+        self._recent_bytes = 0
         hub.addObserver(self)
 
     def subscribe(self, held, client, kind, log_filter=None):
@@ -153,6 +162,7 @@ class RpcSubscriptions:
                 self._heads[n] = group
             else:
                 self._logs[(key, n)] = group
+                self._index(group, True)
         group.clients[client] = None
         held[group.id] = group
         self._count(kind, 1)
@@ -171,7 +181,34 @@ class RpcSubscriptions:
                 del self._heads[group.n]
             else:
                 del self._logs[(group.key, group.n)]
+                self._index(group, False)
         return True
+
+    def _index(self, group, add):
+        flt = group.log_filter
+        if flt is None:
+            where, keys = self._logs_all, None
+        elif flt.addresses is not None:
+            where, keys = self._logs_by_address, flt.addresses
+        elif flt.first is not None:
+            where, keys = self._logs_by_topic, flt.first
+        else:
+            where, keys = self._logs_scan, None
+        if keys is None:
+            if add:
+                where[group] = None
+            else:
+                where.pop(group, None)
+            return
+        for key in keys:
+            if add:
+                where.setdefault(key, {})[group] = None
+            else:
+                groups = where.get(key)
+                if groups is not None:
+                    groups.pop(group, None)
+                    if not groups:
+                        del where[key]
 
     def unsubscribeAll(self, held, client):
         for subscription_id in tuple(held):
@@ -203,13 +240,24 @@ class RpcSubscriptions:
                     self._sendLogs(entry, True)
 
     def _sendLogs(self, entry, removed):
+        """
+        A block's logs to their groups, found through the indexes:
+        O(logs + matches), not O(groups x logs).
+        """
         encoded = nodeLogs(entry, removed)
         logs = entry.logs
-        for group in tuple(self._logs.values()):
-            flt = group.log_filter
-            indexes = range(len(logs)) if flt is None else [i for i, lg in enumerate(logs) if flt.matches(lg)]
-            if not indexes:
-                continue
+        matches = {group: range(len(logs)) for group in self._logs_all}
+        by_address, by_topic, scan = self._logs_by_address, self._logs_by_topic, self._logs_scan
+        for i, lg in enumerate(logs):
+            candidates = [by_address.get(lg["address"]), scan]
+            if lg["topics"]:
+                candidates.append(by_topic.get(lg["topics"][0]))
+            for groups in candidates:
+                if groups:
+                    for group in groups:
+                        if group.log_filter.matches(lg):
+                            matches.setdefault(group, []).append(i)
+        for group, indexes in matches.items():
             payload = b"".join(group.notification(encoded[i]) for i in indexes)
             if not removed:  # a retraction is not where a client resumes from
                 self._remember(payload, entry)
@@ -218,8 +266,10 @@ class RpcSubscriptions:
     def _remember(self, payload, entry):
         recent = self._recent
         recent[id(payload)] = (payload, entry)
-        if len(recent) > RECENT_PAYLOADS:
-            recent.popitem(last=False)
+        self._recent_bytes += len(payload)
+        while len(recent) > RECENT_PAYLOADS or (self._recent_bytes > RECENT_BYTES and len(recent) > 1):
+            _, (old, _) = recent.popitem(last=False)
+            self._recent_bytes -= len(old)
         return payload
 
     def firstQueued(self, queue):

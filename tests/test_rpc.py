@@ -812,3 +812,56 @@ async def test_an_edge_serves_subscriptions_and_forwards_to_its_own_node_if_it_h
         else:
             assert answer["result"] == chain_id
         await client.close()
+
+
+def geth_match(log, flt):
+    """geth's filter rule, written out plainly."""
+    addresses = flt.get("address")
+    if addresses is not None:
+        addresses = {a.lower() for a in ([addresses] if isinstance(addresses, str) else addresses)}
+        if log["address"].lower() not in addresses:
+            return False
+    topics = flt.get("topics", [])
+    if len(log["topics"]) < len(topics):
+        return False
+    for i, want in enumerate(topics):
+        if want is None or want == []:
+            continue
+        want = {w.lower() for w in ([want] if isinstance(want, str) else want)}
+        if log["topics"][i].lower() not in want:
+            return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_different_filters_at_once_each_get_exactly_their_logs(start_daemon):
+    daemon = await start_daemon()
+    usdt = "0xdac17f958d2ee523a2206206994597c13d831ec7"
+    filters = [{}, {"address": WETH}, {"address": [WETH, usdt]}, {"topics": [TRANSFER]},
+               {"topics": [None, None, None]}, {"topics": [[TRANSFER, "0x" + "00" * 32], None]},
+               {"address": usdt, "topics": [TRANSFER]}, {"topics": [None, "0x" + "00" * 32]}]
+    clients = []
+    for flt in filters:
+        client = await rpc_client(daemon)
+        clients.append((client, flt, await subscribe(client, "logs", flt)))
+    blocks = entries(3)
+    for e in blocks:
+        daemon.hub.publish(e)
+    for client, flt, sub in clients:
+        got = await notifications_until_answer(client)
+        want = [node_log(log) for e in blocks for log in mainnet_logs().get(e.hash, []) if geth_match(log, flt)]
+        assert [m["params"]["result"] for m in got] == want, flt
+        assert all(m["params"]["subscription"] == sub for m in got)
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_holds_at_most_64_subscriptions(start_daemon):
+    daemon = await start_daemon(message_rate=0)
+    client = await rpc_client(daemon)
+    client.send_json([{"jsonrpc": "2.0", "id": i, "method": "eth_subscribe", "params": ["newHeads"]}
+                      for i in range(65)])
+    answers = sorted(await client.next(), key=lambda a: a["id"])
+    assert len({a["result"] for a in answers[:64]}) == 64
+    assert answers[64]["error"]["code"] == -32602 and "at most 64" in answers[64]["error"]["message"]
+    await client.close()
