@@ -7,12 +7,14 @@ C{/healthz} and the dashboard in C{web/} at C{/}, all on one port.
 import json
 import os
 import sys
+from collections import OrderedDict
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd.admission import TokenBucket
 from explorerd.metrics import MetricsResource
 
 WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
@@ -34,30 +36,43 @@ class RpcResource(UpgradeResource):
     """
     C{/v1/rpc}: a WebSocket upgrade, or a C{POST} of a JSON-RPC request or
     batch answered in the response (everything but subscriptions), so an
-    HTTP provider works too.
+    HTTP provider works too.  A POST passes the same origin check as a
+    WebSocket (with CORS headers for the origins allowed) and each request
+    in it counts against a message budget per client address, the
+    WebSocket connection's budget (C{message_rate}, C{message_burst}).
     """
 
-    def __init__(self, factory, max_body):
+    def __init__(self, factory, max_body, max_ips=100_000):
         super().__init__(factory)
         self._max_body = max_body
+        self._budgets = OrderedDict()  # ip → TokenBucket, least recently used first
+        self._max_ips = max_ips
 
     def render(self, request):
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
         if request.method != b"POST":
             return super().render(request)
-        from explorerd.rpc import Session
-
+        if not self._cors(request):
+            return self._refuse(request, 403, -32600, "this origin may not use /v1/rpc")
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
-            request.setResponseCode(413)
-            return json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-                "code": -32600, "message": f"invalid request: larger than {self._max_body} bytes"}}).encode()
-        service = self._factory.service
-        self._factory.metrics.messages_received.inc()
+            return self._refuse(request, 413, -32600, f"invalid request: larger than {self._max_body} bytes")
+        factory = self._factory
+        service = factory.service
+        factory.metrics.messages_received.inc()
         message, error = service.parse(body)
         if error is not None:
-            return json.dumps(error, separators=(",", ":")).encode("utf-8")
+            return _json(error)
+        cost = len(message) if isinstance(message, list) else 1
+        if not self._withinBudget(request.getClientAddress().host, cost):
+            factory.metrics.errors.labels("message_budget").inc()
+            return self._refuse(request, 429, -32005, "too many requests: the budget is "
+                                f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
+        from explorerd.rpc import Session
+
         answer = service.answer(message, Session())
         if answer is None:
             request.setResponseCode(204)
@@ -67,11 +82,57 @@ class RpcResource(UpgradeResource):
 
         def respond(result):
             if not gone:
-                request.write(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+                request.write(_json(result))
                 request.finish()
 
         answer.addCallback(respond)
         return server.NOT_DONE_YET
+
+    def _cors(self, request):
+        """Whether the request's origin may use us; sets the CORS answer headers if so."""
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True
+        origin = origin.decode("latin-1")
+        host = request.getHeader(b"host")
+        if not self._factory.admission.origins.allows(origin, host.decode("latin-1") if host else None):
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+        request.setHeader(b"Vary", b"Origin")
+        return True
+
+    def _preflight(self, request):
+        if not self._cors(request):
+            request.setResponseCode(403)
+            return b""
+        request.setResponseCode(204)
+        request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
+        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+        request.setHeader(b"Access-Control-Max-Age", b"600")
+        return b""
+
+    def _withinBudget(self, ip, cost):
+        factory = self._factory
+        rate, burst = factory.messageRate, factory.messageBurst
+        if not rate:
+            return True
+        now = factory.hub.clock.seconds()
+        bucket = self._budgets.pop(ip, None) or TokenBucket(burst, now)
+        allowed = bucket.take(now, rate, burst, cost)
+        self._budgets[ip] = bucket
+        while len(self._budgets) > self._max_ips:
+            self._budgets.popitem(last=False)
+        return allowed
+
+    @staticmethod
+    def _refuse(request, status, code, text):
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        return _json({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}})
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 class HealthResource(Resource):

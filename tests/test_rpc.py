@@ -865,3 +865,33 @@ async def test_a_connection_holds_at_most_64_subscriptions(start_daemon):
     assert len({a["result"] for a in answers[:64]}) == 64
     assert answers[64]["error"]["code"] == -32602 and "at most 64" in answers[64]["error"]["message"]
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_post_checks_the_origin_and_counts_against_a_budget_per_address(start_daemon):
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    daemon = await start_daemon(cors_origins=("https://dapp.example",), message_rate=1, message_burst=3)
+    pool = HTTPConnectionPool(_reactor(), persistent=False)
+    http = treq.client.HTTPClient(Agent(_reactor(), pool=pool))
+    url = f"http://127.0.0.1:{daemon.port}/v1/rpc"
+    request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "web3_clientVersion"}).encode()
+
+    response = await http.post(url, data=request, headers={"Origin": "https://evil.example"})
+    assert response.code == 403
+    await response.content()
+    response = await http.request("OPTIONS", url, headers={"Origin": "https://dapp.example",
+                                                           "Access-Control-Request-Method": "POST"})
+    assert response.code == 204
+    assert response.headers.getRawHeaders("Access-Control-Allow-Origin") == ["https://dapp.example"]
+    await response.content()
+    response = await http.post(url, data=request, headers={"Origin": "https://dapp.example"})
+    assert response.code == 200 and response.headers.getRawHeaders("Access-Control-Allow-Origin") == [
+        "https://dapp.example"]
+    assert "result" in json.loads(await response.content())
+    # 1 of the burst of 3 is spent: a batch of 3 is over it.
+    batch = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "web3_clientVersion"} for i in range(3)]).encode()
+    response = await http.post(url, data=batch)
+    assert response.code == 429
+    assert json.loads(await response.content())["error"]["code"] == -32005
