@@ -22,13 +22,15 @@ Answered here:
     contradicts the notifications.
   - C{eth_chainId}, C{net_version}: the node's, asked once.
   - C{web3_clientVersion}: explorerd's own.
+  - C{eth_getBlockByNumber}, C{eth_getBlockByHash}: a block of the history
+    without full transactions, from the history as the node gave it;
+    others from the node (a block of the history by its hash, so never
+    another one); C{null} without a node (an edge).
 
 Forwarded to the node (C{EXPLORERD_RPC_FORWARD}), through a concurrency
 limit of their own (C{EXPLORERD_RPC_FORWARD_CONCURRENCY}) and at most
-L{PER_CONNECTION} a connection, more waiting in order:
-C{eth_getBlockByNumber}/C{eth_getBlockByHash} (a block of the history asked
-by its hash, so never another one) and the read-only methods of the
-setting.  With C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is
+L{PER_CONNECTION} a connection, more waiting in order: the read-only
+methods of the setting.  With C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is
 C{latest} or absent becomes the block explorerd last announced (EIP-1898
 C{{"blockHash": …}}, or its number where a method takes only a number), so
 a client that reacts to a C{newHeads} notification reads that block's
@@ -496,8 +498,8 @@ class RpcService:
             height = _number(tag, "block")
             entry = next((e for e in history.after(height - 1) if e.height == height), None)
         if entry is not None:
-            return self._forward("eth_getBlockByHash", [entry.hash, full], session)
-        return self._forward("eth_getBlockByNumber", [tag, full], session)
+            return self._block(entry, full, session)
+        return self._forwardOrNull("eth_getBlockByNumber", [tag, full], session)
 
     def _getBlockByHash(self, params, session):
         params = _params(params, 1, 2, "[block hash, full transactions?]")
@@ -508,7 +510,26 @@ class RpcService:
             raise RpcError(INVALID_PARAMS, "invalid params: a block hash is 0x and 64 hex digits") from None
         if not isinstance(full, bool):
             raise RpcError(INVALID_PARAMS, "invalid params: the second parameter is true or false")
-        return self._forward("eth_getBlockByHash", [block_hash, full], session)
+        entry = self.hub.history.canonical(block_hash)
+        if entry is not None:
+            return self._block(entry, full, session)
+        return self._forwardOrNull("eth_getBlockByHash", [block_hash, full], session)
+
+    def _block(self, entry, full, session):
+        """
+        A block of the history: without its transactions' bodies, from the
+        history, as the node gave it; with them, from the node, asked by
+        hash so that it is this very block.
+        """
+        if not full and entry.header is not None and entry.extras is not None:
+            return dict(entry.header, transactions=[tx["hash"] for tx in entry.txs_data], **entry.extras)
+        return self._forwardOrNull("eth_getBlockByHash", [entry.hash, full], session)
+
+    def _forwardOrNull(self, method, params, session):
+        """Forwarded, or C{null} (a block the server does not know) when there is no node to ask."""
+        if self.upstream is None:
+            return None
+        return self._forward(method, params, session)
 
     _methods = {
         "eth_subscribe": _subscribe,

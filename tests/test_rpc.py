@@ -895,3 +895,40 @@ async def test_http_post_checks_the_origin_and_counts_against_a_budget_per_addre
     response = await http.post(url, data=batch)
     assert response.code == 429
     assert json.loads(await response.content())["error"]["code"] == -32005
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_blocks_of_the_history_are_answered_from_it_exactly_as_the_node_has_them(start_daemon, anvil,
+                                                                                        node_client):
+    daemon = await start_daemon(rpc_url=anvil.url)
+    alice, bob = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
+    for value in ("0x1", "0x2"):
+        await node_client.call("eth_sendTransaction", [{"from": alice, "to": bob, "value": value}])
+    await node_client.call("evm_mine", [])
+    head = await publish_anvil_blocks(daemon, node_client)
+    block = await node_client.call("eth_getBlockByNumber", [hex(head), False])
+    assert len(block["transactions"]) == 2
+    full = await node_client.call("eth_getBlockByNumber", [hex(head), True])
+    client = await rpc_client(daemon)
+    await anvil.stop()  # from here on only the history can answer
+    assert (await ask(client, "eth_getBlockByNumber", [hex(head), False], 1))["result"] == block
+    assert (await ask(client, "eth_getBlockByNumber", ["latest", False], 2))["result"] == block
+    assert (await ask(client, "eth_getBlockByHash", [block["hash"], False], 3))["result"] == block
+    assert (await ask(client, "eth_getBlockByHash", [block["hash"].upper().replace("0X", "0x")], 4))["result"] == block
+    # Full transactions, or a block it does not hold, need the node (gone here: an error, not a guess).
+    assert (await ask(client, "eth_getBlockByHash", [block["hash"], True], 5))["error"]["code"] == -32000
+    assert (await ask(client, "eth_getBlockByNumber", [hex(head + 5), False], 6))["error"]["code"] == -32000
+    assert full["hash"] == block["hash"]
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_node_a_block_not_in_the_history_is_null(start_daemon):
+    daemon = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws")
+    client = await rpc_client(daemon)
+    node_entry = entries(1)[0]
+    daemon.hub.publish(Entry.fromWire(node_entry.data, node_entry.txs_data, node_entry.logs))
+    assert (await ask(client, "eth_getBlockByNumber", ["0x1", False], 1))["result"] is None
+    assert (await ask(client, "eth_getBlockByHash", [node_entry.hash, False], 2))["result"] is None  # no header
+    await client.close()
