@@ -653,6 +653,20 @@ class Hub(Service):
         """
         return self._send(client, payload, ((kind, count),))
 
+    def deliverBacklog(self, client, items):
+        """
+        Catch a client up with C{items} (C{[(payload, counts), ...]}, built
+        by another protocol from the history, e.g. C{eth_subscribe}'s
+        C{since}) the way L{replay} does: through its queue, one item per
+        write, not counted against the send queue.
+        """
+        if client.hub is None:
+            return
+        for payload, counts in items:
+            self._enqueue(client, payload, counts, replayed=True)
+        if not client.paused:
+            self._flush(client)
+
     def sendTo(self, client, message):
         """
         One message to one client (a reply), behind whatever it has queued,

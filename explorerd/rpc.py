@@ -217,8 +217,9 @@ class Session:
     calls in flight.
     """
 
-    def __init__(self, client=None):
+    def __init__(self, client=None, payForReplay=None):
         self.client = client
+        self.payForReplay = payForReplay  # (bytes) → whether the budget paid for a replay that size
         self.subscriptions = {} if client is not None else None
         self.after = []  # replays written right after the answers that announce them
         self.inflight = defer.DeferredSemaphore(PER_CONNECTION)
@@ -419,6 +420,17 @@ class RpcService:
         if kind == LOGS and not self.logsAvailable:
             raise RpcError(INVALID_PARAMS, "this server does not fetch logs (EXPLORERD_RECEIPTS=off): "
                                            "no logs subscriptions")
+        if since is None:
+            return self._subscribeNow(session, kind, log_filter, None)
+        # After a restart the live-tail gives the hub its history back before
+        # it publishes anything: a resume waits for that, as on /v1/stream.
+        restored = defer.Deferred()
+        self.hub.whenResumable(lambda: restored.callback(None))
+        return restored.addCallback(lambda _: self._subscribeNow(session, kind, log_filter, since))
+
+    def _subscribeNow(self, session, kind, log_filter, since):
+        if session.closed:
+            raise RpcError(SERVER_ERROR, "the connection closed")
         if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise RpcError(INVALID_PARAMS, f"too many subscriptions on this connection (at most {MAX_SUBSCRIPTIONS})")
         group = self.subscriptions.subscribe(session.subscriptions, session.client, kind, log_filter)
@@ -431,8 +443,9 @@ class RpcService:
         The C{since} extension: the subscription's notifications for every
         block after the one the client holds (the removed blocks' logs
         first, when a reorg took it), written right after the answer, as
-        C{/v1/stream} replays; an error and nothing subscribed when the
-        history cannot tell.
+        C{/v1/stream} replays, and paid for from the message budget as
+        those are; an error and nothing subscribed when the history cannot
+        tell.
         """
         hub, client = self.hub, session.client
         status, ancestor, removed = hub.history.resume(since["height"], since["hash"])
@@ -444,14 +457,10 @@ class RpcService:
                            {"oldest": None if oldest is None else hex(oldest.height)})
         orphans = [o for o in (hub.history.orphan(r["hash"]) for r in removed) if o is not None]
         items = self.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
-
-        def replay():
-            for payload, ((kind, n),) in items:
-                if client.hub is None:
-                    return
-                hub.deliver(client, payload, n, kind)
-
-        session.after.append(replay)
+        if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items)):
+            self.subscriptions.unsubscribe(session.subscriptions, client, group.id)
+            raise RpcError(-32005, "too many messages: the replay is over the message budget")
+        session.after.append(lambda: hub.deliverBacklog(client, items))
 
     def _unsubscribe(self, params, session):
         if session.subscriptions is None:
@@ -555,7 +564,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
 
     def onOpen(self):
         client = self._explorer_client = self.factory.hub.attach(self, self._explorer_ip, "rpc")
-        self._explorer_session = Session(client)
+        self._explorer_session = Session(client, self._payForReplay)
         log.info("JSON-RPC client {client} connected from {peer}", client=client.id, peer=self._explorer_ip)
 
     def _leaveHub(self, reason):
@@ -581,13 +590,24 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
             return self._overBudget(client, f"too many messages: {len(message)} in one batch; "
                                             f"{self._budgetText()}")
         answer = service.answer(message, session)
-        if answer is not None:
-            answer.addCallback(self._send)
-        # Replays (since) go out right after the answers that give their
-        # ids, in this same turn, so that no live notification comes between.
+        if answer is None:
+            return self._afterAnswers(session)
+        answer.addCallback(self._send)
+        answer.addCallback(lambda _: self._afterAnswers(session))
+
+    @staticmethod
+    def _afterAnswers(session):
+        """
+        Replays (C{since}) go out right after the answers that give their
+        ids, in the same turn, so that no live notification comes between.
+        """
         after, session.after = session.after, []
         for replay in after:
             replay()
+
+    def _payForReplay(self, size):
+        """A C{since} replay of C{size} bytes, charged as C{/v1/stream} charges its replays."""
+        return self._payForBytes(self._explorer_client, size, "a replay")
 
     def resumeHint(self, client):
         """

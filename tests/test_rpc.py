@@ -932,3 +932,69 @@ async def test_without_a_node_a_block_not_in_the_history_is_null(start_daemon):
     assert (await ask(client, "eth_getBlockByNumber", ["0x1", False], 1))["result"] is None
     assert (await ask(client, "eth_getBlockByHash", [node_entry.hash, False], 2))["result"] is None  # no header
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_waits_for_the_history_to_be_restored_after_a_restart(start_daemon):
+    from twisted.internet.defer import Deferred
+
+    daemon = await start_daemon()
+    restored = Deferred()
+    daemon.hub.holdResumes(restored)
+    blocks = entries(4)
+    client = await rpc_client(daemon)
+    client.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
+                      "params": ["newHeads", {"since": {"number": hex(blocks[1].height), "hash": blocks[1].hash}}]})
+    assert (await ask(client, "web3_clientVersion", [], "meanwhile"))["id"] == "meanwhile"
+    assert len(client.received) == 1  # nothing for the subscription yet
+    for e in blocks:
+        daemon.hub.remember(e)  # what the live-tail gives back after a restart
+    restored.callback(None)
+    answer = await client.next()
+    assert answer["id"] == 1
+    replayed = [await client.next() for _ in range(2)]
+    assert [m["params"]["result"]["number"] for m in replayed] == [hex(e.height) for e in blocks[2:]]
+    assert all(m["params"]["subscription"] == answer["result"] for m in replayed)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_since_across_a_reorg_sends_the_removed_logs_then_the_new_branch(start_daemon):
+    daemon = await start_daemon()
+    blocks = entries(6)
+    for e in blocks[:5]:
+        daemon.hub.publish(e)
+    held = blocks[4]  # the client holds block 4, which the reorg removes with block 3
+    ancestor = blocks[2]
+    daemon.hub.publishReorg(2, ancestor.ref(), [b.ref() for b in blocks[3:5]])
+    raw = dict(mainnet_run()[5], parentHash=ancestor.hash, number=hex(ancestor.height + 1))
+    raw_logs = [dict(log, blockNumber=raw["number"]) for log in mainnet_logs().get(raw["hash"], [])]
+    daemon.hub.publish(Entry.fromNode(raw, logs=raw_logs))
+    client = await rpc_client(daemon)
+    sub = await subscribe(client, "logs", {"address": WETH}, {"since": {"number": hex(held.height), "hash": held.hash}})
+    await notifications_until_answer(client)
+    got = [m["params"]["result"] for m in client.received if m.get("method") == "eth_subscription"]
+    removed = [json.loads(b) for e in blocks[3:5] for b in nodeLogs(e, removed=True) if json.loads(b)["address"] == WETH]
+    assert got == removed + [node_log(log) for log in raw_logs if log["address"].lower() == WETH]
+    assert all(m["params"]["subscription"] == sub for m in client.received if m.get("method") == "eth_subscription")
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replay_is_paid_from_the_message_budget(start_daemon):
+    daemon = await start_daemon(message_rate=1, message_burst=3)
+    blocks = entries(6)
+    for e in blocks:
+        daemon.hub.publish(e)
+    client = await rpc_client(daemon)
+    since = {"since": {"number": hex(blocks[0].height), "hash": blocks[0].hash}}
+    # Every log of five mainnet blocks: well over 3 x 64 KiB.  The first replay on a fresh connection
+    # always goes through (it costs the whole burst, no more); a second one a second later cannot.
+    request = {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["logs", {}, since]}
+    assert "result" in await ask(client, "eth_subscribe", request["params"], 1)
+    daemon.clock.advance(1.0)
+    client.send_json(dict(request, id=2))
+    closed = client.closed
+    closed.addTimeout(5, _reactor())
+    code, reason = await closed
+    assert code == 1008 and "a replay of" in reason, (code, reason)
