@@ -998,3 +998,27 @@ async def test_a_replay_is_paid_from_the_message_budget(start_daemon):
     closed.addTimeout(5, _reactor())
     code, reason = await closed
     assert code == 1008 and "a replay of" in reason, (code, reason)
+
+
+@pytest.mark.needs_node
+@pytest_twisted.ensureDeferred
+async def test_a_nodes_own_error_reaches_the_client_as_it_gave_it(start_daemon, anvil, node_client):
+    from explorerd.jsonrpc import RPCError
+    from tests.contracts import Contracts, transfer
+
+    daemon = await start_daemon(rpc_url=anvil.url)
+    contracts = await Contracts.deploy(node_client)
+    await publish_anvil_blocks(daemon, node_client)
+    call = dict(contracts.revertTx([transfer("0x" + "aa" * 20, "0x" + "bb" * 20, 1)]))
+    with pytest.raises(RPCError) as raised:
+        await node_client.call("eth_call", [call, "latest"])
+    client = await rpc_client(daemon)
+    answer = await ask(client, "eth_call", [call, "latest"], "revert")
+    error = {"code": raised.value.code, "message": raised.value.message}
+    if raised.value.data is not None:
+        error["data"] = raised.value.data
+    assert answer == {"jsonrpc": "2.0", "id": "revert", "error": error}
+    # And a call that works: the node's result.
+    ok = dict(contracts.emitTx([]))
+    assert (await ask(client, "eth_call", [ok], "ok"))["result"] == await node_client.call("eth_call", [ok, "latest"])
+    await client.close()
