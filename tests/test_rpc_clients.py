@@ -296,3 +296,23 @@ async def test_after_a_reorg_the_library_sees_the_removed_logs_then_the_new_ones
         want = [w for w in want if not w[1]]
     assert [(line["transactionHash"], line["removed"]) for line in got] == want
     assert await client.finish() == 0
+
+
+@pytest.mark.parametrize("name", [p for p in clients() if p.values[0] == "ethers"])
+@pytest_twisted.ensureDeferred
+async def test_an_http_provider_works_through_post(start_daemon, chain, name):
+    node, rpc = chain
+    daemon = await start_daemon(with_tail=True, rpc_url=node.url)
+    tail = daemon.service.tail
+    await tail.whenIdle()
+    contracts = await Contracts.deploy(rpc)
+    assert await tail.poll()
+    client = ClientProcess(name, [f"http://127.0.0.1:{daemon.port}/v1/rpc", "http", 0, contracts.emitter])
+    assert await client.next() == {"event": "chainId", "chainId": node.chain_id}
+    reads = await client.next()
+    head = await rpc.getBlockByNumber("latest", False)
+    balance = await rpc.call("eth_getBalance", [DEV_ACCOUNTS[0], "latest"])
+    assert reads == {"event": "reads", "number": int(head["number"], 16), "balance": str(int(balance, 16)),
+                     "call": "0x", "hash": head["hash"]}
+    assert await client.until("done") == []
+    assert await client.finish() == 0

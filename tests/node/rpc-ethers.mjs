@@ -1,11 +1,12 @@
 // ethers v6 against explorerd's /v1/rpc, unchanged: one JSON line on stdout per event.
 // node rpc-ethers.mjs URL blocks N            provider.on("block"): the first N block numbers (and hashes)
 // node rpc-ethers.mjs URL logs N ADDRESS      getBalance and call, then contract.on("Transfer"): N events
-import { Contract, WebSocketProvider } from "ethers";
+// node rpc-ethers.mjs HTTP-URL http 0 ADDRESS  JsonRpcProvider over POST: chain, block number, balance, call, block
+import { Contract, JsonRpcProvider, WebSocketProvider } from "ethers";
 
 const [url, mode, count, address] = process.argv.slice(2);
 const want = Number(count);
-const provider = new WebSocketProvider(url);
+const provider = mode === "http" ? new JsonRpcProvider(url, undefined, { staticNetwork: true }) : new WebSocketProvider(url);
 const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 let seen = 0;
 
@@ -16,7 +17,15 @@ async function done() {
 }
 
 say({ event: "chainId", chainId: Number((await provider.getNetwork()).chainId) });
-if (mode === "blocks") {
+if (mode === "http") {
+  const account = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+  // Sent together: ethers batches them into one POST.
+  const [number, balance, call] = await Promise.all([
+    provider.getBlockNumber(), provider.getBalance(account), provider.call({ to: address, data: "0x" })]);
+  const block = await provider.getBlock(number);
+  say({ event: "reads", number, balance: balance.toString(), call, hash: block.hash });
+  await done();
+} else if (mode === "blocks") {
   await provider.on("block", async (number) => {
     say({ event: "block", number });
     if (++seen === want) await done();
