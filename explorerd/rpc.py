@@ -27,14 +27,16 @@ Answered here:
     others from the node (a block of the history by its hash, so never
     another one); C{null} without a node (an edge).
 
-Forwarded to the node (C{EXPLORERD_RPC_FORWARD}), through a concurrency
-limit of their own (C{EXPLORERD_RPC_FORWARD_CONCURRENCY}) and at most
-L{PER_CONNECTION} a connection, more waiting in order: the read-only
-methods of the setting.  With C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is
-C{latest} or absent becomes the block explorerd last announced (EIP-1898
+Forwarded to the node: the read-only methods of C{EXPLORERD_RPC_FORWARD},
+through a concurrency limit of their own
+(C{EXPLORERD_RPC_FORWARD_CONCURRENCY}, apart from the live-tail's calls)
+and at most L{PER_CONNECTION} a connection, more waiting in order.  With
+C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is C{latest} or
+absent becomes the block explorerd last announced (EIP-1898
 C{{"blockHash": …}}, or its number where a method takes only a number), so
 a client that reacts to a C{newHeads} notification reads that block's
-state.  An edge without a node answers C{-32601} for them.
+state.  C{eth_getLogs} spans at most C{EXPLORERD_RPC_GETLOGS_RANGE} blocks.
+An edge without a node answers C{-32601} for them.
 
 Everything that signs, sends or changes a node (C{admin_*}, C{debug_*},
 C{personal_*}, C{miner_*}, C{txpool_*}, C{anvil_*}, C{evm_*}, C{hardhat_*},
@@ -43,7 +45,10 @@ is answered C{-32601} and never reaches the node.
 
 A WebSocket connection is a hub client like any other: the same admission,
 caps, message budget (each request of a batch costs one message), pings
-and slow-client policy.
+and slow-client policy; one closed as too slow is told the last block it
+was sent (L{IResumeHint}).  At most L{MAX_SUBSCRIPTIONS} subscriptions a
+connection.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the same
+methods but subscriptions.
 """
 
 import json
@@ -106,6 +111,8 @@ class RpcError(Exception):
 
 
 class RpcMetrics:
+    """The metrics of C{/v1/rpc}, in the daemon's registry."""
+
     def __init__(self, registry):
         self.subscriptions = Gauge(
             "explorer_rpc_subscriptions", "eth_subscribe subscriptions held now, by kind.", ["kind"],
