@@ -1022,3 +1022,30 @@ async def test_a_nodes_own_error_reaches_the_client_as_it_gave_it(start_daemon, 
     ok = dict(contracts.emitTx([]))
     assert (await ask(client, "eth_call", [ok], "ok"))["result"] == await node_client.call("eth_call", [ok, "latest"])
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_that_come_and_go_leave_nothing_behind(start_daemon):
+    import gc
+    import weakref
+
+    from tests.conftest import eventually
+
+    daemon = await start_daemon()
+    subscriptions = daemon.service.rpcService.subscriptions
+    gone = []
+    for i in range(20):
+        client = await rpc_client(daemon)
+        await subscribe(client, "newHeads", request_id=1)
+        await subscribe(client, "logs", {"address": WETH}, request_id=2)
+        (server_side,) = daemon.hub._clients.values()
+        gone.append((weakref.ref(server_side), weakref.ref(server_side.protocol)))
+        del server_side
+        if i == 10:
+            daemon.hub.publish(entries(1)[0])
+        await client.close()
+        await eventually(lambda: daemon.hub.clientCount == 0, what="the client to leave")
+    gc.collect()
+    assert [(c(), p()) for c, p in gone] == [(None, None)] * 20
+    assert subscriptions.count("newHeads") == subscriptions.count("logs") == 0
+    assert not subscriptions._groups and not subscriptions._logs_by_address
