@@ -171,6 +171,20 @@ def parse_methods(text) -> tuple:
     return tuple(dict.fromkeys(methods))
 
 
+def parse_chain_id(text) -> int:
+    """An EIP-155 chain id (decimal or 0x-hex), or 0 for none given."""
+    text = str(text).strip().lower()
+    if not text:
+        return 0
+    try:
+        value = int(text, 16) if text.startswith("0x") else parse_int(text)
+    except ValueError:
+        raise ValueError("expected a chain id, such as 1 or 0x1") from None
+    if value <= 0:
+        raise ValueError("a chain id is a positive number")
+    return value
+
+
 def parse_switch(text) -> bool:
     text = str(text).strip().lower()
     if text in ("on", "true", "yes", "1"):
@@ -345,6 +359,10 @@ SETTINGS = (
             parse_int, 1,
             "Most requests in one JSON-RPC batch a `/v1/rpc` client may send; a larger batch is "
             "answered with one -32600 error."),
+    Setting("chain_id", "EXPLORERD_CHAIN_ID", "chain-id", "",
+            parse_chain_id, None,
+            "The chain id `/v1/rpc` answers `eth_chainId` and `net_version` with (libraries such as ethers "
+            "ask for it on connecting). Empty: the node's, asked once; an edge without `--rpc-url` needs it."),
     Setting("rpc_forward", "EXPLORERD_RPC_FORWARD", "rpc-forward",
             "eth_call,eth_estimateGas,eth_getBalance,eth_getTransactionCount,eth_getCode,eth_getStorageAt,"
             "eth_gasPrice,eth_maxPriorityFeePerGas,eth_feeHistory,eth_getTransactionByHash,"

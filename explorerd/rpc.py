@@ -20,7 +20,8 @@ Answered here:
     C{true}, or C{false} for an id the connection does not hold.
   - C{eth_blockNumber}: the newest block explorerd published, so it never
     contradicts the notifications.
-  - C{eth_chainId}, C{net_version}: the node's, asked once.
+  - C{eth_chainId}, C{net_version}: C{EXPLORERD_CHAIN_ID}, else the
+    node's, asked once.
   - C{web3_clientVersion}: explorerd's own.
   - C{eth_getBlockByNumber}, C{eth_getBlockByHash}: a block of the history
     without full transactions, from the history as the node gave it;
@@ -245,6 +246,7 @@ class RpcService:
         self.subscriptions = RpcSubscriptions(hub, self.metrics)
         self.upstream = None if rpc is None else Upstream(rpc, config.rpc_forward_concurrency, self.metrics)
         self.forwarded = frozenset(config.rpc_forward)
+        self.chainId = config.chain_id
         self.batchMax = config.rpc_batch_max
         self.pinLatest = config.rpc_pin_latest
         self.getLogsRange = config.rpc_getlogs_range
@@ -484,18 +486,22 @@ class RpcService:
             return hex(newest.height)
         return self._forward("eth_blockNumber", [], session)
 
-    def _upstream(self):
+    def _chain(self):
+        """The chain id (0x-hex): the setting's, else the node's."""
+        if self.chainId:
+            return defer.succeed(hex(self.chainId))
         if self.upstream is None:
-            raise RpcError(METHOD_NOT_FOUND, "this server has no node to ask (an edge without --rpc-url)")
-        return self.upstream
+            raise RpcError(METHOD_NOT_FOUND, "this server has no node to ask the chain id (an edge without "
+                                             "--rpc-url): set EXPLORERD_CHAIN_ID")
+        return self.upstream.chainId()
 
     def _chainId(self, params, session):
         _params(params, 0, 0, "no params")
-        return self._upstream().chainId()
+        return self._chain()
 
     def _netVersion(self, params, session):
         _params(params, 0, 0, "no params")
-        return self._upstream().chainId().addCallback(lambda chain_id: str(int(chain_id, 16)))
+        return self._chain().addCallback(lambda chain_id: str(int(chain_id, 16)))
 
     def _clientVersion(self, params, session):
         _params(params, 0, 0, "no params")

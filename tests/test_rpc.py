@@ -806,7 +806,7 @@ async def test_an_edge_serves_subscriptions_and_forwards_to_its_own_node_if_it_h
         assert got["params"]["subscription"] == sub
         answer = await ask(client, "eth_chainId", [], "c")
         if chain_id is None:
-            assert answer["error"]["code"] == -32601 and "no node" in answer["error"]["message"]
+            assert answer["error"]["code"] == -32601 and "EXPLORERD_CHAIN_ID" in answer["error"]["message"]
             answer = await ask(client, "eth_getBalance", ["0x" + "00" * 20, "latest"], "b")
             assert answer["error"]["code"] == -32601
         else:
@@ -1049,3 +1049,25 @@ async def test_connections_that_come_and_go_leave_nothing_behind(start_daemon):
     assert [(c(), p()) for c, p in gone] == [(None, None)] * 20
     assert subscriptions.count("newHeads") == subscriptions.count("logs") == 0
     assert not subscriptions._groups and not subscriptions._logs_by_address
+
+
+@pytest.mark.parametrize("setting", [137, 0x89])
+@pytest_twisted.ensureDeferred
+async def test_the_chain_id_setting_answers_without_a_node(start_daemon, setting):
+    daemon = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws", chain_id=setting)
+    client = await rpc_client(daemon)
+    assert (await ask(client, "eth_chainId", [], 1))["result"] == "0x89"
+    assert (await ask(client, "net_version", [], 2))["result"] == "137"
+    await client.close()
+
+
+def test_the_chain_id_setting_reads_decimal_or_hex():
+    from explorerd.config import Config, ConfigError
+
+    assert Config.load({"EXPLORERD_CHAIN_ID": "0x89"}, {}).chain_id == 137
+    assert Config.load({}, {"chain-id": "10"}).chain_id == 10
+    assert Config.load({}, {}).chain_id == 0
+    for bad in ("-1", "0", "mainnet", "0xzz"):
+        with pytest.raises(ConfigError) as e:
+            Config.load({"EXPLORERD_CHAIN_ID": bad}, {})
+        assert "EXPLORERD_CHAIN_ID" in str(e.value)
