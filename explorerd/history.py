@@ -294,6 +294,13 @@ class History:
         orphan = self._orphans.get(block_hash)
         return None if orphan is None else orphan[2]
 
+    def at(self, height):
+        """The canonical entry at C{height}, or C{None} (the chain held is contiguous)."""
+        chain = self._chain
+        if not chain or not chain[0].height <= height <= chain[-1].height:
+            return None
+        return chain[height - chain[0].height]
+
     def after(self, height):
         """Canonical entries above C{height}, oldest first."""
         return [e for e in self._chain if e.height > height]

@@ -26,7 +26,8 @@ Answered here:
   - C{eth_getBlockByNumber}, C{eth_getBlockByHash}: a block of the history
     without full transactions, from the history as the node gave it;
     others from the node (a block of the history by its hash, so never
-    another one); C{null} without a node (an edge).
+    another one); without a node (an edge), an edge's block of the history
+    as far as explorerd knows it, else C{null}.
 
 Forwarded to the node: the read-only methods of C{EXPLORERD_RPC_FORWARD},
 through a concurrency limit of their own
@@ -54,6 +55,7 @@ methods but subscriptions.
 
 import json
 import time
+from collections import OrderedDict
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from prometheus_client import Counter, Gauge, Histogram
@@ -69,7 +71,7 @@ from explorerd.interfaces import IResumeHint
 from explorerd.jsonrpc import RPCError, RPCFailure
 from explorerd.logfilter import LogFilter
 from explorerd.metrics import LATENCY_BUCKETS
-from explorerd.rpcsubs import LOGS, NEW_HEADS, RpcSubscriptions
+from explorerd.rpcsubs import LOGS, NEW_HEADS, RpcSubscriptions, nodeHeader
 from explorerd.stream import apply_limits
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
@@ -125,6 +127,20 @@ class RpcMetrics:
         self.forwarded = Histogram(
             "explorer_rpc_forwarded_latency_seconds", "Calls forwarded to the node, until its answer.",
             ["method"], buckets=LATENCY_BUCKETS + (5.0, 10.0), registry=registry)
+
+
+class RawJSON(bytes):
+    """A result already encoded: spliced into its answers, not encoded again."""
+
+
+def encodeAnswer(answer):
+    """An answer (or a batch of them) as JSON bytes, L{RawJSON} results spliced in as they are."""
+    if isinstance(answer, list):
+        return b"[" + b",".join(encodeAnswer(a) for a in answer) + b"]"
+    result = answer.get("result")
+    if isinstance(result, RawJSON):
+        return b'{"jsonrpc":"2.0","id":' + encode(answer["id"]) + b',"result":' + result + b"}"
+    return encode(answer)
 
 
 def _short(value, limit=64):
@@ -247,6 +263,7 @@ class RpcService:
         self.upstream = None if rpc is None else Upstream(rpc, config.rpc_forward_concurrency, self.metrics)
         self.forwarded = frozenset(config.rpc_forward)
         self.chainId = config.chain_id
+        self._blocks = OrderedDict()  # hash → RawJSON of recent blocks asked for
         self.batchMax = config.rpc_batch_max
         self.pinLatest = config.rpc_pin_latest
         self.getLogsRange = config.rpc_getlogs_range
@@ -517,8 +534,7 @@ class RpcService:
         if tag == "latest":
             entry = history.newest if self.pinLatest else None
         elif tag not in ("safe", "finalized", "pending", "earliest"):
-            height = _number(tag, "block")
-            entry = next((e for e in history.after(height - 1) if e.height == height), None)
+            entry = history.at(_number(tag, "block"))
         if entry is not None:
             return self._block(entry, full, session)
         return self._forwardOrNull("eth_getBlockByNumber", [tag, full], session)
@@ -540,12 +556,35 @@ class RpcService:
     def _block(self, entry, full, session):
         """
         A block of the history: without its transactions' bodies, from the
-        history, as the node gave it; with them, from the node, asked by
-        hash so that it is this very block.
+        history as the node gave it (encoded once, for every client that
+        asks: viem's C{watchBlocks} asks for each block it is told of);
+        with them, from the node, asked by hash so that it is this very
+        block.  An edge's block without a node: the fields explorerd
+        publishes, in the node's format.
         """
         if not full and entry.header is not None and entry.extras is not None:
-            return dict(entry.header, transactions=[tx["hash"] for tx in entry.txs_data], **entry.extras)
-        return self._forwardOrNull("eth_getBlockByHash", [entry.hash, full], session)
+            return self._encodedBlock(entry)
+        if self.upstream is not None:
+            return self._forward("eth_getBlockByHash", [entry.hash, full], session)
+        if full:
+            return None
+        return self._encodedBlock(entry)
+
+    def _encodedBlock(self, entry):
+        cache = self._blocks
+        raw = cache.get(entry.hash)
+        if raw is None:
+            if entry.header is not None and entry.extras is not None:
+                block = dict(entry.header, **entry.extras)
+            else:
+                block = dict(nodeHeader(entry))
+                if entry.data.get("size") is not None:
+                    block["size"] = hex(entry.data["size"])
+            block["transactions"] = [tx["hash"] for tx in entry.txs_data]
+            raw = cache[entry.hash] = RawJSON(encode(block))
+            while len(cache) > 64:
+                cache.popitem(last=False)
+        return raw
 
     def _forwardOrNull(self, method, params, session):
         """Forwarded, or C{null} (a block the server does not know) when there is no node to ask."""
@@ -645,7 +684,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
     def _send(self, answer):
         client = self._explorer_client
         if client is not None and client.hub is not None:
-            client.hub.deliver(client, frame(encode(answer)), 1, "rpc_answer")
+            client.hub.deliver(client, frame(encodeAnswer(answer)), 1, "rpc_answer")
 
 
 class RpcFactory(WebSocketServerFactory):

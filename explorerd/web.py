@@ -71,7 +71,7 @@ class RpcResource(UpgradeResource):
             factory.metrics.errors.labels("message_budget").inc()
             return self._refuse(request, 429, -32005, "too many requests: the budget is "
                                 f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
-        from explorerd.rpc import Session
+        from explorerd.rpc import Session, encodeAnswer
 
         answer = service.answer(message, Session())
         if answer is None:
@@ -82,7 +82,7 @@ class RpcResource(UpgradeResource):
 
         def respond(result):
             if not gone:
-                request.write(_json(result))
+                request.write(encodeAnswer(result))
                 request.finish()
 
         answer.addCallback(respond)

@@ -924,13 +924,20 @@ async def test_blocks_of_the_history_are_answered_from_it_exactly_as_the_node_ha
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_a_node_a_block_not_in_the_history_is_null(start_daemon):
+async def test_without_a_node_an_edge_answers_its_blocks_as_far_as_it_knows_them(start_daemon):
     daemon = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws")
     client = await rpc_client(daemon)
     node_entry = entries(1)[0]
     daemon.hub.publish(Entry.fromWire(node_entry.data, node_entry.txs_data, node_entry.logs))
     assert (await ask(client, "eth_getBlockByNumber", ["0x1", False], 1))["result"] is None
-    assert (await ask(client, "eth_getBlockByHash", [node_entry.hash, False], 2))["result"] is None  # no header
+    # An edge's own block: what explorerd publishes of it, in the node's format (viem's watchBlocks asks).
+    block = mainnet_run()[0]
+    got = (await ask(client, "eth_getBlockByHash", [node_entry.hash, False], 2))["result"]
+    assert got == dict({k: block[k] for k in ("number", "hash", "parentHash", "timestamp", "miner", "gasUsed",
+                                              "gasLimit", "size") if k in block},
+                       transactions=[tx["hash"] for tx in block["transactions"]])
+    assert (await ask(client, "eth_getBlockByNumber", [block["number"], False], 3))["result"] == got
+    assert (await ask(client, "eth_getBlockByHash", [node_entry.hash, True], 4))["result"] is None
     await client.close()
 
 

@@ -316,3 +316,23 @@ async def test_an_http_provider_works_through_post(start_daemon, chain, name):
                      "call": "0x", "hash": head["hash"]}
     assert await client.until("done") == []
     assert await client.finish() == 0
+
+
+@pytest.mark.parametrize("name", clients())
+@pytest_twisted.ensureDeferred
+async def test_an_edge_without_a_node_serves_the_library_its_blocks(start_daemon, name):
+    from explorerd.history import Entry
+    from tests.chaindata import mainnet_run
+
+    daemon = await start_daemon(source="wamp", wamp_router="ws://127.0.0.1:9/ws", chain_id=1)
+    subscriptions = daemon.service.rpcService.subscriptions
+    client = ClientProcess(name, [f"ws://127.0.0.1:{daemon.port}/v1/rpc", "blocks", 3])
+    assert await client.next() == {"event": "chainId", "chainId": 1}
+    await eventually(lambda: subscriptions.count("newHeads") == 1, timeout=20, what=f"{name} to subscribe")
+    blocks = mainnet_run()[:3]
+    for block in blocks:  # what an edge's router brings: explorerd's wire shape, no node header
+        node_entry = Entry.fromNode(block)
+        daemon.hub.publish(Entry.fromWire(node_entry.data, node_entry.txs_data))
+    got = [line for line in await client.until("done") if line["event"] == "block"]
+    assert [line["number"] for line in got] == [int(b["number"], 16) for b in blocks]
+    assert await client.finish() == 0
