@@ -14,7 +14,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
-from explorerd.admission import TokenBucket
+from explorerd.admission import TokenBucket, client_ip
 from explorerd.metrics import MetricsResource
 
 WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
@@ -67,7 +67,7 @@ class RpcResource(UpgradeResource):
         if error is not None:
             return _json(error)
         cost = len(message) if isinstance(message, list) else 1
-        if not self._withinBudget(request.getClientAddress().host, cost):
+        if not self._withinBudget(self._clientIp(request), cost):
             factory.metrics.errors.labels("message_budget").inc()
             return self._refuse(request, 429, -32005, "too many requests: the budget is "
                                 f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
@@ -110,6 +110,19 @@ class RpcResource(UpgradeResource):
         request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
         request.setHeader(b"Access-Control-Max-Age", b"600")
         return b""
+
+    def _clientIp(self, request):
+        """
+        The client's address: behind C{trusted_proxies} proxies, the one
+        their C{X-Forwarded-For} names (as Autobahn takes it for WebSockets);
+        else the peer's.
+        """
+        trusted = self._factory.trustXForwardedFor
+        forwarded = request.getHeader(b"x-forwarded-for") if trusted else None
+        if forwarded:
+            addresses = [a.strip() for a in forwarded.decode("latin-1").split(",")]
+            return client_ip(addresses[-trusted:][0])
+        return request.getClientAddress().host
 
     def _withinBudget(self, ip, cost):
         factory = self._factory

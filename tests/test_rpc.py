@@ -1078,3 +1078,23 @@ def test_the_chain_id_setting_reads_decimal_or_hex():
         with pytest.raises(ConfigError) as e:
             Config.load({"EXPLORERD_CHAIN_ID": bad}, {})
         assert "EXPLORERD_CHAIN_ID" in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_post_behind_a_trusted_proxy_budgets_each_forwarded_address(start_daemon):
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    daemon = await start_daemon(message_rate=1, message_burst=2, trusted_proxies=1)
+    pool = HTTPConnectionPool(_reactor(), persistent=False)
+    http = treq.client.HTTPClient(Agent(_reactor(), pool=pool))
+    url = f"http://127.0.0.1:{daemon.port}/v1/rpc"
+    request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "web3_clientVersion"}).encode()
+
+    async def status(address):
+        response = await http.post(url, data=request, headers={"X-Forwarded-For": f"203.0.113.9, {address}"})
+        await response.content()
+        return response.code
+
+    assert [await status("198.51.100.1") for _ in range(3)] == [200, 200, 429]
+    assert await status("198.51.100.2") == 200  # another client behind the same proxy
