@@ -54,6 +54,7 @@ methods but subscriptions.
 """
 
 import json
+import math
 import time
 from collections import OrderedDict
 
@@ -149,8 +150,9 @@ def _short(value, limit=64):
 
 
 def _validId(value):
-    return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(value, float):
+        return math.isfinite(value)  # Infinity would be echoed as no JSON at all
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _answer(request_id, result=None, error=None):

@@ -116,6 +116,9 @@ async def test_binary_frames_are_read_and_answered_in_text(start_daemon):
     (b"[]", -32600),
     (b"42", -32600),
     (b'"eth_chainId"', -32600),
+    (b'{"jsonrpc":"2.0","id":1e999,"method":"web3_clientVersion"}', -32600),  # an id of Infinity
+    (b'[' * 100000 + b']' * 100000, -32700),
+    (b'{"jsonrpc":"2.0","id":' + b'9' * 5000 + b',"method":"web3_clientVersion"}', -32700),
 ])
 @pytest_twisted.ensureDeferred
 async def test_invalid_json_and_invalid_requests_get_one_error_with_id_null(start_daemon, payload, code):
