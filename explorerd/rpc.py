@@ -139,9 +139,15 @@ def encodeAnswer(answer):
     if isinstance(answer, list):
         return b"[" + b",".join(encodeAnswer(a) for a in answer) + b"]"
     result = answer.get("result")
-    if isinstance(result, RawJSON):
-        return b'{"jsonrpc":"2.0","id":' + encode(answer["id"]) + b',"result":' + result + b"}"
-    return encode(answer)
+    try:
+        if isinstance(result, RawJSON):
+            return b'{"jsonrpc":"2.0","id":' + encode(answer["id"]) + b',"result":' + result + b"}"
+        return encode(answer)
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\ud800") echoed back: escaped, as it came.
+        if isinstance(result, RawJSON):
+            answer = dict(answer, result=json.loads(result))
+        return json.dumps(answer, separators=(",", ":")).encode("ascii")
 
 
 def _short(value, limit=64):

@@ -1101,3 +1101,16 @@ async def test_http_post_behind_a_trusted_proxy_budgets_each_forwarded_address(s
 
     assert [await status("198.51.100.1") for _ in range(3)] == [200, 200, 429]
     assert await status("198.51.100.2") == 200  # another client behind the same proxy
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_an_id_or_a_method_is_echoed_escaped(start_daemon):
+    daemon = await start_daemon()
+    client = await rpc_client(daemon)
+    client.sendMessage(b'{"jsonrpc":"2.0","id":"\\ud800","method":"web3_clientVersion"}')
+    answer = await client.next()
+    assert answer["id"] == "\ud800" and "result" in answer
+    client.sendMessage(b'{"jsonrpc":"2.0","id":2,"method":"x\\udfff"}')
+    answer = await client.next()
+    assert answer["id"] == 2 and answer["error"]["code"] == -32601
+    await client.close()
