@@ -73,15 +73,19 @@ class RpcResource(UpgradeResource):
                                 f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
         from explorerd.rpc import Session, encodeAnswer
 
-        answer = service.answer(message, Session())
+        session = Session()
+        answer = service.answer(message, session)
         if answer is None:
             request.setResponseCode(204)
             return b""
-        gone = []
-        request.notifyFinish().addErrback(gone.append)
+
+        def gone(failure):
+            session.closed = True  # calls of the batch still waiting are not sent
+
+        request.notifyFinish().addErrback(gone)
 
         def respond(result):
-            if not gone:
+            if not session.closed:
                 request.write(encodeAnswer(result))
                 request.finish()
 
