@@ -144,6 +144,56 @@ def parse_receipts(text) -> str:
     return text
 
 
+# JSON-RPC methods /v1/rpc never sends a node: they sign, send, or change or read its internals.
+RPC_REFUSED_PREFIXES = ("admin_", "debug_", "personal_", "miner_", "txpool_", "anvil_", "evm_", "hardhat_",
+                        "eth_sign")
+RPC_REFUSED_METHODS = ("eth_sendTransaction", "eth_accounts")
+_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+
+
+def rpc_refused(method):
+    """Whether /v1/rpc refuses C{method} whatever the settings (see L{RPC_REFUSED_PREFIXES})."""
+    return method in RPC_REFUSED_METHODS or method.startswith(RPC_REFUSED_PREFIXES)
+
+
+def parse_methods(text) -> tuple:
+    """A comma list of JSON-RPC method names that may be forwarded to the node."""
+    methods = []
+    for name in str(text).split(","):
+        name = name.strip()
+        if not name:
+            continue
+        if not _METHOD.match(name):
+            raise ValueError(f"{name[:70]!r} is not a JSON-RPC method name")
+        if rpc_refused(name):
+            raise ValueError(f"{name} is never forwarded: it signs, sends or changes a node's state")
+        methods.append(name)
+    return tuple(dict.fromkeys(methods))
+
+
+def parse_chain_id(text) -> int:
+    """An EIP-155 chain id (decimal or 0x-hex), or 0 for none given."""
+    text = str(text).strip().lower()
+    if not text:
+        return 0
+    try:
+        value = int(text, 16) if text.startswith("0x") else parse_int(text)
+    except ValueError:
+        raise ValueError("expected a chain id, such as 1 or 0x1") from None
+    if value <= 0:
+        raise ValueError("a chain id is a positive number")
+    return value
+
+
+def parse_switch(text) -> bool:
+    text = str(text).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
 _ENDPOINT_EXAMPLE = "a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
 
 
@@ -290,7 +340,8 @@ SETTINGS = (
     Setting("rpc_url", "EXPLORERD_RPC_URL", "rpc-url", "",
             parse_url, None,
             "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
-            "real recorded blocks on 127.0.0.1 and tail that."),
+            "real recorded blocks on 127.0.0.1 and tail that. On an edge (`--source wamp`), which reads "
+            "blocks from its router, the node `/v1/rpc` forwards calls to (empty: none)."),
     Setting("rpc_timeout", "EXPLORERD_RPC_TIMEOUT", "rpc-timeout", "10s",
             parse_duration, 0.01,
             "Deadline for each JSON-RPC call, body included."),
@@ -304,6 +355,34 @@ SETTINGS = (
     Setting("rpc_batch_size", "EXPLORERD_RPC_BATCH_SIZE", "rpc-batch-size", "50",
             parse_int, 1,
             "Blocks fetched per JSON-RPC batch while catching up."),
+    Setting("rpc_batch_max", "EXPLORERD_RPC_BATCH_MAX", "rpc-batch-max", "100",
+            parse_int, 1,
+            "Most requests in one JSON-RPC batch a `/v1/rpc` client may send; a larger batch is "
+            "answered with one -32600 error."),
+    Setting("chain_id", "EXPLORERD_CHAIN_ID", "chain-id", "",
+            parse_chain_id, None,
+            "The chain id `/v1/rpc` answers `eth_chainId` and `net_version` with (libraries such as ethers "
+            "ask for it on connecting). Empty: the node's, asked once; an edge without `--rpc-url` needs it."),
+    Setting("rpc_forward", "EXPLORERD_RPC_FORWARD", "rpc-forward",
+            "eth_call,eth_estimateGas,eth_getBalance,eth_getTransactionCount,eth_getCode,eth_getStorageAt,"
+            "eth_gasPrice,eth_maxPriorityFeePerGas,eth_feeHistory,eth_getTransactionByHash,"
+            "eth_getTransactionReceipt,eth_getBlockReceipts,eth_getLogs,eth_sendRawTransaction",
+            parse_methods, None,
+            "JSON-RPC methods `/v1/rpc` forwards to the node (comma list; empty: none). Methods that sign, "
+            "send or change state (`admin_*`, `debug_*`, `personal_*`, `miner_*`, `txpool_*`, `anvil_*`, "
+            "`evm_*`, `hardhat_*`, `eth_sign*`, `eth_sendTransaction`, `eth_accounts`) are refused here."),
+    Setting("rpc_forward_concurrency", "EXPLORERD_RPC_FORWARD_CONCURRENCY", "rpc-forward-concurrency", "8",
+            parse_int, 1,
+            "Calls of `/v1/rpc` clients in flight to the node at once, all clients together (its own "
+            "connections, apart from the live-tail's); more wait in order. Each connection has at most 16."),
+    Setting("rpc_pin_latest", "EXPLORERD_RPC_PIN_LATEST", "rpc-pin-latest", "on",
+            parse_switch, None,
+            "`on`: a forwarded call whose block is `latest` (or absent) reads the block explorerd last "
+            "announced (EIP-1898 `{\"blockHash\": ...}`), so a client reacting to `newHeads` reads that "
+            "block's state; `off`: as sent."),
+    Setting("rpc_getlogs_range", "EXPLORERD_RPC_GETLOGS_RANGE", "rpc-getlogs-range", "1000",
+            parse_int, 1,
+            "Most blocks one forwarded `eth_getLogs` may span; a wider range is answered -32602."),
     Setting("max_catchup", "EXPLORERD_MAX_CATCHUP", "max-catchup", "1000",
             parse_int, 1,
             "Most blocks published to catch up (after a restart or an outage); further behind, "
@@ -423,9 +502,6 @@ class Config:
         if self.source == "wamp" and not self.wamp_router:
             raise ConfigError("invalid EXPLORERD_SOURCE='wamp': an edge needs EXPLORERD_WAMP_ROUTER "
                               "(--wamp-router ws://host:port/path) to read blocks from")
-        if self.source == "wamp" and self.rpc_url:
-            raise ConfigError("invalid EXPLORERD_RPC_URL: an edge (EXPLORERD_SOURCE=wamp) reads "
-                              "blocks from the WAMP router, not from a node; unset one of them")
 
     @classmethod
     def defaults(cls, **overrides):

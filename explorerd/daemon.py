@@ -23,6 +23,7 @@ from explorerd.hub import Hub
 from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
+from explorerd.rpc import RpcFactory, RpcService
 from explorerd.tailstate import TailState
 from explorerd.stream import StreamFactory
 from explorerd.transport import sized_server
@@ -120,9 +121,13 @@ class Daemon(MultiService):
         self.admission = Admission(self.hub.slots, config, self.metrics, clock)
         self.streamFactory = StreamFactory(self.hub, self.admission, self.metrics, config)
         self.wampFactory = WampFactory(self.broker, self.admission, self.metrics, config)
+        # An edge reads blocks from its router; /v1/rpc forwards to its --rpc-url, if it has one.
+        upstream = None if config.source == "wamp" and not config.rpc_url else self.rpc
+        self.rpcService = RpcService(self.hub, config, self.metrics.registry, upstream)
+        self.rpcFactory = RpcFactory(self.rpcService, self.admission, self.metrics, config)
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
-                          wamp_factory=self.wampFactory)
+                          wamp_factory=self.wampFactory, rpc_factory=self.rpcFactory)
         self.site = Site(root, config, self.hub.slots, self.admission)
         self.listener = listening(reactor, config.listen, self.site, "explorerd",
                                   sized_server(config.read_buffer_size, config.write_buffer_size),

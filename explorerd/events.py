@@ -229,6 +229,15 @@ def node_header(block):
     return {k: v for k, v in block.items() if k not in _NOT_IN_HEADER}
 
 
+def node_extras(block):
+    """
+    What a block has besides its header and transactions, as the node gave
+    it (C{uncles}, C{size}, ...): with the header and the transaction
+    hashes, the block as C{eth_getBlockByHash(hash, false)} answers it.
+    """
+    return {k: v for k, v in block.items() if k in _NOT_IN_HEADER and k != "transactions"}
+
+
 # The wire shape, field by field: what an edge checks of what a router brings.
 
 def _int(obj, key, what, nullable=False):

@@ -27,6 +27,7 @@ from explorerd.events import (
     frame,
     logs_data,
     node_block,
+    node_extras,
     node_header,
     tx_hash_data,
     wire_block,
@@ -60,12 +61,16 @@ class Entry:
         not known (receipts off).
     @ivar header: the block's header as the node gave it (geth's C{newHeads}
         fields, values untouched), or C{None} (an edge's blocks).
+    @ivar extras: the rest of the node's block but its transactions
+        (C{uncles}, C{size}, ...), or C{None}: with the header and the
+        transaction hashes, the block as C{eth_getBlockByHash(h, false)}
+        answers it.
     """
 
     __slots__ = ("height", "hash", "parent_hash", "data", "txs_data", "tx_count", "logs", "inputs", "header",
-                 "block_frame", "_txs", "_tx_frames", "_groups", "_logs")
+                 "extras", "block_frame", "_txs", "_tx_frames", "_groups", "_logs")
 
-    def __init__(self, data, txs_data, logs=None, inputs=None, header=None):
+    def __init__(self, data, txs_data, logs=None, inputs=None, header=None, extras=None):
         if logs is not None:
             data = dict(data, log_count=len(logs))
         elif "log_count" not in data:
@@ -79,6 +84,7 @@ class Entry:
         self.logs = logs
         self.inputs = inputs
         self.header = header
+        self.extras = extras
         self.block_frame = frame(encode({"type": "newBlock", "data": data}))
         self._txs = {}
         self._tx_frames = {}
@@ -92,7 +98,7 @@ class Entry:
         or only its logs, or neither; L{InvalidBlock} if anything is missing
         or is not the block's own.
         """
-        return cls(*node_block(block, receipts, logs), header=node_header(block))
+        return cls(*node_block(block, receipts, logs), header=node_header(block), extras=node_extras(block))
 
     @classmethod
     def fromWire(cls, data, txs_data, logs=None):
@@ -287,6 +293,13 @@ class History:
         """The entry of a block a reorg removed, while it is remembered (for its logs), or C{None}."""
         orphan = self._orphans.get(block_hash)
         return None if orphan is None else orphan[2]
+
+    def at(self, height):
+        """The canonical entry at C{height}, or C{None} (the chain held is contiguous)."""
+        chain = self._chain
+        if not chain or not chain[0].height <= height <= chain[-1].height:
+            return None
+        return chain[height - chain[0].height]
 
     def after(self, height):
         """Canonical entries above C{height}, oldest first."""

@@ -30,7 +30,7 @@ from explorerd import events
 from explorerd.collector import collectAfter
 from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
-from explorerd.interfaces import IBlockSink, IPublicationObserver
+from explorerd.interfaces import IBlockSink, IPublicationObserver, IResumeHint
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
 from explorerd.slots import ConnectionSlots
 
@@ -270,9 +270,29 @@ class Hub(Service):
         protocol = client.protocol
         if error is not None:
             self.metrics.errors.labels(error).inc()
+        if error == "slow_client":
+            reason = self._slowReason(client, reason)
         self.detach(client, reason)
         if protocol is not None:
             protocol.beginClose(code, reason)
+
+    @staticmethod
+    def _slowReason(client, reason, limit=123):
+        """
+        A slow client's close reason, naming the last block it was sent
+        when its protocol can tell (L{IResumeHint}); within the 123 bytes
+        a close frame's reason has room for.
+        """
+        protocol = client.protocol
+        if not IResumeHint.providedBy(protocol):
+            return reason
+        hint = protocol.resumeHint(client)
+        if not hint:
+            return reason
+        for text in (f"{reason}; {hint}", f"too slow; {hint}"):
+            if len(text.encode("utf-8")) <= limit:
+                return text
+        return reason
 
     # Subscriptions.
 
@@ -632,6 +652,20 @@ class Hub(Service):
         policy; True if written now.
         """
         return self._send(client, payload, ((kind, count),))
+
+    def deliverBacklog(self, client, items):
+        """
+        Catch a client up with C{items} (C{[(payload, counts), ...]}, built
+        by another protocol from the history, e.g. C{eth_subscribe}'s
+        C{since}) the way L{replay} does: through its queue, one item per
+        write, not counted against the send queue.
+        """
+        if client.hub is None:
+            return
+        for payload, counts in items:
+            self._enqueue(client, payload, counts, replayed=True)
+        if not client.paused:
+            self._flush(client)
 
     def sendTo(self, client, message):
         """

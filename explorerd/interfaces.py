@@ -46,3 +46,17 @@ class IPublicationObserver(Interface):
         C{reorg} message, C{removed} the entries of the removed blocks the
         history held, newest first (their logs are retracted in that order).
         """
+
+
+class IResumeHint(Interface):
+    """
+    A hub client's protocol that can tell a client it closes as too slow
+    where to resume (its last block), so that it never loses data silently.
+    """
+
+    def resumeHint(client):
+        """
+        Text naming the last block whose messages C{client} (an
+        L{explorerd.hub.Client} whose queue is still intact) was sent, for
+        the close reason; or C{None}.
+        """

@@ -1,20 +1,23 @@
 """
-The HTTP resource tree: C{/v1/stream} (WebSocket), C{/v1/wamp} (WAMP), C{/metrics},
+The HTTP resource tree: C{/v1/stream} (WebSocket), C{/v1/wamp} (WAMP), C{/v1/rpc}
+(Ethereum JSON-RPC over WebSocket), C{/metrics},
 C{/healthz} and the dashboard in C{web/} at C{/}, all on one port.
 """
 
 import json
 import os
 import sys
+from collections import OrderedDict
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd.admission import TokenBucket, client_ip
 from explorerd.metrics import MetricsResource
 
-WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp")
+WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
 
 
 class UpgradeResource(WebSocketResource):
@@ -27,6 +30,126 @@ class UpgradeResource(WebSocketResource):
     def render(self, request):
         request.channel.setTimeout(None)
         return super().render(request)
+
+
+class RpcResource(UpgradeResource):
+    """
+    C{/v1/rpc}: a WebSocket upgrade, or a C{POST} of a JSON-RPC request or
+    batch answered in the response (everything but subscriptions), so an
+    HTTP provider works too.  A POST passes the same origin check as a
+    WebSocket (with CORS headers for the origins allowed) and each request
+    in it counts against a message budget per client address, the
+    WebSocket connection's budget (C{message_rate}, C{message_burst}).
+    """
+
+    def __init__(self, factory, max_body, max_ips=100_000):
+        super().__init__(factory)
+        self._max_body = max_body
+        self._budgets = OrderedDict()  # ip → TokenBucket, least recently used first
+        self._max_ips = max_ips
+
+    def render(self, request):
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
+        if request.method != b"POST":
+            return super().render(request)
+        if not self._cors(request):
+            return self._refuse(request, 403, -32600, "this origin may not use /v1/rpc")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        body = request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            return self._refuse(request, 413, -32600, f"invalid request: larger than {self._max_body} bytes")
+        factory = self._factory
+        service = factory.service
+        factory.metrics.messages_received.inc()
+        message, error = service.parse(body)
+        if error is not None:
+            return _json(error)
+        cost = len(message) if isinstance(message, list) else 1
+        if not self._withinBudget(self._clientIp(request), cost):
+            factory.metrics.errors.labels("message_budget").inc()
+            return self._refuse(request, 429, -32005, "too many requests: the budget is "
+                                f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
+        from explorerd.rpc import Session, encodeAnswer
+
+        session = Session()
+        answer = service.answer(message, session)
+        if answer is None:
+            request.setResponseCode(204)
+            return b""
+
+        def gone(failure):
+            session.closed = True  # calls of the batch still waiting are not sent
+
+        request.notifyFinish().addErrback(gone)
+
+        def respond(result):
+            if not session.closed:
+                request.write(encodeAnswer(result))
+                request.finish()
+
+        answer.addCallback(respond)
+        return server.NOT_DONE_YET
+
+    def _cors(self, request):
+        """Whether the request's origin may use us; sets the CORS answer headers if so."""
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True
+        origin = origin.decode("latin-1")
+        host = request.getHeader(b"host")
+        if not self._factory.admission.origins.allows(origin, host.decode("latin-1") if host else None):
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+        request.setHeader(b"Vary", b"Origin")
+        return True
+
+    def _preflight(self, request):
+        if not self._cors(request):
+            request.setResponseCode(403)
+            return b""
+        request.setResponseCode(204)
+        request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
+        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+        request.setHeader(b"Access-Control-Max-Age", b"600")
+        return b""
+
+    def _clientIp(self, request):
+        """
+        The client's address: behind C{trusted_proxies} proxies, the one
+        their C{X-Forwarded-For} names (as Autobahn takes it for WebSockets);
+        else the peer's.
+        """
+        trusted = self._factory.trustXForwardedFor
+        forwarded = request.getHeader(b"x-forwarded-for") if trusted else None
+        if forwarded:
+            addresses = [a.strip() for a in forwarded.decode("latin-1").split(",")]
+            return client_ip(addresses[-trusted:][0])
+        return request.getClientAddress().host
+
+    def _withinBudget(self, ip, cost):
+        factory = self._factory
+        rate, burst = factory.messageRate, factory.messageBurst
+        if not rate:
+            return True
+        now = factory.hub.clock.seconds()
+        bucket = self._budgets.pop(ip, None) or TokenBucket(burst, now)
+        allowed = bucket.take(now, rate, burst, cost)
+        self._budgets[ip] = bucket
+        while len(self._budgets) > self._max_ips:
+            self._budgets.popitem(last=False)
+        return allowed
+
+    @staticmethod
+    def _refuse(request, status, code, text):
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        return _json({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}})
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 class HealthResource(Resource):
@@ -151,7 +274,7 @@ def default_web_root():
     return None
 
 
-def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None):
+def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None, rpc_factory=None):
     if web_root and os.path.isdir(web_root):
         root = Static(web_root)
     else:
@@ -159,12 +282,15 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
         root.putChild(b"", Data(
             b"<!doctype html><title>explorerd</title><p>explorerd is running. "
             b"WebSocket: <code>/v1/stream</code>, WAMP: <code>/v1/wamp</code>, "
+            b"Ethereum JSON-RPC: <code>/v1/rpc</code>, "
             b"metrics: <code>/metrics</code>.</p>",
             "text/html; charset=utf-8"))
     v1 = Resource()
     v1.putChild(WEBSOCKET_PATHS[0].rsplit(b"/", 1)[1], UpgradeResource(stream_factory))
     if wamp_factory is not None:
         v1.putChild(WEBSOCKET_PATHS[1].rsplit(b"/", 1)[1], UpgradeResource(wamp_factory))
+    if rpc_factory is not None:
+        v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], RpcResource(rpc_factory, rpc_factory.maxMessagePayloadSize))
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(health))

@@ -3,13 +3,15 @@
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from explorerd.config import Config
 from explorerd.hub import Hub
-from explorerd.interfaces import IBlockSink, IPublicationObserver
+from explorerd.interfaces import IBlockSink, IPublicationObserver, IResumeHint
 from explorerd.livetail import LiveTail
 from explorerd.metrics import Metrics
+from explorerd.rpc import RpcProtocol
+from explorerd.rpcsubs import RpcSubscriptions
 from explorerd.wamp import Broker
 from explorerd.wampclient import EdgeSource, RouterPublisher
 from tests.observers import WampRecorder
@@ -31,6 +33,11 @@ def test_the_wamp_broker_and_the_router_publisher_observe_the_hub():
     verifyObject(IPublicationObserver, Broker(h, "explorer", CollectorRegistry()))
     verifyObject(IPublicationObserver, RouterPublisher(Clock(), h, config, CollectorRegistry(), clock=Clock()))
     verifyObject(IPublicationObserver, WampRecorder())
+
+
+def test_the_rpc_subscriptions_observe_the_hub_and_its_protocol_can_say_where_to_resume():
+    verifyObject(IPublicationObserver, RpcSubscriptions(hub()))
+    verifyClass(IResumeHint, RpcProtocol)
 
 
 def test_sources_refuse_what_is_not_a_block_sink():

@@ -827,12 +827,13 @@ def test_wamp_settings():
         ({}, {"wamp-router": "http://x"}, "invalid --wamp-router='http://x'"),
         ({}, {"wamp-realm": "bad realm"}, "invalid --wamp-realm"),
         ({}, {"source": "carrier-pigeon"}, "invalid --source"),
-        ({"EXPLORERD_RPC_URL": "http://127.0.0.1:8545"}, {"source": "wamp", "wamp-router": "ws://h:1/ws"},
-         "EXPLORERD_RPC_URL"),
     ]:
         with pytest.raises(ConfigError) as e:
             Config.load(env, options)
         assert text in str(e.value)
+    # An edge with a node: /v1/rpc forwards calls to it (blocks still come from the router).
+    c = Config.load({"EXPLORERD_RPC_URL": "http://127.0.0.1:8545"}, {"source": "wamp", "wamp-router": "ws://h:1/ws"})
+    assert (c.source, c.rpc_url) == ("wamp", "http://127.0.0.1:8545")
 
 
 
