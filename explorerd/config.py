@@ -69,6 +69,9 @@ def parse_url(text) -> str:
     if not text:
         return ""
     parts = urlsplit(text)
+    if parts.scheme in ("ws", "wss"):
+        raise ValueError("calls go over HTTP: give the node's http(s):// URL here and its "
+                         f"{parts.scheme}:// URL as EXPLORERD_RPC_WS_URL (--rpc-ws-url) for push")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL of a JSON-RPC node")
     _checkPort(parts)
@@ -81,6 +84,21 @@ def _checkPort(parts):
         return parts.port
     except ValueError as e:
         raise ValueError(str(e)) from None
+
+
+def parse_node_ws_url(text) -> str:
+    """A ws:// or wss:// URL of a node's WebSocket JSON-RPC, or empty for none."""
+    from urllib.parse import urlsplit
+
+    text = str(text).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("expected a ws:// or wss:// URL of the node's WebSocket JSON-RPC, "
+                         "e.g. ws://127.0.0.1:8546")
+    _checkPort(parts)
+    return text
 
 
 def parse_path(text) -> str:
@@ -291,6 +309,16 @@ SETTINGS = (
             parse_url, None,
             "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
             "real recorded blocks on 127.0.0.1 and tail that."),
+    Setting("rpc_ws_url", "EXPLORERD_RPC_WS_URL", "rpc-ws-url", "",
+            parse_node_ws_url, None,
+            "The node's WebSocket JSON-RPC (ws or wss; anvil and the replay node serve it on their HTTP "
+            "port), for push: the live-tail subscribes to `newHeads` and fetches each block the moment "
+            "the node announces it (calls stay on `--rpc-url`; polling goes on as the safety net). "
+            "`--rpc-url` itself must be http(s). Empty: polling only."),
+    Setting("rpc_ws_silence", "EXPLORERD_RPC_WS_SILENCE", "rpc-ws-silence", "60s",
+            parse_duration, 0.01,
+            "With push: a subscription that announces no block for this long is taken for dead and "
+            "renewed (set it to a few block times)."),
     Setting("rpc_timeout", "EXPLORERD_RPC_TIMEOUT", "rpc-timeout", "10s",
             parse_duration, 0.01,
             "Deadline for each JSON-RPC call, body included."),
@@ -420,6 +448,9 @@ class Config:
 
     def check(self):
         """Settings that only make sense together; raises L{ConfigError}."""
+        if self.rpc_ws_url and not self.rpc_url:
+            raise ConfigError("invalid EXPLORERD_RPC_WS_URL: push needs the node's HTTP JSON-RPC too "
+                              "(EXPLORERD_RPC_URL, --rpc-url http://host:port) for its calls")
         if self.source == "wamp" and not self.wamp_router:
             raise ConfigError("invalid EXPLORERD_SOURCE='wamp': an edge needs EXPLORERD_WAMP_ROUTER "
                               "(--wamp-router ws://host:port/path) to read blocks from")

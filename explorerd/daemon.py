@@ -80,7 +80,7 @@ class Daemon(MultiService):
         self.hub.setServiceParent(self)
         self.broker = Broker(self.hub, config.wamp_realm, self.metrics.registry)
         self.broker.setServiceParent(self)
-        self.embedded = self.tail = self.edge = self.publisher = None
+        self.embedded = self.tail = self.push = self.edge = self.publisher = None
         # Without --rpc-url the node is the embedded one, whose address is known once it listens.
         self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
         if config.source == "wamp":
@@ -107,6 +107,14 @@ class Daemon(MultiService):
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
             self.hub.holdResumes(self.tail.whenRestored())
+            if config.rpc_ws_url:
+                from explorerd.nodepush import NodePush
+
+                # The embedded node's URL comes once it listens (L{_tailEmbedded}).
+                self.push = NodePush(reactor, config.rpc_ws_url or None, self.tail.pollSoon,
+                                     clock=clock, max_delay=config.rpc_retry,
+                                     silence=config.rpc_ws_silence, registry=self.metrics.registry)
+                self.push.setServiceParent(self)
         if config.wamp_router and config.source == "node":
             from explorerd.wampclient import RouterPublisher
 
@@ -130,6 +138,8 @@ class Daemon(MultiService):
 
     def _tailEmbedded(self, url):
         self.rpc.connectTo(url)
+        if self.push is not None:
+            self.push.connectTo("ws" + url[len("http"):])
         self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
                       "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
                       url=url, block_time=self.config.replay_block_time)
@@ -150,6 +160,7 @@ class Daemon(MultiService):
         }
         if self.tail is not None:
             status["tail"] = self.tail.health()
+            status["tail"]["push"] = self.push.health() if self.push is not None else None
             status["status"] = status["tail"]["status"]
         if self.edge is not None:
             status["edge"] = self.edge.health()

@@ -358,6 +358,7 @@ class LiveTail(Service):
 
         self._poll = None
         self._waiters = []
+        self._again = False
         self._stopping = False
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -444,6 +445,22 @@ class LiveTail(Service):
             d.addCallbacks(self._pollSucceeded, self._pollFailed)
             d.addBoth(self._pollFinished)
         return waiter
+
+    def pollSoon(self):
+        """
+        The node says it has a new head (a push notification): poll now.
+
+        Only a trigger: what is published still comes from the poll's own
+        walk.  A trigger while a poll runs makes exactly one more poll after
+        it (triggers coalesce, none is lost); while the tail backs off from
+        a failing node, or is stopped, it is ignored: the retry comes anyway.
+        """
+        if self._stopping or not self.running:
+            return
+        if self._poll is not None:
+            self._again = True
+        elif self._retry_at is None or self.clock.seconds() >= self._retry_at:
+            self.poll()
 
     def whenRestored(self):
         """
@@ -583,6 +600,10 @@ class LiveTail(Service):
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(ok)
+        if self._again:
+            # A trigger came while this poll ran: its block may have come after our eth_blockNumber.
+            self._again = False
+            self.pollSoon()
         return None
 
     # One poll ------------------------------------------------------------
