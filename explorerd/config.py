@@ -314,7 +314,8 @@ SETTINGS = (
             "The node's WebSocket JSON-RPC (ws or wss; anvil and the replay node serve it on their HTTP "
             "port), for push: the live-tail subscribes to `newHeads` and fetches each block the moment "
             "the node announces it (calls stay on `--rpc-url`; polling goes on as the safety net). "
-            "`--rpc-url` itself must be http(s). Empty: polling only."),
+            "`--rpc-url` itself must be http(s). Empty: polling only, except for the embedded replay "
+            "node, which pushes."),
     Setting("rpc_ws_silence", "EXPLORERD_RPC_WS_SILENCE", "rpc-ws-silence", "60s",
             parse_duration, 0.01,
             "With push: a subscription that announces no block for this long is taken for dead and "

@@ -107,7 +107,7 @@ class Daemon(MultiService):
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
             self.hub.holdResumes(self.tail.whenRestored())
-            if config.rpc_ws_url:
+            if config.rpc_ws_url or not config.rpc_url:
                 from explorerd.nodepush import NodePush
 
                 # The embedded node's URL comes once it listens (L{_tailEmbedded}).

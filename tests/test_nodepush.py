@@ -380,3 +380,87 @@ def test_push_settings_are_read():
     config = Config.load({"EXPLORERD_RPC_URL": "http://127.0.0.1:8545"},
                          {"rpc-ws-url": "wss://node.example/ws/KEY", "rpc-ws-silence": "36s"})
     assert (config.rpc_ws_url, config.rpc_ws_silence) == ("wss://node.example/ws/KEY", 36.0)
+
+
+# The embedded replay node pushes ----------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def replay(penv):
+    from explorerd.replay import ReplayNode
+
+    clock = Clock()
+    node = ReplayNode(clock, block_time=2.0, prefill=3)
+    service = node.asService(_reactor())
+    service.startService()
+    yield node, service
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_replay_node_speaks_json_rpc_and_new_heads_over_websocket(replay):
+    from tests.clients import connect
+
+    node, service = replay
+    client = await connect("ws" + service.url[len("http"):])
+    try:
+        answer = await client.request({"jsonrpc": "2.0", "id": 7, "method": "eth_blockNumber"})
+        assert answer == {"jsonrpc": "2.0", "id": 7, "result": hex(node.head.height)}
+        refused = await client.request({"jsonrpc": "2.0", "id": 8, "method": "eth_subscribe",
+                                        "params": ["newPendingTransactions"]})
+        assert refused["error"]["code"] == -32602
+        sid = (await client.request({"jsonrpc": "2.0", "id": 9, "method": "eth_subscribe",
+                                     "params": ["newHeads"]}))["result"]
+        head = node.mine()
+        note = await client.next()
+        assert note["method"] == "eth_subscription" and note["params"]["subscription"] == sid
+        assert note["params"]["result"]["hash"] == head.hash
+        assert note["params"]["result"]["number"] == hex(head.height)
+        new = node.reorg(2)
+        note = await client.next()
+        assert note["params"]["result"]["hash"] == new.hash
+        assert (await client.request({"jsonrpc": "2.0", "id": 10, "method": "eth_unsubscribe",
+                                      "params": [sid]}))["result"] is True
+        node.mine()
+        answer = await client.request({"jsonrpc": "2.0", "id": 11, "method": "eth_chainId"})
+        assert answer["id"] == 11  # no notification came before it
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tail_pushed_by_the_replay_node_publishes_each_block_and_reorg_once_without_a_tick(
+        penv, replay):
+    node, service = replay
+    hub = RecordingHub()
+    tail = penv.tail(penv.rpc(service.url), hub, poll_interval=1.0)
+    tail.startService()
+    await eventually(lambda: blocks_of(hub.events), what="the first poll")
+    push = penv.push("ws" + service.url[len("http"):], tail)
+    push.startService()
+    await eventually(lambda: push.active, what="the subscription")
+    await tail.whenIdle()
+    first = tail.published["height"]
+    for _ in range(3):
+        node.mine()
+        await eventually(lambda: tail.published["height"] == node.head.height, what="the block by push")
+    node.reorg(2)
+    await eventually(lambda: any(e[0] == "reorg" for e in hub.events), what="the reorg by push")
+    await eventually(lambda: tail.published["hash"] == node.head.hash, what="the new branch")
+    await tail.whenIdle()
+    heights = [h for h, _ in blocks_of(hub.events)]
+    assert heights == list(range(first, first + 4)) + [first + 2, first + 3]
+    assert blocks_of(hub.events)[-2:] == [(h, node.chain.hashAt(h)) for h in (first + 2, first + 3)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_with_its_embedded_node_pushes_by_default(start_daemon):
+    daemon = await start_daemon(with_tail=True, poll_interval=10.0, replay_block_time=2.0)
+    service = daemon.service
+    await eventually(lambda: service.push is not None and service.push.active, what="the subscription")
+    await eventually(lambda: service.tail.published is not None, what="the first poll")
+    await service.tail.whenIdle()
+    first = service.tail.published["height"]
+    daemon.clock.advance(2.0)  # a block; the tail's next tick is 8 s away
+    await eventually(lambda: service.tail.published["height"] == first + 1, what="the block by push")
+    assert service.health()["tail"]["push"]["active"]
