@@ -62,18 +62,15 @@ def parse_origins(text) -> tuple:
 
 
 def parse_url(text) -> str:
-    """An http(s) node URL, or empty for the embedded replay node."""
+    """An http(s) or ws(s) node URL, or empty for the embedded replay node."""
     from urllib.parse import urlsplit
 
     text = str(text).strip()
     if not text:
         return ""
     parts = urlsplit(text)
-    if parts.scheme in ("ws", "wss"):
-        raise ValueError("calls go over HTTP: give the node's http(s):// URL here and its "
-                         f"{parts.scheme}:// URL as EXPLORERD_RPC_WS_URL (--rpc-ws-url) for push")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL of a JSON-RPC node")
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ValueError("expected an http(s):// or ws(s):// URL of a JSON-RPC node")
     _checkPort(parts)
     return text
 
@@ -307,15 +304,16 @@ SETTINGS = (
             "Recent blocks (with their transactions) kept for clients that resume with `since`."),
     Setting("rpc_url", "EXPLORERD_RPC_URL", "rpc-url", "",
             parse_url, None,
-            "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
+            "JSON-RPC node to tail: http(s), or ws(s) for calls and push over one WebSocket "
+            "endpoint. Empty: start the embedded replay node of "
             "real recorded blocks on 127.0.0.1 and tail that."),
     Setting("rpc_ws_url", "EXPLORERD_RPC_WS_URL", "rpc-ws-url", "",
             parse_node_ws_url, None,
             "The node's WebSocket JSON-RPC (ws or wss; anvil and the replay node serve it on their HTTP "
             "port), for push: the live-tail subscribes to `newHeads` and fetches each block the moment "
             "the node announces it (calls stay on `--rpc-url`; polling goes on as the safety net). "
-            "`--rpc-url` itself must be http(s). Empty: polling only, except for the embedded replay "
-            "node, which pushes."),
+            "Empty: push from `--rpc-url` if that is ws(s), from the embedded replay node without one, "
+            "else polling only."),
     Setting("rpc_ws_silence", "EXPLORERD_RPC_WS_SILENCE", "rpc-ws-silence", "60s",
             parse_duration, 0.01,
             "With push: a subscription that announces no block for this long is taken for dead and "

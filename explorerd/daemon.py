@@ -82,7 +82,12 @@ class Daemon(MultiService):
         self.broker.setServiceParent(self)
         self.embedded = self.tail = self.push = self.edge = self.publisher = None
         # Without --rpc-url the node is the embedded one, whose address is known once it listens.
-        self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
+        if config.rpc_url.startswith(("ws://", "wss://")):
+            from explorerd.wsjsonrpc import WebSocketJSONRPCClient
+
+            self.rpc = WebSocketJSONRPCClient(reactor, config.rpc_url, timeout=config.rpc_timeout)
+        else:
+            self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
         if config.source == "wamp":
             if tail:
                 from explorerd.wampclient import EdgeSource
@@ -107,11 +112,13 @@ class Daemon(MultiService):
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
             self.hub.holdResumes(self.tail.whenRestored())
-            if config.rpc_ws_url or not config.rpc_url:
+            push_url = config.rpc_ws_url or (config.rpc_url if self.rpc.url and
+                                             self.rpc.url.startswith(("ws://", "wss://")) else "")
+            if push_url or not config.rpc_url:
                 from explorerd.nodepush import NodePush
 
                 # The embedded node's URL comes once it listens (L{_tailEmbedded}).
-                self.push = NodePush(reactor, config.rpc_ws_url or None, self.tail.pollSoon,
+                self.push = NodePush(reactor, push_url or None, self.tail.pollSoon,
                                      clock=clock, max_delay=config.rpc_retry,
                                      silence=config.rpc_ws_silence, registry=self.metrics.registry)
                 self.push.setServiceParent(self)

@@ -50,6 +50,8 @@ class _FakeNodeProtocol(WebSocketServerProtocol):
         node = self.factory.node
         call = json.loads(payload)
         node.calls.append(call)
+        if node.answer == "silent":
+            return
         if call.get("method") != "eth_subscribe":
             self._send({"jsonrpc": "2.0", "id": call.get("id"),
                         "error": {"code": -32601, "message": "the method does not exist"}})
@@ -64,7 +66,6 @@ class _FakeNodeProtocol(WebSocketServerProtocol):
         elif node.answer == "no newHeads":
             self._send({"jsonrpc": "2.0", "id": call["id"],
                         "error": {"code": -32602, "message": "invalid subscription type newHeads"}})
-        # "silent": no answer at all
 
     def _send(self, message):
         self.sendMessage(json.dumps(message).encode())
@@ -360,7 +361,7 @@ async def test_the_daemon_pushes_with_rpc_ws_url_and_healthz_says_so(start_daemo
 
 
 @pytest.mark.parametrize("environ, message", [
-    ({"EXPLORERD_RPC_URL": "ws://127.0.0.1:8545"}, "EXPLORERD_RPC_WS_URL (--rpc-ws-url) for push"),
+    ({"EXPLORERD_RPC_URL": "ftp://127.0.0.1:8545"}, "expected an http(s):// or ws(s):// URL"),
     ({"EXPLORERD_RPC_URL": "http://127.0.0.1:8545", "EXPLORERD_RPC_WS_URL": "http://127.0.0.1:8546"},
      "expected a ws:// or wss:// URL"),
     ({"EXPLORERD_RPC_WS_URL": "ws://127.0.0.1:8546"}, "needs the node's HTTP JSON-RPC too"),
@@ -464,3 +465,64 @@ async def test_the_daemon_with_its_embedded_node_pushes_by_default(start_daemon)
     daemon.clock.advance(2.0)  # a block; the tail's next tick is 8 s away
     await eventually(lambda: service.tail.published["height"] == first + 1, what="the block by push")
     assert service.health()["tail"]["push"]["active"]
+
+
+# Calls over the WebSocket too (--rpc-url ws://...) ----------------------------------
+
+
+def ws_rpc(penv, url, **kw):
+    from explorerd.wsjsonrpc import WebSocketJSONRPCClient
+
+    client = WebSocketJSONRPCClient(penv.reactor, url, timeout=5.0, ping_interval=0, **kw)
+    penv.rpcs.append(client)
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_over_the_websocket_answer_as_over_http(penv):
+    from explorerd.jsonrpc import RPCError
+
+    anvil = await penv.anvil()
+    http = penv.rpc(anvil.url)
+    ws = ws_rpc(penv, ws_of(anvil))
+    await http.call("evm_mine")
+    assert await ws.blockNumber() == 1
+    assert await ws.getBlocksByNumber([0, 1], False) == await http.getBlocksByNumber([0, 1], False)
+    block = await ws.getBlockByNumber(1)
+    assert await ws.getBlockReceipts(block["hash"]) == []
+    with pytest.raises(RPCError):
+        await ws.call("no_such_method")
+    answers = await ws.batch([("eth_blockNumber", []), ("no_such_method", [])], returnErrors=True)
+    assert answers[0] == "0x1" and isinstance(answers[1], RPCError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_over_a_lost_websocket_fail_as_unavailable_and_the_next_call_reconnects(penv):
+    from explorerd.jsonrpc import RPCUnavailable
+
+    fake = await penv.fake(answer="silent")
+    ws = ws_rpc(penv, fake.url)
+    call = ws.blockNumber()
+    await eventually(lambda: fake.calls, what="the call to reach the node")
+    fake.kill()
+    with pytest.raises(RPCUnavailable, match="WebSocket closed"):
+        await call
+    anvil = await penv.anvil()
+    again = ws_rpc(penv, ws_of(anvil))
+    assert await again.blockNumber() == 0
+    again._protocol.transport.abortConnection()  # lost between calls
+    await eventually(lambda: again._protocol is None, what="the loss to be seen")
+    assert await again.blockNumber() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_with_only_a_websocket_rpc_url_calls_and_is_pushed_over_it(start_daemon, penv):
+    anvil = await penv.anvil()
+    daemon = await start_daemon(with_tail=True, rpc_url=ws_of(anvil))
+    service = daemon.service
+    await eventually(lambda: service.push.active, what="the subscription")
+    await eventually(lambda: service.tail.published is not None, what="the first poll")
+    await penv.rpc(anvil.url).call("evm_mine")
+    await eventually(lambda: service.tail.published["height"] == 1, what="block 1 by push")
+    health = service.health()["tail"]
+    assert health["node"] == ws_of(anvil) and health["push"]["url"] == ws_of(anvil)
