@@ -98,6 +98,16 @@ def parse_node_ws_url(text) -> str:
     return text
 
 
+def parse_switch(text) -> bool:
+    """C{on} or C{off} (also C{true}/C{false}, C{yes}/C{no}, C{1}/C{0})."""
+    text = str(text).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
 def parse_path(text) -> str:
     return str(text).strip()
 
@@ -324,6 +334,13 @@ SETTINGS = (
     Setting("poll_interval", "EXPLORERD_POLL_INTERVAL", "poll-interval", "1s",
             parse_duration, 0.01,
             "How often the live-tail asks the node for its head."),
+    Setting("adaptive_polling", "EXPLORERD_ADAPTIVE_POLLING", "adaptive-polling", "on",
+            parse_switch, None,
+            "Besides every EXPLORERD_POLL_INTERVAL, poll when the next block is due (the last block's "
+            "timestamp plus the chain's block time, the median interval of the last 16 blocks), then "
+            "every quarter EXPLORERD_POLL_INTERVAL while it is late, for up to half a block time: "
+            "blocks come sooner from nodes that cannot push, for a few more `eth_blockNumber` calls "
+            "per block. `off`: the fixed interval only."),
     Setting("rpc_retry", "EXPLORERD_RPC_RETRY", "rpc-retry", "30s",
             parse_duration, 0.01,
             "Longest wait between the live-tail's attempts while the node fails (exponential backoff "

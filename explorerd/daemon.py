@@ -108,6 +108,7 @@ class Daemon(MultiService):
                                  max_reorg_depth=config.max_reorg_depth, max_catchup=config.max_catchup,
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
                                  max_backoff=config.rpc_retry, receipts=config.receipts,
+                                 adaptive=config.adaptive_polling,
                                  state=state, registry=self.metrics.registry,
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)

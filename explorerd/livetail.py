@@ -81,6 +81,13 @@ REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 # then let the next poll carry on (never spin inside one poll).
 _MAX_REORGS_PER_POLL = 8
 
+# Adaptive polling: block intervals the block time is learned from (their
+# median), and the fewest before it is used.
+_BLOCK_TIME_SAMPLES = 16
+_MIN_BLOCK_TIME_SAMPLES = 3
+# The shortest wait between adaptive polls.
+_MIN_ADAPTIVE_STEP = 0.05
+
 # Polls in which restoring the history failed though the node answered
 # eth_blockNumber, before we carry on without (the rest of) it.
 _MAX_RESTORE_FAILURES = 3
@@ -264,6 +271,10 @@ class LiveTail(Service):
         the node fails (C{EXPLORERD_RPC_RETRY}); a retry comes at the first
         tick after it.
     @param rng: a C{random.Random} for the backoff jitter.
+    @param adaptive: besides the fixed tick, poll when the next block is
+        due, from the block time learned from the timestamps of the last
+        blocks published, and every quarter C{poll_interval} while it is
+        late (up to half a block time): for nodes that cannot push.
     @param receipts: what to fetch with each block, by its hash (one of
         L{RECEIPTS_MODES}): C{"auto"}, its receipts (C{eth_getBlockReceipts})
         and, if the node does not have that method, its logs
@@ -278,7 +289,7 @@ class LiveTail(Service):
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
                  batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
-                 remember=None, receipts="auto"):
+                 remember=None, receipts="auto", adaptive=False):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -326,6 +337,10 @@ class LiveTail(Service):
         # With an empty chain: the height to publish first (None: the head).
         self._start_at = None
         self._published_ts = None
+        self.adaptive = adaptive
+        # (height, timestamp) of the last blocks published: the block time.
+        self._timestamps = deque(maxlen=_BLOCK_TIME_SAMPLES + 1)
+        self._soon = None  # the adaptive poll planned
         self._dirty = False
         # Saved blocks still to be handed to the hub's history, or None.
         self._restore = None
@@ -388,6 +403,7 @@ class LiveTail(Service):
         """
         super().stopService()
         self._stopping = True
+        self._cancelSoon()
         waits = []
         if self._loop.running:
             self._loop.stop()
@@ -441,6 +457,7 @@ class LiveTail(Service):
         waiter = defer.Deferred()
         self._waiters.append(waiter)
         if self._poll is None:
+            self._cancelSoon()  # this poll's end plans the next
             d = self._poll = defer.ensureDeferred(self._pollOnce())
             d.addCallbacks(self._pollSucceeded, self._pollFailed)
             d.addBoth(self._pollFinished)
@@ -533,6 +550,7 @@ class LiveTail(Service):
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
             "consecutive_failures": self._failures,
+            "expected_block_time": self.expected_block_time,
             "retry_in": (None if self._retry_at is None
                          else round(max(0.0, self._retry_at - self.clock.seconds()), 3)),
         }
@@ -597,6 +615,8 @@ class LiveTail(Service):
             self.log.failure("saving the tail state failed")
         if self._restore is None and self._restore_waiters is not None:
             self._releaseRestored()
+        # Before the waiters run: one of them may start the next poll.
+        self._planAdaptivePoll()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(ok)
@@ -605,6 +625,52 @@ class LiveTail(Service):
             self._again = False
             self.pollSoon()
         return None
+
+    # Adaptive polling ----------------------------------------------------
+
+    @property
+    def expected_block_time(self):
+        """
+        The chain's block time as learned from the timestamps of the last
+        blocks published (the median interval), or C{None} until a few are.
+        """
+        stamps = list(self._timestamps)
+        gaps = sorted(b[1] - a[1] for a, b in zip(stamps, stamps[1:]) if b[0] == a[0] + 1)
+        if len(gaps) < _MIN_BLOCK_TIME_SAMPLES:
+            return None
+        median = gaps[len(gaps) // 2]
+        return median if median > 0 else None
+
+    def _planAdaptivePoll(self):
+        """
+        After a poll: one more when the next block is due (the last one's
+        timestamp plus the block time), and while it is late, every quarter
+        C{poll_interval}, for half a block time; the tick goes on meanwhile.
+        """
+        self._cancelSoon()
+        if not self.adaptive or self._stopping or not self.running or self._retry_at is not None:
+            return
+        block_time = self.expected_block_time
+        if block_time is None or self._published_ts is None:
+            return
+        due = self._published_ts + block_time - self._now()
+        if due > 0:
+            delay = due
+        elif -due <= block_time / 2:
+            delay = max(_MIN_ADAPTIVE_STEP, self.poll_interval / 4)
+        else:
+            return  # a missed slot, or a node behind: the tick will see it
+        if delay < self.poll_interval:
+            self._soon = self.clock.callLater(delay, self._adaptivePoll)
+
+    def _adaptivePoll(self):
+        self._soon = None
+        self.pollSoon()
+
+    def _cancelSoon(self):
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
 
     # One poll ------------------------------------------------------------
 
@@ -981,6 +1047,7 @@ class LiveTail(Service):
         chain.append(Position(entry.height, entry.hash, entry.parent_hash))
         self._start_at = None
         self._published_ts = entry.data["timestamp"]
+        self._timestamps.append((entry.height, entry.data["timestamp"]))
         self._dirty = True
         self.metrics.blocks_published.inc()
         if entry.tx_count:
