@@ -109,6 +109,7 @@ class Daemon(MultiService):
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
                                  max_backoff=config.rpc_retry, receipts=config.receipts,
                                  adaptive=config.adaptive_polling,
+                                 sync=None if state is None else _inThread(reactor),
                                  state=state, registry=self.metrics.registry,
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
@@ -176,6 +177,13 @@ class Daemon(MultiService):
         if self.publisher is not None:
             status["router"] = self.publisher.health()
         return status
+
+
+def _inThread(reactor):
+    """Runs a blocking function in the reactor's thread pool (the state file's fsyncs)."""
+    from twisted.internet import threads
+
+    return lambda f: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
 
 def _state_name(url):

@@ -275,6 +275,11 @@ class LiveTail(Service):
         due, from the block time learned from the timestamps of the last
         blocks published, and every quarter C{poll_interval} while it is
         late (up to half a block time): for nodes that cannot push.
+    @param sync: runs a blocking function off the reactor thread and
+        returns a Deferred of it (C{deferToThreadPool}): the state file is
+        then written (not fsynced) before each batch reaches clients, which
+        is all a killed process needs, and fsynced in a thread after (for a
+        machine crash); C{None}: written and fsynced before, on the reactor.
     @param receipts: what to fetch with each block, by its hash (one of
         L{RECEIPTS_MODES}): C{"auto"}, its receipts (C{eth_getBlockReceipts})
         and, if the node does not have that method, its logs
@@ -289,7 +294,7 @@ class LiveTail(Service):
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
                  batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
-                 remember=None, receipts="auto", adaptive=False):
+                 remember=None, receipts="auto", adaptive=False, sync=None):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -341,6 +346,9 @@ class LiveTail(Service):
         # (height, timestamp) of the last blocks published: the block time.
         self._timestamps = deque(maxlen=_BLOCK_TIME_SAMPLES + 1)
         self._soon = None  # the adaptive poll planned
+        self._sync = sync
+        self._syncing = None  # the fsync running in a thread, if any
+        self._unsynced = False  # written since the last fsync began
         self._dirty = False
         # Saved blocks still to be handed to the hub's history, or None.
         self._restore = None
@@ -413,9 +421,20 @@ class LiveTail(Service):
             self._waiters.append(waiter)
             waits.append(waiter)
             self._poll.cancel()
+        if self._syncing is not None:
+            waiter = defer.Deferred()
+            self._syncing.addBoth(lambda _: waiter.callback(None))
+            waits.append(waiter)
 
         def stopped(_):
             self._saveState()
+            if self._unsynced:
+                self._unsynced = False
+                try:
+                    self.state.sync()
+                except OSError as e:
+                    self.log.error("could not fsync the tail position to {path}: {error}",
+                                   path=self.state.path, error=str(e))
             self._restoreOver()
             self._releaseRestored()
             self.log.info("live-tail stopped at {published}", published=self.published)
@@ -900,10 +919,16 @@ class LiveTail(Service):
         turn ends, and whatever a client got must be in the file (a crash
         in between leaves blocks in the file that nobody got: a restart puts
         them in the history, and resuming clients get them from there).
+        What must precede the publish is the file's replacement in the
+        kernel (write and rename), which survives a killed process; with
+        C{sync}, its fsyncs, which only a machine crash needs, follow in a
+        thread (~0.3 ms of the 0.7 ms a durable save of 256 positions costs
+        on the reactor on our ext4 VM; far more on a disk that honours fsync).
         C{pruned}: hashes of those published without their logs because
         the node has pruned them.
         """
-        saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready])
+        saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready],
+                                durable=self._sync is None)
         published, without = 0, []
         try:
             for entry in ready:
@@ -917,6 +942,7 @@ class LiveTail(Service):
                 self._saveState()
             else:
                 self._dirty = not saved
+            self._syncSoon()
             if without:
                 self.metrics.logs_unavailable.inc(len(without))
                 self.log.warn("the node cannot give the logs of {blocks} (pruned history): "
@@ -1179,13 +1205,39 @@ class LiveTail(Service):
             return float("nan")
         return max(0.0, self._now() - self._published_ts)
 
-    def _saveState(self, ahead=()):
-        """Write the last C{remember} positions (and C{ahead}, about to be published); True if saved."""
+    def _syncSoon(self):
+        """fsync what L{_saveState} wrote without it, in a thread; once more after if written meanwhile."""
+        if self._sync is None or not self._unsynced or self._syncing is not None:
+            return
+        self._unsynced = False
+
+        def failed(failure):
+            self.log.error("could not fsync the tail position to {path}: {error}",
+                           path=self.state.path, error=failure.getErrorMessage())
+
+        def done(_):
+            self._syncing = None
+            if not self._stopping:
+                self._syncSoon()
+
+        d = self._syncing = self._sync(self.state.sync)
+        d.addErrback(failed)
+        d.addBoth(done)
+
+    def _saveState(self, ahead=(), durable=True):
+        """
+        Write the last C{remember} positions (and C{ahead}, about to be
+        published); True if saved.  Not C{durable}: not fsynced yet (L{_syncSoon}).
+        """
         if self.state is None or not (self._dirty or ahead):
             return False
         positions = list(self._older) + list(self._chain) + list(ahead)
         try:
-            self.state.save(positions[-self.remember:])
+            if durable:
+                self.state.save(positions[-self.remember:])
+            else:
+                self.state.write(positions[-self.remember:])
+                self._unsynced = True
         except OSError as e:
             # Publishing goes on; a restart would resume from an older
             # position (and republish a little), which is the lesser evil.
