@@ -87,10 +87,19 @@ class FakePushNode:
         self.tracking = TrackingFactory(factory)
         self.port = None
 
-    async def start(self):
+    async def start(self, pem=None):
+        """Listen on 127.0.0.1; with C{pem} (certificate and key file), over TLS (C{wss://})."""
+        if pem is not None:
+            # TLS right under the WebSocket protocol (Autobahn reads the TLS channel from its transport).
+            from twisted.internet.ssl import PrivateCertificate
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            with open(pem, "rb") as f:
+                options = PrivateCertificate.loadPEM(f.read()).options()
+            self.tracking = TrackingFactory(TLSMemoryBIOFactory(options, False, self.tracking.wrappedFactory))
         endpoint = endpoints.serverFromString(self.reactor, "tcp:0:interface=127.0.0.1")
         self.port = await endpoint.listen(self.tracking)
-        self.url = f"ws://127.0.0.1:{self.port.getHost().port}"
+        self.url = f"{'ws' if pem is None else 'wss'}://127.0.0.1:{self.port.getHost().port}"
         return self
 
     def notify(self, header=None):
@@ -130,8 +139,8 @@ class PushEnv(Env):
         self.pushes.append(push)
         return push
 
-    async def fake(self, **kw):
-        node = await FakePushNode(self.reactor, **kw).start()
+    async def fake(self, pem=None, **kw):
+        node = await FakePushNode(self.reactor, **kw).start(pem)
         self.fakes.append(node)
         return node
 
@@ -338,6 +347,28 @@ async def test_a_half_open_node_that_does_not_answer_pings_is_dropped(penv, txai
     await eventually(lambda: not push.active, what="the connection to be dropped")
     push._clock.advance(0.5)
     await eventually(lambda: push.active, what="push to come back")
+
+
+@pytest_twisted.ensureDeferred
+async def test_push_over_wss_checks_the_node_certificate_against_the_trusted_cas(
+        penv, tmp_path, monkeypatch):
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "node.pem"
+    pem.write_bytes(self_signed_pem())
+    fake = await penv.fake(pem=str(pem))
+    # Not trusted: the handshake fails, push keeps retrying, polling goes on.
+    anvil, hub, tail, push = await setup(penv, ws=fake.url)
+    await eventually(lambda: push.health()["state"] == "waiting to reconnect", what="the refused handshake")
+    assert not push.active and fake.calls == []
+    # The operator's CA bundle (OpenSSL's SSL_CERT_FILE) trusts it.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+    trusted = penv.push(fake.url, tail, registry=CollectorRegistry())
+    trusted.startService()
+    await eventually(lambda: trusted.active, what="the subscription over wss")
+    await penv.rpc(anvil.url).call("evm_mine")
+    fake.notify()
+    await eventually(lambda: len(blocks_of(hub.events)) == 2, what="block 1 by push over wss")
 
 
 # In the daemon ---------------------------------------------------------------------
