@@ -340,7 +340,7 @@ SETTINGS = (
             "timestamp plus the chain's block time, the median interval of the last 16 blocks), then "
             "every quarter EXPLORERD_POLL_INTERVAL while it is late, for up to half a block time: "
             "blocks come sooner from nodes that cannot push, for a few more `eth_blockNumber` calls "
-            "per block. `off`: the fixed interval only."),
+            "per block; not while the node pushes (`--rpc-ws-url`). `off`: the fixed interval only."),
     Setting("rpc_retry", "EXPLORERD_RPC_RETRY", "rpc-retry", "30s",
             parse_duration, 0.01,
             "Longest wait between the live-tail's attempts while the node fails (exponential backoff "

@@ -122,7 +122,8 @@ class Daemon(MultiService):
                 # The embedded node's URL comes once it listens (L{_tailEmbedded}).
                 self.push = NodePush(reactor, push_url or None, self.tail.pollSoon,
                                      clock=clock, max_delay=config.rpc_retry,
-                                     silence=config.rpc_ws_silence, registry=self.metrics.registry)
+                                     silence=config.rpc_ws_silence, registry=self.metrics.registry,
+                                     onActive=self._pushActive)
                 self.push.setServiceParent(self)
         if config.wamp_router and config.source == "node":
             from explorerd.wampclient import RouterPublisher
@@ -152,6 +153,10 @@ class Daemon(MultiService):
         self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
                       "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
                       url=url, block_time=self.config.replay_block_time)
+
+    def _pushActive(self, active):
+        """Adaptive polling is for a node that does not push: off while it does."""
+        self.tail.adaptive = self.config.adaptive_polling and not active
 
     def stopService(self):
         """Children stop in reverse (listener, tail, node, hub); then the node connections close."""

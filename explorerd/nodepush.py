@@ -105,6 +105,9 @@ class NodePush(Service):
     @param url: the node's C{ws://} or C{wss://} URL, or C{None} until
         L{connectTo} (the embedded node's port is known once it listens).
     @param onHead: called, with no arguments, for each notification.
+    @param onActive: if given, called with C{True} when a subscription is
+        confirmed and C{False} when it is lost (the tail's adaptive polling
+        is for nodes that do not push).
     @param clock: the C{IReactorTime} for the backoff and the silence
         deadline (the reactor unless given).
     @param rng: a C{random.Random} for the backoff jitter.
@@ -119,7 +122,7 @@ class NodePush(Service):
     log = Logger()
 
     def __init__(self, reactor, url, onHead, *, clock=None, rng=None, max_delay=30.0, silence=60.0,
-                 ping_interval=10.0, registry=None):
+                 ping_interval=10.0, registry=None, onActive=None):
         if max_delay <= 0:
             raise ValueError(f"max_delay must be > 0, got {max_delay!r}")
         if silence <= 0:
@@ -128,6 +131,7 @@ class NodePush(Service):
         self._clock = reactor if clock is None else clock
         self._rng = random.Random() if rng is None else rng
         self._onHead = onHead
+        self._onActive = onActive
         self.max_delay = float(max_delay)
         self.silence = float(silence)
         self.ping_interval = float(ping_interval)
@@ -287,6 +291,8 @@ class NodePush(Service):
         self._subscription = result
         self._attempt = 0
         self.metrics.active.set(1)
+        if self._onActive is not None:
+            self._onActive(True)
         if self._last_error is not None:
             self.log.info("push from {url} is back: subscribed to newHeads", url=self.node)
         else:
@@ -336,5 +342,7 @@ class NodePush(Service):
         self._again()
 
     def _unsubscribed(self):
-        self._subscription = None
+        was_active, self._subscription = self._subscription is not None, None
         self.metrics.active.set(0)
+        if was_active and self._onActive is not None:
+            self._onActive(False)

@@ -388,6 +388,20 @@ async def test_the_daemon_pushes_with_rpc_ws_url_and_healthz_says_so(start_daemo
     assert push["notifications"] >= 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_polls_adaptively_only_while_the_node_does_not_push(start_daemon, penv):
+    anvil = await penv.anvil()
+    fake = await penv.fake()
+    daemon = await start_daemon(with_tail=True, rpc_url=anvil.url, rpc_ws_url=fake.url)
+    service = daemon.service
+    assert service.tail.adaptive
+    await eventually(lambda: service.push.active, what="the subscription")
+    assert not service.tail.adaptive
+    fake.kill()
+    await eventually(lambda: not service.push.active, what="push to be lost")
+    assert service.tail.adaptive
+
+
 # Settings --------------------------------------------------------------------------
 
 
