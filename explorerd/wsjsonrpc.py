@@ -176,8 +176,10 @@ class WebSocketJSONRPCClient(JSONRPCClient):
             w.callback(protocol)
 
     def _lost(self, protocol, why):
-        if protocol is self._protocol:
-            self._protocol = None
+        if protocol is not self._protocol:
+            # An older connection, replaced already: what waits is the new one's.
+            return
+        self._protocol = None
         waiters, self._opening = self._opening or [], None
         for w in waiters:
             w.errback(RPCUnavailable("connect", f"the node's WebSocket closed: {why}"))
