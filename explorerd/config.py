@@ -62,15 +62,15 @@ def parse_origins(text) -> tuple:
 
 
 def parse_url(text) -> str:
-    """An http(s) node URL, or empty for the embedded replay node."""
+    """An http(s) or ws(s) node URL, or empty for the embedded replay node."""
     from urllib.parse import urlsplit
 
     text = str(text).strip()
     if not text:
         return ""
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL of a JSON-RPC node")
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ValueError("expected an http(s):// or ws(s):// URL of a JSON-RPC node")
     _checkPort(parts)
     return text
 
@@ -81,6 +81,31 @@ def _checkPort(parts):
         return parts.port
     except ValueError as e:
         raise ValueError(str(e)) from None
+
+
+def parse_node_ws_url(text) -> str:
+    """A ws:// or wss:// URL of a node's WebSocket JSON-RPC, or empty for none."""
+    from urllib.parse import urlsplit
+
+    text = str(text).strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("expected a ws:// or wss:// URL of the node's WebSocket JSON-RPC, "
+                         "e.g. ws://127.0.0.1:8546")
+    _checkPort(parts)
+    return text
+
+
+def parse_switch(text) -> bool:
+    """C{on} or C{off} (also C{true}/C{false}, C{yes}/C{no}, C{1}/C{0})."""
+    text = str(text).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("expected on or off")
 
 
 def parse_path(text) -> str:
@@ -339,15 +364,34 @@ SETTINGS = (
             "Recent blocks (with their transactions) kept for clients that resume with `since`."),
     Setting("rpc_url", "EXPLORERD_RPC_URL", "rpc-url", "",
             parse_url, None,
-            "JSON-RPC node to tail (http or https). Empty: start the embedded replay node of "
+            "JSON-RPC node to tail: http(s), or ws(s) for calls and push over one WebSocket "
+            "endpoint. Empty: start the embedded replay node of "
             "real recorded blocks on 127.0.0.1 and tail that. On an edge (`--source wamp`), which reads "
             "blocks from its router, the node `/v1/rpc` forwards calls to (empty: none)."),
+    Setting("rpc_ws_url", "EXPLORERD_RPC_WS_URL", "rpc-ws-url", "",
+            parse_node_ws_url, None,
+            "The node's WebSocket JSON-RPC (ws or wss; anvil and the replay node serve it on their HTTP "
+            "port), for push: the live-tail subscribes to `newHeads` and fetches each block the moment "
+            "the node announces it (calls stay on `--rpc-url`; polling goes on as the safety net). "
+            "Empty: push from `--rpc-url` if that is ws(s), from the embedded replay node without one, "
+            "else polling only."),
+    Setting("rpc_ws_silence", "EXPLORERD_RPC_WS_SILENCE", "rpc-ws-silence", "60s",
+            parse_duration, 0.01,
+            "With push: a subscription that announces no block for this long is taken for dead and "
+            "renewed (set it to a few block times)."),
     Setting("rpc_timeout", "EXPLORERD_RPC_TIMEOUT", "rpc-timeout", "10s",
             parse_duration, 0.01,
             "Deadline for each JSON-RPC call, body included."),
     Setting("poll_interval", "EXPLORERD_POLL_INTERVAL", "poll-interval", "1s",
             parse_duration, 0.01,
             "How often the live-tail asks the node for its head."),
+    Setting("adaptive_polling", "EXPLORERD_ADAPTIVE_POLLING", "adaptive-polling", "on",
+            parse_switch, None,
+            "Besides every EXPLORERD_POLL_INTERVAL, poll when the next block is due (the last block's "
+            "timestamp plus the chain's block time, the median interval of the last 16 blocks), then "
+            "every quarter EXPLORERD_POLL_INTERVAL while it is late, for up to half a block time: "
+            "blocks come sooner from nodes that cannot push, for a few more `eth_blockNumber` calls "
+            "per block; not while the node pushes (`--rpc-ws-url`). `off`: the fixed interval only."),
     Setting("rpc_retry", "EXPLORERD_RPC_RETRY", "rpc-retry", "30s",
             parse_duration, 0.01,
             "Longest wait between the live-tail's attempts while the node fails (exponential backoff "
@@ -499,6 +543,9 @@ class Config:
 
     def check(self):
         """Settings that only make sense together; raises L{ConfigError}."""
+        if self.rpc_ws_url and not self.rpc_url:
+            raise ConfigError("invalid EXPLORERD_RPC_WS_URL: push needs the node's HTTP JSON-RPC too "
+                              "(EXPLORERD_RPC_URL, --rpc-url http://host:port) for its calls")
         if self.source == "wamp" and not self.wamp_router:
             raise ConfigError("invalid EXPLORERD_SOURCE='wamp': an edge needs EXPLORERD_WAMP_ROUTER "
                               "(--wamp-router ws://host:port/path) to read blocks from")

@@ -86,9 +86,14 @@ class Daemon(MultiService):
         self.hub.setServiceParent(self)
         self.broker = Broker(self.hub, config.wamp_realm, self.metrics.registry)
         self.broker.setServiceParent(self)
-        self.embedded = self.tail = self.edge = self.publisher = None
+        self.embedded = self.tail = self.push = self.edge = self.publisher = None
         # Without --rpc-url the node is the embedded one, whose address is known once it listens.
-        self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
+        if config.rpc_url.startswith(("ws://", "wss://")):
+            from explorerd.wsjsonrpc import WebSocketJSONRPCClient
+
+            self.rpc = WebSocketJSONRPCClient(reactor, config.rpc_url, timeout=config.rpc_timeout)
+        else:
+            self.rpc = JSONRPCClient(reactor, config.rpc_url or None, timeout=config.rpc_timeout)
         if config.source == "wamp":
             if tail:
                 from explorerd.wampclient import EdgeSource
@@ -109,10 +114,23 @@ class Daemon(MultiService):
                                  max_reorg_depth=config.max_reorg_depth, max_catchup=config.max_catchup,
                                  max_lag=config.max_lag, batch_size=config.rpc_batch_size,
                                  max_backoff=config.rpc_retry, receipts=config.receipts,
+                                 adaptive=config.adaptive_polling,
+                                 sync=None if state is None else _inThread(reactor),
                                  state=state, registry=self.metrics.registry,
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)
             self.hub.holdResumes(self.tail.whenRestored())
+            push_url = config.rpc_ws_url or (config.rpc_url if self.rpc.url and
+                                             self.rpc.url.startswith(("ws://", "wss://")) else "")
+            if push_url or not config.rpc_url:
+                from explorerd.nodepush import NodePush
+
+                # The embedded node's URL comes once it listens (L{_tailEmbedded}).
+                self.push = NodePush(reactor, push_url or None, self.tail.pollSoon,
+                                     clock=clock, max_delay=config.rpc_retry,
+                                     silence=config.rpc_ws_silence, registry=self.metrics.registry,
+                                     onActive=self._pushActive)
+                self.push.setServiceParent(self)
         if config.wamp_router and config.source == "node":
             from explorerd.wampclient import RouterPublisher
 
@@ -141,9 +159,15 @@ class Daemon(MultiService):
 
     def _tailEmbedded(self, url):
         self.rpc.connectTo(url)
+        if self.push is not None:
+            self.push.connectTo("ws" + url[len("http"):])
         self.log.info("no --rpc-url given: tailing the embedded replay node at {url}, real recorded "
                       "mainnet, Polygon and Rinkeby blocks, one every {block_time}s",
                       url=url, block_time=self.config.replay_block_time)
+
+    def _pushActive(self, active):
+        """Adaptive polling is for a node that does not push: off while it does."""
+        self.tail.adaptive = self.config.adaptive_polling and not active
 
     def stopService(self):
         """Children stop in reverse (listener, tail, node, hub); then the node connections close."""
@@ -161,6 +185,7 @@ class Daemon(MultiService):
         }
         if self.tail is not None:
             status["tail"] = self.tail.health()
+            status["tail"]["push"] = self.push.health() if self.push is not None else None
             status["status"] = status["tail"]["status"]
         if self.edge is not None:
             status["edge"] = self.edge.health()
@@ -168,6 +193,13 @@ class Daemon(MultiService):
         if self.publisher is not None:
             status["router"] = self.publisher.health()
         return status
+
+
+def _inThread(reactor):
+    """Runs a blocking function in the reactor's thread pool (the state file's fsyncs)."""
+    from twisted.internet import threads
+
+    return lambda f: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
 
 def _state_name(url):

@@ -81,6 +81,13 @@ REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 # then let the next poll carry on (never spin inside one poll).
 _MAX_REORGS_PER_POLL = 8
 
+# Adaptive polling: block intervals the block time is learned from (their
+# median), and the fewest before it is used.
+_BLOCK_TIME_SAMPLES = 16
+_MIN_BLOCK_TIME_SAMPLES = 3
+# The shortest wait between adaptive polls.
+_MIN_ADAPTIVE_STEP = 0.05
+
 # Polls in which restoring the history failed though the node answered
 # eth_blockNumber, before we carry on without (the rest of) it.
 _MAX_RESTORE_FAILURES = 3
@@ -264,6 +271,15 @@ class LiveTail(Service):
         the node fails (C{EXPLORERD_RPC_RETRY}); a retry comes at the first
         tick after it.
     @param rng: a C{random.Random} for the backoff jitter.
+    @param adaptive: besides the fixed tick, poll when the next block is
+        due, from the block time learned from the timestamps of the last
+        blocks published, and every quarter C{poll_interval} while it is
+        late (up to half a block time): for nodes that cannot push.
+    @param sync: runs a blocking function off the reactor thread and
+        returns a Deferred of it (C{deferToThreadPool}): the state file is
+        then written (not fsynced) before each batch reaches clients, which
+        is all a killed process needs, and fsynced in a thread after (for a
+        machine crash); C{None}: written and fsynced before, on the reactor.
     @param receipts: what to fetch with each block, by its hash (one of
         L{RECEIPTS_MODES}): C{"auto"}, its receipts (C{eth_getBlockReceipts})
         and, if the node does not have that method, its logs
@@ -278,7 +294,7 @@ class LiveTail(Service):
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
                  batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
-                 remember=None, receipts="auto"):
+                 remember=None, receipts="auto", adaptive=False, sync=None):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -326,6 +342,13 @@ class LiveTail(Service):
         # With an empty chain: the height to publish first (None: the head).
         self._start_at = None
         self._published_ts = None
+        self.adaptive = adaptive
+        # (height, timestamp) of the last blocks published: the block time.
+        self._timestamps = deque(maxlen=_BLOCK_TIME_SAMPLES + 1)
+        self._soon = None  # the adaptive poll planned
+        self._sync = sync
+        self._syncing = None  # the fsync running in a thread, if any
+        self._unsynced = False  # written since the last fsync began
         self._dirty = False
         # Saved blocks still to be handed to the hub's history, or None.
         self._restore = None
@@ -358,6 +381,7 @@ class LiveTail(Service):
 
         self._poll = None
         self._waiters = []
+        self._again = False
         self._stopping = False
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -387,6 +411,7 @@ class LiveTail(Service):
         """
         super().stopService()
         self._stopping = True
+        self._cancelSoon()
         waits = []
         if self._loop.running:
             self._loop.stop()
@@ -396,9 +421,20 @@ class LiveTail(Service):
             self._waiters.append(waiter)
             waits.append(waiter)
             self._poll.cancel()
+        if self._syncing is not None:
+            waiter = defer.Deferred()
+            self._syncing.addBoth(lambda _: waiter.callback(None))
+            waits.append(waiter)
 
         def stopped(_):
             self._saveState()
+            if self._unsynced:
+                self._unsynced = False
+                try:
+                    self.state.sync()
+                except OSError as e:
+                    self.log.error("could not fsync the tail position to {path}: {error}",
+                                   path=self.state.path, error=str(e))
             self._restoreOver()
             self._releaseRestored()
             self.log.info("live-tail stopped at {published}", published=self.published)
@@ -440,10 +476,27 @@ class LiveTail(Service):
         waiter = defer.Deferred()
         self._waiters.append(waiter)
         if self._poll is None:
+            self._cancelSoon()  # this poll's end plans the next
             d = self._poll = defer.ensureDeferred(self._pollOnce())
             d.addCallbacks(self._pollSucceeded, self._pollFailed)
             d.addBoth(self._pollFinished)
         return waiter
+
+    def pollSoon(self):
+        """
+        The node says it has a new head (a push notification): poll now.
+
+        Only a trigger: what is published still comes from the poll's own
+        walk.  A trigger while a poll runs makes exactly one more poll after
+        it (triggers coalesce, none is lost); while the tail backs off from
+        a failing node, or is stopped, it is ignored: the retry comes anyway.
+        """
+        if self._stopping or not self.running:
+            return
+        if self._poll is not None:
+            self._again = True
+        elif self._retry_at is None or self.clock.seconds() >= self._retry_at:
+            self.poll()
 
     def whenRestored(self):
         """
@@ -516,6 +569,7 @@ class LiveTail(Service):
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
             "consecutive_failures": self._failures,
+            "expected_block_time": self.expected_block_time,
             "retry_in": (None if self._retry_at is None
                          else round(max(0.0, self._retry_at - self.clock.seconds()), 3)),
         }
@@ -580,10 +634,62 @@ class LiveTail(Service):
             self.log.failure("saving the tail state failed")
         if self._restore is None and self._restore_waiters is not None:
             self._releaseRestored()
+        # Before the waiters run: one of them may start the next poll.
+        self._planAdaptivePoll()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(ok)
+        if self._again:
+            # A trigger came while this poll ran: its block may have come after our eth_blockNumber.
+            self._again = False
+            self.pollSoon()
         return None
+
+    # Adaptive polling ----------------------------------------------------
+
+    @property
+    def expected_block_time(self):
+        """
+        The chain's block time as learned from the timestamps of the last
+        blocks published (the median interval), or C{None} until a few are.
+        """
+        stamps = list(self._timestamps)
+        gaps = sorted(b[1] - a[1] for a, b in zip(stamps, stamps[1:]) if b[0] == a[0] + 1)
+        if len(gaps) < _MIN_BLOCK_TIME_SAMPLES:
+            return None
+        median = gaps[len(gaps) // 2]
+        return median if median > 0 else None
+
+    def _planAdaptivePoll(self):
+        """
+        After a poll: one more when the next block is due (the last one's
+        timestamp plus the block time), and while it is late, every quarter
+        C{poll_interval}, for half a block time; the tick goes on meanwhile.
+        """
+        self._cancelSoon()
+        if not self.adaptive or self._stopping or not self.running or self._retry_at is not None:
+            return
+        block_time = self.expected_block_time
+        if block_time is None or self._published_ts is None:
+            return
+        due = self._published_ts + block_time - self._now()
+        if due > 0:
+            delay = due
+        elif -due <= block_time / 2:
+            delay = max(_MIN_ADAPTIVE_STEP, self.poll_interval / 4)
+        else:
+            return  # a missed slot, or a node behind: the tick will see it
+        if delay < self.poll_interval:
+            self._soon = self.clock.callLater(delay, self._adaptivePoll)
+
+    def _adaptivePoll(self):
+        self._soon = None
+        self.pollSoon()
+
+    def _cancelSoon(self):
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
 
     # One poll ------------------------------------------------------------
 
@@ -813,10 +919,16 @@ class LiveTail(Service):
         turn ends, and whatever a client got must be in the file (a crash
         in between leaves blocks in the file that nobody got: a restart puts
         them in the history, and resuming clients get them from there).
+        What must precede the publish is the file's replacement in the
+        kernel (write and rename), which survives a killed process; with
+        C{sync}, its fsyncs, which only a machine crash needs, follow in a
+        thread (~0.3 ms of the 0.7 ms a durable save of 256 positions costs
+        on the reactor on our ext4 VM; far more on a disk that honours fsync).
         C{pruned}: hashes of those published without their logs because
         the node has pruned them.
         """
-        saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready])
+        saved = self._saveState(ahead=[Position(e.height, e.hash, e.parent_hash) for e in ready],
+                                durable=self._sync is None)
         published, without = 0, []
         try:
             for entry in ready:
@@ -830,6 +942,7 @@ class LiveTail(Service):
                 self._saveState()
             else:
                 self._dirty = not saved
+            self._syncSoon()
             if without:
                 self.metrics.logs_unavailable.inc(len(without))
                 self.log.warn("the node cannot give the logs of {blocks} (pruned history): "
@@ -960,6 +1073,7 @@ class LiveTail(Service):
         chain.append(Position(entry.height, entry.hash, entry.parent_hash))
         self._start_at = None
         self._published_ts = entry.data["timestamp"]
+        self._timestamps.append((entry.height, entry.data["timestamp"]))
         self._dirty = True
         self.metrics.blocks_published.inc()
         if entry.tx_count:
@@ -1091,13 +1205,39 @@ class LiveTail(Service):
             return float("nan")
         return max(0.0, self._now() - self._published_ts)
 
-    def _saveState(self, ahead=()):
-        """Write the last C{remember} positions (and C{ahead}, about to be published); True if saved."""
+    def _syncSoon(self):
+        """fsync what L{_saveState} wrote without it, in a thread; once more after if written meanwhile."""
+        if self._sync is None or not self._unsynced or self._syncing is not None:
+            return
+        self._unsynced = False
+
+        def failed(failure):
+            self.log.error("could not fsync the tail position to {path}: {error}",
+                           path=self.state.path, error=failure.getErrorMessage())
+
+        def done(_):
+            self._syncing = None
+            if not self._stopping:
+                self._syncSoon()
+
+        d = self._syncing = self._sync(self.state.sync)
+        d.addErrback(failed)
+        d.addBoth(done)
+
+    def _saveState(self, ahead=(), durable=True):
+        """
+        Write the last C{remember} positions (and C{ahead}, about to be
+        published); True if saved.  Not C{durable}: not fsynced yet (L{_syncSoon}).
+        """
         if self.state is None or not (self._dirty or ahead):
             return False
         positions = list(self._older) + list(self._chain) + list(ahead)
         try:
-            self.state.save(positions[-self.remember:])
+            if durable:
+                self.state.save(positions[-self.remember:])
+            else:
+                self.state.write(positions[-self.remember:])
+                self._unsynced = True
         except OSError as e:
             # Publishing goes on; a restart would resume from an older
             # position (and republish a little), which is the lesser evil.

@@ -10,7 +10,10 @@ is small (about 170 bytes a block: 44 KiB for 256, written in about 2 ms
 with the fsyncs) and replaced atomically: written to a temporary file in
 the same directory, fsynced, renamed over the old one with ``os.replace``
 and the directory fsynced, so a crash leaves either the old position or the
-new one, never half a file.
+new one, never half a file.  ``write`` does the same without the fsyncs and
+``sync`` does them later (in a thread): the live-tail writes before clients
+get a batch (enough for a killed process) and syncs after (for a machine
+crash, which may then leave the older file, or one that is ignored).
 
 A file that cannot be parsed is logged and ignored (the tail then starts
 at the node's head, as with no file); a file that cannot be *read* (e.g.
@@ -78,6 +81,36 @@ class TailState:
 
     def save(self, positions):
         """Replace the file with C{positions} (oldest first), atomically and durably."""
+        self._replace(positions, durable=True)
+
+    def write(self, positions):
+        """
+        Replace the file with C{positions} atomically but without waiting for
+        the disk: once this returns, a killed process (even C{kill -9}) loses
+        nothing, since the kernel has the file; only a machine crash before
+        L{sync} may lose it (the file is then older, or unusable and ignored).
+        The live-tail calls this before a batch reaches clients, and L{sync}
+        off the reactor thread after.
+        """
+        self._replace(positions, durable=False)
+
+    def sync(self):
+        """
+        Make what L{write} wrote durable (fsync the file and its directory).
+        Blocking: run it in a thread.  A L{write} while it runs may not be
+        covered: call it again after that one.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_directory(os.path.dirname(self.path))
+
+    def _replace(self, positions, durable):
         positions = [Position(int(p[0]), p[1], p[2]) for p in positions]
         body = {"version": VERSION}
         if positions:
@@ -92,8 +125,9 @@ class TailState:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             try:
@@ -101,7 +135,8 @@ class TailState:
             except OSError:
                 pass
             raise
-        _fsync_directory(directory)
+        if durable:
+            _fsync_directory(directory)
         self.last = positions[-1] if positions else None
 
 

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from explorerd.replay.chain import DEFAULT_CHAIN_ID, Chain
 from explorerd.replay.recordings import DEFAULT_RECORDINGS, Recording, load_recording
 from explorerd.replay.resource import QuietSite, RPCResource
+from explorerd.replay.websocket import HeadsFactory, NodeResource
 
 
 class ReplayNode:
@@ -43,6 +44,8 @@ class ReplayNode:
         self.clock = clock
         self.block_time = float(block_time)
         self.resource = RPCResource(self.chain)
+        #: The WebSocket side (same port): calls, and C{newHeads} announced as heads come.
+        self.heads = HeadsFactory(self.resource, self.chain)
         self._prefill = int(prefill)
         self._production = None
 
@@ -105,11 +108,12 @@ class ReplayNode:
         """Replace the last C{depth} blocks by new ones at the same heights (endless mode only)."""
         head = self.chain.reorg(depth, self.clock.seconds())
         self._logReorg()
+        self.heads.announce(head)
         return head
 
     def httpFactory(self, reactor):
-        """The HTTP server factory to listen with."""
-        return QuietSite(self.resource, reactor=reactor)
+        """The HTTP server factory to listen with: JSON-RPC over HTTP, and over WebSocket on upgrade."""
+        return QuietSite(NodeResource(self.resource, self.heads), reactor=reactor)
 
     def asService(self, reactor, description="tcp:0:interface=127.0.0.1", onBound=None):
         """
@@ -135,6 +139,7 @@ class ReplayNode:
             self._logReorg()
         elif head is not None:
             self.log.debug("replay head {height} {hash}", height=head.height, hash=head.hash)
+        self.heads.announce(head)
         return head
 
     def _logReorg(self):
@@ -149,7 +154,8 @@ class ReplayService(service.MultiService):
     A replay node producing and listening.  Stopping closes the port first,
     then production (C{MultiService} stops children in reverse).
 
-    @ivar url: C{http://host:port/} once the port is bound, else C{None}.
+    @ivar url: C{http://host:port/} once the port is bound, else C{None}
+        (C{ws://host:port/} is its WebSocket JSON-RPC).
     """
 
     log = Logger()
@@ -164,6 +170,12 @@ class ReplayService(service.MultiService):
         listener = strports.service(description, node.httpFactory(reactor), reactor=reactor)
         listener.endpoint = _Bound(listener.endpoint, self._bound)
         listener.setServiceParent(self)
+
+    def stopService(self):
+        """Stop listening and producing, then drop the WebSocket connections left."""
+        d = super().stopService()
+        d.addBoth(lambda result: (self.node.heads.dropAll(), result)[1])
+        return d
 
     def _bound(self, port):
         address = port.getHost()
