@@ -220,6 +220,13 @@ class Channel(http.HTTPChannel):
         self.transport.loseConnection()
         self._explorer_refusal = ()
 
+    def lineLengthExceeded(self, line):
+        # A request line or header longer than MAX_LENGTH: twisted.web would drop the
+        # connection without a word; say what was wrong (its other limits answer 400).
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+        self.transport.loseConnection()
+
     def dataReceived(self, data):
         if self._explorer_refusal == ():
             return  # answered and closing: nothing more to parse

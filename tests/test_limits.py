@@ -385,3 +385,37 @@ async def test_a_request_whose_body_trickles_in_is_dropped_at_the_handshake_time
     assert await in_thread(closed) == b""
     sock.close()
     assert sample(daemon.service.metrics.registry, "explorer_websocket_errors_total", type="handshake_timeout") == 1
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(600)) + b"\r\n",
+    # Request smuggling: a length and a chunked encoding at once, or two lengths that disagree.
+    b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+], ids=["20-KiB-header", "600-headers", "length-and-chunked", "two-lengths"])
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_or_ambiguous_request_is_refused_and_closed(start_daemon, request_bytes):
+    import socket
+
+    daemon = await start_daemon()
+
+    def send():
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            sock.sendall(request_bytes)
+            answer = b""
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+    answer = await in_thread(send)
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), answer[:80]
+    assert b'"status"' not in answer  # nothing was served
+    await eventually(lambda: daemon.hub.slots.count == 0, what="the connection to be gone")
