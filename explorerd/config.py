@@ -83,8 +83,8 @@ def _checkPort(parts):
         raise ValueError(str(e)) from None
 
 
-def parse_node_ws_url(text) -> str:
-    """A ws:// or wss:// URL of a node's WebSocket JSON-RPC, or empty for none."""
+def _wsURL(text, what):
+    """A ws:// or wss:// URL, or empty for none; C{what} says what it is for, in the error."""
     from urllib.parse import urlsplit
 
     text = str(text).strip()
@@ -92,10 +92,14 @@ def parse_node_ws_url(text) -> str:
         return ""
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError("expected a ws:// or wss:// URL of the node's WebSocket JSON-RPC, "
-                         "e.g. ws://127.0.0.1:8546")
+        raise ValueError(f"expected a ws:// or wss:// URL of {what}")
     _checkPort(parts)
     return text
+
+
+def parse_node_ws_url(text) -> str:
+    """A ws:// or wss:// URL of a node's WebSocket JSON-RPC, or empty for none."""
+    return _wsURL(text, "the node's WebSocket JSON-RPC, e.g. ws://127.0.0.1:8546")
 
 
 def parse_switch(text) -> bool:
@@ -135,16 +139,7 @@ def parse_uri(text) -> str:
 
 def parse_ws_url(text) -> str:
     """A ws:// or wss:// URL of a WAMP router, or empty for none."""
-    from urllib.parse import urlsplit
-
-    text = str(text).strip()
-    if not text:
-        return ""
-    parts = urlsplit(text)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError("expected a ws:// or wss:// URL of a WAMP router, e.g. ws://127.0.0.1:8088/ws")
-    _checkPort(parts)
-    return text
+    return _wsURL(text, "a WAMP router, e.g. ws://127.0.0.1:8088/ws")
 
 
 def parse_text(text) -> str:
