@@ -58,6 +58,9 @@ _RECEIPTS = "eth_getBlockReceipts"
 _RECEIPTS_BATCH = "batch[eth_getBlockReceipts]"
 _LOGS = "eth_getLogs"
 _LOGS_BATCH = "batch[eth_getLogs]"
+# A block and what comes with it, fetched by number in one round trip.
+_GET_WITH = {"block": "batch[eth_getBlockByNumber,eth_getBlockReceipts]",
+             "logs": "batch[eth_getBlockByNumber,eth_getLogs]"}
 
 #: What the tail fetches with each block: C{auto} its receipts, else its
 #: logs, else nothing, as far as the node can; C{block} its receipts
@@ -74,6 +77,8 @@ _UNSUPPORTED = (-32601, -32602)
 # the logs of that block, now or later.
 _PRUNED = 4444
 
+#: A block's way through the tail, by stage (L{TailMetrics.block_stage}).
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REORG_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
@@ -91,6 +96,9 @@ _MIN_ADAPTIVE_STEP = 0.05
 # Polls in which restoring the history failed though the node answered
 # eth_blockNumber, before we carry on without (the rest of) it.
 _MAX_RESTORE_FAILURES = 3
+
+# After a notification for a block the node does not serve yet: look again after these delays (s).
+_HINT_RETRIES = (0.05, 0.1, 0.2)
 
 
 class TailFault(Exception):
@@ -128,6 +136,24 @@ _NO_EXTRAS = _Extras()
 
 def _unsupported(answer):
     return isinstance(answer, RPCError) and answer.code in _UNSUPPORTED
+
+
+def _theirs(block, answer, source):
+    """
+    Whether C{answer}, fetched by number beside C{block}, is that block's
+    receipts (or logs): a list whose every item names its hash, or an empty
+    list where nothing else can be (no transactions; for logs, an empty
+    bloom filter).
+    """
+    if not isinstance(answer, list):
+        return False
+    block_hash = block.get("hash")
+    if not answer:
+        if source == "block":
+            return not block.get("transactions")
+        bloom = block.get("logsBloom")
+        return isinstance(bloom, str) and not bloom.strip("0x")
+    return all(isinstance(item, dict) and item.get("blockHash") == block_hash for item in answer)
 
 
 def _hashesOf(blocks):
@@ -246,6 +272,17 @@ class TailMetrics:
                                           "Times receipts=auto fell back because the node does not "
                                           "have a method, by the mode it fell back to.", ["mode"],
                                           registry=r)
+        self.block_stage = Histogram(
+            "explorer_tail_block_stage_seconds",
+            "Each published block's way through explorerd, by stage: fetch (from what made the "
+            "tail look -- the node's newHeads notification, or the poll's start -- to the block "
+            "and its receipts decoded), check (validation and building its frames), publish "
+            "(every client's write handed to its connection).", ["stage"],
+            buckets=STAGE_BUCKETS, registry=r)
+        self.triggers = Counter("explorer_tail_polls_started_total",
+                                "Polls started, by what started them: push (a newHeads "
+                                "notification), tick (the poll interval) or due (adaptive "
+                                "polling: the next block is due).", ["by"], registry=r)
         self.logs_unavailable = Counter("explorer_tail_logs_unavailable_total",
                                         "Blocks published or restored with their logs unknown "
                                         "because the node said they are pruned.", registry=r)
@@ -382,6 +419,14 @@ class LiveTail(Service):
         self._poll = None
         self._waiters = []
         self._again = False
+        # What the next poll was asked for: when (perf_counter), and the
+        # height a notification announced (a hint, see pollSoon).
+        self._triggered = None
+        self._hint = None
+        self._hint_retry = None  # a poll again for a hinted block the node did not have yet
+        self._hint_tries = {}  # {height: retries so far}
+        self._trigger = None  # when the batch being fetched was asked for
+        self._hinted = None  # the height this poll fetches on a notification's word
         self._stopping = False
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -412,6 +457,9 @@ class LiveTail(Service):
         super().stopService()
         self._stopping = True
         self._cancelSoon()
+        if self._hint_retry is not None and self._hint_retry.active():
+            self._hint_retry.cancel()
+        self._hint_retry = None
         waits = []
         if self._loop.running:
             self._loop.stop()
@@ -464,7 +512,7 @@ class LiveTail(Service):
         """
         return self._source
 
-    def poll(self):
+    def poll(self, _by="tick"):
         """
         Poll the node once now, whatever the backoff says.
 
@@ -477,26 +525,38 @@ class LiveTail(Service):
         self._waiters.append(waiter)
         if self._poll is None:
             self._cancelSoon()  # this poll's end plans the next
-            d = self._poll = defer.ensureDeferred(self._pollOnce())
+            self.metrics.triggers.labels(_by).inc()
+            trigger, self._triggered = self._triggered or time.perf_counter(), None
+            hint, self._hint = self._hint, None
+            d = self._poll = defer.ensureDeferred(self._pollOnce(trigger, hint))
             d.addCallbacks(self._pollSucceeded, self._pollFailed)
             d.addBoth(self._pollFinished)
         return waiter
 
-    def pollSoon(self):
+    def pollSoon(self, head=None, _by="push"):
         """
         The node says it has a new head (a push notification): poll now.
 
         Only a trigger: what is published still comes from the poll's own
-        walk.  A trigger while a poll runs makes exactly one more poll after
-        it (triggers coalesce, none is lost); while the tail backs off from
-        a failing node, or is stopped, it is ignored: the retry comes anyway.
+        walk.  C{head}, the height the notification announced, if any, is a
+        hint and nothing more: when it is the very next height, the poll
+        fetches that block (and its receipts) at once rather than first
+        asking the node for its head, a round trip less; anything else
+        about it is checked, as every block is, before it is published.
+        A trigger while a poll runs makes exactly one more poll after it
+        (triggers coalesce, none is lost); while the tail backs off from a
+        failing node, or is stopped, it is ignored: the retry comes anyway.
         """
         if self._stopping or not self.running:
             return
+        if self._triggered is None:
+            self._triggered = time.perf_counter()
+        if head is not None and (self._hint is None or head > self._hint):
+            self._hint = head
         if self._poll is not None:
             self._again = True
         elif self._retry_at is None or self.clock.seconds() >= self._retry_at:
-            self.poll()
+            self.poll(_by)
 
     def whenRestored(self):
         """
@@ -642,7 +702,7 @@ class LiveTail(Service):
         if self._again:
             # A trigger came while this poll ran: its block may have come after our eth_blockNumber.
             self._again = False
-            self.pollSoon()
+            self.pollSoon(_by="push")
         return None
 
     # Adaptive polling ----------------------------------------------------
@@ -684,7 +744,7 @@ class LiveTail(Service):
 
     def _adaptivePoll(self):
         self._soon = None
-        self.pollSoon()
+        self.pollSoon(_by="due")
 
     def _cancelSoon(self):
         if self._soon is not None and self._soon.active():
@@ -693,9 +753,17 @@ class LiveTail(Service):
 
     # One poll ------------------------------------------------------------
 
-    async def _pollOnce(self):
-        self._doing = "asking for the head"
-        head = await self._call(_NUMBER, self.rpc.blockNumber)
+    async def _pollOnce(self, trigger, hint=None):
+        self._trigger = trigger
+        if (hint is not None and self._chain and self._restore is None
+                and hint == self._chain[-1].height + 1):
+            # The node announced the next block: fetch it now; the head is
+            # asked for at the next tick as always.
+            head, self._hinted = hint, hint
+        else:
+            self._hinted = None
+            self._doing = "asking for the head"
+            head = await self._call(_NUMBER, self.rpc.blockNumber)
         self._observeHead(head)
         if self._restore is not None:
             await self._restoreHistory(head)
@@ -863,13 +931,9 @@ class LiveTail(Service):
             heights = list(range(height, last + 1))
             self._doing = (f"fetching block {height}" if height == last
                            else f"fetching blocks {height}-{last}")
-            blocks = await self._fetch(heights, full=True)
+            blocks, extras = await self._fetchWithExtras(heights)
+            fetched = time.perf_counter()
             method = _GET if len(heights) == 1 else _GET_BATCH
-            if self._source != "off":
-                what = "receipts" if self._source == "block" else "logs"
-                self._doing = (f"fetching the {what} of block {height}" if height == last
-                               else f"fetching the {what} of blocks {height}-{last}")
-            extras = await self._extrasOf(_hashesOf(blocks))
             # Check the batch first: the blocks we publish now, and why we
             # stop after them (a null block, a reorg, an invalid block, no
             # receipts or logs to publish it with).
@@ -880,6 +944,8 @@ class LiveTail(Service):
                     if block is None:
                         self.log.debug("the node has no block {height} yet (head {head}); "
                                        "trying again next poll", height=h, head=head)
+                        if h == self._hinted:
+                            self._retryHinted(h)
                         stop = False
                         break
                     # Past the end of extras: a block without a hash to fetch
@@ -904,13 +970,37 @@ class LiveTail(Service):
                         pruned.add(entry.hash)
                     parent = entry.hash
                 if ready:
+                    stage = self.metrics.block_stage
+                    checked = time.perf_counter()
+                    for _ in ready:
+                        stage.labels("fetch").observe(fetched - self._trigger)
+                        stage.labels("check").observe((checked - fetched) / len(ready))
                     self._publishAll(ready, method, pruned)
+            # The next batch's fetch starts now.
+            self._trigger = time.perf_counter()
             if fault is not None:
                 raise fault
             if stop is not None:
                 return stop
             height = last + 1
         return False
+
+    def _retryHinted(self, height):
+        """
+        The node announced C{height} but does not serve it yet (a provider
+        whose HTTP backends lag its WebSocket): look again shortly, a few
+        times, rather than at the next tick.
+        """
+        tries = self._hint_tries.get(height, 0)
+        if tries >= len(_HINT_RETRIES) or self._hint_retry is not None:
+            return
+        self._hint_tries = {height: tries + 1}
+
+        def again():
+            self._hint_retry = None
+            self.pollSoon(height)
+
+        self._hint_retry = self.clock.callLater(_HINT_RETRIES[tries], again)
 
     def _publishAll(self, ready, method, pruned=()):
         """
@@ -1060,6 +1150,7 @@ class LiveTail(Service):
 
     def _publish(self, entry, method):
         """Hand one checked block to the hub, then remember it."""
+        start = time.perf_counter()
         try:
             self.hub.publish(entry)
         except events.InvalidBlock as e:
@@ -1071,6 +1162,7 @@ class LiveTail(Service):
             self._older.append(chain[0])
             self._trimmed = True
         chain.append(Position(entry.height, entry.hash, entry.parent_hash))
+        self.metrics.block_stage.labels("publish").observe(time.perf_counter() - start)
         self._start_at = None
         self._published_ts = entry.data["timestamp"]
         self._timestamps.append((entry.height, entry.data["timestamp"]))
@@ -1109,6 +1201,56 @@ class LiveTail(Service):
         if len(heights) == 1:
             return [await self._call(_GET, self.rpc.getBlockByNumber, heights[0], full)]
         return await self._call(_GET_BATCH, self.rpc.getBlocksByNumber, heights, full)
+
+    async def _fetchWithExtras(self, heights):
+        """
+        The blocks at C{heights} (full, C{None} where the node has none) and
+        for each its L{_Extras} (or why there are none), in one round trip:
+        a batch asking for each block and its receipts (or logs) by number.
+        By number, the two answers can be of different blocks if the node
+        switched branches between them: each block's receipts (or logs) are
+        used only if they name it, else fetched again by its hash, as are
+        those the node would not give (the L{_extrasOf} path, which also
+        falls back when the node lacks the method).
+        """
+        source = self._source
+        if source == "off":
+            blocks = await self._fetch(heights, full=True)
+            return blocks, [_NO_EXTRAS] * len(blocks)
+        single = _RECEIPTS if source == "block" else _LOGS
+        calls = []
+        for h in heights:
+            calls.append((_GET, [hex(h), True]))
+            calls.append((single, [hex(h)] if source == "block" else [{"fromBlock": hex(h), "toBlock": hex(h)}]))
+        method = _GET_WITH[source]
+        answers = await self._call(method, self.rpc.batch, calls, returnErrors=True)
+        blocks, extras, again = answers[0::2], [], []
+        for block in blocks:
+            if isinstance(block, RPCError):
+                self.metrics.rpc_errors.labels(_GET, _kind(block)).inc()
+                raise block
+            if block is not None and not isinstance(block, dict):
+                self.metrics.rpc_errors.labels(_GET, TailFault.kind).inc()
+                raise TailFault(_GET, f"a block is neither an object nor null: {block!r:.80}")
+        hashes = _hashesOf(blocks)  # nothing is published past a null or hashless block
+        answers = answers[1::2][:len(hashes)]
+        refusal = next((a for a in answers if _unsupported(a)), None)
+        if refusal is not None and self.receipts == "auto":
+            self._fallBack(refusal)
+            return blocks, await self._extrasOf(hashes)
+        for i, (block_hash, answer) in enumerate(zip(hashes, answers)):
+            if _unsupported(answer):
+                extras.append(answer)  # and it must come with them: the poll fails there
+            elif _theirs(blocks[i], answer, source):
+                extras.append(self._extras(source, block_hash, answer, method))
+            else:
+                extras.append(None)
+                again.append(i)
+        if again:
+            redone = await self._extrasOf([hashes[i] for i in again])
+            for i, extra in zip(again, redone):
+                extras[i] = extra
+        return blocks, extras
 
     async def _extrasOf(self, hashes):
         """

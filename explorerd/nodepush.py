@@ -65,6 +65,17 @@ class PushMetrics:
                                   registry=r)
 
 
+def _announced(header):
+    """The height a C{newHeads} notification announces, or C{None}: a hint, never trusted more."""
+    number = header.get("number") if isinstance(header, dict) else None
+    if isinstance(number, str) and number.startswith("0x") and 2 < len(number) <= 18:
+        try:
+            return int(number, 16)
+        except ValueError:
+            return None
+    return None
+
+
 class _PushProtocol(WebSocketClientProtocol):
     """One connection: subscribe on open, hand notifications of our subscription to the push."""
 
@@ -91,7 +102,7 @@ class _PushProtocol(WebSocketClientProtocol):
         if (message.get("method") == "eth_subscription" and isinstance(params, dict)
                 and self._explorer_subscription is not None
                 and params.get("subscription") == self._explorer_subscription):
-            self.factory.push._notified(self)
+            self.factory.push._notified(self, _announced(params.get("result")))
 
     def onClose(self, wasClean, code, reason):
         self.factory.push._closed(self, code, reason)
@@ -104,7 +115,8 @@ class NodePush(Service):
     @param reactor: connects (C{IReactorTCP}, TLS for C{wss://}).
     @param url: the node's C{ws://} or C{wss://} URL, or C{None} until
         L{connectTo} (the embedded node's port is known once it listens).
-    @param onHead: called, with no arguments, for each notification.
+    @param onHead: called for each notification with the height it
+        announces (C{None} if it names none we can read): a hint only.
     @param onActive: if given, called with C{True} when a subscription is
         confirmed and C{False} when it is lost (the tail's adaptive polling
         is for nodes that do not push).
@@ -301,13 +313,13 @@ class NodePush(Service):
         self._last_error = None
         self._expectWithin()
 
-    def _notified(self, protocol):
+    def _notified(self, protocol, height=None):
         if protocol is not self._protocol:
             return
         self._notifications += 1
         self.metrics.notifications.inc()
         self._expectWithin()
-        self._onHead()
+        self._onHead(height)
 
     def _garbled(self, protocol, payload):
         self.log.debug("push from {url}: ignoring a message that is not a JSON-RPC object: {payload!r:.80}",

@@ -220,14 +220,16 @@ class FakeNode(Resource):
     unless its hash is in C{forgotten}; with C{by_hash=False} it is an
     unknown method, as on some providers.
 
-    C{eth_getBlockReceipts(hash)} and C{eth_getLogs({"blockHash": hash})}
-    answer from L{make_receipts} for every block it serves (null and
-    -32000 for a hash it does not know), unless: C{refuse} maps the method
+    C{eth_getBlockReceipts(hash or number)} and C{eth_getLogs({"blockHash":
+    hash})} (or C{{"fromBlock": n, "toBlock": n}}) answer from
+    L{make_receipts} for every block it serves (null and -32000 for a block
+    it does not know), unless: C{refuse} maps the method
     to an error code to answer instead (-32601: a node without it);
     C{pruned} holds block hashes whose logs get 4444 "pruned history
     unavailable"; C{tamper} is a list of functions (or None: leave it),
     each applied to the next answer of either (for someone else's
-    receipts); C{receipt_faults} is C{faults} for the requests that call
+    receipts); C{spoil} maps a height to such a function for every answer
+    about the block there; C{receipt_faults} is C{faults} for the requests that call
     either (and C{faults} skips those requests).
     """
 
@@ -248,6 +250,7 @@ class FakeNode(Resource):
         self.refuse = {}  # method -> JSON-RPC error code
         self.pruned = set()  # block hashes whose logs are "pruned"
         self.tamper = []  # functions applied to the next receipts/logs answers
+        self.spoil = {}  # height -> function applied to every receipts/logs answer for that block
         self.receipt_faults = []
         self.methods = Counter()  # answered calls, by method
         self.requests = 0  # HTTP requests, answered or not
@@ -283,6 +286,16 @@ class FakeNode(Resource):
             block = next((b for b in self.served.values() if isinstance(b, dict) and b.get("hash") == block_hash),
                          None)
         return block
+
+    def served_by_id(self, block_id):
+        """What C{eth_getBlockByNumber} serves at a height (a hex number), or a block by its hash."""
+        if len(block_id) == 66:
+            return self.served_by_hash(block_id)
+        n = int(block_id, 16)
+        if n > self.reported or n in self.missing or n >= len(self.blocks):
+            return None
+        block = self.served.get(n, self.blocks[n])
+        return block if isinstance(block, dict) else None
 
     @property
     def reported(self):
@@ -364,22 +377,37 @@ class FakeNode(Resource):
             return {"jsonrpc": "2.0", "id": req["id"],
                     "error": {"code": self.refuse[method], "message": f"{method} refused for the test"}}
         elif method == "eth_getBlockReceipts":
-            (block_hash,) = params
-            block = self.served_by_hash(block_hash)
-            result = None if block is None else make_receipts(block)
+            (block_id,) = params
+            block = self.served_by_id(block_id)
+            try:
+                result = None if block is None else make_receipts(block)
+            except (KeyError, TypeError):  # a broken stand-in: the node's receipts are the real block's
+                result = make_receipts(self.blocks[int(block_id, 16)])
             if self.tamper and (tamper := self.tamper.pop(0)) is not None:
                 result = tamper(result)
+            if block is not None and (spoil := self.spoil.get(int(block["number"], 16))) is not None:
+                result = spoil(result)
         elif method == "eth_getLogs":
             (criteria,) = params
-            block = self.served_by_hash(criteria["blockHash"])
+            if "blockHash" in criteria:
+                block = self.served_by_hash(criteria["blockHash"])
+            else:
+                assert criteria["fromBlock"] == criteria["toBlock"], criteria
+                block = self.served_by_id(criteria["fromBlock"])
             if block is None:
                 return {"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32000, "message": "unknown block"}}
             if block["hash"] in self.pruned:
                 return {"jsonrpc": "2.0", "id": req["id"],
                         "error": {"code": 4444, "message": "pruned history unavailable"}}
-            result = [log for receipt in make_receipts(block) for log in receipt["logs"]]
+            try:
+                receipts = make_receipts(block)
+            except (KeyError, TypeError):  # as for eth_getBlockReceipts
+                receipts = make_receipts(self.blocks[int(block["number"], 16)])
+            result = [log for receipt in receipts for log in receipt["logs"]]
             if self.tamper and (tamper := self.tamper.pop(0)) is not None:
                 result = tamper(result)
+            if block is not None and (spoil := self.spoil.get(int(block["number"], 16))) is not None:
+                result = spoil(result)
         else:
             return {"jsonrpc": "2.0", "id": req["id"],
                     "error": {"code": -32601, "message": f"no method {method}"}}
@@ -695,7 +723,11 @@ async def test_head_jump_of_50_blocks_arrives_complete_and_in_order(start_daemon
     await assert_view_is_canonical(view, ctl)
     assert len(view.txs[view.chain[1][1]]) == 2
     assert tail.health()["lag_blocks"] == 0
-    assert sample(tail, "explorer_tail_rpc_calls_total", method="batch[eth_getBlockByNumber]") == 4
+    # 16 blocks and their receipts per round trip, and nothing else: no call by hash.
+    assert sample(tail, "explorer_tail_rpc_calls_total",
+                  method="batch[eth_getBlockByNumber,eth_getBlockReceipts]") == 4 + 1
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="eth_getBlockReceipts") == 0
+    assert sample(tail, "explorer_tail_rpc_calls_total", method="batch[eth_getBlockReceipts]") == 0
     await client.close()
 
 
@@ -1471,7 +1503,9 @@ async def test_faults_are_counted_by_method_and_kind(env):
         assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_blockNumber", kind=kind) == 1
     assert await tail.poll()
     assert sample(tail, "explorer_tail_rpc_calls_total", method="eth_blockNumber") == 5
-    assert sample(tail, "explorer_tail_rpc_calls_total", method="eth_getBlockByNumber") == 1
+    # The block and its receipts, by number, in one round trip.
+    assert sample(tail, "explorer_tail_rpc_calls_total",
+                  method="batch[eth_getBlockByNumber,eth_getBlockReceipts]") == 1
     assert sample(tail, "explorer_tail_rpc_latency_seconds_count", method="eth_blockNumber") == 5
     assert sample(tail, "explorer_tail_polls_total", outcome="failed") == 4
     assert sample(tail, "explorer_tail_polls_total", outcome="ok") == 1

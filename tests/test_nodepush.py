@@ -275,6 +275,80 @@ async def test_announcements_during_a_poll_make_exactly_one_more_poll(penv):
     assert blocks_of(hub.events)[-1][0] == 1
 
 
+# The height a notification announces: a hint, never trusted ---------------------
+
+
+WITH_RECEIPTS = "batch[eth_getBlockByNumber,eth_getBlockReceipts]"
+
+
+def calls(tail, method):
+    return sample(tail, "explorer_tail_rpc_calls_total", method=method)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notification_of_the_next_block_fetches_it_and_its_receipts_in_one_round_trip(penv):
+    fake = await penv.fake()
+    anvil, hub, tail, push = await setup(penv, ws=fake.url)
+    await eventually(lambda: push.active, what="the subscription")
+    ctl = penv.rpc(anvil.url)
+    asked, fetched = calls(tail, "eth_blockNumber"), calls(tail, WITH_RECEIPTS)
+    for height in (1, 2):
+        await ctl.call("evm_mine")
+        fake.notify({"number": hex(height), "hash": "0x" + "ee" * 32})
+        await eventually(lambda: len(blocks_of(hub.events)) == height + 1, what=f"block {height}")
+        await tail.whenIdle()
+    assert blocks_of(hub.events) == await canonical(ctl, 0, 2)
+    # Not a call more than one round trip per block: no eth_blockNumber first.
+    assert calls(tail, "eth_blockNumber") == asked
+    assert calls(tail, WITH_RECEIPTS) == fetched + 2
+    # Each block's way through, timed by stage.
+    for stage in ("fetch", "check", "publish"):
+        assert sample(tail, "explorer_tail_block_stage_seconds_count", stage=stage) == 3
+    assert sample(tail, "explorer_tail_polls_started_total", by="push") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notification_of_a_block_the_node_does_not_serve_yet_is_looked_at_again_shortly(penv):
+    """As with a provider whose HTTP backends lag its WebSocket: the block comes well before the tick."""
+    fake = await penv.fake()
+    anvil, hub, tail, push = await setup(penv, ws=fake.url)
+    await eventually(lambda: push.active, what="the subscription")
+    ctl = penv.rpc(anvil.url)
+    fake.notify({"number": "0x1"})
+    await eventually(lambda: tail._hint_retry is not None, what="the first look, in vain")
+    await tail.whenIdle()
+    assert len(blocks_of(hub.events)) == 1
+    await ctl.call("evm_mine")
+    tail.clock.advance(0.05)
+    await eventually(lambda: len(blocks_of(hub.events)) == 2, what="block 1, 50 ms later")
+    await tail.whenIdle()
+    assert blocks_of(hub.events) == await canonical(ctl, 0, 1)
+    assert tail.clock.seconds() < tail.poll_interval
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_notification_that_lies_costs_a_few_looks_and_nothing_else(penv):
+    fake = await penv.fake()
+    anvil, hub, tail, push = await setup(penv, ws=fake.url)
+    await eventually(lambda: push.active, what="the subscription")
+    before = calls(tail, WITH_RECEIPTS)
+    fake.notify({"number": "0x1"})  # there is no block 1, and there will be none for a while
+    for delay in (0.05, 0.1, 0.2):
+        await eventually(lambda: tail._hint_retry is not None, what="a look again")
+        await tail.whenIdle()
+        tail.clock.advance(delay)
+    await tail.whenIdle()
+    assert tail._hint_retry is None and calls(tail, WITH_RECEIPTS) == before + 4
+    # A height far ahead is not taken for the head: the node is asked, nothing is skipped.
+    asked = calls(tail, "eth_blockNumber")
+    fake.notify({"number": "0xffffffff"})
+    await eventually(lambda: calls(tail, "eth_blockNumber") == asked + 1, what="the head asked for")
+    await tail.whenIdle()
+    assert sample(tail, "explorer_tail_blocks_skipped_total") == 0
+    assert blocks_of(hub.events) == await canonical(penv.rpc(anvil.url), 0, 0)
+    assert sample(tail, "explorer_tail_polls_total", outcome="failed") == 0
+
+
 # When push is gone, polling goes on ---------------------------------------------
 
 

@@ -46,6 +46,9 @@ from tests.test_livetail import (  # noqa: F401 (env and logged are fixtures)
 )
 
 NTX = 4  # transactions per fake block: 0, 1, 2 and 0 logs
+# A block and its receipts (or logs), by number, in one round trip.
+WITH_RECEIPTS = "batch[eth_getBlockByNumber,eth_getBlockReceipts]"
+WITH_LOGS = "batch[eth_getBlockByNumber,eth_getLogs]"
 
 
 class EntryHub(RecordingHub):
@@ -124,7 +127,7 @@ async def receipts_setup(env, timeout=5.0, **kw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_by_default_every_block_comes_with_its_receipts_fetched_in_one_batch(env):
+async def test_by_default_every_block_comes_with_its_receipts_in_the_same_round_trip(env):
     node, hub, tail = await receipts_setup(env)
     assert tail.receipts == "auto" and tail.receipts_source == "block"
     node.grow(5, ntx=NTX)
@@ -132,10 +135,12 @@ async def test_by_default_every_block_comes_with_its_receipts_fetched_in_one_bat
     assert blocks_of(hub.take()) == chain_of(node, 3, 7)
     for entry in hub.entries:
         assert_with_receipts(entry, node.blocks[entry.height])
-    # Block 2 alone, then 3-7: the blocks in one batch, their receipts in one more.
-    assert calls(tail, "eth_getBlockReceipts") == 1 and calls(tail, "batch[eth_getBlockReceipts]") == 1
+    # Block 2 alone, then 3-7: each time the blocks and their receipts, by number, in one batch.
+    assert calls(tail, WITH_RECEIPTS) == 2 and calls(tail, "eth_getBlockReceipts") == 0
+    assert calls(tail, "eth_blockNumber") == 2 and calls(tail, "batch[eth_getBlockReceipts]") == 0
     assert node.methods["eth_getBlockReceipts"] == 6 and node.methods["eth_getLogs"] == 0
-    assert sample(tail, "explorer_tail_rpc_latency_seconds_count", method="batch[eth_getBlockReceipts]") == 1
+    assert node.requests == 2 + 2
+    assert sample(tail, "explorer_tail_rpc_latency_seconds_count", method=WITH_RECEIPTS) == 2
     assert modes(tail) == {"block": 1, "logs": 0, "off": 0}
     assert tail.health()["receipts"] == "block"
 
@@ -149,7 +154,7 @@ async def test_logs_mode_fetches_only_the_logs(env):
     for entry in hub.entries:
         assert_with_logs_only(entry, node.blocks[entry.height])
     assert node.methods["eth_getBlockReceipts"] == 0 and node.methods["eth_getLogs"] == 4
-    assert calls(tail, "batch[eth_getLogs]") == 1
+    assert calls(tail, WITH_LOGS) == 2 and calls(tail, "batch[eth_getLogs]") == 0
     assert modes(tail) == {"block": 0, "logs": 1, "off": 0}
 
 
@@ -292,25 +297,38 @@ def _null(receipts):
 async def test_receipts_that_are_not_the_blocks_own_are_never_published(env, breakage, kind, says):
     node, hub, tail = await receipts_setup(env)
     node.grow(3, ntx=NTX)
-    node.tamper = [None, breakage]  # block 3's receipts are right, block 4's are not
-    assert not await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 3, 3)  # what came before goes out
-    error = tail.health()["last_error"]
-    assert error.startswith(f"{kind}: batch[eth_getBlockReceipts]: ") and says in error
-    assert sample(tail, "explorer_tail_rpc_errors_total", method="batch[eth_getBlockReceipts]", kind=kind) == 1
-    node.tamper = [None, breakage]  # now 4 is right, 5 is not
-    assert not await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 4, 4)
-    node.tamper = [breakage]  # 5 alone
-    assert not await tail.poll()
-    assert hub.take() == []
-    assert tail.health()["last_error"].startswith(f"{kind}: eth_getBlockReceipts: ")
-    assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_getBlockReceipts", kind=kind) == 1
+    node.spoil = {4: breakage}  # block 3's receipts are right, block 4's are not, by number or hash
+    for _ in range(2):
+        assert not await tail.poll()
+        # What came before goes out, once.
+        assert blocks_of(hub.take()) == (chain_of(node, 3, 3) if _ == 0 else [])
+        error = tail.health()["last_error"]
+        assert error.startswith(f"{kind}: ") and says in error
+        assert "block 4" in error or node.hash(4) in error
+    # Those that do not even name the block are asked for again by its hash, in vain.
+    asked_again = breakage in (_from_another_block, _someone_elses, _null)
+    assert calls(tail, "eth_getBlockReceipts") == 2 * asked_again
+    assert sample(tail, "explorer_tail_rpc_errors_total",
+                  method="eth_getBlockReceipts" if asked_again else WITH_RECEIPTS, kind=kind) == 2
+    node.spoil = {}
     assert await tail.poll()
-    assert blocks_of(hub.take()) == chain_of(node, 5, 5)  # then once, right
+    assert blocks_of(hub.take()) == chain_of(node, 4, 5)  # then once, right
     for entry in hub.entries:
         assert_with_receipts(entry, node.blocks[entry.height])
     assert [e.height for e in hub.entries] == [2, 3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipts_of_another_block_at_that_height_are_fetched_again_by_hash(env):
+    """The node switched branches between the block and its receipts (by number): no poll fails for it."""
+    node, hub, tail = await receipts_setup(env)
+    node.grow(2, ntx=NTX)
+    node.tamper = [None, _someone_elses]  # block 4's receipts, by number, are another block's
+    assert await tail.poll()
+    assert blocks_of(hub.take()) == chain_of(node, 3, 4)
+    for entry in hub.entries:
+        assert_with_receipts(entry, node.blocks[entry.height])
+    assert calls(tail, WITH_RECEIPTS) == 2 and calls(tail, "eth_getBlockReceipts") == 1
 
 
 def _logs_of_another_block(logs):
@@ -326,10 +344,12 @@ def _logs_of_another_transaction(logs):
 async def test_logs_that_are_not_the_blocks_own_are_never_published(env, breakage):
     node, hub, tail = await receipts_setup(env, receipts="logs")
     node.grow(1, ntx=NTX)
-    node.tamper = [breakage]
+    node.spoil = {3: breakage}
     assert not await tail.poll()
     assert hub.take() == []
-    assert tail.health()["last_error"].startswith("invalid_block: eth_getLogs: block 3")
+    error = tail.health()["last_error"]
+    assert error.startswith("invalid_block: ") and "block 3" in error
+    node.spoil = {}
     assert await tail.poll()
     assert blocks_of(hub.take()) == chain_of(node, 3, 3)
     assert_with_logs_only(hub.entries[-1], node.blocks[3])
@@ -346,8 +366,8 @@ def _tx_without_from(block):
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.parametrize("breakage, receipts_calls", [(_bad_miner, 0), (_tx_without_from, 1)])
-async def test_an_invalid_block_is_blamed_on_the_block_not_on_its_receipts(env, breakage, receipts_calls):
+@pytest.mark.parametrize("breakage", [_bad_miner, _tx_without_from])
+async def test_an_invalid_block_is_blamed_on_the_block_not_on_its_receipts(env, breakage):
     node, hub, tail = await receipts_setup(env)
     node.grow(1, ntx=NTX)
     node.served[3] = breakage(node.blocks[3])
@@ -355,8 +375,8 @@ async def test_an_invalid_block_is_blamed_on_the_block_not_on_its_receipts(env, 
     assert tail.health()["last_error"].startswith("invalid_block: eth_getBlockByNumber: block 3")
     assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_getBlockByNumber", kind="invalid_block") == 1
     assert sample(tail, "explorer_tail_rpc_errors_total", method="eth_getBlockReceipts", kind="invalid_block") == 0
-    # No hash to ask for the receipts by: not asked.
-    assert calls(tail, "eth_getBlockReceipts") == 1 + receipts_calls
+    # They came with the block, by number; not asked for again by hash.
+    assert calls(tail, WITH_RECEIPTS) == 2 and calls(tail, "eth_getBlockReceipts") == 0
 
 
 # The receipts call failing ------------------------------------------------------------
@@ -373,8 +393,8 @@ async def test_a_failed_receipts_call_publishes_nothing_and_the_next_poll_publis
     node.receipt_faults = [fault]
     assert not await tail.poll()
     assert hub.take() == []
-    assert tail.health()["last_error"].startswith(f"{kind}: batch[eth_getBlockReceipts]")
-    assert sample(tail, "explorer_tail_rpc_errors_total", method="batch[eth_getBlockReceipts]", kind=kind) == 1
+    assert tail.health()["last_error"].startswith(f"{kind}: {WITH_RECEIPTS}")
+    assert sample(tail, "explorer_tail_rpc_errors_total", method=WITH_RECEIPTS, kind=kind) == 1
     assert await tail.poll()
     assert blocks_of(hub.take()) == chain_of(node, 3, 5)
     assert [e.height for e in hub.entries] == [2, 3, 4, 5]
@@ -507,7 +527,7 @@ async def test_against_anvil_the_receipt_fields_are_anvils_receipts(env):
     code = await rpc.call("eth_getCode", [entry.txs_data[1]["contract_address"], "latest"])
     assert code == "0x602a60005260206000f3"
     assert entry.logs == [] and entry.data["log_count"] == 0
-    assert tail.receipts_source == "block" and calls(tail, "eth_getBlockReceipts") == 1
+    assert tail.receipts_source == "block" and calls(tail, WITH_RECEIPTS) == 1
 
 
 # Against the replay node ----------------------------------------------------------------
