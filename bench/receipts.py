@@ -99,6 +99,9 @@ class Sink:
     def remember(self, entry):
         pass
 
+    def announce(self, header):
+        pass
+
 
 async def measure(reactor, url, head):
     rpc = JSONRPCClient(reactor, url, timeout=60)

@@ -30,7 +30,7 @@ from explorerd import events
 from explorerd.collector import collectAfter
 from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
-from explorerd.interfaces import IBlockSink, IPublicationObserver, IResumeHint
+from explorerd.interfaces import IBlockSink, IHeadObserver, IPublicationObserver, IResumeHint
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
 from explorerd.slots import ConnectionSlots
 
@@ -205,11 +205,14 @@ class Hub(Service):
 
     def _notify(self, tell):
         for observer in self._observers:
-            try:
-                tell(observer)
-            except Exception:
-                # One observer's bug must not cost the others their events.
-                self.log.failure("observer {observer} failed", observer=observer)
+            self._notify1(observer, tell)
+
+    def _notify1(self, observer, tell):
+        try:
+            tell(observer)
+        except Exception:
+            # One observer's bug must not cost the others their events.
+            self.log.failure("observer {observer} failed", observer=observer)
 
     @property
     def connectionCount(self):
@@ -434,6 +437,12 @@ class Hub(Service):
     def remember(self, entry):
         """Add a block to the history without sending it: what clients saw before a restart."""
         self.history.add(entry)
+
+    def announce(self, header):
+        """A new head ahead of its block, to the observers that want heads first (L{IHeadObserver})."""
+        for observer in self._observers:
+            if IHeadObserver.providedBy(observer):
+                self._notify1(observer, lambda o: o.announced(header))
 
     @collectAfter
     def publishReorg(self, depth, ancestor, removed):

@@ -33,6 +33,15 @@ class IBlockSink(Interface):
     def remember(entry):
         """Add an entry to the history without sending it: what clients saw before a restart."""
 
+    def announce(header):
+        """
+        The node has a new head that extends the newest block published:
+        C{header} is its header as the node gave it (checked: its height,
+        hash and parent), told to L{IHeadObserver}s ahead of the whole
+        block, which follows as a L{publish} -- or does not, if the node
+        switches branches first (then another block at that height does).
+        """
+
 
 class IPublicationObserver(Interface):
     """Told of everything the hub published, after the hub's own clients were written to."""
@@ -46,6 +55,17 @@ class IPublicationObserver(Interface):
         C{reorg} message, C{removed} the entries of the removed blocks the
         history held, newest first (their logs are retracted in that order).
         """
+
+
+class IHeadObserver(Interface):
+    """
+    An observer (also an L{IPublicationObserver}) that wants new heads the
+    moment the node has them, before their transactions and receipts are
+    fetched: C{eth_subscribe("newHeads")}, which carries nothing else.
+    """
+
+    def announced(header):
+        """A new head, as L{IBlockSink.announce} was given it; its block's L{published} follows."""
 
 
 class IResumeHint(Interface):

@@ -29,10 +29,13 @@ results in request order, matched by id (servers may answer in any order).
 
 import itertools
 import json
+import re
+import time
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error as ierror
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
@@ -265,6 +268,55 @@ def _list(method, value, what):
     if isinstance(value, list):
         return value
     raise RPCProtocolError(method, f"expected a list of {what}, got {type(value).__name__}")
+
+
+#: Answers larger than this (bytes) are decoded a piece at a time, the
+#: reactor running between pieces: a catch-up batch of 50 mainnet blocks with
+#: their receipts is ~35 MB of JSON, ~130 ms of json.loads in one go.
+PIECEMEAL_BYTES = 1 << 20
+#: The most time (s) spent decoding before the reactor gets a turn.
+_PIECE_SECONDS = 0.002
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+async def decodePiecemeal(reactor, body):
+    """
+    C{json.loads(body)} for a JSON array (a batch's answer), one element
+    at a time, letting the reactor run whenever a few ms have gone by;
+    anything else in one go.  Raises C{ValueError} as C{json.loads} would.
+    """
+    text = body.decode("utf-8")
+    at = _SPACE.match(text).end()
+    if not text.startswith("[", at):
+        return json.loads(text)
+    items = []
+    at = _SPACE.match(text, at + 1).end()
+    if text.startswith("]", at):
+        at += 1
+    else:
+        since = time.perf_counter()
+        while True:
+            item, at = _DECODER.raw_decode(text, at)
+            items.append(item)
+            at = _SPACE.match(text, at).end()
+            if text.startswith(",", at):
+                at = _SPACE.match(text, at + 1).end()
+            elif text.startswith("]", at):
+                at += 1
+                break
+            else:
+                raise ValueError(f"expected ',' or ']' at character {at}")
+            if time.perf_counter() - since > _PIECE_SECONDS:
+                await deferLater(reactor, 0, lambda: None)
+                since = time.perf_counter()
+    if _SPACE.match(text, at).end() != len(text):
+        raise ValueError(f"extra data at character {at}")
+    return items
+
+
+def _notJSON(method, body, e):
+    return RPCProtocolError(method, f"response is not JSON ({e}): {body[:_BODY_SNIPPET]!r}")
 
 
 def _error_from(method, obj, index=None):
@@ -513,11 +565,17 @@ class JSONRPCClient:
         def got(body):
             if not 200 <= response.code < 300:
                 raise RPCHTTPError(method, response.code, body)
+            if len(body) > PIECEMEAL_BYTES:
+                d = defer.ensureDeferred(decodePiecemeal(self._reactor, body))
+                return d.addErrback(notJSON, body)
             try:
                 return json.loads(body)
             except (ValueError, UnicodeDecodeError) as e:
-                snippet = body[:_BODY_SNIPPET]
-                raise RPCProtocolError(method, f"response is not JSON ({e}): {snippet!r}")
+                raise _notJSON(method, body, e) from None
+
+        def notJSON(failure, body):
+            failure.trap(ValueError, UnicodeDecodeError)
+            raise _notJSON(method, body, failure.value)
 
         def tooLarge(f):
             f.trap(_TooLarge)

@@ -51,6 +51,7 @@ __all__ = ["LiveTail", "TailMetrics", "TailFault", "BadBlock", "validate", "reda
 
 _GET = "eth_getBlockByNumber"
 _GET_BATCH = "batch[eth_getBlockByNumber]"
+_HEADER = "eth_getBlockByNumber[header]"
 _BY_HASH = "eth_getBlockByHash"
 _BY_HASH_BATCH = "batch[eth_getBlockByHash]"
 _NUMBER = "eth_blockNumber"
@@ -931,7 +932,14 @@ class LiveTail(Service):
             heights = list(range(height, last + 1))
             self._doing = (f"fetching block {height}" if height == last
                            else f"fetching blocks {height}-{last}")
-            blocks, extras = await self._fetchWithExtras(heights)
+            announcing = None
+            if height == last == self._hinted and parent is not None:
+                announcing = defer.ensureDeferred(self._announceHead(height, parent))
+            try:
+                blocks, extras = await self._fetchWithExtras(heights)
+            finally:
+                if announcing is not None and not announcing.called:
+                    announcing.cancel()  # the block itself is here: too late to go ahead of it
             fetched = time.perf_counter()
             method = _GET if len(heights) == 1 else _GET_BATCH
             # Check the batch first: the blocks we publish now, and why we
@@ -984,6 +992,24 @@ class LiveTail(Service):
                 return stop
             height = last + 1
         return False
+
+    async def _announceHead(self, height, parent):
+        """
+        Fetch the header of the block a notification announced (a node
+        serves it at once, where the whole block with its transactions and
+        receipts can take tens of ms: ~30 ms for 200 transactions on anvil)
+        and, if it extends what we published, hand it to the hub ahead of
+        the block.  Checked like any block; on any trouble, nothing.
+        """
+        try:
+            header = await self._call(_HEADER, self.rpc.getBlockByNumber, height, False)
+            data = validate(header, height, _GET, full=False) if header is not None else None
+        except (RPCFailure, BadBlock, defer.CancelledError):
+            return
+        tip = self._chain[-1] if self._chain else None
+        if data is None or tip is None or tip.hash != parent or data["parent_hash"] != parent:
+            return  # not there yet, published meanwhile, or not on our branch
+        self.hub.announce(events.node_header(header))
 
     def _retryHinted(self, height):
         """

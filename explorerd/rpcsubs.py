@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd.events import encode, frame
-from explorerd.interfaces import IPublicationObserver
+from explorerd.interfaces import IHeadObserver, IPublicationObserver
 
 NEW_HEADS, LOGS = "newHeads", "logs"
 
@@ -120,7 +120,7 @@ def nodeLogs(entry, removed=False):
     }) for lg in entry.logs or ()]
 
 
-@implementer(IPublicationObserver)
+@implementer(IPublicationObserver, IHeadObserver)
 class RpcSubscriptions:
     """
     Every C{eth_subscribe} subscription, grouped so that identical ones
@@ -134,6 +134,8 @@ class RpcSubscriptions:
         self.metrics = metrics
         self._groups = {}  # (kind, key, n) → Group
         self._heads = {}  # n → Group, in the order made
+        # The head announced ahead of its block: (hash, {group: (payload, clients sent it)}).
+        self._announced = None
         self._logs = {}  # (key, n) → Group
         # logs groups as the hub indexes its logs subscribers: every log,
         # else by address, else by first topic, else scanned.
@@ -174,6 +176,8 @@ class RpcSubscriptions:
         if group is None:
             return False
         group.clients.pop(client, None)
+        if self._announced is not None and group in self._announced[1]:
+            self._announced[1][group][1].discard(client)  # subscribing again: sent again
         self._count(group.kind, -1)
         if not group.clients:
             del self._groups[(group.kind, group.key, group.n)]
@@ -223,12 +227,42 @@ class RpcSubscriptions:
 
     # IPublicationObserver
 
+    def announced(self, header):
+        """
+        A head ahead of its block: to every C{newHeads} subscriber now; when
+        its block is published, only those who were not sent it get it.
+        """
+        self._announced = None
+        if not self._heads:
+            return
+        encoded = encode(header)
+        sent = {}
+        for group in tuple(self._heads.values()):
+            payload = group.notification(encoded)
+            self.hub.fanout(group.clients, payload, (("rpc_newHeads", 1),))
+            sent[group] = (payload, set(group.clients))
+        self._announced = (header.get("hash"), sent)
+
     def published(self, entry):
+        ahead = {}
+        if self._announced is not None:
+            if self._announced[0] == entry.hash:
+                ahead = self._announced[1]
+            self._announced = None  # a block at that height is out: whichever, the announcement is spent
         if self._heads:
-            header = encode(nodeHeader(entry))
+            header = None
             for group in tuple(self._heads.values()):
+                clients = group.clients
+                if group in ahead:
+                    payload, sent = ahead[group]
+                    self._remember(payload, entry)
+                    clients = [c for c in clients if c not in sent]
+                    if not clients:
+                        continue
+                if header is None:
+                    header = encode(nodeHeader(entry))
                 payload = self._remember(group.notification(header), entry)
-                self.hub.fanout(group.clients, payload, (("rpc_newHeads", 1),))
+                self.hub.fanout(clients, payload, (("rpc_newHeads", 1),))
         if self._logs and entry.logs:
             self._sendLogs(entry, False)
 

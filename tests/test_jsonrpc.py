@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import directlyProvides, implementer, providedBy
 
 from explorerd.jsonrpc import (
+    PIECEMEAL_BYTES,
     JSONRPCClient,
     RPCError,
     RPCFailure,
@@ -29,6 +30,7 @@ from explorerd.jsonrpc import (
     RPCProtocolError,
     RPCTimeout,
     RPCUnavailable,
+    decodePiecemeal,
 )
 from tests.anvil import DEV_ACCOUNTS, Anvil
 from tests.serving import TrackingFactory
@@ -338,6 +340,44 @@ async def test_batch_matched_by_id_not_order(serve, client):
     server = await serve(reversed_ok)
     c = client(server.url)
     assert await c.batch([("echo", [n]) for n in range(10)]) == list(range(10))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_batch_answer_is_decoded_piecemeal_with_the_reactor_running_between(
+        reactor, serve, client):
+    """A catch-up batch of mainnet blocks is tens of MB of JSON: not one json.loads on the reactor."""
+    big = {"transactions": ["0x" + "ab" * 32] * 2000, "logsBloom": "0x" + "00" * 256}  # ~140 KB
+
+    def blocks(request, body):
+        items = [{"jsonrpc": "2.0", "id": b["id"], "result": dict(big, number=b["params"][0])} for b in body]
+        return json.dumps(items, indent=1).encode()  # whitespace everywhere JSON allows it
+
+    server = await serve(blocks)
+    answers = await client(server.url).batch([("eth_getBlockByNumber", [hex(n)]) for n in range(60)])
+    assert [a["number"] for a in answers] == [hex(n) for n in range(60)]
+    assert all(a["transactions"] == big["transactions"] for a in answers)
+    body = json.dumps(answers).encode()
+    assert len(body) > 4 * PIECEMEAL_BYTES
+    # Decoding it does not finish in one reactor turn, and gives what json.loads gives.
+    decoding = defer.ensureDeferred(decodePiecemeal(reactor, body))
+    assert not decoding.called
+    assert await decoding == json.loads(body)
+
+
+@pytest.mark.parametrize("text", ["[]", " [ ] ", "[1]", "[1, [2, {\"a\": [3]}], \"x\", null]\n",
+                                  "\t[\n{\"k\": \"v\"} ,\r\n 2 ]  ", "{\"not\": \"an array\"}", "7"])
+@pytest_twisted.ensureDeferred
+async def test_piecemeal_decoding_is_json_loads(reactor, text):
+    assert await decodePiecemeal(reactor, text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["[", "[1,", "[1 2]", "[1]]", "[1] x", "[,1]", "[1,]", "", "\xff"])
+@pytest_twisted.ensureDeferred
+async def test_piecemeal_decoding_refuses_what_json_loads_refuses(reactor, text):
+    with pytest.raises(ValueError):
+        json.loads(text.encode("latin-1"))
+    with pytest.raises(ValueError):
+        await decodePiecemeal(reactor, text.encode("latin-1"))
 
 
 @pytest_twisted.ensureDeferred

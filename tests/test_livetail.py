@@ -422,6 +422,7 @@ class RecordingHub:
         self.events = []
         self.refuse = set()
         self.remembered = []
+        self.announced = []  # heads handed ahead of their blocks
         self.history = History(256)
 
     def publish(self, entry):
@@ -437,6 +438,9 @@ class RecordingHub:
 
     def remember(self, entry):
         self.remembered.append((entry.height, entry.hash))
+
+    def announce(self, header):
+        self.announced.append((int(header["number"], 16), header["hash"]))
 
     def take(self):
         taken, self.events = self.events, []

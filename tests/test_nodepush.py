@@ -301,6 +301,10 @@ async def test_a_notification_of_the_next_block_fetches_it_and_its_receipts_in_o
     # Not a call more than one round trip per block: no eth_blockNumber first.
     assert calls(tail, "eth_blockNumber") == asked
     assert calls(tail, WITH_RECEIPTS) == fetched + 2
+    # Beside it, the header alone, which the node serves at once: handed to the hub ahead of the block.
+    assert calls(tail, "eth_getBlockByNumber[header]") == 2
+    # (When it comes before the block: these blocks are empty, so the block may win the race.)
+    assert set(hub.announced) <= set(blocks_of(hub.events)[1:])
     # Each block's way through, timed by stage.
     for stage in ("fetch", "check", "publish"):
         assert sample(tail, "explorer_tail_block_stage_seconds_count", stage=stage) == 3

@@ -263,6 +263,38 @@ async def test_identical_subscriptions_share_frames_but_ids_stay_unique_per_conn
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_head_announced_ahead_of_its_block_reaches_each_subscriber_exactly_once(start_daemon):
+    """The tail hands the hub a pushed block's header before the block: newHeads gets it then, once."""
+    daemon = await start_daemon()
+    early, late, again = await rpc_client(daemon), await rpc_client(daemon), await rpc_client(daemon)
+    sub_early = await subscribe(early, "newHeads")
+    sub_again = await subscribe(again, "newHeads")
+    blocks, es = mainnet_run()[:3], entries(3)
+    daemon.hub.publish(es[0])
+    daemon.hub.announce(header_of(blocks[1]))
+    got = await notifications_until_answer(early)
+    assert [m["params"]["result"] for m in got] == [header_of(b) for b in blocks[:2]]
+    # Subscribed between the head and its block; re-subscribed in between: they get it with the block.
+    sub_late = await subscribe(late, "newHeads")
+    assert (await ask(again, "eth_unsubscribe", [sub_again], 2))["result"] is True
+    sub_again = await subscribe(again, "newHeads", request_id=3)
+    daemon.hub.publish(es[1])
+    # A head the block at its height then is not (the node switched branches): both, in order.
+    other = dict(header_of(blocks[2]), hash="0x" + "ab" * 32)
+    daemon.hub.announce(other)
+    daemon.hub.publish(es[2])
+    heads = {}
+    for name, client, sub in (("early", early, sub_early), ("late", late, sub_late), ("again", again, sub_again)):
+        got = await notifications_until_answer(client)
+        assert all(m["params"]["subscription"] == sub for m in got if m.get("method") == "eth_subscription")
+        heads[name] = [m["params"]["result"]["hash"] for m in got if m.get("method") == "eth_subscription"]
+    assert heads["early"] == [other["hash"], blocks[2]["hash"]]
+    assert heads["late"] == heads["again"] == [blocks[1]["hash"], other["hash"], blocks[2]["hash"]]
+    for c in (early, late, again):
+        await c.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_heads_subscriber_costs_one_shared_frame_per_block(start_daemon):
     daemon = await start_daemon()
     clients = [await rpc_client(daemon) for _ in range(5)]
