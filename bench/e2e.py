@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 
 import run
@@ -60,6 +61,7 @@ PROTOCOL = {"node-direct": "eth-subscribe", "explorerd-http": "eth-subscribe",
 STAGES = ("fetch", "check", "publish")
 STAGE_METRIC = "explorer_tail_block_stage_seconds"
 CALLS_METRIC = "explorer_tail_rpc_calls_total"
+POLLS_METRIC = "explorer_tail_polls_started_total"
 SENDER = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"  # anvil's first unlocked dev account
 
 # The issue's targets, checked in the report.
@@ -293,12 +295,12 @@ def stage_figures(before, after):
     return out
 
 
-def rpc_calls(before, after, blocks):
-    """explorerd's JSON-RPC requests per block, by method, over the window."""
-    if not before or not after:
+def counter_per_block(before, after, metric, label, blocks):
+    """A counter's increase per block over the window, by one label; None if explorerd has no such counter."""
+    if not before or not after or not any(name == metric for name, _ in after):
         return None
-    calls = _delta(before, after, CALLS_METRIC)
-    return {dict(labels).get("method", "?"): round(v / blocks, 2) for labels, v in sorted(calls.items()) if v}
+    counts = _delta(before, after, metric)
+    return {dict(labels).get(label, "?"): round(v / blocks, 2) for labels, v in sorted(counts.items()) if v}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +370,7 @@ def run_cell(spec, mode, n, run_index, out_dir, verify=False):
                                     "explorerd_cpu": cpu_of(srv), "anvil_cpu": cpu_of(anvil),
                                     "busy": run.system_busy(), "ours": ours()}
         start = snapshot(False)
+        before = snapshot(True) if warmup == 0 else None
         chain.fill()
         grid0 = math.floor(time.time()) + 1 + spec["phase"]
         blocks = []
@@ -412,12 +415,18 @@ def run_cell(spec, mode, n, run_index, out_dir, verify=False):
         if metrics_port:
             # /metrics: from half a slot after the last warm-up block to the last delivery.
             result["stages"] = stage_figures(before["metrics"], after["metrics"])
-            result["rpc_calls_per_block"] = rpc_calls(before["metrics"], after["metrics"], measured)
+            window = before["metrics"], after["metrics"]
+            result["rpc_calls_per_block"] = counter_per_block(*window, CALLS_METRIC, "method", measured)
+            result["polls_per_block"] = counter_per_block(*window, POLLS_METRIC, "by", measured)
             if before["metrics"] is None or after["metrics"] is None:
                 result["errors"].append("explorerd's /metrics did not answer")
         result.update(block_facts(rpc, [x["height"] for x in blocks if not x["warmup"]], blocks))
     except BenchError as e:
         result["errors"].append(str(e))
+    except Exception as e:  # a bug here must not cost the rest of a 30-minute run: kept as a failed run
+        with open(os.path.join(log_dir, "traceback.txt"), "w") as f:
+            traceback.print_exc(file=f)
+        result["errors"].append(f"internal error {e!r} (see {os.path.relpath(log_dir, run.REPO)}/traceback.txt)")
     finally:
         if rpc is not None:
             rpc.close()
@@ -540,6 +549,20 @@ def blocks_text(rows):
     return text
 
 
+def options_text(rows):
+    """explorerd's options as run (ports and N made generic), and what push adds."""
+    def generic(options):
+        text = re.sub(r"127\.0\.0\.1:\d+", "ANVIL", shlex.join(options))
+        return re.sub(r"--max-connections \d+", "--max-connections N+100", text)
+
+    http = next((r["explorerd_options"] for r in rows if r["mode"] == "explorerd-http" and r.get("explorerd_options")), None)
+    push = next((r["explorerd_options"] for r in rows if r["mode"] == "explorerd-push" and r.get("explorerd_options")), None)
+    if http and push:
+        extra = push[push.index("--rpc-ws-url"):push.index("--rpc-ws-url") + 2] if "--rpc-ws-url" in push else []
+        return f"`{generic(http)}`, and for push also `{generic(extra)}`"
+    return f"`{generic(http or push)}`" if http or push else ""
+
+
 def section(spec, rows, meta):
     out = []
     w = out.append
@@ -566,7 +589,7 @@ def section(spec, rows, meta):
       "**Latency** = the client process reading the block (for node-direct-fetch: the answer with the block and its "
       "receipts) − the moment `evm_mine` was sent (CLOCK_MONOTONIC on both sides); it includes anvil building the "
       "block (*evm_mine ms*: how long anvil took to answer it).\n")
-    opts = next((r["explorerd_options"] for r in rows if r.get("explorerd_options")), None)
+    opts = options_text(rows)
     w("Modes, the same clients (bench/loadgen.mjs, `eth_subscribe(\"newHeads\")`, one JSON-RPC protocol): "
       "**node-direct** = anvil's own WebSocket; **explorerd-http** = `twistd explorerd --rpc-url http://anvil` "
       "(adaptive polling); **explorerd-push** = the same with `--rpc-ws-url ws://anvil` (explorerd subscribes to "
@@ -575,7 +598,7 @@ def section(spec, rows, meta):
       "block (full transactions) and its receipts from anvil in one JSON-RPC batch (`eth_getBlockByNumber` + "
       "`eth_getBlockReceipts`): arrival when it has both. explorerd at its default latency settings (poll interval "
       "1 s, adaptive polling on, receipts auto)"
-      + (f"; its options: `{shlex.join(opts)}`" if opts else "") + ".\n")
+      + (f"; its options: {opts}" if opts else "") + ".\n")
     w("Figures: median over runs, (min–max) with more than one run; p50/p99/max over every client × measured block "
       "of a run. *lost* = blocks a subscribed client never got, *dup* = blocks it got twice (warm-up blocks "
       "included: every client must get every block exactly once); *failed* = clients that could not connect or "
@@ -718,16 +741,20 @@ def calls_table(rows, ns, modes):
     if not have:
         return ""
     methods = sorted({k for r in have for k in r["rpc_calls_per_block"]})
-    out = [f"explorerd's JSON-RPC requests to anvil per block, by method (`{CALLS_METRIC}` from half a slot after "
-           "the last warm-up block to the last delivery, ÷ measured blocks; median over runs; the polls go on with "
-           "push, as its safety net):\n",
-           "| N | mode | " + " | ".join(f"`{m}`" for m in methods) + " |", "|---|---|" + "---|" * len(methods)]
+    triggers = sorted({k for r in have for k in (r.get("polls_per_block") or {})})
+    out = [f"explorerd's JSON-RPC requests to anvil per block, by method (`{CALLS_METRIC}`), and the polls it "
+           f"started per block, by what started them (`{POLLS_METRIC}`: *push* = a newHeads notification, *tick* = "
+           "the poll interval, *due* = adaptive polling), from half a slot after the last warm-up block to the last "
+           "delivery ÷ measured blocks; median over runs:\n",
+           "| N | mode | " + " | ".join(f"`{m}`" for m in methods) + "".join(f" | polls: {t}" for t in triggers) + " |",
+           "|---|---|" + "---|" * (len(methods) + len(triggers))]
     for n in ns:
         for m in modes:
             rs = [r for r in have if r["clients"] == n and r["mode"] == m]
             if rs:
-                out.append(f"| {n:,} | {m} | " + " | ".join(
-                    _f(run.median([r["rpc_calls_per_block"].get(k, 0) for r in rs]), 2) for k in methods) + " |")
+                cells = [_f(run.median([r["rpc_calls_per_block"].get(k, 0) for r in rs]), 2) for k in methods]
+                cells += [_f(run.median([(r.get("polls_per_block") or {}).get(k, 0) for r in rs]), 2) for k in triggers]
+                out.append(f"| {n:,} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

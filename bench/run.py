@@ -78,7 +78,7 @@ FULL = {
     # in every run (node-direct-fetch only where it is listed in servers_for).
     "e2e": dict(title="End to end: anvil `evm_mine` → clients, explorerd at its default latency settings",
                 channels="newHeads", blocks=8, warmup=4, block_time=2.0, jitter=0.25, phase=0.05, txs=200,
-                clients={1: 3, 1000: 3, 10000: 3}, per_loadgen=5000,
+                clients={1: 3, 1000: 3, 10000: 3}, per_loadgen=5000, connect_seconds=60,
                 servers=("node-direct", "explorerd-http", "explorerd-push", "node-direct-fetch"),
                 servers_for={"node-direct-fetch": (1, 100, 1000)},
                 # 1,000 clients fetching ~500 KiB each per block keep anvil busy for many block times:
@@ -333,6 +333,8 @@ def start_loadgens(spec, n, url, log_dir, verify, max_seconds, logs_filters=""):
             argv += ["--silent-keepalive", str(spec["silent_keepalive"])]
         if spec.get("protocol"):
             argv += ["--protocol", spec["protocol"]]
+        if spec.get("connect_seconds"):
+            argv += ["--connect-seconds", str(spec["connect_seconds"])]
         if verify:
             argv.append("--verify")
         if logs_filters:
