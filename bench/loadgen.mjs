@@ -33,6 +33,16 @@
 // {"logs": {"address": its filter}}, and each `logs` message is checked against its row: a message
 // for a block it expects nothing of is counted as unexpected (and not as delivered), one with
 // another number of logs as a count mismatch.  Without the file a `logs` subscriber takes every log.
+//
+// --protocol eth-subscribe speaks Ethereum JSON-RPC instead (explorerd's /v1/rpc, or a node's own
+// WebSocket, e.g. anvil's): each client sends {"jsonrpc":"2.0","id":1,"method":"eth_subscribe",
+// "params":["newHeads"]}, counts as subscribed on its answer, and records each eth_subscription
+// notification under the block number in it ("number":"0x..").  --protocol eth-subscribe-fetch
+// does the same, and on each notification asks the same connection, in one JSON-RPC batch, for
+// the block with its transactions and for its receipts (eth_getBlockByNumber [n, true] +
+// eth_getBlockReceipts [n], ids 2n and 2n+1): the block counts as delivered when the batch's
+// answer has come (its first arrival is the notification's, its last the answer's).  An answer
+// with an error or a null result counts as a fetch error and not as delivered.
 import WebSocket from "ws";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
@@ -61,6 +71,13 @@ const id = parseInt(args.id || "0", 10);
 const reportFile = args["report-file"] || "";
 const logPlan = args["logs-filters"] ? JSON.parse(readFileSync(args["logs-filters"], "utf8")) : null;
 const clientOffset = parseInt(args["client-offset"] || "0", 10);
+const protocol = args.protocol || "stream";
+if (!["stream", "eth-subscribe", "eth-subscribe-fetch"].includes(protocol)) {
+  process.stderr.write(`loadgen: unknown --protocol ${protocol} (stream, eth-subscribe, eth-subscribe-fetch)\n`);
+  process.exit(2);
+}
+const rpcProtocol = protocol !== "stream";
+const fetchBlocks = protocol === "eth-subscribe-fetch";
 
 const mono = () => Number(process.hrtime.bigint()) / 1e9;
 const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
@@ -129,10 +146,32 @@ function slowParse(buf) {
   }
 }
 
+// JSON-RPC (--protocol eth-subscribe*): a notification's block number, read straight from the frame.
+const K_NOTIFICATION = Buffer.from('"method":"eth_subscription"');
+const K_NUMBER = Buffer.from('"number":"0x');
+const K_ID = Buffer.from('"id":');
+const K_ERROR = Buffer.from('"error":');
+const K_NULL_RESULT = Buffer.from('"result":null');
+
+function hexAfter(buf, key) {
+  const i = buf.indexOf(key);
+  if (i < 0) return -1;
+  let v = 0, j = i + key.length, digits = 0;
+  for (; j < buf.length; j++) {
+    const ch = buf[j];
+    const d = ch >= 48 && ch <= 57 ? ch - 48 : ch >= 97 && ch <= 102 ? ch - 87 : ch >= 65 && ch <= 70 ? ch - 55 : -1;
+    if (d < 0) break;
+    v = v * 16 + d; digits++;
+  }
+  return digits ? v : -1;
+}
+
 const clients = [];
 let opened = 0, subscribed = 0, failed = 0, closedN = 0, errors = 0, retries = 0, verifyErrors = 0;
 let totalUnique = 0, totalDupes = 0, orderErrors = 0, otherMessages = 0;
 let logsMessages = 0, logsReceived = 0, logsBytes = 0, logsUnexpected = 0, logsMismatch = 0;
+let fetchSent = 0, fetchAnswers = 0, fetchErrors = 0, fetchBytes = 0, fetchUnexpected = 0, subscribeErrors = 0;
+const fetchErrorKinds = {};
 const closeCodes = {};
 const errorKinds = {};
 const silentCloseCodes = {};
@@ -148,6 +187,7 @@ function isSilent(i) {
 // Per client, per block height: [first arrival, last arrival, unique messages, next tx index, txs,
 // newBlock seen (0/1), logs in its logs message (-1: none yet)]
 function onMessage(c, data) {
+  if (rpcProtocol) { onRpcMessage(c, data); return; }
   const t = c.tData;
   let p = fastParse(data);
   if (p === null) p = slowParse(data);
@@ -226,7 +266,88 @@ function onMessage(c, data) {
   }
 }
 
-const subscribeMessage = JSON.stringify(Object.assign({ action: "subscribe", channels }, batch ? { batch: true } : {}));
+// --protocol eth-subscribe*: the same bookkeeping per client and block number ([first arrival,
+// last arrival, delivered (0/1), 0, 0, notified (0/1), -1]).
+function onRpcMessage(c, data) {
+  const t = c.tData;
+  if (data[0] === 0x5b) { onFetchAnswer(c, data, t); return; }          // "[": a batch's answer
+  if (data.indexOf(K_NOTIFICATION) >= 0) {
+    const h = hexAfter(data, K_NUMBER);
+    if (verify) {
+      let q = -2;
+      try { q = parseInt(JSON.parse(data.toString("utf8")).params.result.number, 16); } catch (e) { /* counted below */ }
+      if (q !== h) verifyErrors++;
+    }
+    if (h < 0) { otherMessages++; return; }
+    if (c.silent) { c.silentMessages++; return; }
+    const b = c.blocks.get(h);
+    if (b !== undefined) { totalDupes++; return; }
+    if (h < c.lastHeight) orderErrors++;
+    c.lastHeight = h;
+    if (fetchBlocks) {
+      c.blocks.set(h, [t, t, 0, 0, 0, 1, -1]);
+      const n = "0x" + h.toString(16);
+      c.ws.send(`[{"jsonrpc":"2.0","id":${2 * h},"method":"eth_getBlockByNumber","params":["${n}",true]},` +
+                `{"jsonrpc":"2.0","id":${2 * h + 1},"method":"eth_getBlockReceipts","params":["${n}"]}]`);
+      fetchSent++;
+    } else {
+      c.blocks.set(h, [t, t, 1, 0, 0, 1, -1]);
+      totalUnique++;
+    }
+    return;
+  }
+  if (!c.subscribed) {                    // the answer to eth_subscribe
+    let m = null;
+    try { m = JSON.parse(data.toString("utf8")); } catch (e) { /* not JSON */ }
+    if (m !== null && m.id === 1 && typeof m.result === "string") {
+      c.subscribed = true; subscribed++;
+      if (c.silent) c.ws.pause();
+    } else {
+      subscribeErrors++;
+      const key = "subscribe: " + (m && m.error ? String(m.error.message).slice(0, 60) : data.toString("utf8").slice(0, 60));
+      errorKinds[key] = (errorKinds[key] || 0) + 1;
+      c.gaveUp = true; failed++;
+      c.ws.terminate();
+    }
+    settle();
+    return;
+  }
+  otherMessages++;
+}
+
+function onFetchAnswer(c, data, t) {
+  fetchAnswers++;
+  fetchBytes += data.length;
+  const id = intAfter(data, K_ID);
+  const h = id >= 0 ? Math.floor(id / 2) : -1;
+  const b = c.blocks.get(h);
+  if (b === undefined || b[2] !== 0 || b[1] !== b[0]) { fetchUnexpected++; return; }
+  b[1] = t;
+  if (data.indexOf(K_ERROR) >= 0 || data.indexOf(K_NULL_RESULT) >= 0) {
+    fetchErrors++;
+    let key = "unparsable answer";
+    try {
+      const answers = JSON.parse(data.toString("utf8"));
+      const bad = answers.find((a) => a.error || a.result === null);
+      key = bad ? (bad.error ? String(bad.error.message).slice(0, 60) : "null result") : "no answer with an error";
+    } catch (e) { /* keep the key */ }
+    fetchErrorKinds[key] = (fetchErrorKinds[key] || 0) + 1;
+    return;
+  }
+  if (verify) {
+    try {
+      const answers = JSON.parse(data.toString("utf8"));
+      const block = answers.find((a) => a.id === 2 * h), receipts = answers.find((a) => a.id === 2 * h + 1);
+      if (!block || !receipts || parseInt(block.result.number, 16) !== h
+          || receipts.result.length !== block.result.transactions.length) verifyErrors++;
+    } catch (e) { verifyErrors++; }
+  }
+  b[2] = 1;
+  if (!c.silent) totalUnique++;
+}
+
+const RPC_SUBSCRIBE = '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}';
+const subscribeMessage = rpcProtocol ? RPC_SUBSCRIBE : JSON.stringify(Object.assign({ action: "subscribe", channels }, batch ? { batch: true } : {}));
 const wantsBlocks = channels.includes("newBlocks");
 
 // Client i's subscribe message and its expected log count per height (null: not checked).
@@ -300,28 +421,36 @@ function onFrame(c, buf, start, end) {
   }
 }
 
+// A frame that spans reads is kept as its parts and joined once it is whole (anvil's answer to a
+// block-and-receipts batch is hundreds of KiB: joining at every read would copy it many times).
 function onChunk(c, chunk) {
-  let buf = chunk, off = 0;
-  if (c.rest !== null) {
-    const rest = c.rest;
-    const total = frameTotal(rest, 0);
-    if (total >= 0 && rest.length + chunk.length >= total) {
-      const need = total - rest.length;
-      c.rest = null;
-      onFrame(c, Buffer.concat([rest, chunk.subarray(0, need)]), 0, total);
-      off = need;
-    } else {
-      buf = Buffer.concat([rest, chunk]);
-      c.rest = null;
+  let buf = chunk;
+  if (c.parts !== null) {
+    c.parts.push(chunk);
+    c.partsLen += chunk.length;
+    if (c.need < 0) {
+      const head = Buffer.concat(c.parts, c.partsLen);
+      c.parts = [head];
+      c.need = frameTotal(head, 0);
+      if (c.need < 0) return;
     }
+    if (c.partsLen < c.need) return;
+    buf = c.parts.length === 1 ? c.parts[0] : Buffer.concat(c.parts, c.partsLen);
+    c.parts = null;
   }
+  let off = 0;
   while (off < buf.length) {
     const total = frameTotal(buf, off);
     if (total < 0 || off + total > buf.length) break;
     onFrame(c, buf, off, off + total);
     off += total;
   }
-  if (off < buf.length) c.rest = buf.subarray(off);
+  if (off < buf.length) {
+    const rest = buf.subarray(off);
+    c.parts = [rest];
+    c.partsLen = rest.length;
+    c.need = frameTotal(rest, 0);
+  }
 }
 
 function connect(c, done) {
@@ -376,7 +505,7 @@ const t0 = mono();
       const i = next++;
       const c = { i, silent: isSilent(i), wantsBlocks, ws: null, blocks: new Map(), lastHeight: -1, tData: 0,
         subscribe: subscribeFor(i), expect: expectFor(i),
-        subscribed: false, attempts: 0, closed: null, gaveUp: false, silentMessages: 0, rest: null, onEnd: null, socketClosed: false };
+        subscribed: false, attempts: 0, closed: null, gaveUp: false, silentMessages: 0, parts: null, partsLen: 0, need: -1, onEnd: null, socketClosed: false };
       clients.push(c);
       inFlight++;
       let once = false;
@@ -424,19 +553,22 @@ async function report(reason) {
       let e = blocks[h];
       if (e === undefined) e = blocks[h] = { first: [], last: [], n: [], txs: [] };
       e.first.push(Math.round((b[0] - base) * 1e6));
-      e.last.push(Math.round((b[1] - base) * 1e6));
+      e.last.push(b[2] > 0 ? Math.round((b[1] - base) * 1e6) : null);
       e.n.push(b[2]);
       e.txs.push(b[4]);
     }
   }
   const summary = {
-    event: "done", id, reason, base, clients: N, subscribed, failed, retries, opened, errors,
+    event: "done", id, reason, base, protocol, clients: N, subscribed, failed, retries, opened, errors,
     closed: closedN, closeCodes, errorKinds, nonSilent, verify, verifyErrors,
     silent: { count: silentClients.length, messages: silentClients.reduce((s, c) => s + c.silentMessages, 0),
       closeCodes: silentCloseCodes, stillOpen: silentOpen },
     unique: totalUnique, dupes: totalDupes, orderErrors, otherMessages,
     logs: { expect: logsExpect, messages: logsMessages, logs: logsReceived, bytes: logsBytes,
       unexpected: logsUnexpected, mismatch: logsMismatch },
+    fetch: { sent: fetchSent, answers: fetchAnswers, errors: fetchErrors, errorKinds: fetchErrorKinds,
+      bytes: fetchBytes, unexpected: fetchUnexpected },
+    subscribeErrors,
     cpu_s: (cpu.user + cpu.system) / 1e6, window_s: tEnd - tReady,
     loop_delay_ms: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6 },
     blocks,
@@ -454,7 +586,7 @@ setTimeout(() => report("max-seconds"), maxSeconds * 1000).unref();
 const rl = createInterface({ input: process.stdin });
 rl.on("line", (line) => {
   const cmd = line.trim();
-  if (cmd === "progress") emit({ event: "progress", id, t: mono(), unique: totalUnique, dupes: totalDupes });
+  if (cmd === "progress") emit({ event: "progress", id, t: mono(), unique: totalUnique, dupes: totalDupes, fetchErrors });
   else if (cmd === "report") report("report");
 });
 rl.on("close", () => report("stdin closed"));

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -41,6 +40,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
 import blocks as blockdata  # noqa: E402
+
+if __name__ == "__main__":
+    # bench/e2e.py imports this module as `run`: let it find this one, not a second copy.
+    sys.modules.setdefault("run", sys.modules[__name__])
 
 SERVERS = ("explorerd", "ws", "autobahn")
 # explorerd-split (broadcastBlock then broadcastTransactions) is gone with that API; the name stays
@@ -70,9 +73,17 @@ FULL = {
                    silent_keepalive=15, clients={1000: 3}, peer_runs=1, per_loadgen=2500,
                    phases={"blocks 1-50 (silent ones held by the kernel)": (0, 50),
                            "blocks 63-75 (after)": (62, 75)}),
-    "e2e": dict(title="end to end: anvil evm_mine -> twistd explorerd (--poll-interval 0.1s) -> clients",
-                channels="newBlocks,newTxs", blocks=10, txs_per_block=5, clients={1000: 3},
-                per_loadgen=5000, servers=("explorerd",)),
+    # bench/e2e.py: the node mining (anvil evm_mine) -> clients, explorerd at its default latency
+    # settings against the node serving the clients itself; "servers" are its modes, all of them
+    # in every run (node-direct-fetch only where it is listed in servers_for).
+    "e2e": dict(title="End to end: anvil `evm_mine` → clients, explorerd at its default latency settings",
+                channels="newHeads", blocks=8, warmup=4, block_time=2.0, jitter=0.25, phase=0.05, txs=200,
+                clients={1: 3, 1000: 3, 10000: 3}, per_loadgen=5000, connect_seconds=60,
+                servers=("node-direct", "explorerd-http", "explorerd-push", "node-direct-fetch"),
+                servers_for={"node-direct-fetch": (1, 100, 1000)},
+                # 1,000 clients fetching ~500 KiB each per block keep anvil busy for many block times:
+                # fewer blocks, or that one cell would take most of the run.
+                cell_overrides={"node-direct-fetch": {1000: dict(warmup=1, blocks=3)}}),
     # The same clients two ways in the same run, one cell after the other: each with its own
     # 10-address logs filter, then as (d).  explorerd only: the peers do not speak logs.
     "logs": dict(title="logs: own 10-address log filters vs newTxs batch, mainnet blocks (~300 logs), 1 block/s",
@@ -92,7 +103,7 @@ QUICK = {
     "txs": dict(FULL["txs"], blocks=4, clients={100: 1, 500: 1}, blocks_for={}),
     "batch": dict(FULL["batch"], blocks=4, clients={200: 1}),
     "silent": dict(FULL["silent"], blocks=13, clients={200: 1}, phases={}),
-    "e2e": dict(FULL["e2e"], blocks=4, clients={100: 1}),
+    "e2e": dict(FULL["e2e"], blocks=4, clients={1: 1, 100: 1}),
     "logs": dict(FULL["logs"], blocks=4, clients={200: 1}),
 }
 
@@ -320,6 +331,10 @@ def start_loadgens(spec, n, url, log_dir, verify, max_seconds, logs_filters=""):
             argv += ["--silent", str(spec["silent"])]
         if spec.get("silent_keepalive"):
             argv += ["--silent-keepalive", str(spec["silent_keepalive"])]
+        if spec.get("protocol"):
+            argv += ["--protocol", spec["protocol"]]
+        if spec.get("connect_seconds"):
+            argv += ["--connect-seconds", str(spec["connect_seconds"])]
         if verify:
             argv.append("--verify")
         if logs_filters:
@@ -672,126 +687,13 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
 
 
 # ---------------------------------------------------------------------------------------------
-# End to end with anvil and a real `twistd explorerd`.
-
-def rpc(url, method, params=()):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        answer = json.loads(r.read())
-    if "error" in answer:
-        raise BenchError(f"{method}: {answer['error']}")
-    return answer["result"]
-
+# End to end with anvil and a real `twistd explorerd` (bench/e2e.py).
 
 def twistd_argv():
     script = os.path.join(os.path.dirname(sys.executable), "twistd")
     if os.path.exists(script):
         return [sys.executable, script]
     return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def run_e2e(spec, n, run_index, out_dir, verify=False):
-    cell = f"e2e-explorerd-{n}-r{run_index}"
-    log_dir = os.path.join(out_dir, "logs", cell)
-    os.makedirs(log_dir, exist_ok=True)
-    rate, nblocks, k_txs = spec.get("rate", 1.0), spec["blocks"], spec.get("txs_per_block", 0)
-    result = {"scenario": "e2e", "server": "explorerd", "clients": n, "run": run_index, "blocks": nblocks,
-              "rate": rate, "channels": spec["channels"], "batch": False, "silent_share": 0, "errors": []}
-    procs = []
-    try:
-        if not os.path.exists(ANVIL):
-            raise BenchError(f"no anvil binary at {ANVIL} (npm ci --prefix tests/node)")
-        anvil = Proc("anvil", [ANVIL, "--host", "127.0.0.1", "--port", "0", "--no-mining"], log_dir, json_lines=False)
-        procs.append(anvil)
-        line = anvil.expect("Listening on", 30)
-        rpc_url = "http://127.0.0.1:%s/" % re.search(r"Listening on [0-9.]+:(\d+)", line).group(1)
-        for _ in range(100):
-            try:
-                rpc(rpc_url, "eth_chainId")
-                break
-            except OSError:
-                time.sleep(0.1)
-        log_path = os.path.join(log_dir, "twistd.log")
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        argv = twistd_argv() + ["-n", "--pidfile=", "--logfile", log_path, "explorerd", "--rpc-url", rpc_url,
-                                "--poll-interval", "0.1s", "--listen", "tcp:0:interface=127.0.0.1:backlog=4096",
-                                "--max-connections", str(n + 100), "--state-dir", ""] + limits_off()
-        srv = Proc("server", argv, log_dir, json_lines=False, cwd=log_dir, env=env)
-        procs.append(srv)
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            if not srv.alive():
-                raise BenchError(f"twistd explorerd exited; see {log_path} and {srv.stderr_path}")
-            try:
-                m = re.search(r"explorerd listening on .*?http://127\.0\.0\.1:(\d+)/", open(log_path).read())
-                port = m and m.group(1)
-            except OSError:
-                pass
-            time.sleep(0.1)
-        if port is None:
-            raise BenchError(f"twistd explorerd did not log its port; see {log_path}")
-        base_rss = proc_rss_kb(srv.pid)
-        loadgens = start_loadgens(spec, n, f"ws://127.0.0.1:{port}/v1/stream", log_dir, verify,
-                                  120 + n / 50 + nblocks / rate + 120)
-        procs += loadgens
-        ready = wait_ready(loadgens, n)
-        subscribed = sum(r["subscribed"] for r in ready)
-        result["subscribed"] = subscribed
-        result["connect_s"] = max(r["connect_s"] for r in ready)
-        if subscribed < n:
-            result["errors"].append(f"only {subscribed}/{n} clients subscribed")
-        time.sleep(2.0)
-        idle_rss = proc_rss_kb(srv.pid)
-        sampler = Sampler(srv.pid)
-        sampler.start()
-        cpu0 = proc_cpu(srv.pid)
-        ours0 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
-        busy0 = system_busy()
-        head = int(rpc(rpc_url, "eth_blockNumber"), 16)
-        blocks = []
-        t_start = time.monotonic()
-        # Mining on a fixed 1/rate grid would keep the same phase against the tail's 0.1 s poll
-        # ticks for the whole run (a constant, arbitrary latency): jitter over one poll interval.
-        jitter = random.Random(1000 * run_index + n)
-        for i in range(nblocks):
-            wait = t_start + i / rate + jitter.uniform(0, 0.1) - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            for j in range(k_txs):
-                rpc(rpc_url, "eth_sendTransaction", [{"from": blockdata_dev(0), "to": blockdata_dev(1), "value": hex(1 + j)}])
-            t = time.monotonic()
-            t0 = time.perf_counter()
-            rpc(rpc_url, "evm_mine")
-            blocks.append({"height": head + 1 + i, "t": t, "took": time.perf_counter() - t0, "txs": k_txs})
-        non_silent = n
-        expected_total = sum(expected_messages(spec, b["txs"]) for b in blocks) * min(non_silent, subscribed)
-        got, drain_s, how = drain(loadgens, expected_total, max_wait=60)
-        cpu1 = proc_cpu(srv.pid)
-        busy1 = system_busy()
-        ours1 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
-        sampler.stop()
-        if how != "complete":
-            result["errors"].append(f"delivery {how} after {drain_s:.1f}s: {got}/{expected_total} messages")
-        dones = []
-        for lg in loadgens:
-            lg.send("report")
-        for lg in loadgens:
-            dones.append(read_done(lg.expect("done", 120)))
-        idle = {"cpu": cpu0, "rss_kb": idle_rss}
-        end = {"cpu": cpu1, "rss_kb": proc_rss_kb(srv.pid)}
-        result.update(analyze(spec, blocks, dones, {"rss_kb": base_rss}, idle, end, {}, sampler.peak, n))
-        result["note"] = "latency from the evm_mine request to arrival; CPU from /proc (10 ms ticks)"
-        result["foreign_cpu_cores"] = foreign_cores(busy0, busy1, ours0, ours1)
-    except BenchError as e:
-        result["errors"].append(str(e))
-    finally:
-        for p in reversed(procs):
-            p.stop()
-    with open(os.path.join(out_dir, f"{cell}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    return result
 
 
 def limits_off():
@@ -804,10 +706,6 @@ def limits_off():
         if setting.name in BENCH_SETTINGS:
             argv += ["--" + setting.option, str(BENCH_SETTINGS[setting.name])]
     return argv
-
-
-def blockdata_dev(i):
-    return ("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8")[i]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1085,6 +983,11 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
         if spec.get("variants"):
             w(logs_section(spec, rows, files))
             continue
+        if scenario == "e2e" and any("mode" in r for r in rows):
+            import e2e
+
+            w(e2e.section(spec, [r for r in rows if "mode" in r], meta))
+            continue
         w(f"## {spec['title']}\n")
         if files:
             txs = files.get("txs_per_block", [])
@@ -1201,8 +1104,8 @@ def summary_section(results):
             ("(c) whole block (block + all tx frames)", "txs", 100, [("whole block p99 ms", "whole_p99_ms")]),
             ("(d) batch mode", "batch", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms")]),
             ("(e) idle connections", "blocks", 10000, [("RSS/conn idle KiB", "rss_per_conn_idle_kb")]),
-            ("(f) 10% never reading: others' p99", "silent", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms"), ("RSS peak MiB", "rss_peak_kb")]),
-            ("end to end (anvil → twistd explorerd)", "e2e", 1000, [("lat p50 ms", "lat_p50_ms"), ("lat p99 ms", "lat_p99_ms")])]
+            ("(f) 10% never reading: others' p99", "silent", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms"), ("RSS peak MiB", "rss_peak_kb")])
+]
     out = ["## Summary: scenarios as rows (medians)\n",
            "| scenario | N | figure | explorerd | ws | autobahn | ÷ ws | ÷ autobahn |", "|---|---|---|---|---|---|---|---|"]
     for title, scenario, wanted, figures in spec:
@@ -1363,9 +1266,10 @@ def main():
             raise SystemExit(f"bench: unknown scenario {s!r}")
     side_chosen = [s for s in chosen if s in SIDE]
     chosen = [s for s in chosen if s not in SIDE]
+    e2e_modes = FULL["e2e"]["servers"]
     for s in servers:
-        if s not in ALL_SERVERS:
-            raise SystemExit(f"bench: unknown server {s!r}")
+        if s not in ALL_SERVERS and s not in e2e_modes:
+            raise SystemExit(f"bench: unknown server {s!r} (e2e modes: {', '.join(e2e_modes)})")
     scenarios = {}
     for s in chosen:
         spec = dict(base[s])
@@ -1379,6 +1283,8 @@ def main():
             spec["blocks"] = args.blocks
         if max(spec["clients"]) / max(1, math.ceil(max(spec["clients"]) / spec["per_loadgen"])) > nofile - 100:
             raise SystemExit(f"bench: open-file limit {nofile} is too low")
+        if s == "e2e" and any(x in e2e_modes for x in servers):  # --servers picks e2e modes too
+            spec["servers"] = tuple(x for x in e2e_modes if x in servers)
         scenarios[s] = spec
 
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -1405,6 +1311,8 @@ def main():
                 for server in list(spec.get("servers", servers)) + extra:
                     if not server.startswith("explorerd") and run_index >= spec.get("peer_runs", runs):
                         continue
+                    if server in spec.get("servers_for", {}) and n not in spec["servers_for"][server]:
+                        continue
                     if scenario == "e2e" or server in servers or server in extra:
                         for variant in spec.get("variants") or [""]:
                             plan.append((scenario, server, n, run_index, variant))
@@ -1425,12 +1333,17 @@ def main():
             print(f"bench: {label} ...", end=" ", flush=True)
             t = time.monotonic()
             if scenario == "e2e":
-                r = run_e2e(spec, n, run_index, out_dir, verify=args.verify)
+                import e2e
+
+                r = e2e.run_cell(spec, server, n, run_index, out_dir, verify=args.verify)
+                print(f"{e2e.progress(r)} ({time.monotonic() - t:.0f}s)", flush=True)
             else:
                 r = run_cell(scenario, spec, server, n, run_index, files_by_scenario[scenario], out_dir,
                              verify=args.verify, variant=variant)
             results.append(r)
-            if "lat_p50_ms" in r:
+            if scenario == "e2e":
+                pass
+            elif "lat_p50_ms" in r:
                 print(f"p50 {r['lat_p50_ms']} ms, p99 {r['lat_p99_ms']} ms, whole p99 {r['whole_p99_ms']} ms, "
                       f"{r['cpu_us_per_msg']} µs/msg, lost {r['lost']}, dup {r['dupes']}"
                       f" ({time.monotonic() - t:.0f}s)" + (f" ERRORS: {r['errors']}" if r["errors"] else ""), flush=True)
