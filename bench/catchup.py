@@ -85,7 +85,7 @@ def grow(url, blocks, txs):
 async def one(reactor, url, blocks, txs):
     sink = CountingSink()
     client = JSONRPCClient(reactor, url, timeout=60)
-    tail = LiveTail(reactor, client, sink, batch_size=blocks, max_catchup=10 * blocks)
+    tail = LiveTail(reactor, client, sink, batch_size=blocks, max_catchup=10 * blocks, reactor=reactor)
     head = int(rpc(url, {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []})["result"], 16)
     tail._start_at = head + 1  # publish what comes next, from the height after the head
     tail.running = True

@@ -116,6 +116,7 @@ class Daemon(MultiService):
                                  max_backoff=config.rpc_retry, receipts=config.receipts,
                                  adaptive=config.adaptive_polling,
                                  sync=None if state is None else _inThread(reactor),
+                                 reactor=reactor,
                                  state=state, registry=self.metrics.registry,
                                  remember=config.history_blocks)
             self.tail.setServiceParent(self)

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -97,6 +97,9 @@ _MIN_ADAPTIVE_STEP = 0.05
 # Polls in which restoring the history failed though the node answered
 # eth_blockNumber, before we carry on without (the rest of) it.
 _MAX_RESTORE_FAILURES = 3
+
+# Checking a batch, the reactor gets a turn at least this often (s).
+_CHECK_SLICE = 0.005
 
 # After a notification for a block the node does not serve yet: look again after these delays (s).
 _HINT_RETRIES = (0.05, 0.1, 0.2)
@@ -318,6 +321,9 @@ class LiveTail(Service):
         then written (not fsynced) before each batch reaches clients, which
         is all a killed process needs, and fsynced in a thread after (for a
         machine crash); C{None}: written and fsynced before, on the reactor.
+    @param reactor: the reactor, given a turn every few ms while a long
+        catch-up batch is checked (~2.5 ms per 200-transaction block: 50 of
+        them would hold it for over 100 ms); C{None}: never (a test's Clock).
     @param receipts: what to fetch with each block, by its hash (one of
         L{RECEIPTS_MODES}): C{"auto"}, its receipts (C{eth_getBlockReceipts})
         and, if the node does not have that method, its logs
@@ -332,7 +338,7 @@ class LiveTail(Service):
     def __init__(self, clock, rpc, hub, *, poll_interval=1.0, max_reorg_depth=64,
                  max_catchup=1000, state=None, max_lag=10, max_lag_seconds=None,
                  batch_size=50, max_backoff=30.0, registry=None, now=time.time, rng=None,
-                 remember=None, receipts="auto", adaptive=False, sync=None):
+                 remember=None, receipts="auto", adaptive=False, sync=None, reactor=None):
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         if max_reorg_depth < 1:
@@ -385,6 +391,7 @@ class LiveTail(Service):
         self._timestamps = deque(maxlen=_BLOCK_TIME_SAMPLES + 1)
         self._soon = None  # the adaptive poll planned
         self._sync = sync
+        self._reactor = reactor
         self._syncing = None  # the fsync running in a thread, if any
         self._unsynced = False  # written since the last fsync began
         self._dirty = False
@@ -948,7 +955,13 @@ class LiveTail(Service):
             # Checking builds every block's frames: no collection until they are out.
             with heldOff():
                 ready, pruned, stop, fault = [], set(), None, None
+                since = fetched
                 for i, (h, block) in enumerate(zip(heights, blocks)):
+                    if self._reactor is not None and time.perf_counter() - since > _CHECK_SLICE:
+                        await deferLater(self._reactor, 0, lambda: None)
+                        if self._stopping:
+                            return False
+                        since = time.perf_counter()
                     if block is None:
                         self.log.debug("the node has no block {height} yet (head {head}); "
                                        "trying again next poll", height=h, head=head)
