@@ -146,7 +146,7 @@ class Daemon(MultiService):
         root = build_root(self.streamFactory, self.metrics, self.health,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory, rpc_factory=self.rpcFactory)
-        self.site = Site(root, config, self.hub.slots, self.admission)
+        self.site = Site(root, config, self.hub.slots, self.admission, reactor)
         self.listener = listening(reactor, config.listen, self.site, "explorerd",
                                   sized_server(config.read_buffer_size, config.write_buffer_size),
                                   self.admission)

@@ -1,0 +1,152 @@
+"""
+HTTP on the side doors (/metrics, /healthz, static files) under a scrape flood: pipelined requests
+take turns with everyone else, /metrics and /healthz are computed at most once an interval and
+never answered from before the request, the access log costs little, and WebSocket clients do
+not notice.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from explorerd.config import Config
+from explorerd.web import Site
+
+
+# ---------------------------------------------------------------------------
+# Taking turns, on a Clock: one pipelined request per connection per reactor turn.
+
+def turn(clock):
+    """One reactor turn: the calls due now run; those they schedule wait for the next turn."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def site_on(clock, **overrides):
+    root = Resource()
+    root.putChild(b"a", Data(b"A" * 10, "text/plain"))
+    root.putChild(b"b", Data(b"B" * 10, "text/plain"))
+    config = Config.defaults(**overrides)
+
+    class Slots:
+        def admitPending(self, channel, peer):
+            return None
+
+        def unpend(self, channel):
+            pass
+
+    site = Site(root, config, Slots(), reactor=clock)
+    return site
+
+
+def connect(site, port=40000):
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def answers(transport):
+    return [body[-10:] for body in transport.value().split(b"HTTP/1.1 ")[1:]]
+
+
+def get(path):
+    return b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path
+
+
+def test_pipelined_requests_are_answered_one_a_turn_in_order():
+    clock = Clock()
+    site = site_on(clock)
+    one, t1 = connect(site)
+    two, t2 = connect(site, 40001)
+    one.dataReceived(get(b"/a") + get(b"/b") + get(b"/a"))
+    two.dataReceived(get(b"/b") + get(b"/b"))
+    assert answers(t1) == [b"A" * 10] and answers(t2) == [b"B" * 10]
+    turn(clock)
+    assert answers(t1) == [b"A" * 10, b"B" * 10] and answers(t2) == [b"B" * 10] * 2
+    turn(clock)
+    assert answers(t1) == [b"A" * 10, b"B" * 10, b"A" * 10]
+    turn(clock)
+    assert answers(t1) == [b"A" * 10, b"B" * 10, b"A" * 10] and answers(t2) == [b"B" * 10] * 2
+    # A request that comes alone is answered at once, as ever.
+    one.dataReceived(get(b"/b"))
+    assert answers(t1)[-1] == b"B" * 10 and len(answers(t1)) == 4
+    for channel in (one, two):
+        channel.connectionLost(None)
+
+
+def test_a_client_that_does_not_read_its_answers_gets_no_more_is_not_read_and_is_dropped_when_idle():
+    clock = Clock()
+    site = site_on(clock, handshake_timeout=5)
+    channel, transport = connect(site)
+    channel.dataReceived(get(b"/a"))
+    turn(clock)
+    channel.dataReceived(get(b"/a") + get(b"/b"))  # /a is answered at once, /b waits for a turn
+    assert len(answers(transport)) == 2
+    channel.pauseProducing()  # what the transport does once its buffer is full: the client is not reading
+    assert transport.producerState == "paused", "still reading a client that does not read"
+    for _ in range(3):
+        turn(clock)
+    assert len(answers(transport)) == 2, "answered a client that does not read"
+    channel.resumeProducing()  # it read: the rest comes, a turn at a time, and it is read again
+    turn(clock)
+    assert answers(transport)[-1] == b"B" * 10 and len(answers(transport)) == 3
+    assert transport.producerState == "producing"
+    channel.dataReceived(get(b"/a") + get(b"/b"))  # waits behind the last: its turn is next
+    channel.pauseProducing()
+    turn(clock)
+    assert len(answers(transport)) == 3 and transport.producerState == "paused"
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)  # idle for the timeout with answers unread: dropped
+    assert transport.disconnecting
+    channel.connectionLost(None)
+
+
+def test_a_client_that_stops_reading_in_the_middle_of_an_answer_is_dropped_when_idle():
+    # twisted.web stops the idle timer while a request is handled: a client that stopped
+    # reading a file was kept forever, and all it sent meanwhile was read and kept.
+    from twisted.web.server import NOT_DONE_YET
+
+    clock = Clock()
+    site = site_on(clock, handshake_timeout=5)
+
+    class Slow(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.write(b"part")
+            return NOT_DONE_YET
+
+    site.resource.putChild(b"slow", Slow())
+    channel, transport = connect(site)
+    channel.dataReceived(get(b"/slow"))
+    clock.advance(60)
+    assert not transport.disconnecting  # a slow answer is no idle client
+    channel.pauseProducing()
+    channel.dataReceived(get(b"/a") * 10)
+    assert transport.producerState == "paused"
+    clock.advance(4)
+    channel.resumeProducing()  # it read some
+    clock.advance(60)
+    assert not transport.disconnecting
+    channel.pauseProducing()
+    clock.advance(5.1)
+    assert transport.disconnecting
+    channel.connectionLost(None)
+
+
+def test_a_connection_lost_between_turns_leaves_nothing_behind():
+    clock = Clock()
+    site = site_on(clock)
+    channel, transport = connect(site)
+    channel.dataReceived(get(b"/a") + get(b"/b"))
+    channel.connectionLost(None)
+    turn(clock)
+    assert answers(transport) == [b"A" * 10]
+    assert channel.requests == []
