@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
 from explorerd.admission import TokenBucket, client_ip
+from explorerd.coalesce import Coalesced
 from explorerd.metrics import MetricsResource
 
 WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
@@ -154,21 +155,29 @@ def _json(value):
 
 
 class HealthResource(Resource):
-    """C{/healthz}: 200 with a small JSON status, 503 when not C{ok}/C{degraded}."""
+    """
+    C{/healthz}: 200 with a small JSON status, 503 when not C{ok}/C{degraded};
+    computed at most once per C{interval} seconds however many ask (a load
+    balancer's probe waits at most that long).
+    """
 
     isLeaf = True
+    HEADERS = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
 
-    def __init__(self, status):
+    def __init__(self, status, clock, interval=0.25):
         super().__init__()
         self._status = status
+        self.answers = Coalesced(clock, self._render, interval)
+
+    def _render(self):
+        status = self._status()
+        code = 200 if status.get("status") in ("ok", "degraded") else 503
+        return code, self.HEADERS, json.dumps(status, separators=(",", ":")).encode("utf-8")
 
     def render_GET(self, request):
-        status = self._status()
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        if status.get("status") not in ("ok", "degraded"):
-            request.setResponseCode(503)
-        return json.dumps(status, separators=(",", ":")).encode("utf-8")
+        return self.answers.render(request)
+
+    render_HEAD = render_GET
 
 
 class Channel(http.HTTPChannel):
@@ -370,7 +379,7 @@ def default_web_root():
     return None
 
 
-def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None, rpc_factory=None):
+def build_root(stream_factory, metrics, health, clock, web_root=None, wamp_factory=None, rpc_factory=None):
     if web_root and os.path.isdir(web_root):
         root = Static(web_root)
     else:
@@ -388,6 +397,6 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
     if rpc_factory is not None:
         v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], RpcResource(rpc_factory, rpc_factory.maxMessagePayloadSize))
     root.putChild(b"v1", v1)
-    root.putChild(b"metrics", MetricsResource(metrics))
-    root.putChild(b"healthz", HealthResource(health))
+    root.putChild(b"metrics", MetricsResource(metrics, clock))
+    root.putChild(b"healthz", HealthResource(health, clock))
     return root

@@ -5,12 +5,16 @@ never answered from before the request, the access log costs little, and WebSock
 not notice.
 """
 
+import json
+
+import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
+from explorerd.coalesce import Coalesced
 from explorerd.config import Config
 from explorerd.web import Site
 
@@ -150,3 +154,120 @@ def test_a_connection_lost_between_turns_leaves_nothing_behind():
     turn(clock)
     assert answers(transport) == [b"A" * 10]
     assert channel.requests == []
+
+
+# ---------------------------------------------------------------------------
+# Answers computed at most once an interval, never from before the request.
+
+class FakeRequest:
+    method = b"GET"
+
+    def __init__(self):
+        from twisted.internet.defer import Deferred
+
+        self.code = None
+        self.headers = {}
+        self.written = []
+        self.finished = False
+        self.finishes = []
+        self._lost = Deferred()
+
+    def setResponseCode(self, code):
+        self.code = code
+
+    def setHeader(self, name, value):
+        self.headers[name] = value
+
+    def write(self, data):
+        self.written.append(data)
+
+    def finish(self):
+        self.finished = True
+
+    def notifyFinish(self):
+        return self._lost
+
+    def lose(self):
+        self._lost.errback(ConnectionError("gone"))
+
+
+def test_answers_are_computed_at_most_once_an_interval_and_never_before_the_request():
+    clock = Clock()
+    state = {"n": 0}
+
+    def compute():
+        state["n"] += 1
+        return 200, ((b"Content-Type", b"text/plain"),), b"n=%d" % state["n"]
+
+    answers = Coalesced(clock, compute, interval=1.0)
+    first = FakeRequest()
+    assert answers.render(first) == b"n=1"  # the first is answered at once
+    assert first.code == 200 and first.headers[b"Content-Length"] == b"3"
+    clock.advance(0.4)
+    waiting = [FakeRequest() for _ in range(100)]
+    from twisted.web.server import NOT_DONE_YET
+
+    assert {answers.render(r) for r in waiting} == {NOT_DONE_YET}
+    waiting[5].lose()  # gone before its answer
+    clock.advance(0.59)
+    assert not any(r.finished for r in waiting) and state["n"] == 1
+    clock.advance(0.01)  # a second after the last computation: one more, for all of them
+    assert state["n"] == 2
+    assert [r.written for i, r in enumerate(waiting) if i != 5] == [[b"n=2"]] * 99
+    assert not waiting[5].written
+    clock.advance(5)  # quiet: the next is answered at once
+    assert answers.render(FakeRequest()) == b"n=3"
+    # Everyone who waited goes away: no timer stays behind.
+    late = FakeRequest()
+    answers.render(late)
+    late.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_failed_computation_answers_500_to_those_waiting():
+    clock = Clock()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("no")
+        return 200, (), b"ok"
+
+    answers = Coalesced(clock, compute, interval=1.0)
+    answers.render(FakeRequest())
+    waiting = FakeRequest()
+    answers.render(waiting)
+    clock.advance(1)
+    assert waiting.code == 500 and waiting.finished
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_and_healthz_are_answered_after_their_request(start_daemon):
+    # A scraper that acts and then looks sees what it did, however recently someone else looked.
+    import treq
+    from twisted.internet import reactor
+    from twisted.web.client import HTTPConnectionPool
+
+    from tests.clients import connect as ws_connect
+
+    daemon = await start_daemon()
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    try:
+        async def look(path):
+            response = await treq.get(daemon.http + path, pool=pool, timeout=5)
+            return response.code, response.headers, await treq.content(response)
+
+        code, _, body = await look("/metrics")
+        assert code == 200 and b"explorer_websocket_connections 0.0" in body
+        health = json.loads((await look("/healthz"))[2])
+        assert health["connections"] == 0
+        client = await ws_connect(daemon.url)
+        code, _, body = await look("/metrics")
+        assert b"explorer_websocket_connections 1.0" in body
+        assert json.loads((await look("/healthz"))[2])["connections"] == 1
+        head = await treq.head(daemon.http + "/healthz", pool=pool, timeout=5)
+        assert head.code == 200 and await treq.content(head) == b""
+        await client.close()
+    finally:
+        await pool.closeCachedConnections()
