@@ -15,6 +15,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd.accesslog import AccessLog
 from explorerd.admission import TokenBucket, client_ip
 from explorerd.coalesce import Coalesced
 from explorerd.metrics import MetricsResource
@@ -357,8 +358,15 @@ class Site(server.Site):
         self.admission = admission
         self.trusted_proxies = config.trusted_proxies
         self.displayTracebacks = False
+        self.accessLog = AccessLog(self.reactor, super().log)
         self.turns = Turns(self.reactor)
 
+    def log(self, request):
+        self.accessLog.record(request)
+
+    def stopFactory(self):
+        self.accessLog.stop()
+        super().stopFactory()
 
 
 class Static(File):

@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
+from explorerd.accesslog import AccessLog
 from explorerd.coalesce import Coalesced
 from explorerd.config import Config
 from explorerd.web import Site
@@ -45,6 +46,7 @@ def site_on(clock, **overrides):
             pass
 
     site = Site(root, config, Slots(), reactor=clock)
+    site.accessLog.per_second = 0  # (the log is tested below)
     return site
 
 
@@ -271,3 +273,43 @@ async def test_metrics_and_healthz_are_answered_after_their_request(start_daemon
         await client.close()
     finally:
         await pool.closeCachedConnections()
+
+
+# ---------------------------------------------------------------------------
+# The access log.
+
+class Logged:
+    def __init__(self, path):
+        self.path = path
+
+
+def test_the_access_log_writes_a_line_a_request_up_to_its_rate_and_sums_up_the_rest():
+    from twisted.logger import globalLogPublisher
+
+    clock = Clock()
+    lines = []
+    log = AccessLog(clock, lambda request: lines.append(request.path), per_second=100, paths=3)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for i in range(1000):
+            log.record(Logged(b"/metrics" if i % 2 else b"/healthz"))
+        for path in (b"/\x1b[31mred", b"/a", b"/b"):
+            log.record(Logged(path))
+        assert len(lines) == 100
+        told = [e for e in events if e.get("log_namespace") == "explorerd.accesslog.AccessLog"]
+        assert told == []
+        clock.advance(1)  # the second is over: one line for the rest
+        told = [e for e in events if e.get("log_namespace") == "explorerd.accesslog.AccessLog"]
+        assert len(told) == 1 and told[0]["count"] == 903
+        assert told[0]["paths"] == "/healthz 450, /metrics 450, (other paths) 2, /\\x1b[31mred 1"
+        log.record(Logged(b"/healthz"))  # a new second: logged again
+        assert len(lines) == 101
+        assert clock.getDelayedCalls() == []
+        for _ in range(200):
+            log.record(Logged(b"/healthz"))
+        log.stop()  # told at once; no timer left
+        told = [e for e in events if e.get("log_namespace") == "explorerd.accesslog.AccessLog"]
+        assert told[-1]["count"] == 101 and clock.getDelayedCalls() == []
+    finally:
+        globalLogPublisher.removeObserver(events.append)
