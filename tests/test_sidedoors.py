@@ -6,6 +6,9 @@ not notice.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest_twisted
 from twisted.internet.address import IPv4Address
@@ -17,7 +20,50 @@ from twisted.web.static import Data
 from explorerd.accesslog import AccessLog
 from explorerd.coalesce import Coalesced
 from explorerd.config import Config
+from explorerd.history import Entry
 from explorerd.web import Site
+from tests.chaindata import mainnet_run
+from tests.clients import in_thread
+
+FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scrapeflood.py")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scrape_flood_does_not_hold_up_blocks(start_daemon):
+    # 50 keep-alive scrapers, each with 500 GETs of /metrics and /healthz in flight, sending another
+    # as each answer comes; a subscriber beside them, in the same (other) process.  Before the
+    # side doors took turns, every pipelined request of every scraper was answered (and logged) in
+    # each reactor pass: blocks waited seconds for the pass to end.
+    daemon = await start_daemon()
+    blocks = mainnet_run()[:3]
+    root = os.path.dirname(os.path.dirname(FLOOD))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    flood = subprocess.Popen([sys.executable, FLOOD, str(daemon.port), "--scrapers", "50", "--pipeline", "500",
+                              "--blocks", str(len(blocks)), "--answers", "3", "--seconds", "30"],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+
+        async def line():
+            text = await in_thread(flood.stdout.readline)
+            assert text, f"the flood ended early after {lines}"
+            lines.append(json.loads(text))
+            return lines[-1]
+
+        assert await line() == {"flooding": True}
+        for block in blocks:
+            daemon.hub.publish(Entry.fromNode(block))
+            got = await line()
+            assert got["block"] == int(block["number"], 16)
+            assert got["after"] < 1.0, f"block {got['block']} reached the subscriber {got['after']} s late"
+        scrapers = (await line())["scrapers"]
+    finally:
+        flood.kill()
+        flood.wait()
+        flood.stdout.close()
+    assert len(scrapers) == 50
+    assert [s["problem"] for s in scrapers] == [None] * 50
+    assert min(s["answers"] for s in scrapers) >= 3, scrapers
 
 
 # ---------------------------------------------------------------------------
