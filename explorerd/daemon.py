@@ -144,10 +144,11 @@ class Daemon(MultiService):
         upstream = None if config.source == "wamp" and not config.rpc_url else self.rpc
         self.rpcService = RpcService(self.hub, config, self.metrics.registry, upstream)
         self.rpcFactory = RpcFactory(self.rpcService, self.admission, self.metrics, config)
-        root = build_root(self.streamFactory, self.metrics, self.health,
+        # The side doors' timers run on the reactor: they pace real clients, not the hub's clock.
+        root = build_root(self.streamFactory, self.metrics, self.health, reactor,
                           default_web_root() if web_root is None else web_root,
                           wamp_factory=self.wampFactory, rpc_factory=self.rpcFactory)
-        self.site = Site(root, config, self.hub.slots, self.admission)
+        self.site = Site(root, config, self.hub.slots, self.admission, reactor)
         self.listener = listening(reactor, config.listen, self.site, "explorerd",
                                   sized_server(config.read_buffer_size, config.write_buffer_size),
                                   self.admission)

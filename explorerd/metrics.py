@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 
+from explorerd.coalesce import Coalesced
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -62,15 +64,24 @@ class Metrics:
 
 
 class MetricsResource(Resource):
-    """C{/metrics} in the Prometheus text format."""
+    """
+    C{/metrics} in the Prometheus text format, rendered at most once per
+    C{interval} seconds however many scrape it (a render of every metric
+    costs about a millisecond; Prometheus scrapes every 15 s or so).
+    """
 
     isLeaf = True
+    HEADERS = ((b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii")), (b"Cache-Control", b"no-store"))
 
-    def __init__(self, metrics):
+    def __init__(self, metrics, clock, interval=1.0):
         super().__init__()
         self._metrics = metrics
+        self.answers = Coalesced(clock, self._render, interval)
+
+    def _render(self):
+        return 200, self.HEADERS, self._metrics.render()
 
     def render_GET(self, request):
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        return self._metrics.render()
+        return self.answers.render(request)
+
+    render_HEAD = render_GET

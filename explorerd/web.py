@@ -10,11 +10,14 @@ import sys
 from collections import OrderedDict
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import interfaces
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd.accesslog import AccessLog
 from explorerd.admission import TokenBucket, client_ip
+from explorerd.coalesce import Coalesced
 from explorerd.metrics import MetricsResource
 
 WEBSOCKET_PATHS = (b"/v1/stream", b"/v1/wamp", b"/v1/rpc")
@@ -153,21 +156,29 @@ def _json(value):
 
 
 class HealthResource(Resource):
-    """C{/healthz}: 200 with a small JSON status, 503 when not C{ok}/C{degraded}."""
+    """
+    C{/healthz}: 200 with a small JSON status, 503 when not C{ok}/C{degraded};
+    computed at most once per C{interval} seconds however many ask (a load
+    balancer's probe waits at most that long).
+    """
 
     isLeaf = True
+    HEADERS = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
 
-    def __init__(self, status):
+    def __init__(self, status, clock, interval=0.25):
         super().__init__()
         self._status = status
+        self.answers = Coalesced(clock, self._render, interval)
+
+    def _render(self):
+        status = self._status()
+        code = 200 if status.get("status") in ("ok", "degraded") else 503
+        return code, self.HEADERS, json.dumps(status, separators=(",", ":")).encode("utf-8")
 
     def render_GET(self, request):
-        status = self._status()
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        if status.get("status") not in ("ok", "degraded"):
-            request.setResponseCode(503)
-        return json.dumps(status, separators=(",", ":")).encode("utf-8")
+        return self.answers.render(request)
+
+    render_HEAD = render_GET
 
 
 class Channel(http.HTTPChannel):
@@ -178,11 +189,27 @@ class Channel(http.HTTPChannel):
     dropped by the hub's sweep if the request does not arrive within the
     handshake timeout from connecting (slowloris: the idle timer alone is
     reset by every byte, of the head or of the body).
+
+    Pipelined requests take turns with everyone else: twisted.web parses
+    the next one as the last is done, in the same call, so a connection
+    that sent a thousand GETs had them all answered in one reactor pass
+    while every WebSocket client waited.  Here the next is parsed in a
+    later turn, one a turn per connection, and not before the client has
+    read enough of the answers.  While it leaves them unread (the transport
+    is full and pauses us) it is not read either, and the idle timer runs,
+    even in the middle of an answer, so a client that stops reading is
+    dropped once it expires.  What waits unparsed is twisted.web's buffer,
+    which stops reading from the socket past 16 KiB: a connection holds one
+    answer and at most some 80 KiB of requests (16 KiB and a read), however
+    many it sends.
     """
 
     _explorer_pending = False
     _explorer_refusal = None
     _explorer_ip = None  # the peer's address, when it is the client's (no trusted proxies)
+    _explorer_done = None  # the request done whose successors wait for their turn
+    _explorer_queued = False  # in the site's turns
+    _explorer_unread = False  # the transport is full: the client is not reading our answers
 
     def connectionMade(self):
         super().connectionMade()
@@ -240,10 +267,56 @@ class Channel(http.HTTPChannel):
             self._explorerDone()  # counted once: the sweep no longer sees it
         super().timeoutConnection()
 
+    def requestDone(self, request):
+        self._explorer_done = request
+        self._explorerQueue()
+
+    def _explorerQueue(self):
+        if self._explorer_unread:
+            return  # resumeProducing queues it
+        if not self._explorer_queued:
+            self._explorer_queued = True
+            self.site.turns.add(self)
+
+    def takeTurn(self):
+        """The next pipelined request's turn (L{Turns})."""
+        if not self._explorer_queued:
+            return  # lost meanwhile
+        self._explorer_queued = False
+        if self._explorer_unread:
+            return  # resumeProducing queues it again
+        request, self._explorer_done = self._explorer_done, None
+        super().requestDone(request)
+
+    def pauseProducing(self):
+        # The client does not read its answers.  twisted.web goes on reading it while a request
+        # is handled, and buffers all it sends, without end; and it stops the idle timer then,
+        # so a client that stopped reading a file was kept forever.  Stop reading it, and count
+        # it idle from now (not once the connection is a WebSocket's: it has no transport then).
+        self._explorer_unread = True
+        super().pauseProducing()
+        if self.transport is not None:
+            network = interfaces.IPushProducer(self.transport, None)
+            if network is not None:
+                network.pauseProducing()  # resumed by twisted.web once the request is done
+            self.setTimeout(self.site.timeOut)
+
+    def resumeProducing(self):
+        self._explorer_unread = False
+        super().resumeProducing()
+        if self._explorer_done is not None:
+            self._explorerQueue()
+        elif self.requests and self.transport is not None:
+            self.setTimeout(None)  # reading again, in the middle of an answer: as twisted.web has it
+
     def connectionLost(self, reason):
         self._explorerDone()
         if self._explorer_refusal is not None:
             self.site.slots.unlinger(self)
+        self._explorer_queued = False
+        if self._explorer_done is not None:
+            self.requests.remove(self._explorer_done)  # answered: not a request lost
+            self._explorer_done = None
         super().connectionLost(reason)
 
     def _explorerDone(self):
@@ -252,15 +325,48 @@ class Channel(http.HTTPChannel):
             self.site.slots.unpend(self)
 
 
+class Turns:
+    """
+    The connections whose next pipelined request waits for the next reactor
+    turn: one call a turn for all of them rather than one each.
+    """
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._queued = []
+        self._call = None
+
+    def add(self, channel):
+        self._queued.append(channel)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._turn)
+
+    def _turn(self):
+        # Those queued during this turn (as their request is answered at once) wait for the next.
+        self._call = None
+        queued, self._queued = self._queued, []
+        for channel in queued:
+            channel.takeTurn()
+
+
 class Site(server.Site):
     protocol = Channel
 
-    def __init__(self, resource, config, slots, admission=None):
-        super().__init__(resource, timeout=config.handshake_timeout)
+    def __init__(self, resource, config, slots, admission=None, reactor=None):
+        super().__init__(resource, timeout=config.handshake_timeout, reactor=reactor)
         self.slots = slots
         self.admission = admission
         self.trusted_proxies = config.trusted_proxies
         self.displayTracebacks = False
+        self.accessLog = AccessLog(self.reactor, super().log)
+        self.turns = Turns(self.reactor)
+
+    def log(self, request):
+        self.accessLog.record(request)
+
+    def stopFactory(self):
+        self.accessLog.stop()
+        super().stopFactory()
 
 
 class Static(File):
@@ -281,7 +387,7 @@ def default_web_root():
     return None
 
 
-def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None, rpc_factory=None):
+def build_root(stream_factory, metrics, health, clock, web_root=None, wamp_factory=None, rpc_factory=None):
     if web_root and os.path.isdir(web_root):
         root = Static(web_root)
     else:
@@ -299,6 +405,6 @@ def build_root(stream_factory, metrics, health, web_root=None, wamp_factory=None
     if rpc_factory is not None:
         v1.putChild(WEBSOCKET_PATHS[2].rsplit(b"/", 1)[1], RpcResource(rpc_factory, rpc_factory.maxMessagePayloadSize))
     root.putChild(b"v1", v1)
-    root.putChild(b"metrics", MetricsResource(metrics))
-    root.putChild(b"healthz", HealthResource(health))
+    root.putChild(b"metrics", MetricsResource(metrics, clock))
+    root.putChild(b"healthz", HealthResource(health, clock))
     return root

@@ -15,7 +15,11 @@ Twisted:
     C{tcp.Connection.socket} and C{_dataReceived} (transport.SizedServer's
     write-through and reads; the hub's producers);
   - C{HTTPChannel._path}, C{allHeadersReceived}, C{allContentReceived} and
-    C{site} (web.Channel's admission).
+    C{site} (web.Channel's admission);
+  - C{HTTPChannel.requestDone} as what parses the next pipelined request,
+    the pipelined data buffered unparsed until then (reading paused past
+    16 KiB, but not while the transport is full), C{requests}, and the
+    channel as its transport's producer (web.Channel's turns).
 Autobahn:
   - C{PreparedMessage(...).payloadHybi} (events.frame, wamp.frame);
   - C{WebSocketProtocol.CONFIG_ATTRS} and how connections copy it
@@ -55,7 +59,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.web import http, resource, server
+from twisted.web import http, resource, server, static
 from zope.interface import implementer
 
 from tests.conftest import eventually
@@ -272,6 +276,83 @@ def test_http_channel_path_and_request_hooks():
     channel.dataReceived(b"bc")
     assert seen == [("headers", b"/v1/stream?x=1"), ("content", b"/v1/stream?x=1")]
     assert transport.value().startswith(b"HTTP/1.1 404 ")
+    channel.connectionLost(main.CONNECTION_DONE)
+
+
+def test_http_channel_parses_the_next_pipelined_request_in_requestDone():
+    """
+    web.Channel gives each pipelined request a reactor turn of its own by
+    calling C{HTTPChannel.requestDone} a turn later than twisted.web does,
+    and not while the client leaves its answers unread.  It relies on
+    requestDone being what parses the next pipelined request, in that same
+    call; on pipelined data being kept unparsed until then, with reading
+    paused past 16 KiB of it (the bound on what a connection holds); on
+    C{requests} holding the request until then; and on the channel being
+    its transport's streaming producer, paused when the client does not
+    read.  If twisted.web ever parses pipelined requests some other way,
+    the flood of tests/test_sidedoors.py holds up blocks again.
+    """
+    done = []
+
+    class Holding(http.HTTPChannel):
+        def requestDone(self, request):
+            done.append(request)
+
+    clock = Clock()
+    root = resource.Resource()
+    root.putChild(b"a", static.Data(b"answer", "text/plain"))
+    site = server.Site(root, reactor=clock)
+    site.protocol = Holding
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    assert transport.producer is channel and transport.streaming
+    get = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    channel.dataReceived(get * 3)
+    assert transport.value().count(b"HTTP/1.1 200") == 1 and len(done) == 1
+    assert channel.requests == done
+    assert transport.producerState == "producing"
+    channel.dataReceived(get * 600)  # past 16 KiB waiting: no more is read
+    assert transport.producerState == "paused"
+    assert transport.value().count(b"HTTP/1.1 200") == 1
+    http.HTTPChannel.requestDone(channel, done[0])
+    assert transport.value().count(b"HTTP/1.1 200") == 2 and len(done) == 2  # parsed and answered in that call
+    assert channel.requests == done[1:]
+    channel.connectionLost(main.CONNECTION_DONE)
+
+
+def test_http_channel_reads_on_while_a_request_is_handled_and_its_answers_are_unread():
+    """
+    While a request is handled and the transport is full (the client does
+    not read), twisted.web neither pauses reading nor runs the idle timer:
+    whatever the client sends is read and kept, without end.  web.Channel
+    pauses its transport then, and starts the idle timer.  If this fails,
+    twisted.web does one or both itself: web.Channel's may go.
+    """
+    from twisted.internet import interfaces
+
+    done = []
+
+    class Holding(http.HTTPChannel):
+        def requestDone(self, request):
+            done.append(request)
+
+    clock = Clock()
+    root = resource.Resource()
+    root.putChild(b"a", static.Data(b"answer", "text/plain"))
+    site = server.Site(root, reactor=clock, timeout=5)
+    site.protocol = Holding
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    assert interfaces.IPushProducer(transport, None) is transport
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert len(done) == 1  # answered; twisted.web's next request would come in requestDone
+    channel.pauseProducing()
+    channel.dataReceived(b"x" * 10_000)
+    assert transport.producerState == "producing"
+    clock.advance(60)
+    assert not transport.disconnecting
     channel.connectionLost(main.CONNECTION_DONE)
 
 
