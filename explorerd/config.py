@@ -351,6 +351,13 @@ SETTINGS = (
             parse_duration, 0.01,
             "A connection that has not sent a complete HTTP request (or upgrade) in this time "
             "from connecting is dropped, however slowly it keeps sending."),
+    Setting("subscribe_timeout", "WEBSOCKET_SUBSCRIBE_TIMEOUT", "subscribe-timeout", "30s",
+            parse_duration, 0,
+            "A WebSocket (`/v1/stream`, `/v1/wamp`, `/v1/rpc`) that holds no subscription for this long "
+            "is closed with 1008, reason `no subscription within 30s`: counted from connecting, from "
+            "its last request (a WAMP CALL, a JSON-RPC method other than `net_version`, `eth_chainId` "
+            "and `web3_clientVersion`) and from giving up its last subscription. Pings, the client's "
+            "or ours, do not count. 0 turns it off."),
     Setting("shutdown_timeout", "WEBSOCKET_SHUTDOWN_TIMEOUT", "shutdown-timeout", "5s",
             parse_duration, 0,
             "On SIGTERM, how long to wait for clients to answer the 1001 close before exiting."),

@@ -11,7 +11,8 @@ overflows, or that stays paused past the write deadline, is closed as too
 slow; nobody else waits for it.
 
 One C{LoopingCall} on the clock we are given sweeps: the L{Keepalive}
-(pings, pong timeout, write deadline) and the L{ConnectionSlots}
+(pings, pong timeout, write deadline), the L{SubscribeDeadline}
+(connections that hold no subscription) and the L{ConnectionSlots}
 (unfinished requests and closes).  There are no per-client timers.
 """
 
@@ -30,6 +31,7 @@ from explorerd import events
 from explorerd.collector import collectAfter
 from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
+from explorerd.idle import SubscribeDeadline
 from explorerd.interfaces import IBlockSink, IPublicationObserver, IResumeHint
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
 from explorerd.slots import ConnectionSlots
@@ -143,6 +145,7 @@ class Hub(Service):
         self.metrics = metrics
         self.slots = ConnectionSlots(clock, config, metrics)
         self.keepalive = Keepalive(self, config, metrics)
+        self.deadline = SubscribeDeadline(self, config)
         self.history = History(config.history_blocks)
         self._ids = itertools.count(1)
         self._clients = {}
@@ -231,6 +234,7 @@ class Hub(Service):
         transport.unregisterProducer()
         transport.registerProducer(client, True)
         self._clients[client.id] = client
+        self.deadline.idle(client, self.clock.seconds())
         self.metrics.connections.set(len(self._clients))
         self.metrics.connections_by_protocol.labels(kind).inc()
         self.metrics.connections_accepted.inc()
@@ -241,6 +245,7 @@ class Hub(Service):
         if client.hub is None:
             return
         self._clients.pop(client.id, None)
+        self.deadline.forget(client)
         for channel in client.channels:
             self._subscribers[channel].pop(client, None)
         self._ungroup(client)
@@ -261,6 +266,24 @@ class Hub(Service):
     def pong(self, client, payload):
         """The client answered a ping (see L{Keepalive.pong})."""
         self.keepalive.pong(client, payload)
+
+    def holdsSubscriptions(self, client, held):
+        """
+        Whether C{client} holds a subscription now, as its protocol counts
+        them (C{/v1/stream}'s are counted here): while it holds none it is
+        closed once the subscribe deadline passes (L{SubscribeDeadline}).
+        """
+        if client.hub is None:
+            return
+        if held:
+            self.deadline.holding(client)
+        else:
+            self.deadline.idle(client, self.clock.seconds())
+
+    def madeRequest(self, client):
+        """C{client} asked for something (not a ping): its subscribe deadline starts again."""
+        if client.hub is not None:
+            self.deadline.used(client, self.clock.seconds())
 
     def close(self, client, code, reason, error=None):
         """
@@ -313,6 +336,7 @@ class Hub(Service):
         if "logs" in channels:
             client.log_filter = None if log_filter is None or log_filter.everything else log_filter
         self._regroup(client)
+        self.holdsSubscriptions(client, bool(client.channels))
         return sorted(client.channels)
 
     def unsubscribe(self, client, channels):
@@ -326,6 +350,7 @@ class Hub(Service):
         if "logs" not in client.channels:
             client.log_filter = None
         self._regroup(client)
+        self.holdsSubscriptions(client, bool(client.channels))
         return sorted(client.channels)
 
     def subscriberCount(self, channel):
@@ -737,13 +762,16 @@ class Hub(Service):
 
     def _sweepInterval(self):
         c = self.config
-        return max(0.01, min(c.ping_interval, c.write_deadline / 4, c.pong_timeout / 4,
-                             c.handshake_timeout / 4))
+        deadlines = [c.ping_interval, c.write_deadline / 4, c.pong_timeout / 4, c.handshake_timeout / 4]
+        if c.subscribe_timeout:
+            deadlines.append(c.subscribe_timeout / 4)
+        return max(0.01, min(deadlines))
 
     def _sweepOnce(self):
         try:
             now = self.clock.seconds()
             self.slots.sweep(now)
+            self.deadline.sweep(now)
             self.keepalive.sweep(now, tuple(self._clients.values()), self._paused)
         except Exception:
             # A LoopingCall stops for good after one exception.

@@ -46,10 +46,11 @@ C{eth_sign*}, C{eth_sendTransaction}, C{eth_accounts}) and any other method
 is answered C{-32601} and never reaches the node.
 
 A WebSocket connection is a hub client like any other: the same admission,
-caps, message budget (each request of a batch costs one message), pings
-and slow-client policy; one closed as too slow is told the last block it
-was sent (L{IResumeHint}).  At most L{MAX_SUBSCRIPTIONS} subscriptions a
-connection.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the same
+caps, message budget (each request of a batch costs one message), pings,
+subscribe deadline and slow-client policy; one closed as too slow is told
+the last block it was sent (L{IResumeHint}).  At most L{MAX_SUBSCRIPTIONS}
+subscriptions a connection.  A request counts as use for the subscribe
+deadline, but for L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the same
 methods but subscriptions.
 """
 
@@ -80,6 +81,9 @@ SERVER_ERROR = -32000
 
 MAX_SUBSCRIPTIONS = 64  # per connection
 PER_CONNECTION = 16  # forwarded calls in flight per connection
+# What libraries send to keep a connection alive (viem's keepAlive asks
+# net_version): like pings, they do not start the subscribe deadline again.
+KEEPALIVES = frozenset(("net_version", "eth_chainId", "web3_clientVersion"))
 CLIENT_VERSION = f"explorerd/v{__version__}"
 
 # Where each forwarded method takes its block: (index, EIP-1898 hash allowed?).
@@ -329,6 +333,8 @@ class RpcService:
         method, params = request["method"], request.get("params", [])
         label = method if method in self._methods or method in self.forwarded else "other"
         notification = "id" not in request
+        if session.client is not None and label != "other" and method not in KEEPALIVES:
+            self.hub.madeRequest(session.client)
 
         def answered(result):
             metrics.labels(label, "ok").inc()

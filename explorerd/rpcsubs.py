@@ -166,6 +166,7 @@ class RpcSubscriptions:
         group.clients[client] = None
         held[group.id] = group
         self._count(kind, 1)
+        self.hub.holdsSubscriptions(client, True)
         return group
 
     def unsubscribe(self, held, client, subscription_id):
@@ -175,6 +176,8 @@ class RpcSubscriptions:
             return False
         group.clients.pop(client, None)
         self._count(group.kind, -1)
+        if not held:
+            self.hub.holdsSubscriptions(client, False)
         if not group.clients:
             del self._groups[(group.kind, group.key, group.n)]
             if group.kind == NEW_HEADS:

@@ -58,6 +58,9 @@ the whole burst, so that one full replay on a fresh connection always goes
 through while a loop of them is closed like any flood.  The cost is known
 before anything is sent (L{History.replay_size}); a replay the budget
 cannot pay is not sent.
+
+Close codes also: 1008 C{no subscription within …s} for a connection that
+held no subscription for C{subscribe_timeout} (L{explorerd.idle}).
 """
 
 import json
@@ -177,7 +180,9 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
                 return self._error(client, "invalid_message",
                                    '"since" must be {"height": <block number>, "hash": "0x<64 hex digits>"}')
             # After a restart the live-tail gives the hub its history back
-            # before it publishes anything: a resume waits for that.
+            # before it publishes anything: a resume waits for that (its
+            # subscribe deadline starting again meanwhile).
+            hub.madeRequest(client)
             return hub.whenResumable(lambda: self._subscribeNow(hub, client, message, since))
         self._subscribeNow(hub, client, message, None)
 

@@ -327,6 +327,7 @@ class Broker(Service):
             sub.count += 1
             self._held += 1
             self.metrics.subscriptions.set(self._held)
+            self.hub.holdsSubscriptions(session.client, True)
         return sub
 
     def unsubscribe(self, session, sub):
@@ -340,6 +341,8 @@ class Broker(Service):
         sub.count -= 1
         self._held -= 1
         self.metrics.subscriptions.set(self._held)
+        if not session.subscriptions:
+            self.hub.holdsSubscriptions(session.client, False)
         if sub.count == 0:
             del self._subscriptions[(sub.match, sub.uri)]
             del self._by_id[sub.id]
@@ -554,6 +557,8 @@ class BrokerSession:
     def _call(self, msg):
         metrics = self.broker.metrics
         procedure = msg.procedure if msg.procedure in PROCEDURES else "other"
+        if procedure != "other":
+            self.broker.hub.madeRequest(self.client)
         try:
             result = self.broker.procedures.call(msg.procedure, msg.args, msg.kwargs)
         except ApplicationError as e:

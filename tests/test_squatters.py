@@ -1,0 +1,188 @@
+"""
+Idle squatters, as they and everyone else see them: the subscribe deadline
+(connections that hold no subscription are closed, and the connection cap
+recovers).
+"""
+
+import pytest_twisted
+from twisted.internet import defer
+
+from explorerd.history import Entry
+from tests.chaindata import mainnet_run
+from tests.clients import connect, drain, handshake_status, in_thread
+from tests.conftest import eventually
+from tests.metricvalues import sample
+from tests.wamp.harness import raw_join
+
+ERROR, SUBSCRIBE, SUBSCRIBED, UNSUBSCRIBE, UNSUBSCRIBED, CALL, RESULT = 8, 32, 33, 34, 35, 48, 50
+IDLE = (1008, "no subscription within 30s")
+
+
+def wamp_url(daemon):
+    return f"ws://127.0.0.1:{daemon.port}/v1/wamp"
+
+
+def rpc_url(daemon):
+    return f"ws://127.0.0.1:{daemon.port}/v1/rpc"
+
+
+def metric(daemon, name, **labels):
+    return sample(daemon.hub.metrics.registry, name, **labels)
+
+
+async def ask(client, method, params=(), request_id=1):
+    """One JSON-RPC request over WebSocket; its answer."""
+    client.send_json({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
+    while True:
+        message = await client.next()
+        if isinstance(message, dict) and message.get("id") == request_id:
+            return message
+
+
+async def wamp_request(client, message):
+    client.send_json(message)
+    return await client.next()
+
+
+# ---------------------------------------------------------------------------
+# The subscribe deadline.
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_client_that_never_subscribes_is_closed_at_the_deadline_pings_or_not(start_daemon):
+    daemon = await start_daemon(ping_interval=10, pong_timeout=600)
+    hub = daemon.hub
+    squatter = await connect(daemon.url)
+    client = next(iter(hub._clients.values()))
+    for t in (10, 20):
+        daemon.clock.advance(10)
+        await eventually(lambda: client.last_seen == t, what="its pong to our ping")  # alive, and reading
+        squatter.sendPing(b"still here")
+        assert await squatter.request({"action": "ping"}) == {"type": "pong"}
+    daemon.clock.advance(9)
+    assert hub.clientCount == 1, "29 s without a subscription is not yet 30"
+    daemon.clock.advance(1)
+    assert await squatter.closed == IDLE
+    assert metric(daemon, "explorer_websocket_errors_total", type="subscribe_timeout") == 1
+    await eventually(lambda: hub.connectionCount == 0, what="its slot to be released")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_is_never_closed_and_one_that_gives_up_its_channels_gets_the_deadline_again(
+        start_daemon):
+    daemon = await start_daemon()
+    subscriber = await connect(daemon.url)
+    await subscriber.request({"action": "subscribe", "channels": ["newBlocks"]})
+    quitter = await connect(daemon.url)
+    await quitter.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    daemon.clock.advance(20)
+    assert (await quitter.request({"action": "unsubscribe", "channels": ["newTxs"]}))["channels"] == ["newBlocks"]
+    daemon.clock.advance(5)
+    assert (await quitter.request({"action": "unsubscribe", "channels": ["newBlocks"]}))["channels"] == []
+    daemon.clock.advance(29)  # 54 s
+    assert daemon.hub.clientCount == 2, "29 s since it gave up its last channel"
+    daemon.clock.advance(1)
+    assert await quitter.closed == IDLE
+    daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
+    assert [m["type"] for m in await drain(subscriber)] == ["newBlock"]
+    await subscriber.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wamp_sessions_that_hold_nothing_and_call_nothing_are_closed(start_daemon):
+    daemon = await start_daemon()
+    url = wamp_url(daemon)
+    joined, _ = await raw_join(url)  # HELLO, then nothing
+    caller, _ = await raw_join(url)
+    quitter, _ = await raw_join(url)
+    subscriber, _ = await raw_join(url)
+    for session in (quitter, subscriber):
+        subscribed = await wamp_request(session, [SUBSCRIBE, 1, {}, "explorer.block"])
+        assert subscribed[0] == SUBSCRIBED
+    daemon.clock.advance(20)
+    assert await wamp_request(caller, [CALL, 1, {}, "explorer.head", []]) == [RESULT, 1, {}, [None]]
+    assert await wamp_request(quitter, [UNSUBSCRIBE, 2, subscribed[2]]) == [UNSUBSCRIBED, 2]
+    daemon.clock.advance(10)
+    assert await joined.closed == IDLE
+    assert daemon.service.broker.sessionCount == 3
+    daemon.clock.advance(20)  # 30 s after the call and the unsubscribe
+    assert await caller.closed == IDLE
+    assert await quitter.closed == IDLE
+    assert daemon.service.broker.sessionCount == 1
+    assert await wamp_request(subscriber, [CALL, 3, {}, "explorer.head", []]) == [RESULT, 3, {}, [None]]
+    await subscriber.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_keepalives_do_not_hold_a_connection_but_requests_and_subscriptions_do(start_daemon):
+    daemon = await start_daemon(pong_timeout=600)
+    url = rpc_url(daemon)
+    keepalive = await connect(url)  # viem's keepAlive asks net_version
+    poller = await connect(url)
+    subscriber = await connect(url)
+    assert "result" in await ask(subscriber, "eth_subscribe", ["newHeads"])
+    for t in (10, 20):
+        daemon.clock.advance(10)
+        for method in ("net_version", "eth_chainId", "web3_clientVersion"):
+            await ask(keepalive, method)
+    block = mainnet_run()[0]
+    daemon.hub.publish(Entry.fromNode(block))
+    assert (await ask(poller, "eth_blockNumber"))["result"] == block["number"]
+    daemon.clock.advance(10)
+    assert await keepalive.closed == IDLE
+    daemon.clock.advance(20)
+    assert await poller.closed == IDLE, "30 s after its last request"
+    daemon.clock.advance(60)
+    assert (await ask(subscriber, "web3_clientVersion"))["result"].startswith("explorerd/")
+    assert metric(daemon, "explorer_websocket_errors_total", type="subscribe_timeout") == 2
+    await subscriber.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscribe_timeout_of_0_turns_the_deadline_off(start_daemon):
+    daemon = await start_daemon(subscribe_timeout=0, ping_interval=10, pong_timeout=600)
+    idle = await connect(daemon.url)
+    for _ in range(4):
+        daemon.clock.advance(40)
+    assert await idle.request({"action": "ping"}) == {"type": "pong"}
+    await idle.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_squatters_filling_the_cap_are_closed_and_the_cap_recovers(start_daemon):
+    """
+    20 connections (the cap): one subscriber and 19 that never subscribe on
+    the three endpoints, answering our pings and sending their own.  A new
+    client is refused, until the deadline frees the squatters' slots.
+    """
+    daemon = await start_daemon(max_connections=20, ping_interval=10, pong_timeout=600)
+    hub = daemon.hub
+    subscriber = await connect(daemon.url)
+    await subscriber.request({"action": "subscribe", "channels": ["newBlocks"]})
+    streams = [await connect(daemon.url) for _ in range(7)]
+    wamps = [(await raw_join(wamp_url(daemon)))[0] for _ in range(6)]
+    rpcs = [await connect(rpc_url(daemon)) for _ in range(6)]
+    squatters = streams + wamps + rpcs
+    assert hub.connectionCount == 20
+    assert await in_thread(handshake_status, daemon.url) == 503
+    for _ in range(2):
+        daemon.clock.advance(10)
+        for s in streams:
+            s.sendPing(b"ping")
+            assert await s.request({"action": "ping"}) == {"type": "pong"}
+        for r in rpcs:
+            await ask(r, "net_version")
+    assert await in_thread(handshake_status, daemon.url) == 503
+    daemon.clock.advance(10)
+    closes = await defer.gatherResults([s.closed for s in squatters])
+    assert closes == [IDLE] * 19
+    await eventually(lambda: hub.connectionCount == 1, what="the squatters' slots to be released")
+    assert metric(daemon, "explorer_websocket_errors_total", type="subscribe_timeout") == 19
+
+    newcomer = await connect(daemon.url)
+    await newcomer.request({"action": "subscribe", "channels": ["newBlocks"]})
+    daemon.hub.publish(Entry.fromNode(mainnet_run()[0]))
+    for client in (subscriber, newcomer):
+        assert [m["type"] for m in await drain(client)] == ["newBlock"]
+    assert not subscriber.closed.called
+    for client in (subscriber, newcomer):
+        await client.close()
