@@ -426,6 +426,10 @@ SETTINGS = (
             "`on`: a forwarded call whose block is `latest` (or absent) reads the block explorerd last "
             "announced (EIP-1898 `{\"blockHash\": ...}`), so a client reacting to `newHeads` reads that "
             "block's state; `off`: as sent."),
+    Setting("rpc_max_subscriptions", "EXPLORERD_RPC_MAX_SUBSCRIPTIONS", "rpc-max-subscriptions", "64",
+            parse_int, 1,
+            "Most `eth_subscribe` subscriptions one `/v1/rpc` connection may hold; one more is answered "
+            "-32005 and the connection stays."),
     Setting("rpc_getlogs_range", "EXPLORERD_RPC_GETLOGS_RANGE", "rpc-getlogs-range", "1000",
             parse_int, 1,
             "Most blocks one forwarded `eth_getLogs` may span; a wider range is answered -32602."),
@@ -466,6 +470,13 @@ SETTINGS = (
             parse_uri, None,
             "Realm of the WAMP broker at `/v1/wamp`; a HELLO for another realm gets ABORT "
             "`wamp.error.no_such_realm`."),
+    Setting("wamp_max_subscriptions", "EXPLORERD_WAMP_MAX_SUBSCRIPTIONS", "wamp-max-subscriptions", "8",
+            parse_int, 1,
+            "Most subscriptions one `/v1/wamp` session may hold (exact, prefix and wildcard together; "
+            "subscribing again to one it holds is free); one more gets ERROR "
+            "`explorer.error.too_many_subscriptions` and the session stays. A session gets an event once "
+            "per subscription that matches it, so this also bounds how many copies of a topic's events "
+            "one session can ask for."),
     Setting("wamp_router", "EXPLORERD_WAMP_ROUTER", "wamp-router", "",
             parse_ws_url, None,
             "A WAMP router (Crossbar.io) to join as a client, e.g. `ws://127.0.0.1:8088/ws`. With "

@@ -10,6 +10,7 @@ notification (no C{id}) gets no answer.  Errors::
     -32700  invalid JSON (id null)          -32600  invalid request, empty or too large batch
     -32601  method not served               -32602  bad params, unsupported subscription
     -32000  the node failed or timed out (a node's own error codes pass through)
+    -32005  a limit: too many subscriptions, a replay over the message budget
 
 Answered here:
 
@@ -48,10 +49,12 @@ is answered C{-32601} and never reaches the node.
 A WebSocket connection is a hub client like any other: the same admission,
 caps, message budget (each request of a batch costs one message), pings,
 subscribe deadline and slow-client policy; one closed as too slow is told
-the last block it was sent (L{IResumeHint}).  At most L{MAX_SUBSCRIPTIONS}
-subscriptions a connection.  A request counts as use for the subscribe
-deadline, but for L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the same
-methods but subscriptions.
+the last block it was sent (L{IResumeHint}).  At most
+C{rpc_max_subscriptions} subscriptions a connection, their logs filters
+holding at most L{FILTER_ENTRIES} addresses and topics together (more is
+C{-32005}).  A request counts as use for the subscribe deadline, but for
+L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the
+same methods but subscriptions.
 """
 
 import json
@@ -77,10 +80,14 @@ from explorerd.rpcsubs import LOGS, NEW_HEADS, RpcSubscriptions, nodeHeader
 from explorerd.stream import apply_limits
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-SERVER_ERROR = -32000
+SERVER_ERROR, LIMIT_EXCEEDED = -32000, -32005
 
-MAX_SUBSCRIPTIONS = 64  # per connection
 PER_CONNECTION = 16  # forwarded calls in flight per connection
+# Addresses and topics the logs filters of one connection's subscriptions
+# hold together: what one /v1/stream connection can hold at most (1,000
+# addresses for newTxs, a logs filter of 1,000 and 4 x 1,000 topics), some
+# 1.3 MiB of indexes, not 64 times that.
+FILTER_ENTRIES = 6000
 # What libraries send to keep a connection alive (viem's keepAlive asks
 # net_version): like pings, they do not start the subscribe deadline again.
 KEEPALIVES = frozenset(("net_version", "eth_chainId", "web3_clientVersion"))
@@ -279,6 +286,7 @@ class RpcService:
         self.batchMax = config.rpc_batch_max
         self.pinLatest = config.rpc_pin_latest
         self.getLogsRange = config.rpc_getlogs_range
+        self.maxSubscriptions = config.rpc_max_subscriptions
         self.logsAvailable = config.source == "wamp" or config.receipts != "off"
 
     def parse(self, payload):
@@ -471,8 +479,16 @@ class RpcService:
     def _subscribeNow(self, session, kind, log_filter, since):
         if session.closed:
             raise RpcError(SERVER_ERROR, "the connection closed")
-        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise RpcError(INVALID_PARAMS, f"too many subscriptions on this connection (at most {MAX_SUBSCRIPTIONS})")
+        if len(session.subscriptions) >= self.maxSubscriptions:
+            raise RpcError(LIMIT_EXCEEDED, f"too many subscriptions on this connection (at most "
+                                           f"{self.maxSubscriptions}, EXPLORERD_RPC_MAX_SUBSCRIPTIONS): "
+                                           "eth_unsubscribe one first")
+        if log_filter is not None:
+            held = sum(g.log_filter.size for g in session.subscriptions.values() if g.log_filter is not None)
+            if held + log_filter.size > FILTER_ENTRIES:
+                raise RpcError(LIMIT_EXCEEDED, f"the filters of this connection's subscriptions would hold "
+                                               f"{held + log_filter.size} addresses and topics, at most "
+                                               f"{FILTER_ENTRIES}: eth_unsubscribe one first")
         group = self.subscriptions.subscribe(session.subscriptions, session.client, kind, log_filter)
         if since is not None:
             self._catchUp(session, group, since)
@@ -499,7 +515,7 @@ class RpcService:
         items = self.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
         if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items)):
             self.subscriptions.unsubscribe(session.subscriptions, client, group.id)
-            raise RpcError(-32005, "too many messages: the replay is over the message budget")
+            raise RpcError(LIMIT_EXCEEDED, "too many messages: the replay is over the message budget")
         session.after.append(lambda: hub.deliverBacklog(client, items))
 
     def _unsubscribe(self, params, session):

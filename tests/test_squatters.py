@@ -1,7 +1,8 @@
 """
-Idle squatters, as they and everyone else see them: the subscribe deadline
-(connections that hold no subscription are closed, and the connection cap
-recovers).
+Idle squatters and subscription abuse, as their clients and everyone else
+see them: the subscribe deadline (connections that hold no subscription
+are closed, and the connection cap recovers) and the caps on
+subscriptions.
 """
 
 import pytest_twisted
@@ -42,6 +43,10 @@ async def ask(client, method, params=(), request_id=1):
 async def wamp_request(client, message):
     client.send_json(message)
     return await client.next()
+
+
+def address(n):
+    return "0x%040x" % n
 
 
 # ---------------------------------------------------------------------------
@@ -186,3 +191,81 @@ async def test_squatters_filling_the_cap_are_closed_and_the_cap_recovers(start_d
     assert not subscriber.closed.called
     for client in (subscriber, newcomer):
         await client.close()
+
+
+# ---------------------------------------------------------------------------
+# Caps on subscriptions.
+
+MANY = [("exact", t) for t in ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log")] + [
+    ("prefix", "explorer."), ("prefix", "explorer.b"), ("wildcard", "explorer."), ("wildcard", ".tx")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wamp_session_holds_at_most_8_subscriptions_and_stays(start_daemon):
+    daemon = await start_daemon()
+    session, _ = await raw_join(wamp_url(daemon))
+    ids = []
+    for i, (match, uri) in enumerate(MANY):
+        answer = await wamp_request(session, [SUBSCRIBE, i, {"match": match}, uri])
+        assert answer[:2] == [SUBSCRIBED, i]
+        ids.append(answer[2])
+    answer = await wamp_request(session, [SUBSCRIBE, 100, {"match": "prefix"}, "explorer.t"])
+    assert answer[:5] == [ERROR, SUBSCRIBE, 100, {}, "explorer.error.too_many_subscriptions"]
+    assert "holds 8 subscriptions" in answer[5][0] and "EXPLORERD_WAMP_MAX_SUBSCRIPTIONS" in answer[5][0]
+    # One it holds is not another: same id.  The session goes on.
+    assert await wamp_request(session, [SUBSCRIBE, 101, {}, "explorer.tx"]) == [SUBSCRIBED, 101, ids[1]]
+    assert await wamp_request(session, [CALL, 102, {}, "explorer.head", []]) == [RESULT, 102, {}, [None]]
+    assert await wamp_request(session, [UNSUBSCRIBE, 103, ids[0]]) == [UNSUBSCRIBED, 103]
+    assert (await wamp_request(session, [SUBSCRIBE, 104, {"match": "prefix"}, "explorer.t"]))[0] == SUBSCRIBED
+    assert metric(daemon, "explorer_wamp_subscriptions") == 8
+    assert metric(daemon, "explorer_wamp_errors_total", error="explorer.error.too_many_subscriptions") == 1
+    await session.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_of_wamp_patterns_stores_nothing_past_the_cap(start_daemon):
+    daemon = await start_daemon(wamp_max_subscriptions=2, message_rate=0)
+    session, _ = await raw_join(wamp_url(daemon))
+    for i in range(500):
+        match = ("prefix", "wildcard")[i % 2]
+        session.send_json([SUBSCRIBE, i, {"match": match}, f"explorer.x{i}" if i % 4 < 2 else "explorer."[:i % 9]])
+    answers = [await session.next() for _ in range(500)]
+    assert len({a[2] for a in answers if a[0] == SUBSCRIBED}) == 2
+    assert {a[4] for a in answers if a[0] == ERROR} <= {"explorer.error.no_such_topic",
+                                                        "explorer.error.too_many_subscriptions"}
+    assert metric(daemon, "explorer_wamp_subscriptions") <= 2
+    assert len(daemon.service.broker._subscriptions) <= 2
+    await session.close()
+
+
+# ---------------------------------------------------------------------------
+# Filters: their size is bounded.
+
+@pytest_twisted.ensureDeferred
+async def test_a_topic_position_holds_at_most_1000_alternatives(start_daemon):
+    daemon = await start_daemon(message_rate=0)
+    topics = ["0x%064x" % n for n in range(1001)]
+    client = await connect(daemon.url)
+    answer = await client.request({"action": "subscribe", "channels": ["logs"], "logs": {"topics": [topics]}})
+    assert answer["error"]["code"] == "invalid_message"
+    assert "at most 1000 alternatives, not 1001" in answer["error"]["message"]
+    answer = await client.request({"action": "subscribe", "channels": ["logs"], "logs": {"topics": [topics[:1000]]}})
+    assert answer == {"type": "subscribed", "channels": ["logs"], "logs": {"topics": 1}}
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_logs_filters_of_one_rpc_connection_hold_at_most_6000_entries(start_daemon):
+    daemon = await start_daemon(message_rate=0)
+    client = await connect(rpc_url(daemon))
+    big = {"address": [address(n) for n in range(1000)], "topics": [["0x%064x" % n for n in range(1000)]] * 4}
+    assert "result" in await ask(client, "eth_subscribe", ["logs", big], 1)  # 5,000 entries
+    small = {"address": [address(n) for n in range(1000)]}
+    answer = await ask(client, "eth_subscribe", ["logs", small], 2)
+    assert "result" in answer
+    answer = await ask(client, "eth_subscribe", ["logs", {"address": address(1)}], 3)
+    assert answer["error"]["code"] == -32005 and "6001 addresses and topics, at most 6000" in answer["error"]["message"]
+    assert (await ask(client, "eth_unsubscribe", [(await ask(client, "eth_subscribe", ["newHeads"], 4))["result"]],
+                      5))["result"] is True
+    await client.close()
+
