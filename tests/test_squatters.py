@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from explorerd.history import Entry
-from tests.chaindata import mainnet_run
+from tests.chaindata import mainnet_logs, mainnet_run
 from tests.clients import connect, drain, handshake_status, in_thread
 from tests.conftest import eventually
 from tests.metricvalues import sample
@@ -239,7 +239,45 @@ async def test_a_storm_of_wamp_patterns_stores_nothing_past_the_cap(start_daemon
 
 
 # ---------------------------------------------------------------------------
-# Filters: their size is bounded.
+# Filters: their size is bounded, and they are indexed once.
+
+@pytest_twisted.ensureDeferred
+async def test_changing_channels_keeps_a_clients_filters_and_only_a_new_filter_is_indexed_again(
+        start_daemon, monkeypatch):
+    daemon = await start_daemon(message_rate=0)
+    hub = daemon.hub
+    block = mainnet_run()[2]
+    logs = mainnet_logs()[block["hash"]]
+    tx = block["transactions"][0]
+    first, second = tx["from"].lower(), block["transactions"][1]["from"].lower()
+    emitter = logs[0]["address"].lower()
+    client = await connect(daemon.url)
+    await client.request({"action": "subscribe", "channels": ["newTxs", "logs"], "hashes_only": True,
+                          "filter": {"addresses": [first] + [address(n) for n in range(999)]},
+                          "logs": {"address": [emitter] + [address(n) for n in range(999)]}})
+    indexed = []
+    for name in ("_indexLogs", "_groupTxs"):
+        original = getattr(hub, name)
+        monkeypatch.setattr(hub, name, lambda c, original=original, name=name: indexed.append(name) or original(c))
+    for action in ("subscribe", "unsubscribe") * 3:
+        await client.request({"action": action, "channels": ["newBlocks"]})
+    assert indexed == [], "neither filter was indexed again"
+    hub.publish(Entry.fromNode(block, logs=logs))
+    got = await drain(client)
+    want_txs = [t["hash"].lower() for t in block["transactions"] if first in (t["from"].lower(), (t["to"] or "").lower())]
+    assert [m["data"]["hash"] for m in got if m["type"] == "newTx"] == want_txs
+    [got_logs] = [m["data"]["logs"] for m in got if m["type"] == "logs"]
+    assert {lg["address"] for lg in got_logs} == {emitter}
+
+    # A new filter replaces the old one in the index.
+    await client.request({"action": "subscribe", "channels": ["newTxs"], "hashes_only": True,
+                          "filter": {"addresses": [second]}})
+    assert indexed == ["_groupTxs"]
+    assert set(hub._by_address) == {second}
+    assert emitter in hub._logs_by_address and len(hub._logs_by_address) == 1000
+    await client.close()
+    assert hub._by_address == {} and hub._logs_by_address == {}
+
 
 @pytest_twisted.ensureDeferred
 async def test_a_topic_position_holds_at_most_1000_alternatives(start_daemon):
