@@ -52,8 +52,8 @@ subscribe deadline and slow-client policy; one closed as too slow is told
 the last block it was sent (L{IResumeHint}).  At most
 C{rpc_max_subscriptions} subscriptions a connection, their logs filters
 holding at most L{FILTER_ENTRIES} addresses and topics together (more is
-C{-32005}).  A request counts as use for the subscribe deadline, but for
-L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the
+C{-32005}); a filter costs messages of the budget as on C{/v1/stream}.  A
+request counts as use for the subscribe deadline, but for L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the
 same methods but subscriptions.
 """
 
@@ -260,9 +260,12 @@ class Session:
     calls in flight.
     """
 
-    def __init__(self, client=None, payForReplay=None):
+    def __init__(self, client=None, payForReplay=None, payForFilter=None):
         self.client = client
-        self.payForReplay = payForReplay  # (bytes) → whether the budget paid for a replay that size
+        # (bytes, tokens the filter took) → whether the budget paid for a replay that size
+        self.payForReplay = payForReplay
+        # (addresses and topics) → tokens taken besides the request's, or None: over the budget
+        self.payForFilter = payForFilter
         self.subscriptions = {} if client is not None else None
         self.after = []  # replays written right after the answers that announce them
         self.inflight = defer.DeferredSemaphore(PER_CONNECTION)
@@ -468,15 +471,21 @@ class RpcService:
         if kind == LOGS and not self.logsAvailable:
             raise RpcError(INVALID_PARAMS, "this server does not fetch logs (EXPLORERD_RECEIPTS=off): "
                                            "no logs subscriptions")
+        paid = 0
+        if log_filter is not None and session.payForFilter is not None:
+            # Charged as /v1/stream charges its filters, before any of the work.
+            paid = session.payForFilter(log_filter.size)
+            if paid is None:
+                raise RpcError(LIMIT_EXCEEDED, "too many messages: the filter is over the message budget")
         if since is None:
             return self._subscribeNow(session, kind, log_filter, None)
         # After a restart the live-tail gives the hub its history back before
         # it publishes anything: a resume waits for that, as on /v1/stream.
         restored = defer.Deferred()
         self.hub.whenResumable(lambda: restored.callback(None))
-        return restored.addCallback(lambda _: self._subscribeNow(session, kind, log_filter, since))
+        return restored.addCallback(lambda _: self._subscribeNow(session, kind, log_filter, since, paid))
 
-    def _subscribeNow(self, session, kind, log_filter, since):
+    def _subscribeNow(self, session, kind, log_filter, since, paid=0):
         if session.closed:
             raise RpcError(SERVER_ERROR, "the connection closed")
         if len(session.subscriptions) >= self.maxSubscriptions:
@@ -491,10 +500,10 @@ class RpcService:
                                                f"{FILTER_ENTRIES}: eth_unsubscribe one first")
         group = self.subscriptions.subscribe(session.subscriptions, session.client, kind, log_filter)
         if since is not None:
-            self._catchUp(session, group, since)
+            self._catchUp(session, group, since, paid)
         return group.id
 
-    def _catchUp(self, session, group, since):
+    def _catchUp(self, session, group, since, paid=0):
         """
         The C{since} extension: the subscription's notifications for every
         block after the one the client holds (the removed blocks' logs
@@ -513,7 +522,7 @@ class RpcService:
                            {"oldest": None if oldest is None else hex(oldest.height)})
         orphans = [o for o in (hub.history.orphan(r["hash"]) for r in removed) if o is not None]
         items = self.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
-        if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items)):
+        if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items), paid):
             self.subscriptions.unsubscribe(session.subscriptions, client, group.id)
             raise RpcError(LIMIT_EXCEEDED, "too many messages: the replay is over the message budget")
         session.after.append(lambda: hub.deliverBacklog(client, items))
@@ -646,7 +655,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
 
     def onOpen(self):
         client = self._explorer_client = self.factory.hub.attach(self, self._explorer_ip, "rpc")
-        self._explorer_session = Session(client, self._payForReplay)
+        self._explorer_session = Session(client, self._payForReplay, self._payForFilterOf)
         log.info("JSON-RPC client {client} connected from {peer}", client=client.id, peer=self._explorer_ip)
 
     def _leaveHub(self, reason):
@@ -687,9 +696,17 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
         for replay in after:
             replay()
 
-    def _payForReplay(self, size):
-        """A C{since} replay of C{size} bytes, charged as C{/v1/stream} charges its replays."""
-        return self._payForBytes(self._explorer_client, size, "a replay")
+    def _payForReplay(self, size, paid=0):
+        """
+        A C{since} replay of C{size} bytes, charged as C{/v1/stream} charges
+        its replays (with its filter's C{paid} tokens, at most a burst).
+        """
+        return self._payForBytes(self._explorer_client, size, "a replay",
+                                 cap=max(1, self.factory.messageBurst - paid))
+
+    def _payForFilterOf(self, entries):
+        """A logs filter of C{entries} addresses and topics, charged as C{/v1/stream} charges its filters."""
+        return self._payForFilter(self._explorer_client, entries)
 
     def resumeHint(self, client):
         """

@@ -1,8 +1,8 @@
 """
 Idle squatters and subscription abuse, as their clients and everyone else
 see them: the subscribe deadline (connections that hold no subscription
-are closed, and the connection cap recovers) and the caps on
-subscriptions.
+are closed, and the connection cap recovers), the caps on subscriptions,
+and subscribe filters charged to the message budget by their size.
 """
 
 import pytest_twisted
@@ -239,7 +239,53 @@ async def test_a_storm_of_wamp_patterns_stores_nothing_past_the_cap(start_daemon
 
 
 # ---------------------------------------------------------------------------
-# Filters: their size is bounded, and they are indexed once.
+# Filters charged by their size.
+
+WETH = "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2"
+TRANSFER = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_client_resubscribing_big_filters_in_a_loop_is_closed_by_the_budget(start_daemon):
+    daemon = await start_daemon()  # 20 messages a second, bursts of 60
+    addresses = [address(n) for n in range(1000)]
+    subscribe = {"action": "subscribe", "channels": ["newTxs", "logs"], "filter": {"addresses": addresses},
+                 "logs": {"address": addresses}}
+    client = await connect(daemon.url)
+    answer = await client.request(subscribe)
+    assert answer["type"] == "subscribed" and answer["filter"] == {"addresses": 1000}
+    client.send_json(subscribe)
+    code, reason = await client.closed
+    assert code == 1008
+    assert reason.startswith("too many messages: a filter of 2000 addresses and topics counts as 50")
+    assert metric(daemon, "explorer_websocket_errors_total", type="message_budget") == 1
+
+    # One such subscribe every 2.5 s goes on for ever.
+    steady = await connect(daemon.url)
+    for _ in range(5):
+        assert (await steady.request(subscribe))["type"] == "subscribed"
+        daemon.clock.advance(2.5)
+    await steady.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_big_filter_and_its_replay_cost_at_most_a_burst_together(start_daemon):
+    daemon = await start_daemon()
+    logs = mainnet_logs()
+    blocks = [Entry.fromNode(b, logs=logs.get(b["hash"], [])) for b in mainnet_run()]
+    for entry in blocks:
+        daemon.hub.publish(entry)
+    # 2,000 entries: 50 messages; every transaction of six blocks: more than 10 x 64 KiB.
+    flt = {"address": [WETH] + [address(n) for n in range(999)], "topics": [[TRANSFER] + ["0x%064x" % n
+                                                                                          for n in range(999)]]}
+    assert daemon.hub.history.replay_size(blocks[0].height, False, "plain", True) > 10 * 64 * 1024
+    client = await connect(daemon.url)
+    answer = await client.request({"action": "subscribe", "channels": ["newTxs", "logs"], "logs": flt,
+                                   "since": {"height": blocks[0].height, "hash": blocks[0].hash}})
+    assert answer["type"] == "subscribed" and answer["replayed"] == 6
+    got = [await client.next() for _ in range(sum(e.tx_count for e in blocks[1:]))]
+    assert all(m["type"] in ("newTx", "logs") for m in got)
+    await client.close()
+
 
 @pytest_twisted.ensureDeferred
 async def test_changing_channels_keeps_a_clients_filters_and_only_a_new_filter_is_indexed_again(
@@ -290,6 +336,18 @@ async def test_a_topic_position_holds_at_most_1000_alternatives(start_daemon):
     answer = await client.request({"action": "subscribe", "channels": ["logs"], "logs": {"topics": [topics[:1000]]}})
     assert answer == {"type": "subscribed", "channels": ["logs"], "logs": {"topics": 1}}
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_logs_filters_are_charged_as_on_the_stream(start_daemon):
+    daemon = await start_daemon()
+    client = await connect(rpc_url(daemon))
+    flt = {"address": [address(n) for n in range(1000)]}
+    for i in range(2):  # 25 messages each: a fresh connection's burst pays for two
+        assert "result" in await ask(client, "eth_subscribe", ["logs", flt], i)
+    client.send_json({"jsonrpc": "2.0", "id": 3, "method": "eth_subscribe", "params": ["logs", flt]})
+    code, reason = await client.closed
+    assert code == 1008 and reason.startswith("too many messages: a filter of 1000 addresses and topics counts as 25")
 
 
 @pytest_twisted.ensureDeferred
