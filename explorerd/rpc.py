@@ -10,7 +10,7 @@ notification (no C{id}) gets no answer.  Errors::
     -32700  invalid JSON (id null)          -32600  invalid request, empty or too large batch
     -32601  method not served               -32602  bad params, unsupported subscription
     -32000  the node failed or timed out (a node's own error codes pass through)
-    -32005  a limit: too many subscriptions, a replay over the message budget
+    -32005  a limit: too many subscriptions or calls waiting, a replay over the budget
 
 Answered here:
 
@@ -33,7 +33,8 @@ Answered here:
 Forwarded to the node: the read-only methods of C{EXPLORERD_RPC_FORWARD},
 through a concurrency limit of their own
 (C{EXPLORERD_RPC_FORWARD_CONCURRENCY}, apart from the live-tail's calls)
-and at most L{PER_CONNECTION} a connection, more waiting in order.  With
+and at most L{PER_CONNECTION} a connection, more waiting in order (up to
+C{rpc_batch_max}, a whole batch; more are C{-32005}).  With
 C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is C{latest} or
 absent becomes the block explorerd last announced (EIP-1898
 C{{"blockHash": …}}, or its number where a method takes only a number), so
@@ -382,6 +383,11 @@ class RpcService:
         if upstream is None:
             raise RpcError(METHOD_NOT_FOUND, f"the method {method} is not available: this server has no node "
                                              "to ask (an edge without --rpc-url)")
+        if len(session.inflight.waiting) >= self.batchMax:
+            # Else a connection calling faster than the node answers queues
+            # calls (and their params) without end, all still to be sent.
+            raise RpcError(LIMIT_EXCEEDED, f"too many calls to the node from this connection: {PER_CONNECTION} in "
+                                           f"flight and {self.batchMax} waiting; wait for their answers")
         return session.inflight.run(self._forwardNow, session, upstream, method, params)
 
     @staticmethod

@@ -351,6 +351,34 @@ async def test_rpc_logs_filters_are_charged_as_on_the_stream(start_daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_calls_to_the_node_wait_at_most_a_batch_per_connection(start_daemon):
+    from tests.test_rpc import HeldNode
+
+    node = await HeldNode().start()
+    try:
+        daemon = await start_daemon(rpc_url=node.url, rpc_pin_latest=False, message_rate=0)
+        client = await connect(rpc_url(daemon))
+        for i in range(117):  # 16 at the node, 100 waiting, and one more
+            client.send_json({"jsonrpc": "2.0", "id": i, "method": "eth_getCode", "params": [address(i), "0x1"]})
+        refused = await client.next()
+        assert refused["id"] == 116 and refused["error"]["code"] == -32005
+        assert refused["error"]["message"].startswith("too many calls to the node from this connection: 16 in "
+                                                      "flight and 100 waiting")
+        other = await connect(rpc_url(daemon))  # another connection's calls are not refused
+        other.send_json({"jsonrpc": "2.0", "id": "other", "method": "eth_getCode", "params": [address(1), "0x1"]})
+        while len(client.received) < 117 or not other.received:
+            node.release()
+            await eventually(lambda: node.held or (len(client.received) == 117 and other.received),
+                             what="the next calls to reach the node")
+        assert sorted(a["id"] for a in client.received[1:]) == list(range(116))
+        assert other.received == [{"jsonrpc": "2.0", "id": "other", "result": address(1)}]
+        await client.close()
+        await other.close()
+    finally:
+        await node.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_logs_filters_of_one_rpc_connection_hold_at_most_6000_entries(start_daemon):
     daemon = await start_daemon(message_rate=0)
     client = await connect(rpc_url(daemon))
