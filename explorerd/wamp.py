@@ -64,8 +64,10 @@ shutdown every session gets GOODBYE C{wamp.close.system_shutdown}, then the
 hub's 1001 close.
 
 Delivery.  WAMP clients are hub clients: admission (origin 403, per-IP rate
-limit 429, the shared connection cap 503), the ping sweep, and the slow-client
-policy (send queue, write deadline, close 1008) are the raw stream's.  Every
+limit 429, the shared connection cap 503), the ping sweep, the subscribe
+deadline (a session that holds no subscription and makes no CALL for
+C{subscribe_timeout} is closed 1008) and the slow-client policy (send
+queue, write deadline, close 1008) are the raw stream's.  Every
 message to a client goes through C{hub.deliver}, so replies and events keep
 their order.  An event is one C{Event} per (publication, subscription),
 serialized and framed once per wire format in use, and the same bytes go to
