@@ -351,6 +351,13 @@ SETTINGS = (
             parse_duration, 0.01,
             "A connection that has not sent a complete HTTP request (or upgrade) in this time "
             "from connecting is dropped, however slowly it keeps sending."),
+    Setting("subscribe_timeout", "WEBSOCKET_SUBSCRIBE_TIMEOUT", "subscribe-timeout", "30s",
+            parse_duration, 0,
+            "A WebSocket (`/v1/stream`, `/v1/wamp`, `/v1/rpc`) that holds no subscription for this long "
+            "is closed with 1008, reason `no subscription within 30s`: counted from connecting, from "
+            "its last request (a WAMP CALL, a JSON-RPC method other than `net_version`, `eth_chainId` "
+            "and `web3_clientVersion`) and from giving up its last subscription. Pings, the client's "
+            "or ours, do not count. 0 turns it off."),
     Setting("shutdown_timeout", "WEBSOCKET_SHUTDOWN_TIMEOUT", "shutdown-timeout", "5s",
             parse_duration, 0,
             "On SIGTERM, how long to wait for clients to answer the 1001 close before exiting."),
@@ -419,6 +426,10 @@ SETTINGS = (
             "`on`: a forwarded call whose block is `latest` (or absent) reads the block explorerd last "
             "announced (EIP-1898 `{\"blockHash\": ...}`), so a client reacting to `newHeads` reads that "
             "block's state; `off`: as sent."),
+    Setting("rpc_max_subscriptions", "EXPLORERD_RPC_MAX_SUBSCRIPTIONS", "rpc-max-subscriptions", "64",
+            parse_int, 1,
+            "Most `eth_subscribe` subscriptions one `/v1/rpc` connection may hold; one more is answered "
+            "-32005 and the connection stays."),
     Setting("rpc_getlogs_range", "EXPLORERD_RPC_GETLOGS_RANGE", "rpc-getlogs-range", "1000",
             parse_int, 1,
             "Most blocks one forwarded `eth_getLogs` may span; a wider range is answered -32602."),
@@ -459,6 +470,13 @@ SETTINGS = (
             parse_uri, None,
             "Realm of the WAMP broker at `/v1/wamp`; a HELLO for another realm gets ABORT "
             "`wamp.error.no_such_realm`."),
+    Setting("wamp_max_subscriptions", "EXPLORERD_WAMP_MAX_SUBSCRIPTIONS", "wamp-max-subscriptions", "8",
+            parse_int, 1,
+            "Most subscriptions one `/v1/wamp` session may hold (exact, prefix and wildcard together; "
+            "subscribing again to one it holds is free); one more gets ERROR "
+            "`explorer.error.too_many_subscriptions` and the session stays. A session gets an event once "
+            "per subscription that matches it, so this also bounds how many copies of a topic's events "
+            "one session can ask for."),
     Setting("wamp_router", "EXPLORERD_WAMP_ROUTER", "wamp-router", "",
             parse_ws_url, None,
             "A WAMP router (Crossbar.io) to join as a client, e.g. `ws://127.0.0.1:8088/ws`. With "

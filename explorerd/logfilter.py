@@ -3,16 +3,17 @@ A C{logs} subscription's filter: the filter object of C{eth_getLogs} and
 C{eth_subscribe("logs")}, with geth's semantics.
 
 C{address} is one address or a list of them (any of them matches; none
-given, any address).  C{topics} is positional: each position is C{null}
-(any topic), one topic, or a list of alternatives; a filter with k
-positions, trailing C{null}s included, matches only logs with at least k
-topics.
+given, any address; at most 1,000).  C{topics} is positional: each position
+is C{null} (any topic), one topic, or a list of alternatives (at most
+1,000, as geth allows); a filter with k positions, trailing C{null}s
+included, matches only logs with at least k topics.
 """
 
 from explorerd import events
 
 MAX_ADDRESSES = 1000
 MAX_TOPICS = 4
+MAX_ALTERNATIVES = 1000  # per topic position, as geth (maxSubTopics)
 
 
 class LogFilter:
@@ -34,6 +35,11 @@ class LogFilter:
     def everything(self):
         """Whether every log matches (clients that take every log share one frame)."""
         return self.addresses is None and not self.topics
+
+    @property
+    def size(self):
+        """Addresses and topics held: what checking and indexing the filter costs grows with it."""
+        return len(self.addresses or ()) + sum(len(t) for t in self.topics if t is not None)
 
     @property
     def first(self):
@@ -91,6 +97,9 @@ class LogFilter:
             alternatives = [position] if isinstance(position, str) else position
             if not isinstance(alternatives, list):
                 raise ValueError("each topic position must be null, a topic or a list of topics")
+            if len(alternatives) > MAX_ALTERNATIVES:
+                raise ValueError(f"a topic position holds at most {MAX_ALTERNATIVES} alternatives, "
+                                 f"not {len(alternatives)}")
             if not alternatives:
                 topics.append(None)  # geth: an empty list is any topic
                 continue

@@ -10,6 +10,7 @@ notification (no C{id}) gets no answer.  Errors::
     -32700  invalid JSON (id null)          -32600  invalid request, empty or too large batch
     -32601  method not served               -32602  bad params, unsupported subscription
     -32000  the node failed or timed out (a node's own error codes pass through)
+    -32005  a limit: too many subscriptions or calls waiting, a replay over the budget
 
 Answered here:
 
@@ -32,7 +33,8 @@ Answered here:
 Forwarded to the node: the read-only methods of C{EXPLORERD_RPC_FORWARD},
 through a concurrency limit of their own
 (C{EXPLORERD_RPC_FORWARD_CONCURRENCY}, apart from the live-tail's calls)
-and at most L{PER_CONNECTION} a connection, more waiting in order.  With
+and at most L{PER_CONNECTION} a connection, more waiting in order (up to
+C{rpc_batch_max}, a whole batch; more are C{-32005}).  With
 C{EXPLORERD_RPC_PIN_LATEST} on, a block parameter that is C{latest} or
 absent becomes the block explorerd last announced (EIP-1898
 C{{"blockHash": …}}, or its number where a method takes only a number), so
@@ -46,11 +48,14 @@ C{eth_sign*}, C{eth_sendTransaction}, C{eth_accounts}) and any other method
 is answered C{-32601} and never reaches the node.
 
 A WebSocket connection is a hub client like any other: the same admission,
-caps, message budget (each request of a batch costs one message), pings
-and slow-client policy; one closed as too slow is told the last block it
-was sent (L{IResumeHint}).  At most L{MAX_SUBSCRIPTIONS} subscriptions a
-connection.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the same
-methods but subscriptions.
+caps, message budget (each request of a batch costs one message), pings,
+subscribe deadline and slow-client policy; one closed as too slow is told
+the last block it was sent (L{IResumeHint}).  At most
+C{rpc_max_subscriptions} subscriptions a connection, their logs filters
+holding at most L{FILTER_ENTRIES} addresses and topics together (more is
+C{-32005}); a filter costs messages of the budget as on C{/v1/stream}.  A
+request counts as use for the subscribe deadline, but for L{KEEPALIVES}.  HTTP C{POST} (L{explorerd.web.RpcResource}) answers the
+same methods but subscriptions.
 """
 
 import json
@@ -76,10 +81,17 @@ from explorerd.rpcsubs import LOGS, NEW_HEADS, RpcSubscriptions, nodeHeader
 from explorerd.stream import apply_limits
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
-SERVER_ERROR = -32000
+SERVER_ERROR, LIMIT_EXCEEDED = -32000, -32005
 
-MAX_SUBSCRIPTIONS = 64  # per connection
 PER_CONNECTION = 16  # forwarded calls in flight per connection
+# Addresses and topics the logs filters of one connection's subscriptions
+# hold together: what one /v1/stream connection can hold at most (1,000
+# addresses for newTxs, a logs filter of 1,000 and 4 x 1,000 topics), some
+# 1.3 MiB of indexes, not 64 times that.
+FILTER_ENTRIES = 6000
+# What libraries send to keep a connection alive (viem's keepAlive asks
+# net_version): like pings, they do not start the subscribe deadline again.
+KEEPALIVES = frozenset(("net_version", "eth_chainId", "web3_clientVersion"))
 CLIENT_VERSION = f"explorerd/v{__version__}"
 
 # Where each forwarded method takes its block: (index, EIP-1898 hash allowed?).
@@ -249,9 +261,12 @@ class Session:
     calls in flight.
     """
 
-    def __init__(self, client=None, payForReplay=None):
+    def __init__(self, client=None, payForReplay=None, payForFilter=None):
         self.client = client
-        self.payForReplay = payForReplay  # (bytes) → whether the budget paid for a replay that size
+        # (bytes, tokens the filter took) → whether the budget paid for a replay that size
+        self.payForReplay = payForReplay
+        # (addresses and topics) → tokens taken besides the request's, or None: over the budget
+        self.payForFilter = payForFilter
         self.subscriptions = {} if client is not None else None
         self.after = []  # replays written right after the answers that announce them
         self.inflight = defer.DeferredSemaphore(PER_CONNECTION)
@@ -275,6 +290,7 @@ class RpcService:
         self.batchMax = config.rpc_batch_max
         self.pinLatest = config.rpc_pin_latest
         self.getLogsRange = config.rpc_getlogs_range
+        self.maxSubscriptions = config.rpc_max_subscriptions
         self.logsAvailable = config.source == "wamp" or config.receipts != "off"
 
     def parse(self, payload):
@@ -329,6 +345,8 @@ class RpcService:
         method, params = request["method"], request.get("params", [])
         label = method if method in self._methods or method in self.forwarded else "other"
         notification = "id" not in request
+        if session.client is not None and label != "other" and method not in KEEPALIVES:
+            self.hub.madeRequest(session.client)
 
         def answered(result):
             metrics.labels(label, "ok").inc()
@@ -365,6 +383,11 @@ class RpcService:
         if upstream is None:
             raise RpcError(METHOD_NOT_FOUND, f"the method {method} is not available: this server has no node "
                                              "to ask (an edge without --rpc-url)")
+        if len(session.inflight.waiting) >= self.batchMax:
+            # Else a connection calling faster than the node answers queues
+            # calls (and their params) without end, all still to be sent.
+            raise RpcError(LIMIT_EXCEEDED, f"too many calls to the node from this connection: {PER_CONNECTION} in "
+                                           f"flight and {self.batchMax} waiting; wait for their answers")
         return session.inflight.run(self._forwardNow, session, upstream, method, params)
 
     @staticmethod
@@ -454,25 +477,39 @@ class RpcService:
         if kind == LOGS and not self.logsAvailable:
             raise RpcError(INVALID_PARAMS, "this server does not fetch logs (EXPLORERD_RECEIPTS=off): "
                                            "no logs subscriptions")
+        paid = 0
+        if log_filter is not None and session.payForFilter is not None:
+            # Charged as /v1/stream charges its filters, before any of the work.
+            paid = session.payForFilter(log_filter.size)
+            if paid is None:
+                raise RpcError(LIMIT_EXCEEDED, "too many messages: the filter is over the message budget")
         if since is None:
             return self._subscribeNow(session, kind, log_filter, None)
         # After a restart the live-tail gives the hub its history back before
         # it publishes anything: a resume waits for that, as on /v1/stream.
         restored = defer.Deferred()
         self.hub.whenResumable(lambda: restored.callback(None))
-        return restored.addCallback(lambda _: self._subscribeNow(session, kind, log_filter, since))
+        return restored.addCallback(lambda _: self._subscribeNow(session, kind, log_filter, since, paid))
 
-    def _subscribeNow(self, session, kind, log_filter, since):
+    def _subscribeNow(self, session, kind, log_filter, since, paid=0):
         if session.closed:
             raise RpcError(SERVER_ERROR, "the connection closed")
-        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise RpcError(INVALID_PARAMS, f"too many subscriptions on this connection (at most {MAX_SUBSCRIPTIONS})")
+        if len(session.subscriptions) >= self.maxSubscriptions:
+            raise RpcError(LIMIT_EXCEEDED, f"too many subscriptions on this connection (at most "
+                                           f"{self.maxSubscriptions}, EXPLORERD_RPC_MAX_SUBSCRIPTIONS): "
+                                           "eth_unsubscribe one first")
+        if log_filter is not None:
+            held = sum(g.log_filter.size for g in session.subscriptions.values() if g.log_filter is not None)
+            if held + log_filter.size > FILTER_ENTRIES:
+                raise RpcError(LIMIT_EXCEEDED, f"the filters of this connection's subscriptions would hold "
+                                               f"{held + log_filter.size} addresses and topics, at most "
+                                               f"{FILTER_ENTRIES}: eth_unsubscribe one first")
         group = self.subscriptions.subscribe(session.subscriptions, session.client, kind, log_filter)
         if since is not None:
-            self._catchUp(session, group, since)
+            self._catchUp(session, group, since, paid)
         return group.id
 
-    def _catchUp(self, session, group, since):
+    def _catchUp(self, session, group, since, paid=0):
         """
         The C{since} extension: the subscription's notifications for every
         block after the one the client holds (the removed blocks' logs
@@ -491,9 +528,9 @@ class RpcService:
                            {"oldest": None if oldest is None else hex(oldest.height)})
         orphans = [o for o in (hub.history.orphan(r["hash"]) for r in removed) if o is not None]
         items = self.subscriptions.replayItems(group, hub.history.after(ancestor["height"]), orphans)
-        if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items)):
+        if session.payForReplay is not None and not session.payForReplay(sum(len(p) for p, _ in items), paid):
             self.subscriptions.unsubscribe(session.subscriptions, client, group.id)
-            raise RpcError(-32005, "too many messages: the replay is over the message budget")
+            raise RpcError(LIMIT_EXCEEDED, "too many messages: the replay is over the message budget")
         session.after.append(lambda: hub.deliverBacklog(client, items))
 
     def _unsubscribe(self, params, session):
@@ -624,7 +661,7 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
 
     def onOpen(self):
         client = self._explorer_client = self.factory.hub.attach(self, self._explorer_ip, "rpc")
-        self._explorer_session = Session(client, self._payForReplay)
+        self._explorer_session = Session(client, self._payForReplay, self._payForFilterOf)
         log.info("JSON-RPC client {client} connected from {peer}", client=client.id, peer=self._explorer_ip)
 
     def _leaveHub(self, reason):
@@ -665,9 +702,17 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
         for replay in after:
             replay()
 
-    def _payForReplay(self, size):
-        """A C{since} replay of C{size} bytes, charged as C{/v1/stream} charges its replays."""
-        return self._payForBytes(self._explorer_client, size, "a replay")
+    def _payForReplay(self, size, paid=0):
+        """
+        A C{since} replay of C{size} bytes, charged as C{/v1/stream} charges
+        its replays (with its filter's C{paid} tokens, at most a burst).
+        """
+        return self._payForBytes(self._explorer_client, size, "a replay",
+                                 cap=max(1, self.factory.messageBurst - paid))
+
+    def _payForFilterOf(self, entries):
+        """A logs filter of C{entries} addresses and topics, charged as C{/v1/stream} charges its filters."""
+        return self._payForFilter(self._explorer_client, entries)
 
     def resumeHint(self, client):
         """

@@ -168,6 +168,7 @@ class RpcSubscriptions:
         group.clients[client] = None
         held[group.id] = group
         self._count(kind, 1)
+        self.hub.holdsSubscriptions(client, True)
         return group
 
     def unsubscribe(self, held, client, subscription_id):
@@ -179,6 +180,8 @@ class RpcSubscriptions:
         if self._announced is not None and group in self._announced[1]:
             self._announced[1][group][1].discard(client)  # subscribing again: sent again
         self._count(group.kind, -1)
+        if not held:
+            self.hub.holdsSubscriptions(client, False)
         if not group.clients:
             del self._groups[(group.kind, group.key, group.n)]
             if group.kind == NEW_HEADS:

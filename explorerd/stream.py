@@ -52,12 +52,17 @@ reading) or over the message budget, 1009 message too big, 1007 invalid UTF-8.
 
 The message budget is a token bucket per connection (C{message_rate} a
 second, bursts of C{message_burst}).  A message costs one token; a
-subscribe with C{since} costs one per L{BYTES_PER_MESSAGE} of frames
-its replay writes (the subscribe itself included, at least one), at most
-the whole burst, so that one full replay on a fresh connection always goes
+subscribe with filters costs one per L{FILTER_ENTRIES_PER_MESSAGE}
+addresses and topics in them, and one with C{since} one per
+L{BYTES_PER_MESSAGE} of frames its replay writes (the subscribe itself
+included, at least one), filters and replay together at most the whole
+burst, so that one full subscribe on a fresh connection always goes
 through while a loop of them is closed like any flood.  The cost is known
-before anything is sent (L{History.replay_size}); a replay the budget
-cannot pay is not sent.
+before anything is applied or sent (L{History.replay_size}); a filter or
+replay the budget cannot pay is not applied or sent.
+
+Close codes also: 1008 C{no subscription within …s} for a connection that
+held no subscription for C{subscribe_timeout} (L{explorerd.idle}).
 """
 
 import json
@@ -177,7 +182,9 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
                 return self._error(client, "invalid_message",
                                    '"since" must be {"height": <block number>, "hash": "0x<64 hex digits>"}')
             # After a restart the live-tail gives the hub its history back
-            # before it publishes anything: a resume waits for that.
+            # before it publishes anything: a resume waits for that (its
+            # subscribe deadline starting again meanwhile).
+            hub.madeRequest(client)
             return hub.whenResumable(lambda: self._subscribeNow(hub, client, message, since))
         self._subscribeNow(hub, client, message, None)
 
@@ -193,6 +200,11 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
                 log_filter = LogFilter.parse(message["logs"])
             except ValueError as e:
                 return self._error(client, "invalid_message", str(e))
+        entries = (len(options.addresses) if options is not None and options.addresses else 0) + \
+            (log_filter.size if log_filter is not None else 0)
+        paid = self._payForFilter(client, entries)
+        if paid is None:
+            return
         channels = self._changeChannels(hub, client, message, "subscribed", options, log_filter)
         if channels is None:
             return
@@ -210,7 +222,7 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         history = hub.history
         status, known, _ = history.resume(since["height"], since["hash"])
         if status == "ok":
-            if not self._payForReplay(hub, client, known["height"]):
+            if not self._payForReplay(hub, client, known["height"], paid):
                 return
             if hub.replay(client, since, announce) is not None:
                 return
@@ -227,16 +239,18 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
                     oldest_height=None if oldest is None else oldest.height)
         announce(0)
 
-    def _payForReplay(self, hub, client, height):
+    def _payForReplay(self, hub, client, height, paid=0):
         """
         Charge a replay of everything above C{height} to the client's
         budget, before any of it is written (the hub writes it in this same
         reactor turn); close the client instead if the budget cannot pay.
+        The subscribe's filter and its replay together cost at most a
+        burst (C{paid}: what the filter took besides the subscribe's token).
         """
         blocks = "newBlocks" in client.channels
         mode = client.tx_options.mode if "newTxs" in client.channels else None
         size = hub.history.replay_size(height, blocks, mode, "logs" in client.channels)
-        return self._payForBytes(client, size, "a replay")
+        return self._payForBytes(client, size, "a replay", cap=max(1, self.factory.messageBurst - paid))
 
     def _unsubscribe(self, hub, client, message):
         for key in ("since", "batch", "filter", "hashes_only", "input", "logs"):

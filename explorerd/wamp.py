@@ -21,7 +21,11 @@ Subscriptions match C{exact} (the default), C{prefix} (C{"explorer."} gets all
 four) or C{wildcard} (C{"explorer."} components, empty ones match any);
 events of a prefix or wildcard subscription carry C{details.topic}.  A
 subscription that can match none of the topics gets ERROR
-C{explorer.error.no_such_topic}.
+C{explorer.error.no_such_topic}.  A session holds at most
+C{wamp_max_subscriptions} (one more gets ERROR
+C{explorer.error.too_many_subscriptions}); it gets an event once per
+subscription that matches it.  The realm has 39 subscriptions that match
+a topic (4 exact, 25 prefixes, 10 wildcards); nothing else is stored.
 
 Procedures::
 
@@ -60,8 +64,10 @@ shutdown every session gets GOODBYE C{wamp.close.system_shutdown}, then the
 hub's 1001 close.
 
 Delivery.  WAMP clients are hub clients: admission (origin 403, per-IP rate
-limit 429, the shared connection cap 503), the ping sweep, and the slow-client
-policy (send queue, write deadline, close 1008) are the raw stream's.  Every
+limit 429, the shared connection cap 503), the ping sweep, the subscribe
+deadline (a session that holds no subscription and makes no CALL for
+C{subscribe_timeout} is closed 1008) and the slow-client policy (send
+queue, write deadline, close 1008) are the raw stream's.  Every
 message to a client goes through C{hub.deliver}, so replies and events keep
 their order.  An event is one C{Event} per (publication, subscription),
 serialized and framed once per wire format in use, and the same bytes go to
@@ -97,6 +103,7 @@ MAX_BLOCKS_SINCE = 32
 
 HISTORY_UNAVAILABLE = "explorer.error.history_unavailable"
 NO_SUCH_TOPIC = "explorer.error.no_such_topic"
+TOO_MANY_SUBSCRIPTIONS = "explorer.error.too_many_subscriptions"
 PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
 NOT_AUTHORIZED = "wamp.error.not_authorized"
 SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
@@ -282,6 +289,7 @@ class Broker(Service):
                          for s in self.serializers}
         self.metrics = WampMetrics(registry)
         self.procedures = Procedures(hub.history)
+        self.maxSubscriptions = hub.config.wamp_max_subscriptions
         self._sessions = {}
         self._subscriptions = {}  # (match, uri) → Subscription
         self._by_id = {}
@@ -309,24 +317,35 @@ class Broker(Service):
             self.metrics.sessions.set(len(self._sessions))
 
     def subscribe(self, session, match, uri):
-        """The L{Subscription} for (match, uri), with C{session} in it; None if it can match no topic."""
+        """
+        The L{Subscription} for (match, uri), with C{session} in it; None if
+        it can match no topic; L{ApplicationError} when the session already
+        holds as many as it may (and this is not one of them).
+        """
         key = (match, uri)
         sub = self._subscriptions.get(key)
+        if sub is not None and sub.id in session.subscriptions:
+            return sub
+        topics = sub.topics if sub is not None else tuple(t for t in TOPICS if _matches(match, uri, t))
+        if not topics:
+            return None
+        if len(session.subscriptions) >= self.maxSubscriptions:
+            raise ApplicationError(
+                TOO_MANY_SUBSCRIPTIONS,
+                f"this session holds {len(session.subscriptions)} subscriptions, the most it may "
+                "(EXPLORERD_WAMP_MAX_SUBSCRIPTIONS); unsubscribe one first")
         if sub is None:
-            topics = tuple(t for t in TOPICS if _matches(match, uri, t))
-            if not topics:
-                return None
             sub = Subscription(next(self._ids), match, uri, topics)
             self._subscriptions[key] = sub
             self._by_id[sub.id] = sub
             for topic in topics:
                 self._by_topic[topic].append(sub)
-        if sub.id not in session.subscriptions:
-            session.subscriptions[sub.id] = sub
-            sub.groups.setdefault(session.serializer_id, {})[session.client] = None
-            sub.count += 1
-            self._held += 1
-            self.metrics.subscriptions.set(self._held)
+        session.subscriptions[sub.id] = sub
+        sub.groups.setdefault(session.serializer_id, {})[session.client] = None
+        sub.count += 1
+        self._held += 1
+        self.metrics.subscriptions.set(self._held)
+        self.hub.holdsSubscriptions(session.client, True)
         return sub
 
     def unsubscribe(self, session, sub):
@@ -340,6 +359,8 @@ class Broker(Service):
         sub.count -= 1
         self._held -= 1
         self.metrics.subscriptions.set(self._held)
+        if not session.subscriptions:
+            self.hub.holdsSubscriptions(session.client, False)
         if sub.count == 0:
             del self._subscriptions[(sub.match, sub.uri)]
             del self._by_id[sub.id]
@@ -519,7 +540,10 @@ class BrokerSession:
         if match not in ("exact", "prefix", "wildcard"):
             return self._error(message.Subscribe.MESSAGE_TYPE, msg.request, "wamp.error.invalid_argument",
                                f"unknown match policy {match!r}; use exact, prefix or wildcard")
-        sub = self.broker.subscribe(self, match, msg.topic)
+        try:
+            sub = self.broker.subscribe(self, match, msg.topic)
+        except ApplicationError as e:
+            return self._error(message.Subscribe.MESSAGE_TYPE, msg.request, e.error, *e.args)
         if sub is None:
             return self._error(message.Subscribe.MESSAGE_TYPE, msg.request, NO_SUCH_TOPIC,
                                f"{match} {str(msg.topic)[:100]!r} matches no topic; topics are "
@@ -554,6 +578,8 @@ class BrokerSession:
     def _call(self, msg):
         metrics = self.broker.metrics
         procedure = msg.procedure if msg.procedure in PROCEDURES else "other"
+        if procedure != "other":
+            self.broker.hub.madeRequest(self.client)
         try:
             result = self.broker.procedures.call(msg.procedure, msg.args, msg.kwargs)
         except ApplicationError as e:

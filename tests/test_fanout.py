@@ -166,6 +166,8 @@ async def test_one_sweep_pings_everyone_and_drops_the_silent(start_daemon):
     daemon = await start_daemon(ping_interval=30, pong_timeout=60)
     lively = await connect(daemon.url)
     silent = await connect(daemon.url, answer_pings=False)
+    for client in (lively, silent):  # subscribers: one that holds nothing is closed at 30 s
+        await client.request({"action": "subscribe", "channels": ["newBlocks"]})
     for t in (1, 2):
         daemon.clock.advance(30)
         await eventually(lambda: lively.pings == t and silent.pings == t, what=f"ping round {t}")

@@ -898,7 +898,23 @@ async def test_a_connection_holds_at_most_64_subscriptions(start_daemon):
                       for i in range(65)])
     answers = sorted(await client.next(), key=lambda a: a["id"])
     assert len({a["result"] for a in answers[:64]}) == 64
-    assert answers[64]["error"]["code"] == -32602 and "at most 64" in answers[64]["error"]["message"]
+    error = answers[64]["error"]
+    assert error["code"] == -32005 and "at most 64, EXPLORERD_RPC_MAX_SUBSCRIPTIONS" in error["message"]
+    # The connection stays; a subscription given up makes room for another.
+    assert (await ask(client, "eth_unsubscribe", [answers[0]["result"]], 70))["result"] is True
+    assert "result" in await ask(client, "eth_subscribe", ["logs", {}], 71)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_subscriptions_a_connection_may_hold_are_a_setting(start_daemon):
+    daemon = await start_daemon(rpc_max_subscriptions=2)
+    client = await rpc_client(daemon)
+    assert "result" in await ask(client, "eth_subscribe", ["newHeads"], 1)
+    assert "result" in await ask(client, "eth_subscribe", ["logs", {}], 2)
+    answer = await ask(client, "eth_subscribe", ["newHeads"], 3)
+    assert answer["error"]["code"] == -32005 and "at most 2" in answer["error"]["message"]
+    assert (await ask(client, "web3_clientVersion", [], 4))["result"].startswith("explorerd/"), "the connection stays"
     await client.close()
 
 

@@ -728,6 +728,9 @@ async def test_the_sweep_pings_wamp_clients_and_drops_the_silent(start_daemon):
     silent.send_json([HELLO, "explorer", {"roles": {"subscriber": {}}}])
     assert (await silent.next())[0] == WELCOME
     assert daemon.service.broker.sessionCount == 2
+    for client in (lively, silent):  # subscribers: a session that holds nothing is closed at 30 s
+        client.send_json([SUBSCRIBE, 1, {}, "explorer.block"])
+        assert (await client.next())[0] == SUBSCRIBED
     for t in (1, 2, 3):
         daemon.clock.advance(30)
         if t < 3:
