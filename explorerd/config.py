@@ -205,15 +205,6 @@ def parse_chain_id(text) -> int:
     return value
 
 
-def parse_switch(text) -> bool:
-    text = str(text).strip().lower()
-    if text in ("on", "true", "yes", "1"):
-        return True
-    if text in ("off", "false", "no", "0"):
-        return False
-    raise ValueError("expected on or off")
-
-
 _ENDPOINT_EXAMPLE = "a Twisted endpoint string such as tcp:8080:interface=127.0.0.1"
 
 
