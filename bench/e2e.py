@@ -58,7 +58,7 @@ from run import BenchError, Proc
 MODES = run.FULL["e2e"]["servers"]
 PROTOCOL = {"node-direct": "eth-subscribe", "explorerd-http": "eth-subscribe",
             "explorerd-push": "eth-subscribe", "node-direct-fetch": "eth-subscribe-fetch"}
-STAGES = ("fetch", "check", "publish")
+STAGES = ("announce", "fetch", "check", "publish")
 STAGE_METRIC = "explorer_tail_block_stage_seconds"
 CALLS_METRIC = "explorer_tail_rpc_calls_total"
 POLLS_METRIC = "explorer_tail_polls_started_total"
@@ -715,7 +715,10 @@ def stages_table(rows, ns, modes, meta):
     out = [f"Where explorerd's part of the latency goes (`{STAGE_METRIC}` from half a slot after the last warm-up "
            "block to the last delivery, i.e. the measured blocks: *fetch* = "
            "trigger (the node's newHeads notification, or the poll's start) → block and receipts decoded; *check* = "
-           "validation and frame building; *publish* = every client's write handed to its transport). Mean = "
+           "validation and frame building; *publish* = every client's write handed to its transport; *announce* "
+           "(push only) = the newHeads notification → the block's header fetched, checked and handed to every "
+           "`/v1/rpc` newHeads subscriber's transport, ahead of the block: the path the clients here measure in "
+           "explorerd-push, where the block's own fetch is not; – where the run's explorerd did not export it). Mean = "
            "sum/count; p50/p99 interpolated within the histogram's buckets (as Prometheus's histogram_quantile). "
            "Medians over runs, ms:\n",
            "| N | mode | blocks | " + " | ".join(f"{s} mean | {s} p50 | {s} p99" for s in STAGES) + " |",

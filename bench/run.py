@@ -954,26 +954,27 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
     w(f"Software: Python {meta['python']}, Twisted {meta['twisted']}, Autobahn {meta['autobahn']}, "
       f"Node {meta['node']}, ws {meta['ws']}; explorerd at `{meta['git']}`  ")
     w(f"Load average at start: {' '.join(meta['loadavg_start'])}; at end: {' '.join(meta.get('loadavg_end', []))}\n")
-    w("Servers: **explorerd** = the real Daemon (bench/hubserver.py, `hub.publishBlock`, one write per client "
-      "per block); **ws** = minimal Node `ws` server, `client.send(str)` per message (bench/peers/ws_server.mjs); "
-      "**ws-prepared** = the same framing each message once and writing a client's frames in one corked write; "
-      "**autobahn** = minimal Autobahn server, `prepareMessage` once, `sendPreparedMessage` per client and message "
-      "(bench/peers/autobahn_server.py). All load from bench/loadgen.mjs (Node `ws` clients), same blocks, same rate.\n")
-    w("Figures are the median over runs, with (min–max) when there was more than one run. Latency: from the "
-      "server's hand-off of the block (hub/broadcast call) to the moment each client process read the first frame of "
-      "the block (CLOCK_MONOTONIC on both sides); *whole block* = its last transaction frame. *Fan-out* = last "
-      "client's last frame − first client's first frame, per block (median over blocks). *msg/s* = messages "
-      "delivered / (last arrival − first hand-off); *fan-out msg/s* = one block's messages / its fan-out time. "
-      "*CPU µs/msg* = server process user+sys CPU (getrusage / process.cpuUsage) from just before the first block "
-      "to the last delivery, / messages delivered; *of it sys* = the kernel's share of that CPU (on loopback a "
-      "sender's send() also runs the receiving side's TCP processing, so sys time is higher than over a NIC). "
-      "*RSS/conn* = (RSS with N subscribed idle clients − RSS before any "
-      "client) / N; *load* uses the peak RSS sampled every 0.1 s during the run. `foreign CPU` = cores' worth of "
-      "CPU used by other processes on the machine during the window (noise indicator). *publish call* = "
-      "time inside the server's publish call for one block (for explorerd: JSON-RPC → wire conversion, encoding "
-      "and every client's write; median). *setup s* = time for all N clients to connect and subscribe (200 "
-      "handshakes in flight); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = busiest load generator's CPU share over its run (if near 100 % the "
-      "client, not the server, is the limit). *lost* counts messages not received by the end of the run.\n")
+    if any(scenario != "e2e" for scenario in scenarios):  # the fan-out scenarios' servers and figures
+        w("Servers: **explorerd** = the real Daemon (bench/hubserver.py, `hub.publish`: every client's `newBlock`, then every "
+          "client's transactions, one write per client per pass); **ws** = minimal Node `ws` server, `client.send(str)` per message (bench/peers/ws_server.mjs); "
+          "**ws-prepared** = the same framing each message once and writing a client's frames in one corked write; "
+          "**autobahn** = minimal Autobahn server, `prepareMessage` once, `sendPreparedMessage` per client and message "
+          "(bench/peers/autobahn_server.py). All load from bench/loadgen.mjs (Node `ws` clients), same blocks, same rate.\n")
+        w("Figures are the median over runs, with (min–max) when there was more than one run. Latency: from the "
+          "server's hand-off of the block (hub/broadcast call) to the moment each client process read the first frame of "
+          "the block (CLOCK_MONOTONIC on both sides); *whole block* = its last transaction frame. *Fan-out* = last "
+          "client's last frame − first client's first frame, per block (median over blocks). *msg/s* = messages "
+          "delivered / (last arrival − first hand-off); *fan-out msg/s* = one block's messages / its fan-out time. "
+          "*CPU µs/msg* = server process user+sys CPU (getrusage / process.cpuUsage) from just before the first block "
+          "to the last delivery, / messages delivered; *of it sys* = the kernel's share of that CPU (on loopback a "
+          "sender's send() also runs the receiving side's TCP processing, so sys time is higher than over a NIC). "
+          "*RSS/conn* = (RSS with N subscribed idle clients − RSS before any "
+          "client) / N; *load* uses the peak RSS sampled every 0.1 s during the run. `foreign CPU` = cores' worth of "
+          "CPU used by other processes on the machine during the window (noise indicator). *publish call* = "
+          "time inside the server's publish call for one block (for explorerd: JSON-RPC → wire conversion, encoding "
+          "and every client's write; median). *setup s* = time for all N clients to connect and subscribe (200 "
+          "handshakes in flight); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = busiest load generator's CPU share over its run (if near 100 % the "
+          "client, not the server, is the limit). *lost* counts messages not received by the end of the run.\n")
     for scenario in scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
         if not rows:
@@ -1235,6 +1236,29 @@ def profile_runs(scenarios, out_dir, quick):
     return outputs
 
 
+def report_again(raw_dir, out_path):
+    """The report of a finished run, from its raw results only (the report is never edited by hand)."""
+    import tempfile
+
+    with open(os.path.join(raw_dir, "results.json")) as f:
+        raw = json.load(f)
+    meta, results = raw["meta"], raw["results"]
+    quick = raw_dir.rstrip("/").endswith("-quick")
+    base = QUICK if quick else FULL
+    scenarios = {s: dict(base[s]) for s in dict.fromkeys(r["scenario"] for r in results)}
+    for s, spec in scenarios.items():
+        spec["clients"] = {n: sum(1 for r in results if r["scenario"] == s and r["clients"] == n)
+                           for n in sorted({r["clients"] for r in results if r["scenario"] == s})}
+    parse = datetime.datetime.fromisoformat
+    started, finished = parse(meta["started"]), parse(meta["finished"])
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {s: make_files(spec, tmp, s) for s, spec in scenarios.items() if s != "e2e"}
+        report(results, meta, out_path or os.path.join(HERE, "RESULTS.md"), raw["command"], files, started,
+               finished, scenarios, (), raw.get("side") or {})
+    print(f"bench: report written to {os.path.relpath(out_path, REPO) if out_path else 'bench/RESULTS.md'} "
+          f"from {os.path.relpath(raw_dir, REPO)}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -1251,7 +1275,11 @@ def main():
                    help="also profile explorerd in (a) and (b): cProfile, and py-spy if installed (PYSPY=path)")
     p.add_argument("--profile-only", action="store_true", help="only the profiled runs (full-size N unless --quick)")
     p.add_argument("--out", default="", help="report path (default bench/RESULTS.md, or bench/RESULTS-quick.md with --quick)")
+    p.add_argument("--report-from", default="", metavar="DIR",
+                   help="write the report again from a run's committed raw results (DIR/results.json), running nothing")
     args = p.parse_args()
+    if args.report_from:
+        return report_again(args.report_from, args.out)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -281,7 +281,9 @@ class TailMetrics:
             "Each published block's way through explorerd, by stage: fetch (from what made the "
             "tail look -- the node's newHeads notification, or the poll's start -- to the block "
             "and its receipts decoded), check (validation and building its frames), publish "
-            "(every client's write handed to its connection).", ["stage"],
+            "(every client's write handed to its connection); announce (push: from the "
+            "notification to the block's header handed to newHeads subscribers ahead of it).",
+            ["stage"],
             buckets=STAGE_BUCKETS, registry=r)
         self.triggers = Counter("explorer_tail_polls_started_total",
                                 "Polls started, by what started them: push (a newHeads "
@@ -1023,6 +1025,7 @@ class LiveTail(Service):
         if data is None or tip is None or tip.hash != parent or data["parent_hash"] != parent:
             return  # not there yet, published meanwhile, or not on our branch
         self.hub.announce(events.node_header(header))
+        self.metrics.block_stage.labels("announce").observe(time.perf_counter() - self._trigger)
 
     def _retryHinted(self, height):
         """
