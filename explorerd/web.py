@@ -15,6 +15,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd import parsecost
 from explorerd.accesslog import AccessLog
 from explorerd.admission import TokenBucket, client_ip
 from explorerd.coalesce import Coalesced
@@ -42,7 +43,9 @@ class RpcResource(UpgradeResource):
     HTTP provider works too.  A POST passes the same origin check as a
     WebSocket (with CORS headers for the origins allowed) and each request
     in it counts against a message budget per client address, the
-    WebSocket connection's budget (C{message_rate}, C{message_burst}).
+    WebSocket connection's budget (C{message_rate}, C{message_burst}), the
+    body at least what parsing it costs (L{parsecost}), charged before it
+    is parsed; a body that costs more than a burst is refused with 413.
     """
 
     def __init__(self, factory, max_body, max_ips=100_000):
@@ -66,14 +69,23 @@ class RpcResource(UpgradeResource):
         factory = self._factory
         service = factory.service
         factory.metrics.messages_received.inc()
+        ip = self._clientIp(request)
+        # Paid for by what parsing it costs before it is parsed, as a
+        # WebSocket message is; a batch's requests beyond that after.
+        burst = factory.messageBurst
+        cost, what = parsecost.cost(body, parsecost.json_values, burst) if factory.messageRate else (1, "")
+        if cost > burst:
+            factory.metrics.errors.labels("message_too_big").inc()
+            return self._refuse(request, 413, -32600, f"invalid request: too big to parse ({what}); at most "
+                                f"{int(burst) * parsecost.BYTES_PER_MESSAGE} bytes and "
+                                f"{int(burst) * parsecost.VALUES_PER_MESSAGE} values")
+        if not self._withinBudget(ip, cost):
+            return self._overBudget(request)
         message, error = service.parse(body)
         if error is not None:
             return _json(error)
-        cost = len(message) if isinstance(message, list) else 1
-        if not self._withinBudget(self._clientIp(request), cost):
-            factory.metrics.errors.labels("message_budget").inc()
-            return self._refuse(request, 429, -32005, "too many requests: the budget is "
-                                f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
+        if isinstance(message, list) and len(message) > cost and not self._withinBudget(ip, len(message) - cost):
+            return self._overBudget(request)
         from explorerd.rpc import Session, encodeAnswer
 
         session = Session()
@@ -130,6 +142,12 @@ class RpcResource(UpgradeResource):
             addresses = [a.strip() for a in forwarded.decode("latin-1").split(",")]
             return client_ip(addresses[-trusted:][0])
         return request.getClientAddress().host
+
+    def _overBudget(self, request):
+        factory = self._factory
+        factory.metrics.errors.labels("message_budget").inc()
+        return self._refuse(request, 429, -32005, "too many requests: the budget is "
+                            f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
 
     def _withinBudget(self, ip, cost):
         factory = self._factory

@@ -116,7 +116,8 @@ async def test_connection_cap_gets_503_and_frees_up(start_daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_over_1_mib_closes_with_1009(start_daemon):
-    daemon = await start_daemon()
+    # A burst that pays for parsing a whole MiB (128 messages' worth).
+    daemon = await start_daemon(message_burst=130)
     ok = await connect(daemon.url)
     ok.sendMessage(b" " * (1 << 20))  # exactly 1 MiB: allowed (and not JSON)
     assert (await ok.next(timeout=20))["error"]["code"] == "invalid_json"
