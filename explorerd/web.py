@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import interfaces
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
@@ -206,7 +207,9 @@ class Channel(http.HTTPChannel):
     "pending", counted in the connection cap and the per-IP limit, and
     dropped by the hub's sweep if the request does not arrive within the
     handshake timeout from connecting (slowloris: the idle timer alone is
-    reset by every byte, of the head or of the body).
+    reset by every byte, of the head or of the body).  A TLS connection that
+    ends before a whole request has arrived counts against its address's
+    rate limit, as an upgrade does (its handshake cost as much).
 
     Pipelined requests take turns with everyone else: twisted.web parses
     the next one as the last is done, in the same call, so a connection
@@ -228,6 +231,7 @@ class Channel(http.HTTPChannel):
     _explorer_done = None  # the request done whose successors wait for their turn
     _explorer_queued = False  # in the site's turns
     _explorer_unread = False  # the transport is full: the client is not reading our answers
+    _explorer_requested = False  # a whole request has arrived
 
     def connectionMade(self):
         super().connectionMade()
@@ -248,6 +252,7 @@ class Channel(http.HTTPChannel):
         # The whole request, body included, had to arrive within the
         # handshake timeout: a body that trickles in a byte at a time resets
         # the idle timer on every byte, and only this deadline ends it.
+        self._explorer_requested = True
         refusal = self._explorer_refusal
         if refusal is None:
             self._explorerDone()
@@ -328,6 +333,13 @@ class Channel(http.HTTPChannel):
             self.setTimeout(None)  # reading again, in the middle of an answer: as twisted.web has it
 
     def connectionLost(self, reason):
+        if not self._explorer_requested and self._explorer_ip is not None and \
+                isinstance(self.transport, TLSMemoryBIOProtocol):
+            # A TLS handshake costs ~1.5 ms of CPU and takes no token unless
+            # a WebSocket upgrade follows: one that ends before any request
+            # counts as a new connection for the address's rate limit, so a
+            # flood of bare handshakes is closed at accept past the burst.
+            self.site.admission.limiter.allow(self._explorer_ip)
         self._explorerDone()
         if self._explorer_refusal is not None:
             self.site.slots.unlinger(self)

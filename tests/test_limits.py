@@ -359,6 +359,43 @@ async def test_over_tls_a_refused_address_is_closed_at_accept_before_any_tls_wor
 
 
 @pytest_twisted.ensureDeferred
+async def test_over_tls_bare_handshakes_count_against_the_rate_limit(start_daemon, tmp_path):
+    # A handshake with no request after it took no token: an address could make the server do
+    # handshakes (~1.5 ms of CPU each) as fast as it liked. Now each counts as a new connection.
+    import socket
+    import ssl
+
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(self_signed_pem())
+    daemon = await start_daemon(listen=f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}", rate_limit=3)
+    context = ssl.create_default_context(cafile=str(pem))
+
+    def bare_handshake(source="127.0.0.1"):
+        """True if the TLS handshake completed; False if the server closed the connection first."""
+        sock = socket.create_connection(("127.0.0.1", daemon.port), source_address=(source, 0), timeout=10)
+        try:
+            with context.wrap_socket(sock, server_hostname="127.0.0.1"):
+                return True
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            return False
+
+    registry = daemon.service.metrics.registry
+    for n in range(3):  # the address's three connections a minute
+        assert await in_thread(bare_handshake)
+        await eventually(lambda: daemon.hub.slots.count == 0, what="the connection to be gone")
+    assert not await in_thread(bare_handshake)
+    assert sample(registry, "explorer_connections_refused_at_accept_total") == 1
+    assert await in_thread(bare_handshake, "127.0.0.2"), "another address is not limited"
+    await eventually(lambda: daemon.hub.slots.count == 0, what="the connection to be gone")
+    # Twenty seconds later the address has a new connection's worth again.
+    daemon.clock.advance(20)
+    assert await in_thread(bare_handshake)
+    await eventually(lambda: daemon.hub.slots.count == 0, what="the connection to be gone")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_request_whose_body_trickles_in_is_dropped_at_the_handshake_timeout(start_daemon):
     # Every byte of a body resets twisted.web's idle timer: only the deadline from connecting,
     # which now covers the whole request, body included, ends it.
