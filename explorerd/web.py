@@ -207,9 +207,10 @@ class Channel(http.HTTPChannel):
     "pending", counted in the connection cap and the per-IP limit, and
     dropped by the hub's sweep if the request does not arrive within the
     handshake timeout from connecting (slowloris: the idle timer alone is
-    reset by every byte, of the head or of the body).  A TLS connection that
-    ends before a whole request has arrived counts against its address's
-    rate limit, as an upgrade does (its handshake cost as much).
+    reset by every byte, of the head or of the body).  On a TLS listener
+    the connection paid a token of its address's rate limit as it was
+    accepted (its handshake costs as much as an upgrade); its first whole
+    request gives it back, so only connections that never send one count.
 
     Pipelined requests take turns with everyone else: twisted.web parses
     the next one as the last is done, in the same call, so a connection
@@ -252,6 +253,12 @@ class Channel(http.HTTPChannel):
         # The whole request, body included, had to arrive within the
         # handshake timeout: a body that trickles in a byte at a time resets
         # the idle timer on every byte, and only this deadline ends it.
+        if not self._explorer_requested and self._explorer_ip is not None and \
+                isinstance(self.transport, TLSMemoryBIOProtocol):
+            # Accepted on a TLS listener, this connection paid a token of its
+            # address's rate limit for its handshake (Admission.refusedAtAccept):
+            # a whole request arrived, so it gets it back (an upgrade pays its own).
+            self.site.admission.limiter.refund(self._explorer_ip)
         self._explorer_requested = True
         refusal = self._explorer_refusal
         if refusal is None:
@@ -333,13 +340,6 @@ class Channel(http.HTTPChannel):
             self.setTimeout(None)  # reading again, in the middle of an answer: as twisted.web has it
 
     def connectionLost(self, reason):
-        if not self._explorer_requested and self._explorer_ip is not None and \
-                isinstance(self.transport, TLSMemoryBIOProtocol):
-            # A TLS handshake costs ~1.5 ms of CPU and takes no token unless
-            # a WebSocket upgrade follows: one that ends before any request
-            # counts as a new connection for the address's rate limit, so a
-            # flood of bare handshakes is closed at accept past the burst.
-            self.site.admission.limiter.allow(self._explorer_ip)
         self._explorerDone()
         if self._explorer_refusal is not None:
             self.site.slots.unlinger(self)
