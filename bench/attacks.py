@@ -56,7 +56,7 @@ ATTACKS = {
                              "the server drops it",
                        expect="close 1008, then the TCP connection dropped"),
     "garbage": dict(title="garbage: invalid JSON, wrong types, unknown actions/channels, binary frames, "
-                          "100k-deep nesting, a 5,000-digit number; 5 connections at 10 msg/s (under the budget)",
+                          "3,000-deep nesting, a 5,000-digit number; 5 connections at 10 msg/s (under the budget)",
                     expect="error frames, connections kept open"),
     "oversize": dict(title="one text frame of 1 MiB + 4 KiB, 1 connection a second",
                      expect="close 1009"),
@@ -84,6 +84,47 @@ ATTACKS = {
     "wamp": dict(title="WAMP misuse at /v1/wamp: SUBSCRIBE before HELLO, HELLO for another realm, a second "
                        "HELLO, a non-array message; PUBLISH/REGISTER after WELCOME; 2 connections a second",
                  expect="ABORT + close 1002 (violations), ABORT no_such_realm, ERROR not_authorized"),
+    "scrape-flood": dict(title="scrape flood: 200 keep-alive connections (127.0.0.2-50), a third each "
+                               "pipelining GETs of /metrics, of /healthz and of a static file (/app.js, 36 KB), "
+                               "50 in flight each, another sent as each answer comes",
+                         expect="answered in turns; bystanders' p99 under 1 s", web_root=True),
+    "http-abuse": dict(title="HTTP abuse, 4 connections a second in turn: a POST body trickled a byte every "
+                             "0.25 s, a 20 KiB header line, a 20 KiB head of 1 KiB headers, 501 headers, "
+                             "Content-Length with Transfer-Encoding, two Content-Lengths; handshake timeout 2 s",
+                       expect="400/431 and closed; the slow body dropped at the handshake timeout",
+                       settings={"handshake_timeout": 2.0}),
+    "tls-flood": dict(title="TLS flood on an ssl: listener (EC P-256 certificate, bystanders over wss://): one "
+                            "address (127.0.0.2) upgrades until refused (429), then 50 at a time open TLS "
+                            "connections as fast as it can, half the window each sending an upgrade, then "
+                            "half the window closing right after the handshake",
+                      expect="closed at accept, before any TLS work, while the address is rate-limited",
+                      tls=True, extra_seconds=10),
+    "wamp-amplify": dict(title="WAMP amplification: one client (127.0.0.2) calling explorer.blocks_since(oldest "
+                               "block) again at every RESULT, reconnecting when closed, for 30 s",
+                         expect="RESULTs charged by their bytes: close 1008 past the budget; MiB pulled bounded "
+                                "by 3.75 MiB a session plus 1.25 MiB/s", extra_seconds=20),
+    "wamp-subs": dict(title="WAMP subscription storm: one session pipelining 100,000 SUBSCRIBEs (exact, prefix "
+                            "and wildcard patterns, most matching no topic); one more at 19/s (under the "
+                            "budget), prefix and wildcard patterns over every topic",
+                      expect="at most 8 subscriptions a session (ERROR too_many_subscriptions); the pipelined "
+                             "one closed 1008"),
+    "stream-resubscribe": dict(title="/v1/stream re-subscribing a 1,000-address filter at every answer, reconnecting "
+                                     "when closed (127.0.0.2); one more (127.0.0.3) every 1.3 s",
+                               expect="the loop closed 1008 (filters count one per 40 entries); the paced one kept"),
+    "rpc-abuse": dict(title="/v1/rpc: 100 eth_subscribe newHeads on one connection at 16/s; eth_getBalance "
+                            "to a node that answers in 2 s, 60 at once then 19/s on another",
+                      expect="-32005 past 64 subscriptions and past 16 calls in flight + 100 waiting",
+                      node=True),
+    "squatters": dict(title="squatters: 10 addresses (127.0.0.2-11) x 100 connections that upgrade, never "
+                            "subscribe and send a ping action every 5 s (rate limit raised to 100/min for "
+                            "them); a newcomer (127.0.0.55) tries to connect every 0.5 s",
+                      expect="newcomers refused with 503 while the cap is full; every squatter closed 1008 "
+                             "at 30 s; then the newcomer gets in",
+                      settings={"rate_limit": 100}, extra_seconds=28),
+    "nested-json": dict(title="parse cost: 849 KB of valid JSON [[],[],…] (~65 ms to json.loads, ~0.2 s through "
+                              "WAMP's JSON decoder) to /v1/stream, /v1/rpc and /v1/wamp in turn, 3 connections "
+                              "a second, each sending it up to 20 times",
+                        expect="close 1009 (too big to parse), unparsed"),
 }
 ORDER = list(ATTACKS)
 
@@ -91,7 +132,8 @@ ORDER = list(ATTACKS)
 def sizes(quick):
     """Attack sizes (connections, pool sizes) for full and quick runs."""
     return {"stalled": 50 if quick else 200, "slowloris": 100 if quick else 300,
-            "storm_concurrency": 50 if quick else 100, "storm_max": 5000 if quick else 30000}
+            "storm_concurrency": 50 if quick else 100, "storm_max": 5000 if quick else 30000,
+            "scrapers": 50 if quick else 200, "squatters": 100}
 
 
 # =============================================================================================
@@ -311,7 +353,8 @@ async def attack_flood_deaf(a, tally):
 
 
 def garbage_messages(rnd):
-    deep = "[" * 100_000 + "]" * 100_000
+    # Deeper than json.loads goes (100,000 deep, 100,000 values, is now refused unparsed: nested-json).
+    deep = "[" * 3_000 + "]" * 3_000
     fixed = [
         ("text", "not json"), ("text", '{"action": "subscribe", '), ("text", "{'action': 'ping'}"),
         ("text", "[]"), ("text", "42"), ("text", '"subscribe"'), ("text", "null"),
@@ -602,7 +645,7 @@ def wamp_label(m):
 
 
 WAMP_NAMES = {1: "HELLO", 2: "WELCOME", 3: "ABORT", 6: "GOODBYE", 8: "ERROR", 17: "PUBLISHED", 33: "SUBSCRIBED",
-              65: "REGISTERED"}
+              36: "EVENT", 50: "RESULT", 65: "REGISTERED"}
 HELLO = [1, "explorer", {"roles": {"subscriber": {}, "publisher": {}, "callee": {}, "caller": {}}}]
 WAMP = [
     ("SUBSCRIBE before HELLO", [[32, 1, {}, "explorer.block"]]),
@@ -655,10 +698,600 @@ async def attack_wamp(a, tally):
     await paced(2, a.seconds, fn)
 
 
+# ---- the side doors, TLS, WAMP and JSON-RPC sessions, squatters, parse cost -------------------
+
+def fast_frame(payload, opcode=0x1):
+    """A client frame masked with zeros (valid, and no per-byte masking for big payloads)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+def fast_text(message):
+    return fast_frame(json.dumps(message, separators=(",", ":")))
+
+
+async def read_http_answer(reader):
+    """One HTTP/1.1 answer from an asyncio reader: (status, body length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        total = 0
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            total += size
+            if size == 0:
+                return status, total
+    length = int(headers.get(b"content-length", b"0"))
+    await reader.readexactly(length)
+    return status, length
+
+
+SCRAPE_PATHS = (b"/metrics", b"/healthz", b"/app.js")
+
+
+async def attack_scrape_flood(a, tally):
+    deadline = time.monotonic() + a.seconds
+    answered = collections.Counter()
+
+    async def scraper(i):
+        source = tally.source(a.sources)
+        tally.connections += 1
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", a.port, local_addr=(source, 0), limit=1 << 22), 10)
+        except (OSError, TimeoutError) as e:
+            tally.outcomes[f"connect failed ({type(e).__name__})"] += 1
+            return
+        sent = got = 0
+        longest = 0.0
+        path = SCRAPE_PATHS[i % 3]  # one path a connection: a /metrics answer does not hold up the others
+
+        def send():
+            nonlocal sent
+            writer.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path)
+            sent += 1
+            tally.messages += 1
+
+        end = None
+        try:
+            for _ in range(50):
+                send()
+            last = time.monotonic()
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
+                while True:
+                    status, length = await read_http_answer(reader)
+                    now = time.monotonic()
+                    longest = max(longest, now - last)
+                    last = now
+                    got += 1
+                    answered[path.decode()] += 1
+                    if status != 200:
+                        tally.replies[f"{path.decode()}: HTTP {status}"] += 1
+                    send()
+        except TimeoutError:
+            end = "kept scraping to the end"
+        except asyncio.IncompleteReadError:
+            end = "closed by the server"
+        except OSError as e:
+            end = f"connection ended: {type(e).__name__}"
+        finally:
+            writer.close()
+        tally.outcomes[end] += 1
+        tally.timings[f"{path.decode()}: answers per scraper"].append(got)
+        tally.timings[f"{path.decode()}: longest wait for an answer (s)"].append(longest)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(scraper(i) for i in range(a.scrapers)))
+    elapsed = max(1e-9, time.monotonic() - t0)
+    tally.notes["answers per s"] = ", ".join(f"{p} {n / elapsed:,.0f}" for p, n in answered.items())
+
+
+def _head(lines, body=b""):
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+HTTP_ABUSE = [
+    ("slow body", None),
+    ("header line over 16 KiB", _head(["GET / HTTP/1.1", "Host: 127.0.0.1", "X-Big: " + "a" * 20_000])),
+    ("head of 20 KiB in 1 KiB headers", _head(["GET / HTTP/1.1", "Host: 127.0.0.1"]
+                                               + [f"X-H{i}: " + "a" * 1000 for i in range(20)])),
+    ("501 headers", _head(["GET / HTTP/1.1", "Host: 127.0.0.1"] + [f"X-H{i}: a" for i in range(501)])),
+    ("Content-Length + Transfer-Encoding", _head(["POST /v1/rpc HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 5",
+                                                  "Transfer-Encoding: chunked"], b"0\r\n\r\n")),
+    ("two Content-Lengths", _head(["POST /v1/rpc HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 2",
+                                   "Content-Length: 3"], b"{}")),
+]
+
+
+async def attack_http_abuse(a, tally):
+    loop = asyncio.get_running_loop()
+
+    async def fn(i):
+        variant, payload = HTTP_ABUSE[i % len(HTTP_ABUSE)]
+        tally.connections += 1
+        try:
+            s = await wsraw.open_socket(a.port, tally.source(a.sources))
+        except OSError as e:
+            tally.outcomes[f"{variant}: connect failed ({type(e).__name__})"] += 1
+            return
+        t0 = time.monotonic()
+        got = b""
+        end = None
+
+        async def trickle():
+            head = _head(["POST /v1/rpc HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                          "Content-Length: 1000"])
+            await loop.sock_sendall(s, head)
+            tally.bytes_sent += len(head)
+            while True:
+                await asyncio.sleep(0.25)
+                await loop.sock_sendall(s, b" ")
+                tally.bytes_sent += 1
+
+        sender = None
+        try:
+            if payload is None:
+                sender = asyncio.create_task(trickle())
+            else:
+                await loop.sock_sendall(s, payload)
+                tally.bytes_sent += len(payload)
+            tally.messages += 1
+            async with asyncio.timeout(15):
+                while True:
+                    data = await loop.sock_recv(s, 65536)
+                    if not data:
+                        break
+                    got += data
+        except TimeoutError:
+            end = "still open after 15 s"
+        except ConnectionResetError:
+            end = "reset"
+        except OSError as e:
+            end = type(e).__name__
+        finally:
+            if sender is not None:
+                sender.cancel()
+            s.close()
+        if end is None:
+            status = got.split(b" ", 2)[1:2]
+            end = (f"HTTP {status[0].decode(errors='replace')}, then closed" if status else "dropped (EOF)")
+        tally.outcomes[f"{variant}: {end}"] += 1
+        tally.timings[f"{variant}: ended after (s)"].append(time.monotonic() - t0)
+
+    await paced(4, a.seconds, fn)
+
+
+async def tls_open(a, ctx, source, timeout=10):
+    return await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", a.port, ssl=ctx, server_hostname="127.0.0.1", local_addr=(source, 0)), timeout)
+
+
+async def tls_upgrade(a, ctx, source):
+    """A TLS connection and a WebSocket upgrade: ('tls', status) / ('refused', how)."""
+    try:
+        reader, writer = await tls_open(a, ctx, source)
+    except (OSError, EOFError) as e:  # ssl.SSLError is an OSError
+        return "refused", type(e).__name__
+    except TimeoutError:
+        return "refused", "no TLS handshake in 10 s"
+    try:
+        writer.write(wsraw.request(a.port))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return "tls", f"HTTP {int(head.split(b' ', 2)[1])}"
+    except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as e:
+        return "tls", f"no answer ({type(e).__name__})"
+    finally:
+        writer.close()
+
+
+async def attack_tls_flood(a, tally):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=a.cafile)
+    source = a.sources[0]
+    # Rate-limited first: upgrades until one is refused.
+    for _ in range(30):
+        tally.connections += 1
+        kind, how = await tls_upgrade(a, ctx, source)
+        tally.outcomes[f"exhausting the rate limit: {how}"] += 1
+        if how == "HTTP 429" or kind == "refused":
+            break
+    half = (a.seconds + a.extra_seconds) / 2
+    for phase, upgrade_too in (("upgrading", True), ("handshake only", False)):
+        deadline = time.monotonic() + half
+        counts = collections.Counter()
+        t0 = time.monotonic()
+
+        async def worker():
+            while time.monotonic() < deadline:
+                tally.connections += 1
+                if upgrade_too:
+                    kind, how = await tls_upgrade(a, ctx, source)
+                    counts[kind] += 1
+                    tally.outcomes[f"{phase}: " + ("closed at accept" if kind == "refused" else f"TLS, {how}")] += 1
+                    continue
+                try:
+                    reader, writer = await tls_open(a, ctx, source)
+                except (OSError, EOFError, TimeoutError):
+                    counts["refused"] += 1
+                    tally.outcomes[f"{phase}: closed at accept"] += 1
+                    continue
+                counts["tls"] += 1
+                tally.outcomes[f"{phase}: TLS done, closed by us"] += 1
+                writer.close()
+
+        await asyncio.gather(*(worker() for _ in range(a.concurrency)))
+        elapsed = max(1e-9, time.monotonic() - t0)
+        tally.notes[f"{phase}: attempts per s"] = round((counts["tls"] + counts["refused"]) / elapsed)
+        tally.notes[f"{phase}: TLS handshakes per s"] = round(counts["tls"] / elapsed, 1)
+
+
+async def wamp_open(a, tally, source):
+    """A WAMP JSON session (HELLO → WELCOME): a Conn, or the outcome string."""
+    c = await upgrade(a.port, tally, source, path="/v1/wamp", headers="Sec-WebSocket-Protocol: wamp.2.json\r\n")
+    if isinstance(c, str):
+        return c
+    await c.send(wsraw.text(HELLO), tally)
+    return c
+
+
+async def attack_wamp_amplify(a, tally):
+    window = a.seconds + a.extra_seconds
+    deadline = time.monotonic() + window
+    source = a.sources[0]
+    pulled = [0]
+    request = [0]
+    t0 = time.monotonic()
+    while time.monotonic() < deadline:
+        c = await wamp_open(a, tally, source)
+        if isinstance(c, str):
+            tally.outcomes[c] += 1
+            await asyncio.sleep(1.0)
+            continue
+        answers = asyncio.Queue()
+        got = [0]
+
+        def on_frame(opcode, payload):
+            pulled[0] += len(payload)
+            if payload.startswith(b"[50,"):
+                got[0] += 1
+                tally.replies["RESULT"] += 1
+                answers.put_nowait(len(payload))
+            elif payload.startswith(b"[2,"):
+                answers.put_nowait(0)
+            elif opcode == 0x1:
+                try:
+                    tally.replies[wamp_label(json.loads(payload))] += 1
+                except (ValueError, IndexError, TypeError):
+                    tally.replies["?"] += 1
+
+        reading = asyncio.create_task(c.read_end(window + 10, on_frame))
+
+        async def answer():
+            waiter = asyncio.create_task(answers.get())
+            await asyncio.wait([waiter, reading], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+        await answer()  # WELCOME
+        while not reading.done() and time.monotonic() < deadline:
+            request[0] += 1
+            call = [48, request[0], {}, "explorer.blocks_since", [a.since_height, a.since_hash]]
+            if not await c.send(wsraw.text(call), tally):
+                break
+            await answer()
+        if not reading.done():
+            await c.send(wsraw.close(1000))
+            end = "open at the end, our close 1000: " + await reading
+        else:
+            end = reading.result()
+        tally.outcomes[end] += 1
+        tally.timings["RESULTs per session"].append(got[0])
+        c.close()
+    elapsed = time.monotonic() - t0
+    tally.notes["MiB pulled"] = round(pulled[0] / 1048576, 1)
+    tally.notes["MiB per s"] = round(pulled[0] / 1048576 / elapsed, 2)
+    sessions = sum(v for k, v in tally.outcomes.items() if not k.startswith("HTTP"))
+    tally.notes["bound by the byte charge (MiB)"] = round(sessions * 3.75 + elapsed * 1.25, 1)
+
+
+WAMP_MATCHABLE = [("exact", t) for t in ("explorer.block", "explorer.tx", "explorer.reorg", "explorer.log")] + \
+    [("prefix", "explorer.block"[:n]) for n in range(1, 15)] + \
+    [("wildcard", w) for w in ("explorer.", ".block", ".tx", ".", "explorer.tx", ".log", ".reorg")]
+
+
+async def attack_wamp_subs(a, tally):
+    deadline = time.monotonic() + a.seconds
+
+    async def session(variant, source, pipelined):
+        c = await wamp_open(a, tally, source)
+        if isinstance(c, str):
+            tally.outcomes[f"{variant}: {c}"] += 1
+            return
+        ids = set()
+
+        def on_frame(opcode, payload):
+            try:
+                m = json.loads(payload)
+            except ValueError:
+                return
+            if m and m[0] == 33:
+                ids.add(m[2])
+            tally.replies[f"{variant}: {wamp_label(m)}"] += 1
+
+        reading = asyncio.create_task(c.read_end(a.seconds + 10, on_frame))
+        await asyncio.sleep(0.2)
+        rnd = random.Random(3)
+        if pipelined:
+            async def pipeline():
+                chunk = []
+                for i in range(100_000):
+                    if i % 3:
+                        match, uri = "prefix" if i % 2 else "wildcard", f"explorer.x{rnd.randrange(1 << 30)}"
+                    else:
+                        match, uri = WAMP_MATCHABLE[i % len(WAMP_MATCHABLE)]
+                    chunk.append(fast_text([32, i + 1, {"match": match}, uri]))
+                    if len(chunk) == 1000:
+                        if reading.done() or not await c.send(b"".join(chunk), tally, messages=1000):
+                            return
+                        chunk = []
+
+            # A server that stops reading leaves a send blocked: its close frame ends the attempt.
+            sender = asyncio.create_task(pipeline())
+            await asyncio.wait([sender, reading], return_when=asyncio.FIRST_COMPLETED)
+            sender.cancel()
+        else:
+            i = 0
+            while time.monotonic() < deadline and not reading.done():
+                match, uri = WAMP_MATCHABLE[4 + i % (len(WAMP_MATCHABLE) - 4)]
+                if i % 5 == 4:
+                    match, uri = rnd.choice(("prefix", "wildcard")), f"explorer.{rnd.randrange(1 << 30)}"
+                if not await c.send(wsraw.text([32, i + 1, {"match": match}, uri]), tally):
+                    break
+                i += 1
+                await asyncio.sleep(1 / 19)
+        if not reading.done():
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if not reading.done():
+            await c.send(wsraw.close(1000))
+            end = "open at the end, our close 1000: " + await reading
+        else:
+            end = reading.result()
+        tally.outcomes[f"{variant}: {end}"] += 1
+        tally.notes[f"{variant}: subscriptions granted"] = len(ids)
+        c.close()
+
+    await asyncio.gather(session("100,000 pipelined", a.sources[0], True),
+                         session("19/s", a.sources[1], False))
+
+
+async def attack_stream_resubscribe(a, tally):
+    addresses = ["0x%040x" % (0xabc0000 + n) for n in range(1000)]
+    sub = fast_text({"action": "subscribe", "channels": ["newTxs"], "filter": {"addresses": addresses}})
+    deadline = time.monotonic() + a.seconds
+
+    async def loop_from(variant, source, pause, reconnect):
+        while time.monotonic() < deadline:
+            c = await upgrade(a.port, tally, source)
+            if isinstance(c, str):
+                tally.outcomes[f"{variant}: {c}"] += 1
+                if not reconnect:
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            answers = asyncio.Queue()
+            inner = text_replies(tally)
+
+            def on_frame(opcode, payload):
+                if payload.startswith(b'{"type":"subscribed"'):
+                    answers.put_nowait(1)
+                    tally.replies["subscribed"] += 1
+                else:
+                    inner(opcode, payload)
+
+            reading = asyncio.create_task(c.read_end(a.seconds + 10, on_frame))
+            n = 0
+            while not reading.done() and time.monotonic() < deadline:
+                if not await c.send(sub, tally):
+                    break
+                waiter = asyncio.create_task(answers.get())
+                await asyncio.wait([waiter, reading], return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done():
+                    n += 1
+                waiter.cancel()
+                if pause:
+                    await asyncio.sleep(pause)
+            if not reading.done():
+                await c.send(wsraw.close(1000))
+                end = "open at the end, our close 1000: " + await reading
+            else:
+                end = reading.result()
+            tally.outcomes[f"{variant}: {end}"] += 1
+            tally.timings[f"{variant}: subscribes answered per connection"].append(n)
+            c.close()
+            if not reconnect:
+                return
+
+    await asyncio.gather(loop_from("loop", a.sources[0], 0, True), loop_from("every 1.3 s", a.sources[1], 1.3, False))
+
+
+async def attack_rpc_abuse(a, tally):
+    deadline = time.monotonic() + a.seconds
+
+    async def client(variant, source, requests, pace, burst):
+        c = await upgrade(a.port, tally, source, path="/v1/rpc")
+        if isinstance(c, str):
+            tally.outcomes[f"{variant}: {c}"] += 1
+            return
+        ids = set()
+
+        def on_frame(opcode, payload):
+            try:
+                m = json.loads(payload)
+            except ValueError:
+                return
+            if isinstance(m, dict) and "error" in m:
+                tally.replies[f"{variant}: error {m['error'].get('code')} "
+                              f"{str(m['error'].get('message', ''))[:40]}…"] += 1
+            elif isinstance(m, dict) and "result" in m and "id" in m:
+                tally.replies[f"{variant}: result"] += 1
+                if variant == "subscriptions":
+                    ids.add(m["result"])
+
+        reading = asyncio.create_task(c.read_end(a.seconds + 15, on_frame))
+        for i, req in enumerate(requests):
+            if i >= burst:
+                await asyncio.sleep(1 / pace)
+            if reading.done() or time.monotonic() > deadline:
+                break
+            if not await c.send(wsraw.text(dict(req, id=i + 1)), tally):
+                break
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 3)  # the last answers
+        if not reading.done():
+            await c.send(wsraw.close(1000))
+            end = "open at the end, our close 1000: " + await reading
+        else:
+            end = reading.result()
+        tally.outcomes[f"{variant}: {end}"] += 1
+        if variant == "subscriptions":
+            tally.notes["subscriptions granted"] = len(ids)
+        c.close()
+
+    subscribe = {"jsonrpc": "2.0", "method": "eth_subscribe", "params": ["newHeads"]}
+    balance = {"jsonrpc": "2.0", "method": "eth_getBalance", "params": ["0x" + "ab" * 20, "latest"]}
+    await asyncio.gather(client("subscriptions", a.sources[0], [subscribe] * 100, 16, 0),
+                         client("calls", a.sources[1], [balance] * 100_000, 19, 60))
+
+
+async def attack_squatters(a, tally):
+    window = a.seconds + a.extra_seconds
+    t0 = time.monotonic()
+    deadline = t0 + window
+    sources = a.sources[:10]
+    in_at = []
+    sem = asyncio.Semaphore(100)
+
+    async def squat(i):
+        async with sem:
+            c = await upgrade(a.port, tally, sources[i % len(sources)])
+        if isinstance(c, str):
+            tally.outcomes[c] += 1
+            return
+        in_at.append(time.monotonic())
+        t_in = time.monotonic()
+        loop = asyncio.get_running_loop()
+
+        def on_frame(opcode, payload):
+            if opcode == 0x9:  # the hub's ping: answered, as a live client does
+                loop.create_task(c.send(fast_frame(payload, opcode=0xA)))
+
+        reading = asyncio.create_task(c.read_end(window + 5, on_frame))
+        ping = wsraw.text({"action": "ping"})
+        while not reading.done() and time.monotonic() < deadline:
+            await c.send(ping, tally)
+            waiter = asyncio.create_task(asyncio.sleep(5))
+            await asyncio.wait([waiter, reading], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        if not reading.done():
+            await c.send(wsraw.close(1000))
+            end = "open at the end, our close 1000: " + await reading
+        else:
+            end = reading.result()
+            tally.timings["squatter closed after (s)"].append(time.monotonic() - t_in)
+        tally.outcomes[end] += 1
+        c.close()
+
+    async def newcomer():
+        seen = collections.Counter()
+        await asyncio.sleep(3.0)  # the squatters are in
+        while time.monotonic() < deadline:
+            try:
+                s, status, _ = await wsraw.handshake(a.port, source="127.0.0.55", timeout=5)
+                s.close()
+            except (OSError, TimeoutError) as e:
+                status = type(e).__name__
+            seen[f"newcomer: HTTP {status}"] += 1
+            if status == 101:
+                tally.notes["newcomer first admitted, s after the last squatter got in"] = \
+                    round(time.monotonic() - max(in_at), 1) if in_at else None
+                tally.notes["newcomer first admitted, s after the attack began"] = round(time.monotonic() - t0, 1)
+                break
+            await asyncio.sleep(0.5)
+        else:
+            tally.notes["newcomer first admitted, s after the last squatter got in"] = None
+        for k, v in seen.items():
+            tally.replies[k] += v
+
+    await asyncio.gather(newcomer(), *(squat(i) for i in range(len(sources) * a.squatters)))
+    tally.notes["squatters admitted"] = len(in_at)
+
+
+def nested_payload():
+    return b"[" + b"[]," * 283_000 + b"[]]"
+
+
+async def attack_nested_json(a, tally):
+    nested = nested_payload()
+    endpoints = [
+        ("/v1/stream", "/v1/stream", "", [], fast_frame(nested)),
+        ("/v1/rpc", "/v1/rpc", "", [], fast_frame(nested)),
+        ("/v1/wamp", "/v1/wamp", "Sec-WebSocket-Protocol: wamp.2.json\r\n", [wsraw.text(HELLO)],
+         fast_frame(b"[32," + nested[1:])),
+    ]
+
+    async def fn(i):
+        name, path, headers, opening, frame_ = endpoints[i % len(endpoints)]
+        c = await upgrade(a.port, tally, tally.source(a.sources), path=path, headers=headers)
+        if isinstance(c, str):
+            tally.outcomes[f"{name}: {c}"] += 1
+            return
+        t0 = time.monotonic()
+        reading = asyncio.create_task(c.read_end(15, text_replies(tally)))
+        sent = [0]
+
+        async def send():
+            for m in opening:
+                await c.send(m, tally)
+            while not reading.done() and sent[0] < 20:
+                if not await c.send(frame_, tally):
+                    break
+                sent[0] += 1
+
+        # A server that stops reading leaves a send blocked: the close frame ends the attempt.
+        sender = asyncio.create_task(send())
+        end = await reading
+        if end.startswith("close"):
+            tally.timings[f"{name}: seconds until closed"].append(time.monotonic() - t0)
+        sender.cancel()
+        tally.timings[f"{name}: messages sent until closed"].append(sent[0])
+        tally.outcomes[f"{name}: {end}"] += 1
+        c.close()
+
+    await paced(3, a.seconds, fn)
+
+
 ATTACKERS = {"flood": attack_flood, "flood-deaf": attack_flood_deaf, "garbage": attack_garbage, "oversize": attack_oversize,
              "fragments": attack_fragments, "utf8": attack_utf8, "protocol": attack_protocol,
              "slowloris": attack_slowloris, "storm-one": attack_storm, "storm-many": attack_storm,
-             "stalled": attack_stalled, "replay": attack_replay, "wamp": attack_wamp}
+             "stalled": attack_stalled, "replay": attack_replay, "wamp": attack_wamp,
+             "scrape-flood": attack_scrape_flood, "http-abuse": attack_http_abuse, "tls-flood": attack_tls_flood,
+             "wamp-amplify": attack_wamp_amplify, "wamp-subs": attack_wamp_subs,
+             "stream-resubscribe": attack_stream_resubscribe, "rpc-abuse": attack_rpc_abuse,
+             "squatters": attack_squatters, "nested-json": attack_nested_json}
 
 
 def attacker_main(argv):
@@ -676,6 +1309,9 @@ def attacker_main(argv):
     p.add_argument("--handshake-timeout", type=float, default=10.0)
     p.add_argument("--since-height", type=int, default=0)
     p.add_argument("--since-hash", default="")
+    p.add_argument("--scrapers", type=int, default=200)
+    p.add_argument("--squatters", type=int, default=100, help="connections per squatting address")
+    p.add_argument("--cafile", default="", help="the TLS listener's certificate (tls-flood)")
     a = p.parse_args(argv)
     a.sources = a.sources.split(",") if a.sources else ATTACKER_SOURCES
     run.raise_nofile()
@@ -695,6 +1331,46 @@ def attacker_main(argv):
             traceback.print_exc()
             error = f"{type(e).__name__}: {e}"
         run_emit(event="result", t_start=t0, t_end=time.monotonic(), error=error, **tally.result())
+
+    asyncio.run(main())
+
+
+def node_main(argv):
+    """
+    `attacks.py node --delay S`: a JSON-RPC node over HTTP that answers every call with "0x0" after S
+    seconds (keep-alive, single requests and batches), for the forwarded calls of rpc-abuse.
+    """
+    p = argparse.ArgumentParser(prog="attacks.py node")
+    p.add_argument("--delay", type=float, default=2.0)
+    a = p.parse_args(argv)
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                await asyncio.sleep(a.delay)
+
+                def answer(req):
+                    return {"jsonrpc": "2.0", "id": req.get("id") if isinstance(req, dict) else None, "result": "0x0"}
+
+                out = json.dumps([answer(r) for r in body] if isinstance(body, list) else answer(body)).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(out), out))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        run_emit(event="listening", port=server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
 
     asyncio.run(main())
 
@@ -731,21 +1407,35 @@ class Peaks(run.Sampler):
             self.stopped.wait(0.1)
 
 
-def metrics(port):
-    """explorerd's counters that say what it did: errors by type, refusals, handshakes."""
+def fetch(port, path, cafile=None):
+    """GET a path of the server (https with the test CA when it listens on TLS)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    scheme = "https" if cafile else "http"
+    with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}", timeout=10, context=context) as r:
+        return r.read()
+
+
+def metrics(port, cafile=None):
+    """explorerd's counters that say what it did: errors by type, refusals, handshakes, calls."""
     out = {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
+        text = fetch(port, "/metrics", cafile).decode()
     except Exception as e:
         return {"error": str(e)}
     for line in text.splitlines():
         for name, key in (("explorer_websocket_errors_total{", "error"),
                           ("explorer_websocket_connections_refused_total{", "refused"),
-                          ("explorer_wamp_errors_total{", "wamp")):
+                          ("explorer_wamp_errors_total{", "wamp"),
+                          ("explorer_wamp_calls_total{", "wamp call"),
+                          ("explorer_rpc_requests_total{", "rpc")):
             if line.startswith(name):
                 labels, value = line[len(name):].rsplit(" ", 1)
-                out[f"{key} {labels.rstrip('}').split('=', 1)[-1].strip(chr(34))}"] = float(value)
+                values = [part.split("=", 1)[-1].strip(chr(34)) for part in labels.rstrip("}").split('",')]
+                out[f"{key} {' '.join(v.strip(chr(34)) for v in values if v)}"] = float(value)
+        if line.startswith("explorer_connections_refused_at_accept_total "):
+            out["refused at accept"] = float(line.split()[-1])
         if line.startswith("explorer_websocket_connections_accepted_total "):
             out["accepted"] = float(line.split()[-1])
         if line.startswith("explorer_websocket_messages_received_total "):
@@ -796,13 +1486,31 @@ def run_attack(kind, args, files, raw, out_dir, sz):
               "errors": []}
     defaults, config = defaults_settings()
     settings = dict(defaults, **info.get("settings", {}))
+    cafile = None
+    if info.get("tls"):
+        # A certificate for 127.0.0.1 that is its own CA (tests/tls.py): the bystanders trust it
+        # through NODE_EXTRA_CA_CERTS, the attacker and the runner through an ssl context.
+        from tests.tls import self_signed_pem
+
+        cafile = os.path.join(log_dir, "cert.pem")
+        with open(cafile, "wb") as f:
+            f.write(self_signed_pem())
+        settings["listen"] = f"ssl:0:interface=127.0.0.1:backlog=4096:privateKey={cafile}"
     result["settings"] = dict(settings, max_connections=config.max_connections)
     count = len(raw)
     argv = run.server_argv("explorerd", files, 1.0, count, log_dir) + ["--max-connections", str(config.max_connections)]
-    for name, value in settings.items():
-        argv += ["--set", f"{name}={value}"]
+    if info.get("web_root"):
+        argv += ["--web-root", os.path.join(REPO, "web")]
     procs = []
+    env_before = os.environ.get("NODE_EXTRA_CA_CERTS")
     try:
+        if info.get("node"):
+            node = run.Proc("node", [sys.executable, os.path.abspath(__file__), "node", "--delay", "2"], log_dir)
+            procs.append(node)
+            settings["rpc_url"] = f"http://127.0.0.1:{node.expect('listening', 30)['port']}"
+            result["settings"]["rpc_url"] = settings["rpc_url"] + " (a node answering every call in 2 s)"
+        for name, value in settings.items():
+            argv += ["--set", f"{name}={value}"]
         srv = run.Proc("server", argv, log_dir)
         procs.append(srv)
         port = srv.expect("listening", 60)["port"]
@@ -810,7 +1518,9 @@ def run_attack(kind, args, files, raw, out_dir, sz):
         srv.send("stats")
         base = srv.expect("stats", 30)
         base_fds = fd_count(srv.pid)
-        url = f"ws://127.0.0.1:{port}/v1/stream"
+        url = f"{'wss' if cafile else 'ws'}://127.0.0.1:{port}/v1/stream"
+        if cafile:
+            os.environ["NODE_EXTRA_CA_CERTS"] = cafile
         loadgens = run.start_loadgens(spec, n, url, log_dir, False, 600)
         procs += loadgens
         ready = run.wait_ready(loadgens, n)
@@ -823,7 +1533,7 @@ def run_attack(kind, args, files, raw, out_dir, sz):
         srv.send("stats")
         before = srv.expect("stats", 30)
         before_fds = fd_count(srv.pid)
-        m_before = metrics(port)
+        m_before = metrics(port, cafile)
         peaks = Peaks(srv.pid)
         peaks.start()
         srv.send("go")
@@ -843,7 +1553,10 @@ def run_attack(kind, args, files, raw, out_dir, sz):
                   "--stalled", str(sz["stalled"]), "--pool", str(sz["slowloris"]),
                   "--concurrency", str(sz["storm_concurrency"]), "--storm-max", str(sz["storm_max"]),
                   "--since-height", str(int(oldest["number"], 16)), "--since-hash", oldest["hash"],
-                  "--handshake-timeout", str(settings.get("handshake_timeout", config.handshake_timeout))]
+                  "--handshake-timeout", str(settings.get("handshake_timeout", config.handshake_timeout)),
+                  "--scrapers", str(sz["scrapers"]), "--squatters", str(sz["squatters"])]
+        if cafile:
+            a_argv += ["--cafile", cafile]
         if kind == "storm-one":
             a_argv += ["--sources", ATTACKER_SOURCES[0]]
         attacker = run.Proc("attacker", a_argv, log_dir)
@@ -855,7 +1568,7 @@ def run_attack(kind, args, files, raw, out_dir, sz):
             result["errors"].append(f"attacker: {outcome['error']}")
         # Settled: the attacker gone, the server back to its bystanders.
         after, after_fds = settle(srv, n)
-        m_after = metrics(port)
+        m_after = metrics(port, cafile)
         time.sleep(1.5)  # the last block handed off reaches everyone
         blocks = blocks_now()
         got, drain_s, how = run.drain(loadgens, sum(run.expected_messages(spec, b["txs"]) for b in blocks) * subscribed,
@@ -914,6 +1627,10 @@ def run_attack(kind, args, files, raw, out_dir, sz):
     finally:
         for p in reversed(procs):
             p.stop()
+        if env_before is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = env_before
     with open(os.path.join(out_dir, f"{kind}.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -991,8 +1708,10 @@ def report(results, meta, args, out_path, command, started, finished, out_dir, s
       f"`\"batch\": true`, from 127.0.0.{BYSTANDER_HOST_BASE} and up, at most {BYSTANDERS_PER_HOST} per address) "
       f"subscribe; {args.blocks} blocks are the baseline; then the attacker (bench/attacks.py in a process of its "
       f"own, bare sockets from tests/soak/wsraw.py, source addresses 127.0.0.2–50) runs for {args.blocks} s "
-      f"(the stalled readers until the server has dropped them all, at most {ATTACKS['stalled']['extra_seconds']} s "
-      f"more) while blocks keep coming.\n")
+      f"(longer where it needs more: the stalled readers until the server has dropped them all, at most "
+      f"{ATTACKS['stalled']['extra_seconds']} s more; wamp-amplify {args.blocks + ATTACKS['wamp-amplify']['extra_seconds']} s; "
+      f"squatters {args.blocks + ATTACKS['squatters']['extra_seconds']} s, past their 30 s deadline) while blocks keep "
+      f"coming.\n")
     w("- **attempts**: TCP connections the attacker opened, messages/frames it sent after the upgrade, bytes "
       "when over 1 MiB, and how long the attack ran.")
     w("- **what the server did**: how each attacking connection ended as the attacker saw it (close code and "
@@ -1037,8 +1756,9 @@ def report(results, meta, args, out_path, command, started, finished, out_dir, s
             notes.append(r["settle_note"])
         w(f"| {r['attack']} | {r['title']} | {r['expect']} | {verdict(r)} | {'; '.join(notes)} |")
     w("")
-    w(f"Raw JSON per attack (attacker outcomes, server counters, per-window latency and loss, settings) and "
-      f"logs: `{os.path.relpath(out_dir, REPO)}/` (not committed).\n")
+    w(f"Raw JSON per attack (attacker outcomes, server counters, per-window latency and loss, settings): "
+      f"`{os.path.relpath(out_dir, REPO)}/` (the logs are not committed). This report is generated from them: "
+      f"`python3 bench/attacks.py --report-from {os.path.relpath(out_dir, REPO)}/results.json`.\n")
     with open(out_path, "w") as f:
         f.write("\n".join(lines))
 
@@ -1071,15 +1791,51 @@ def verdict(r):
         "replay": lambda: share(lambda k: k.startswith("close 1008")) > 0.9,
         "wamp": lambda: share(lambda k: "still open" not in k and ("close 1002" in k or "no_such_realm" in k
                                                                      or "not_authorized" in k)) == 1.0,
+        "scrape-flood": lambda: (r["under_attack"].get("lat_p99_ms") or 1e9) < 1000
+        and share(lambda k: k == "kept scraping to the end") > 0.9,
+        "http-abuse": lambda: share(lambda k: ("slow body" in k and k.endswith(("dropped (EOF)", "reset")))
+                                    or (", then closed" in k and any(f"HTTP {c}" in k for c in (400, 431)))) == 1.0
+        and all(t.get("max", 0) <= r["settings"]["handshake_timeout"] + 1.5
+                for k, t in r["attacker"]["timings"].items() if k.startswith("slow body")),
+        "tls-flood": lambda: share(lambda k: k.startswith("upgrading: closed at accept"))
+        / max(1e-9, share(lambda k: k.startswith("upgrading"))) > 0.9,
+        "wamp-amplify": lambda: r["attacker"]["notes"].get("MiB pulled", 1e9)
+        <= r["attacker"]["notes"].get("bound by the byte charge (MiB)", 0),
+        "wamp-subs": lambda: all(v <= 8 for k, v in r["attacker"]["notes"].items() if k.endswith("granted"))
+        and share(lambda k: k.startswith("100,000 pipelined: close 1008")) > 0,
+        "stream-resubscribe": lambda: share(lambda k: k.startswith("loop: close 1008")) > 0
+        and share(lambda k: k.startswith("every 1.3 s: open at the end")) > 0,
+        "rpc-abuse": lambda: r["attacker"]["notes"].get("subscriptions granted", 1e9) <= 64
+        and any("-32005" in k for k in r["attacker"]["replies"]),
+        "squatters": lambda: r["attacker"]["notes"].get("newcomer first admitted, s after the attack began") is not None
+        and share(lambda k: "no subscription within" in k or k.startswith("HTTP 503")) > 0.95,
+        "nested-json": lambda: share(lambda k: "close 1009" in k) > 0.9,
     }[kind]()
+    # A server with a node keeps a pool of keep-alive connections to it for the forwarded calls.
+    pool = r.get("settings", {}).get("rpc_forward_concurrency", 8) if "rpc_url" in r.get("settings", {}) else 0
     fine = r["all"].get("lost", 1) == 0 and not r.get("bystander_close_codes") and \
-        (r.get("fds", {}).get("after") or 0) <= (r.get("fds", {}).get("before") or 0) + 2
+        (r.get("fds", {}).get("after") or 0) <= (r.get("fds", {}).get("before") or 0) + 2 + pool
     return ("yes" if ok else "**no**") + ("" if fine else " (**bystanders or fds affected**)")
+
+
+def report_from(path, out=""):
+    """The report of a finished run, from its results.json alone."""
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved["args"])
+    out_path = out or os.path.join(HERE, "ATTACKS-quick.md" if args.quick else "ATTACKS.md")
+    started = datetime.datetime.fromisoformat(saved["started"])
+    finished = datetime.datetime.fromisoformat(saved["finished"])
+    report(saved["results"], saved["meta"], args, out_path, saved["command"], started, finished,
+           os.path.dirname(os.path.abspath(path)), saved["sizes"])
+    print(f"attacks: report: {os.path.relpath(out_path, REPO)}", flush=True)
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "attacker":
         return attacker_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "node":
+        return node_main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--bystanders", type=int, default=0, help="bystander clients (default 200; 30 with --quick)")
@@ -1087,7 +1843,11 @@ def main():
     p.add_argument("--blocks", type=int, default=0, help="blocks per window (default 10; 4 with --quick)")
     p.add_argument("--quick", action="store_true", help="30 bystanders, 4-block windows, smaller attacks")
     p.add_argument("--out", default="", help="report path (default bench/ATTACKS.md; ATTACKS-quick.md with --quick)")
+    p.add_argument("--report-from", default="", metavar="RESULTS_JSON",
+                   help="write the report from a run's results.json, running nothing")
     args = p.parse_args()
+    if args.report_from:
+        return report_from(args.report_from, args.out)
     args.bystanders = args.bystanders or (30 if args.quick else 200)
     args.blocks = args.blocks or (4 if args.quick else 10)
     kinds = [k.strip() for k in args.attacks.split(",") if k.strip()]
@@ -1137,7 +1897,9 @@ def main():
         finished = datetime.datetime.now(datetime.timezone.utc)
         meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump({"meta": meta, "command": command, "sizes": sz, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "command": command, "sizes": sz, "results": results,
+                       "args": {"bystanders": args.bystanders, "blocks": args.blocks, "quick": args.quick},
+                       "started": started.isoformat(), "finished": finished.isoformat()}, f, indent=1)
         if results:
             report(results, meta, args, out_path, command, started, finished, out_dir, sz)
             print(f"attacks: report: {os.path.relpath(out_path, REPO)}", flush=True)

@@ -60,6 +60,7 @@ def main():
     common_arguments(p)
     p.add_argument("--max-connections", type=int, default=20000)
     p.add_argument("--log", default=os.devnull, help="explorerd's log file (default: discarded)")
+    p.add_argument("--web-root", default="", help="serve this directory's files at / (default: a small page)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a Config field, e.g. --set write_deadline=5")
     args = p.parse_args()
@@ -92,7 +93,7 @@ def main():
                     max_connections=args.max_connections, state_dir="")
     settings.update(overrides)
     config = Config.defaults(**settings)
-    daemon = Daemon(config, reactor, web_root="", tail=False)
+    daemon = Daemon(config, reactor, web_root=args.web_root, tail=False)
     daemon.startService()
     control = Control(reactor, HubServer(daemon), blocks[:args.count or None], args.rate, args.profile)
     control.start(daemon.address.port)

@@ -78,6 +78,15 @@ class RateLimiter:
         self._forget(now)
         return allowed
 
+    def refund(self, ip):
+        """Give back a token C{allow(ip)} took (see L{Admission.refusedAtAccept})."""
+        bucket = self._buckets.get(ip)
+        if self._burst <= 0 or bucket is None:
+            return
+        now = self._clock.seconds()
+        bucket.tokens = min(self._burst, bucket.level(now, self._rate, self._burst) + 1.0)
+        bucket.stamp = now
+
     def exhausted(self, ip):
         """Whether C{allow(ip)} would refuse now; changes nothing."""
         bucket = self._buckets.get(ip)
@@ -202,13 +211,20 @@ class Admission:
         cannot be answered politely (that would take the handshake), but
         it would have been refused anyway.  The per-address checks apply
         only where the peer is the client (no trusted proxies).
+
+        A connection let through takes a token of its address's rate limit
+        at once, as an upgrade does: its handshake costs as much.  The
+        HTTP channel gives it back when a whole request arrives
+        (L{explorerd.web.Channel}), so an upgrade still counts once and a
+        plain HTTPS request not at all, while a flood of bare handshakes
+        (or of unfinished requests) is closed here past the burst.
         """
         slots = self.slots
         if slots.stopping or slots.count >= slots.config.max_connections + slots.headroom:
             reason = "capacity"
         elif self.trusted_proxies:
             return None
-        elif self.limiter.exhausted(ip):
+        elif not self.limiter.allow(ip):
             reason = "rate_limit"
         elif slots.ipFull(ip):
             reason = "ip_capacity"

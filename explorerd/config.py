@@ -326,8 +326,10 @@ SETTINGS = (
     Setting("message_rate", "WEBSOCKET_MESSAGE_RATE", "message-rate", "20",
             parse_int, 0,
             "Messages a client may send per second (token bucket, bursts of WEBSOCKET_MESSAGE_BURST); "
-            "past it the client is closed with 1008. A `since` replay counts as one message per 64 KiB "
-            "it sends, at most a whole burst. 0 turns the budget off."),
+            "past it the client is closed with 1008. A message counts as at least one per 8 KiB and one "
+            "per 128 values it holds, counted before it is parsed (more than a burst: closed with 1009, "
+            "unparsed); a `since` replay as one message per 64 KiB it sends, at most a whole burst. "
+            "0 turns the budget off."),
     Setting("message_burst", "WEBSOCKET_MESSAGE_BURST", "message-burst", "60",
             parse_int, 1,
             "The burst of messages a client may send at once before its budget applies."),

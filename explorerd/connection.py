@@ -14,6 +14,7 @@ from types import FunctionType
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from explorerd import parsecost
 from explorerd.admission import TokenBucket
 
 log = Logger()
@@ -40,6 +41,9 @@ class HubConnection:
     _explorer_client = None
     _explorer_ip = None
     _explorer_budget = None
+    # What the message being handled paid in advance beyond its first token
+    # (its parse cost): its filters, batch or answer draw on it first.
+    _explorer_credit = 0
 
     def _withinBudget(self, hub, cost=1.0):
         """
@@ -55,6 +59,48 @@ class HubConnection:
         if self._explorer_budget is None:
             self._explorer_budget = TokenBucket(burst, now)
         return self._explorer_budget.take(now, rate, burst, cost)
+
+    def _payForMessage(self, client, payload, values):
+        """
+        Charge a message by what parsing it will cost (L{parsecost}: one
+        message per 8 KiB and per 128 C{values(payload)}), before it is
+        parsed: True, or False after closing the client.  What it paid
+        beyond one message is credit that the same message's filters,
+        batch or answer draw on first.  A message that counts as more than
+        a burst could never be paid: it is closed with 1009, unparsed.
+        """
+        self._explorer_credit = 0
+        factory = self.factory
+        if not factory.messageRate:
+            return True
+        burst = factory.messageBurst
+        cost, what = parsecost.cost(payload, values, burst)
+        if cost > burst:
+            most = int(burst)
+            self._overBudget(client, f"message too big to parse: {what}; at most "
+                                     f"{most * parsecost.BYTES_PER_MESSAGE} bytes and "
+                                     f"{most * parsecost.VALUES_PER_MESSAGE} values", code=1009)
+            return False
+        if not self._withinBudget(client.hub, cost):
+            counts = "" if cost == 1 else f"a message of {what} counts as {cost}; "
+            self._overBudget(client, f"too many messages: {counts}{self._budgetText()}")
+            return False
+        self._explorer_credit = cost - 1
+        return True
+
+    def _takeMore(self, hub, n):
+        """
+        Take C{n} tokens beyond the one the message being handled paid,
+        from its credit first: True, or False (and none taken).
+        """
+        credit = self._explorer_credit
+        if n <= credit:
+            self._explorer_credit = credit - n
+            return True
+        if self._withinBudget(hub, n - credit):
+            self._explorer_credit = 0
+            return True
+        return False
 
     def _payForBytes(self, client, size, what, cap=None):
         """
@@ -93,7 +139,7 @@ class HubConnection:
             return 0
         cap = self.factory.messageBurst if cap is None else cap
         cost = min(cap, max(1, cost))
-        if self._withinBudget(client.hub, cost - 1):  # the request paid its own token
+        if self._takeMore(client.hub, cost - 1):  # the request paid its own token
             return cost - 1
         self._overBudget(client, f"too many messages: {what} counts as {cost:g}; {self._budgetText()}")
         return None
@@ -101,9 +147,10 @@ class HubConnection:
     def _budgetText(self):
         return f"the budget is {self.factory.messageRate:g} a second, bursts of {self.factory.messageBurst:g}"
 
-    def _overBudget(self, client, reason):
+    def _overBudget(self, client, reason, code=1008):
         """
-        Close a client that went over its budget, and stop reading from it:
+        Close a client that went over its budget (or sent a message too big
+        to parse, C{code} 1009), and stop reading from it:
         a flooder has usually sent far more than it was allowed before the
         close reaches it, and parsing all that (~45 us a frame, seconds of
         CPU for a few megabytes) would cost everyone else what the budget
@@ -112,8 +159,10 @@ class HubConnection:
         what it flooded us with, is not read, and the connection is dropped
         at the close timeout.
         """
-        log.info("client {client} from {peer} exceeded its message budget", client=client.id, peer=client.peer)
-        client.hub.close(client, 1008, reason, "message_budget")
+        log.info("client {client} from {peer} exceeded its message budget: {reason}",
+                 client=client.id, peer=client.peer, reason=reason)
+        # A 1009 is counted as message_too_big as it goes out.
+        client.hub.close(client, code, reason, "message_budget" if code == 1008 else None)
         # Nor what is already read: the rest of this read (up to 64 KiB, some
         # 2,700 pipelined pings) is Autobahn's buffer, parsed after we return.
         self.data = b""

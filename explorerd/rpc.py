@@ -48,7 +48,8 @@ C{eth_sign*}, C{eth_sendTransaction}, C{eth_accounts}) and any other method
 is answered C{-32601} and never reaches the node.
 
 A WebSocket connection is a hub client like any other: the same admission,
-caps, message budget (each request of a batch costs one message), pings,
+caps, message budget (each request of a batch costs one message, a
+message at least what parsing it costs, L{explorerd.parsecost}), pings,
 subscribe deadline and slow-client policy; one closed as too slow is told
 the last block it was sent (L{IResumeHint}).  At most
 C{rpc_max_subscriptions} subscriptions a connection, their logs filters
@@ -69,7 +70,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from explorerd import __version__, events
+from explorerd import __version__, events, parsecost
 from explorerd.config import rpc_refused
 from explorerd.connection import HubConnection
 from explorerd.events import encode, frame
@@ -676,14 +677,22 @@ class RpcProtocol(HubConnection, WebSocketServerProtocol):
         client, session = self._explorer_client, self._explorer_session
         if client is None or client.hub is None:
             return
-        hub, service = client.hub, self.factory.service
         self.factory.metrics.messages_received.inc()
-        if not self._withinBudget(hub):
-            return self._overBudget(client, f"too many messages: {self._budgetText()}")
+        # Paid for by what parsing it costs, before it is parsed; binary
+        # frames (web3.py's) are JSON too.
+        if not self._payForMessage(client, payload, parsecost.json_values):
+            return
+        try:
+            self._received(client, session, payload)
+        finally:
+            self._explorer_credit = 0  # a resume that waits for the history pays anew
+
+    def _received(self, client, session, payload):
+        service = self.factory.service
         message, error = service.parse(payload)
         if error is not None:
             return self._send(error)
-        if isinstance(message, list) and not self._withinBudget(hub, len(message) - 1):
+        if isinstance(message, list) and not self._takeMore(client.hub, len(message) - 1):
             return self._overBudget(client, f"too many messages: {len(message)} in one batch; "
                                             f"{self._budgetText()}")
         answer = service.answer(message, session)

@@ -51,12 +51,14 @@ Close codes: 1001 server shutting down, 1008 too slow (queue full or not
 reading) or over the message budget, 1009 message too big, 1007 invalid UTF-8.
 
 The message budget is a token bucket per connection (C{message_rate} a
-second, bursts of C{message_burst}).  A message costs one token; a
-subscribe with filters costs one per L{FILTER_ENTRIES_PER_MESSAGE}
-addresses and topics in them, and one with C{since} one per
-L{BYTES_PER_MESSAGE} of frames its replay writes (the subscribe itself
-included, at least one), filters and replay together at most the whole
-burst, so that one full subscribe on a fresh connection always goes
+second, bursts of C{message_burst}).  A message costs one token, or
+more by what parsing it costs (L{explorerd.parsecost}: one per 8 KiB and
+per 128 JSON values, counted before it is parsed; one that would cost more
+than a burst is closed with 1009 unparsed).  A subscribe with filters
+costs one per L{FILTER_ENTRIES_PER_MESSAGE} addresses and topics in them,
+and one with C{since} one per L{BYTES_PER_MESSAGE} of frames its replay
+writes (what the subscribe paid to be parsed included, at least one),
+filters and replay together at most the whole burst, so that one full subscribe on a fresh connection always goes
 through while a loop of them is closed like any flood.  The cost is known
 before anything is applied or sent (L{History.replay_size}); a filter or
 replay the budget cannot pay is not applied or sent.
@@ -70,7 +72,7 @@ import json
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
-from explorerd import events
+from explorerd import events, parsecost
 from explorerd.connection import HubConnection, configured_protocol
 from explorerd.hub import CHANNELS, TxOptions
 from explorerd.logfilter import LogFilter
@@ -153,10 +155,17 @@ class StreamProtocol(HubConnection, WebSocketServerProtocol):
         client = self._explorer_client
         if client is None or client.hub is None:
             return
-        hub = client.hub
         self.factory.metrics.messages_received.inc()
-        if not self._withinBudget(hub):
-            return self._overBudget(client, f"too many messages: {self._budgetText()}")
+        # Paid for by what parsing it costs, before it is parsed (a binary
+        # frame is not parsed: its size only).
+        if not self._payForMessage(client, payload, parsecost.no_values if isBinary else parsecost.json_values):
+            return
+        try:
+            self._received(client.hub, client, payload, isBinary)
+        finally:
+            self._explorer_credit = 0  # a resume that waits for the history pays anew
+
+    def _received(self, hub, client, payload, isBinary):
         if isBinary:
             return self._error(client, "binary_not_supported", "send JSON text frames, not binary")
         try:

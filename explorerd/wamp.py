@@ -67,7 +67,10 @@ Delivery.  WAMP clients are hub clients: admission (origin 403, per-IP rate
 limit 429, the shared connection cap 503), the ping sweep, the subscribe
 deadline (a session that holds no subscription and makes no CALL for
 C{subscribe_timeout} is closed 1008) and the slow-client policy (send
-queue, write deadline, close 1008) are the raw stream's.  Every
+queue, write deadline, close 1008) are the raw stream's, and so is the
+message budget: a message counts as what parsing it costs
+(L{explorerd.parsecost}; the JSON decoder is Python's pure-Python scanner,
+~300 ms for a mebibyte of small numbers), each byte of MessagePack and CBOR a value.  Every
 message to a client goes through C{hub.deliver}, so replies and events keep
 their order.  An event is one C{Event} per (publication, subscription),
 serialized and framed once per wire format in use, and the same bytes go to
@@ -88,7 +91,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from explorerd import events
+from explorerd import events, parsecost
 from explorerd.connection import HubConnection
 from explorerd.events import frame
 from explorerd.interfaces import IPublicationObserver
@@ -646,17 +649,26 @@ class WampProtocol(HubConnection, WampWebSocketServerProtocol):
         if client is None or client.hub is None or session is None:
             return
         self.factory.metrics.messages_received.inc()
-        # The raw stream's message budget: each WebSocket message, and each
-        # WAMP message past the first in a batch, costs a token.
-        if not self._withinBudget(client.hub):
-            return self._overBudget(client, f"too many messages: {self._budgetText()}")
+        # The raw stream's message budget: each WebSocket message costs a
+        # token, or what parsing it costs (counted before it is parsed: in
+        # MessagePack and CBOR each byte may be a value), and each WAMP
+        # message past the first in a batch a token.
+        values = parsecost.byte_values if self._explorer_ser[1] else parsecost.json_values
+        if not self._payForMessage(client, payload, values):
+            return
+        try:
+            self._received(client, session, payload, isBinary)
+        finally:
+            self._explorer_credit = 0
+
+    def _received(self, client, session, payload, isBinary):
         try:
             msgs = self._serializer.unserialize(payload, isBinary)
         except ProtocolError as e:
             return session.violation(str(e))
         except Exception as e:  # a parser that raised something else on garbage
             return session.violation(f"invalid WAMP message: {type(e).__name__}")
-        if len(msgs) > 1 and not self._withinBudget(client.hub, len(msgs) - 1):
+        if len(msgs) > 1 and not self._takeMore(client.hub, len(msgs) - 1):
             return self._overBudget(client, f"too many messages: {len(msgs)} in one batch; {self._budgetText()}")
         for msg in msgs:
             if self._session is None or client.hub is None:

@@ -11,10 +11,12 @@ from collections import OrderedDict
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import interfaces
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from explorerd import parsecost
 from explorerd.accesslog import AccessLog
 from explorerd.admission import TokenBucket, client_ip
 from explorerd.coalesce import Coalesced
@@ -42,7 +44,9 @@ class RpcResource(UpgradeResource):
     HTTP provider works too.  A POST passes the same origin check as a
     WebSocket (with CORS headers for the origins allowed) and each request
     in it counts against a message budget per client address, the
-    WebSocket connection's budget (C{message_rate}, C{message_burst}).
+    WebSocket connection's budget (C{message_rate}, C{message_burst}), the
+    body at least what parsing it costs (L{parsecost}), charged before it
+    is parsed; a body that costs more than a burst is refused with 413.
     """
 
     def __init__(self, factory, max_body, max_ips=100_000):
@@ -66,14 +70,23 @@ class RpcResource(UpgradeResource):
         factory = self._factory
         service = factory.service
         factory.metrics.messages_received.inc()
+        ip = self._clientIp(request)
+        # Paid for by what parsing it costs before it is parsed, as a
+        # WebSocket message is; a batch's requests beyond that after.
+        burst = factory.messageBurst
+        cost, what = parsecost.cost(body, parsecost.json_values, burst) if factory.messageRate else (1, "")
+        if cost > burst:
+            factory.metrics.errors.labels("message_too_big").inc()
+            return self._refuse(request, 413, -32600, f"invalid request: too big to parse ({what}); at most "
+                                f"{int(burst) * parsecost.BYTES_PER_MESSAGE} bytes and "
+                                f"{int(burst) * parsecost.VALUES_PER_MESSAGE} values")
+        if not self._withinBudget(ip, cost):
+            return self._overBudget(request)
         message, error = service.parse(body)
         if error is not None:
             return _json(error)
-        cost = len(message) if isinstance(message, list) else 1
-        if not self._withinBudget(self._clientIp(request), cost):
-            factory.metrics.errors.labels("message_budget").inc()
-            return self._refuse(request, 429, -32005, "too many requests: the budget is "
-                                f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
+        if isinstance(message, list) and len(message) > cost and not self._withinBudget(ip, len(message) - cost):
+            return self._overBudget(request)
         from explorerd.rpc import Session, encodeAnswer
 
         session = Session()
@@ -130,6 +143,12 @@ class RpcResource(UpgradeResource):
             addresses = [a.strip() for a in forwarded.decode("latin-1").split(",")]
             return client_ip(addresses[-trusted:][0])
         return request.getClientAddress().host
+
+    def _overBudget(self, request):
+        factory = self._factory
+        factory.metrics.errors.labels("message_budget").inc()
+        return self._refuse(request, 429, -32005, "too many requests: the budget is "
+                            f"{factory.messageRate:g} a second, bursts of {factory.messageBurst:g}")
 
     def _withinBudget(self, ip, cost):
         factory = self._factory
@@ -188,7 +207,10 @@ class Channel(http.HTTPChannel):
     "pending", counted in the connection cap and the per-IP limit, and
     dropped by the hub's sweep if the request does not arrive within the
     handshake timeout from connecting (slowloris: the idle timer alone is
-    reset by every byte, of the head or of the body).
+    reset by every byte, of the head or of the body).  On a TLS listener
+    the connection paid a token of its address's rate limit as it was
+    accepted (its handshake costs as much as an upgrade); its first whole
+    request gives it back, so only connections that never send one count.
 
     Pipelined requests take turns with everyone else: twisted.web parses
     the next one as the last is done, in the same call, so a connection
@@ -210,6 +232,7 @@ class Channel(http.HTTPChannel):
     _explorer_done = None  # the request done whose successors wait for their turn
     _explorer_queued = False  # in the site's turns
     _explorer_unread = False  # the transport is full: the client is not reading our answers
+    _explorer_requested = False  # a whole request has arrived
 
     def connectionMade(self):
         super().connectionMade()
@@ -230,6 +253,13 @@ class Channel(http.HTTPChannel):
         # The whole request, body included, had to arrive within the
         # handshake timeout: a body that trickles in a byte at a time resets
         # the idle timer on every byte, and only this deadline ends it.
+        if not self._explorer_requested and self._explorer_ip is not None and \
+                isinstance(self.transport, TLSMemoryBIOProtocol):
+            # Accepted on a TLS listener, this connection paid a token of its
+            # address's rate limit for its handshake (Admission.refusedAtAccept):
+            # a whole request arrived, so it gets it back (an upgrade pays its own).
+            self.site.admission.limiter.refund(self._explorer_ip)
+        self._explorer_requested = True
         refusal = self._explorer_refusal
         if refusal is None:
             self._explorerDone()

@@ -116,7 +116,8 @@ async def test_connection_cap_gets_503_and_frees_up(start_daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_over_1_mib_closes_with_1009(start_daemon):
-    daemon = await start_daemon()
+    # A burst that pays for parsing a whole MiB (128 messages' worth).
+    daemon = await start_daemon(message_burst=130)
     ok = await connect(daemon.url)
     ok.sendMessage(b" " * (1 << 20))  # exactly 1 MiB: allowed (and not JSON)
     assert (await ok.next(timeout=20))["error"]["code"] == "invalid_json"
@@ -355,6 +356,50 @@ async def test_over_tls_a_refused_address_is_closed_at_accept_before_any_tls_wor
     # Another address is served as before.
     assert await in_thread(handshake, "127.0.0.2") == '{"type":"pong"}'
     daemon.clock.advance(daemon.service.config.shutdown_timeout + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_tls_bare_handshakes_count_against_the_rate_limit(start_daemon, tmp_path):
+    # A handshake with no request after it took no token: an address could make the server do
+    # handshakes (~1.5 ms of CPU each) as fast as it liked. Now each counts as a new connection,
+    # however many are in flight at once; plain HTTPS requests still do not.
+    import socket
+    import ssl
+
+    from tests.tls import self_signed_pem
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(self_signed_pem())
+    daemon = await start_daemon(listen=f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}", rate_limit=3)
+    context = ssl.create_default_context(cafile=str(pem))
+
+    def bare_handshake(source="127.0.0.1"):
+        """True if the TLS handshake completed; False if the server closed the connection first."""
+        sock = socket.create_connection(("127.0.0.1", daemon.port), source_address=(source, 0), timeout=10)
+        try:
+            with context.wrap_socket(sock, server_hostname="127.0.0.1"):
+                return True
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            return False
+
+    def https_get(path="/healthz"):
+        import urllib.request
+
+        with urllib.request.urlopen(f"https://127.0.0.1:{daemon.port}{path}", context=context, timeout=10) as r:
+            return r.status
+
+    registry = daemon.service.metrics.registry
+    for _ in range(5):  # requests give their token back
+        assert await in_thread(https_get) == 200
+    for n in range(3):  # the address's three connections a minute
+        assert await in_thread(bare_handshake)
+    assert not await in_thread(bare_handshake)
+    assert sample(registry, "explorer_connections_refused_at_accept_total") == 1
+    assert await in_thread(bare_handshake, "127.0.0.2"), "another address is not limited"
+    # Twenty seconds later the address has a new connection's worth again.
+    daemon.clock.advance(20)
+    assert await in_thread(bare_handshake)
+    await eventually(lambda: daemon.hub.slots.count == 0, what="the connections to be gone")
 
 
 @pytest_twisted.ensureDeferred

@@ -58,7 +58,7 @@ BAD_MESSAGES = [
     ('{"action": "subscribe", "channels": ["newFoo"]}', "unknown_channel"),
     ('{"action": "subscribe", "channels": [1, null, {}]}', "unknown_channel"),
     ('{"action": "unsubscribe", "channels": {"a": 1}}', "invalid_message"),
-    ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+    ("[" * 3_000 + "]" * 3_000, "invalid_json"),  # deeper than the parser goes
 ]
 
 
@@ -99,7 +99,8 @@ async def test_valid_channels_beside_an_unknown_one_are_applied(start_daemon):
 async def test_a_huge_list_of_unknown_channels_gets_a_short_error(start_daemon):
     daemon = await start_daemon()
     client = await connect(daemon.url)
-    answer = await client.request({"action": "subscribe", "channels": ["x" * 500] * 1500})
+    # ~300 KB: within what a fresh connection may send (tests/test_parsecost.py)
+    answer = await client.request({"action": "subscribe", "channels": ["x" * 200] * 1500})
     assert answer["error"]["code"] == "unknown_channel"
     assert len(answer["error"]["message"]) < 1000
     await client.close()
