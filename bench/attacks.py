@@ -7,7 +7,7 @@ Hostile clients against explorerd, with bystanders watching: what each attack co
   python bench/attacks.py --attacks flood,stalled --bystanders 500 --blocks 10 --out /tmp/A.md
 
 One fresh server per attack (bench/hubserver.py: the real explorerd Daemon fed one mainnet block a
-second with hub.publishBlock), with explorerd's own defaults for every limit (hubserver's bench
+second with hub.publish), with explorerd's own defaults for every limit (hubserver's bench
 setting that turns the per-IP limits off is undone here) except what an attack needs.  Bystanders
 (bench/loadgen.mjs, `newBlocks`+`newTxs` with `"batch": true`, on source addresses 127.0.0.60 and
 up, at most 8 per address so the default rate limit admits them all) subscribe; then a baseline
@@ -1701,7 +1701,7 @@ def report(results, meta, args, out_path, command, started, finished, out_dir, s
       f"explorerd at `{meta['git']}`  ")
     w(f"Load average at start: {' '.join(meta['loadavg_start'])}; at end: {' '.join(meta.get('loadavg_end', []))}\n")
     w(f"Each row is one fresh explorerd (bench/hubserver.py: the real Daemon, one mainnet block of 167–209 "
-      f"transactions handed to `hub.publishBlock` a second) with **explorerd's default limits** (rate limit "
+      f"transactions handed to `hub.publish` a second) with **explorerd's default limits** (rate limit "
       f"10 new connections a minute per address, 100 connections per address, 1,000 in all, message budget "
       f"20/s in bursts of 60, 1 MiB messages, write deadline 10 s, send queue 256), except where the attack "
       f"says otherwise. **{args.bystanders} bystanders** (bench/loadgen.mjs, `newBlocks`+`newTxs` with "

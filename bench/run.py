@@ -1082,7 +1082,7 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             head = text.split("## top 30 by inclusive")[0].split("# pstats")[0].strip().splitlines()[:18]
             w("```\n" + "\n".join(head) + "\n```\n")
     w("Raw per-run JSON (every figure above, per run, plus loadgen event-loop delay, handoff times, silent "
-      f"clients' close codes): `{os.path.relpath(meta['out_dir'], REPO)}/`, committed with this report (the block files and the processes' logs are not).\n")
+      f"clients' close codes): {raw_dirs(meta['out_dir'])}, committed with this report (the block files and the processes' logs are not).\n")
     with open(out_path, "w") as f:
         f.write("\n".join(lines))
 
@@ -1236,27 +1236,48 @@ def profile_runs(scenarios, out_dir, quick):
     return outputs
 
 
+def raw_dirs(out_dir):
+    """Where a report's raw results are: one directory, or (a report of several runs) each."""
+    dirs = out_dir if isinstance(out_dir, list) else [out_dir]
+    return ", ".join(f"`{os.path.relpath(d, REPO)}/`" for d in dirs)
+
+
 def report_again(raw_dir, out_path):
     """The report of a finished run, from its raw results only (the report is never edited by hand)."""
     import tempfile
 
-    with open(os.path.join(raw_dir, "results.json")) as f:
-        raw = json.load(f)
-    meta, results = raw["meta"], raw["results"]
+    dirs = [d for d in raw_dir.split(",") if d]
+    raws = []
+    for d in dirs:
+        with open(os.path.join(d, "results.json")) as f:
+            raws.append(json.load(f))
+    # Several runs of the same command (a re-run on a quieter machine): one report of all their runs.
+    raw = raws[0]
+    meta, results = dict(raw["meta"]), [r for each in raws for r in each["results"]]
+    if len(dirs) > 1:
+        meta["out_dir"] = [os.path.join(HERE, "results", os.path.basename(d.rstrip("/"))) for d in dirs]
+        if "finished" in raws[-1]["meta"]:
+            meta["finished"] = raws[-1]["meta"]["finished"]
+        meta["loadavg_end"] = raws[-1]["meta"].get("loadavg_end", [])
+    raw_dir = dirs[0]
     quick = raw_dir.rstrip("/").endswith("-quick")
     base = QUICK if quick else FULL
     scenarios = {s: dict(base[s]) for s in dict.fromkeys(r["scenario"] for r in results)}
     for s, spec in scenarios.items():
         spec["clients"] = {n: sum(1 for r in results if r["scenario"] == s and r["clients"] == n)
                            for n in sorted({r["clients"] for r in results if r["scenario"] == s})}
-    parse = datetime.datetime.fromisoformat
-    started, finished = parse(meta["started"]), parse(meta["finished"])
+    if "started" in meta:
+        started = datetime.datetime.fromisoformat(meta["started"])
+    else:  # runs before the start was recorded: the directory's name is it
+        stamp = os.path.basename(raw_dir.rstrip("/"))[:15]
+        started = datetime.datetime.strptime(stamp, "%Y%m%d-%H%M%S").replace(tzinfo=datetime.timezone.utc)
+    finished = datetime.datetime.fromisoformat(meta["finished"]) if "finished" in meta else started
     with tempfile.TemporaryDirectory() as tmp:
         files = {s: make_files(spec, tmp, s) for s, spec in scenarios.items() if s != "e2e"}
         report(results, meta, out_path or os.path.join(HERE, "RESULTS.md"), raw["command"], files, started,
                finished, scenarios, (), raw.get("side") or {})
     print(f"bench: report written to {os.path.relpath(out_path, REPO) if out_path else 'bench/RESULTS.md'} "
-          f"from {os.path.relpath(raw_dir, REPO)}", flush=True)
+          f"from {', '.join(dirs)}", flush=True)
 
 
 def main():
@@ -1275,8 +1296,9 @@ def main():
                    help="also profile explorerd in (a) and (b): cProfile, and py-spy if installed (PYSPY=path)")
     p.add_argument("--profile-only", action="store_true", help="only the profiled runs (full-size N unless --quick)")
     p.add_argument("--out", default="", help="report path (default bench/RESULTS.md, or bench/RESULTS-quick.md with --quick)")
-    p.add_argument("--report-from", default="", metavar="DIR",
-                   help="write the report again from a run's committed raw results (DIR/results.json), running nothing")
+    p.add_argument("--report-from", default="", metavar="DIR[,DIR...]",
+                   help="write the report again from committed raw results (DIR/results.json; several: one "
+                        "report of all their runs), running nothing")
     args = p.parse_args()
     if args.report_from:
         return report_again(args.report_from, args.out)
