@@ -86,6 +86,13 @@ FULL = {
                            silent_keepalive=15, clients={1000: 1, 10000: 1}, per_loadgen=2500,
                            servers=("explorerd",), set={"unsent_limit": 0},
                            phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
+    # The baseline as explorerd was: what the unsent limit costs clients that read.  Not in the
+    # default matrix: `--scenarios alone-nolimit`.
+    "alone-nolimit": dict(title="(f) baseline with WEBSOCKET_UNSENT_LIMIT=0",
+                          channels="newBlocks,newTxs", silent=0, data=MAINNET_200, blocks=75,
+                          clients={900: 1, 9000: 1}, per_loadgen=2250, servers=("explorerd",),
+                          set={"unsent_limit": 0},
+                          phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
     # How many connections one process holds (its open-file cap is the limit: each load generator
     # is a process with its own), what an idle subscribed one costs, and whether blocks still all
     # arrive.  Not in the default matrix: `--scenarios connections`.
@@ -124,6 +131,7 @@ QUICK = {
     "silent": dict(FULL["silent"], blocks=20, clients={200: 1}, phases={}),
     "alone": dict(FULL["alone"], blocks=20, clients={180: 1}, phases={}),
     "silent-nolimit": dict(FULL["silent-nolimit"], blocks=20, clients={200: 1}, phases={}),
+    "alone-nolimit": dict(FULL["alone-nolimit"], blocks=20, clients={180: 1}, phases={}),
     "connections": dict(FULL["connections"], blocks=4, clients={200: 1}),
     "e2e": dict(FULL["e2e"], blocks=4, clients={1: 1, 100: 1}),
     "logs": dict(FULL["logs"], blocks=4, clients={200: 1}),
@@ -791,6 +799,10 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
         "loadgen_loop_p99_ms": [round(x, 1) for x in loop_p99], "loadgen_loop_max_ms": [round(x, 1) for x in loop_max],
         "block_txs": [b["txs"] for b in blocks],
+        # Per block, in hand-off order: where a slow block (a GC, a burst of closes) shows.
+        "block_lat_p99_ms": [ms(pct(per_block_first.get(b["height"], []), 99)) for b in blocks],
+        "block_whole_p99_ms": [ms(pct(per_block_last.get(b["height"], []), 99)) for b in blocks],
+        "block_gc_ms": [b.get("gc_ms") for b in blocks],
         "block_logs": [b.get("logs") for b in blocks],
         "phases": phases,
     }
@@ -1039,7 +1051,7 @@ def logs_section(spec, rows, files):
     return "\n".join(out)
 
 
-SILENT_FAMILY = ("silent", "alone", "silent-nolimit")
+SILENT_FAMILY = ("silent", "alone", "silent-nolimit", "alone-nolimit")
 SILENT_TARGET = 1.2  # the reading clients' p99 with the silent ones within 20% of theirs alone
 
 
@@ -1053,6 +1065,24 @@ def _tcp_mem_mib(r):
     if peak is None:
         return None
     return peak * (k.get("base") or {}).get("page_kb", 4) / 1024
+
+
+def _baseline(rows, scenario, server, reading):
+    """
+    The runs a row is compared with: silent with alone, silent-nolimit with alone-nolimit (or
+    alone), alone-nolimit with alone (what the limit costs reading clients); the same number of
+    reading clients, the same server.
+    """
+    if scenario == "alone" or reading is None:
+        return []
+    names = {"silent": ("alone",), "silent-nolimit": ("alone-nolimit", "alone"),
+             "alone-nolimit": ("alone",)}.get(scenario, ())
+    for name in names:
+        found = [r for r in rows if r["scenario"] == name and r["server"] == server and "lat_p50_ms" in r
+                 and r["clients"] == round(reading)]
+        if found:
+            return found
+    return []
 
 
 def silent_section(results, scenarios, files_by_scenario):
@@ -1075,8 +1105,10 @@ def silent_section(results, scenarios, files_by_scenario):
     w(f"Rows: **silent** = N clients of which {spec.get('silent', 0.1):.0%} stop reading once subscribed (they send "
       f"`{{\"action\":\"ping\"}}` every {spec.get('silent_keepalive', 15)} s, so they look alive, and never read); "
       "**alone** = only the reading clients of a silent row (N × 0.9), the baseline the issue asks for: "
-      "\"the others' p99\" with and without the silent ones; **silent-nolimit** = silent with "
-      "`WEBSOCKET_UNSENT_LIMIT=0` (the kernel's own buffering: explorerd before this limit). Latency figures are "
+      "\"the others' p99\" with and without the silent ones; **silent-nolimit**, **alone-nolimit** = the same with "
+      "`WEBSOCKET_UNSENT_LIMIT=0` (the kernel's own buffering: explorerd before this limit). *÷ alone*: against "
+      "the same number of reading clients alone (silent-nolimit against alone-nolimit, alone-nolimit against "
+      "alone). Latency figures are "
       "the reading clients' only: *first frame* = block hand-off → a client's `newBlock`, *whole block* = → its last "
       "`newTx` of the block. *closed too slow* / *pong timeout* = the server's closes of each kind "
       "(`explorer_websocket_errors_total`), *at s* = when, after the first block (first–last); *queue peak* = the "
@@ -1090,18 +1122,18 @@ def silent_section(results, scenarios, files_by_scenario):
             "lost | loadgen CPU | foreign CPU | notes |")
     w(cols)
     w("|" + "---|" * cols.count(" | ") + "---|")
-    order = {s: i for i, s in enumerate(("alone", "silent", "silent-nolimit"))}
+    order = {s: i for i, s in enumerate(("alone", "alone-nolimit", "silent", "silent-nolimit"))}
     keys = sorted({(r["scenario"], r["server"], r["clients"]) for r in rows},
-                  key=lambda k: (k[2] * (1 - (0.1 if k[0] != "alone" else 0)), ALL_SERVERS.index(k[1]) if k[1] in ALL_SERVERS else 9,
-                                 order[k[0]]))
+                  key=lambda k: (k[2] * (1 if k[0].startswith("alone") else 1 - spec.get("silent", 0.1)),
+                                 ALL_SERVERS.index(k[1]) if k[1] in ALL_SERVERS else 9, order[k[0]]))
     for scenario, server, n in keys:
         rs = [r for r in rows if (r["scenario"], r["server"], r["clients"]) == (scenario, server, n)]
         ok = [r for r in rs if "lat_p50_ms" in r]
         reading = median([r.get("non_silent") for r in ok])
-        alone = [r for r in rows if r["scenario"] == "alone" and r["server"] == server and "lat_p50_ms" in r
-                 and reading is not None and r["clients"] == round(reading)]
+        alone = _baseline(rows, scenario, server, reading)
         m = lambda rs_, key: median([r.get(key) for r in rs_])
-        vs = lambda key: ratio(m(ok, key), m(alone, key)) if scenario != "alone" and alone else "–"
+        vs = lambda key: ratio(m(ok, key), m(alone, key)) if alone else "–"
+        vs_rss = ratio(m(ok, "rss_peak_kb"), m(alone, "rss_peak_kb")) if alone else "–"
 
         def closes(kind, what):
             values = [((r.get("closes_s") or {}).get(kind) or {}).get(what) for r in ok]
@@ -1122,7 +1154,6 @@ def silent_section(results, scenarios, files_by_scenario):
         if behind > 0.5:
             notes.append(f"fell behind the block rate by up to {behind:.1f} s")
         lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
-        rss_alone = m(alone, "rss_peak_kb")
         w(f"| {scenario} | {server} | {n:,} | {'–' if reading is None else f'{reading:,.0f}'} | {len(ok)}/{len(rs)} | "
           f"{fmt([r.get('lat_p50_ms') for r in ok])} | {fmt([r.get('lat_p99_ms') for r in ok])} | "
           f"{fmt([r.get('whole_p50_ms') for r in ok])} | {fmt([r.get('whole_p99_ms') for r in ok])} | "
@@ -1130,7 +1161,7 @@ def silent_section(results, scenarios, files_by_scenario):
           f"{fmt(slow, 0) if silent_n else '–'} | {fmt(pong, 0) if silent_n else '–'} | {fmt(still, 0) if silent_n else '–'} | "
           f"{span('too_slow')} | {span('pong_timeout')} | "
           f"{fmt([_mib(r.get('rss_peak_kb')) for r in ok], 0)} | "
-          f"{ratio(m(ok, 'rss_peak_kb'), rss_alone) if scenario != 'alone' and alone else '–'} | "
+          f"{vs_rss} | "
           f"{fmt([r.get('queue_peak') for r in ok], 0)} | {fmt([_tcp_mem_mib(r) for r in ok], 0)} | "
           f"{sum(r.get('lost', 0) for r in ok)} | {'–' if lg is None else f'{lg:.0%}'} | "
           f"{fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | {'; '.join(notes)} |")
