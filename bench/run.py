@@ -53,6 +53,12 @@ ANVIL = os.path.join(REPO, "tests", "node", "node_modules", "@foundry-rs", "anvi
 MAINNET_200 = {"recordings": ["mainnet_11880804-11880810"], "min_txs": 100}  # 6 blocks, 167-209 txs, 219-349 logs
 SMALL = {"recordings": ["mainnet_15478281-15478287"], "min_txs": 0}
 
+# (f) and its baselines: mainnet blocks of ~190 transactions, a newTx frame each; N and 0.9 N share a
+# rate and a length (10,000 and 9,000: one block every 2 s, 50 blocks).
+SILENT_BASE = dict(channels="newBlocks,newTxs", silent=0, data=MAINNET_200, blocks=75, per_loadgen=2500,
+                   rate_for={9000: 0.5, 10000: 0.5}, blocks_for={9000: 50, 10000: 50},
+                   phase_seconds={"0-15 s": (0, 15), "15-60 s": (15, 60), "60 s-end": (60, 1e9)})
+
 # Scenario -> how it runs.  "clients": {N: runs}.
 FULL = {
     "blocks": dict(title="(a) newBlocks only, 1 block/s", channels="newBlocks", data=SMALL, blocks=10,
@@ -68,31 +74,27 @@ FULL = {
     # WEBSOCKET_UNSENT_LIMIT (128 KiB) a silent client's transport pauses within a few blocks and
     # the write deadline (10 s) closes it as too slow; without it (silent-nolimit) the kernel
     # takes ~4 MiB for each first (~35 of these blocks) and the pong timeout (60 s) drops them.
-    # The run lasts well past both.  The peers fall far behind the block rate at 10,000 here.
-    "silent": dict(title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
-                   channels="newBlocks,newTxs", silent=0.1, data=MAINNET_200, blocks=75,
-                   silent_keepalive=15, clients={1000: 3, 10000: 2}, peer_runs=1, per_loadgen=2500,
-                   servers_for={"ws": (1000,), "ws-prepared": (1000,), "autobahn": (1000,)},
-                   phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
+    # The run lasts well past both.  At 10,000 clients the blocks come one every 2 s: at 1 a
+    # second 9,000 readers of ~190 frames a block saturate both cores (the load generators alone
+    # take ~1.6), and a load generator that falls behind never catches up (its unread queue grows
+    # by ~350 MB/s until the OOM killer takes it), with silent clients or without.  The peers fall
+    # far behind the block rate at 10,000 here.
+    "silent": dict(SILENT_BASE, title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
+                   silent=0.1, silent_keepalive=15, clients={1000: 3, 10000: 2}, peer_runs=1,
+                   servers_for={"ws": (1000,), "ws-prepared": (1000,), "autobahn": (1000,)}),
     # (f)'s reading clients alone (900 and 9,000): what "the others" get without the silent ones.
-    "alone": dict(title="(f) baseline: the reading clients of (f) alone",
-                  channels="newBlocks,newTxs", silent=0, data=MAINNET_200, blocks=75,
-                  clients={900: 2, 9000: 2}, per_loadgen=2250, servers=("explorerd",), clients_scale=0.9,
-                  phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
+    "alone": dict(SILENT_BASE, title="(f) baseline: the reading clients of (f) alone",
+                  clients={900: 2, 9000: 2}, servers=("explorerd",), clients_scale=0.9),
     # (f) as explorerd was before WEBSOCKET_UNSENT_LIMIT: the kernel's own buffering.  Not in the
     # default matrix: `--scenarios silent-nolimit`.
-    "silent-nolimit": dict(title="(f) with WEBSOCKET_UNSENT_LIMIT=0: the kernel buffers for the silent ones",
-                           channels="newBlocks,newTxs", silent=0.1, data=MAINNET_200, blocks=75,
-                           silent_keepalive=15, clients={1000: 1, 10000: 1}, per_loadgen=2500,
-                           servers=("explorerd",), set={"unsent_limit": 0},
-                           phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
+    "silent-nolimit": dict(SILENT_BASE, title="(f) with WEBSOCKET_UNSENT_LIMIT=0",
+                           silent=0.1, silent_keepalive=15, clients={1000: 1, 10000: 1},
+                           servers=("explorerd",), set={"unsent_limit": 0}),
     # The baseline as explorerd was: what the unsent limit costs clients that read.  Not in the
     # default matrix: `--scenarios alone-nolimit`.
-    "alone-nolimit": dict(title="(f) baseline with WEBSOCKET_UNSENT_LIMIT=0",
-                          channels="newBlocks,newTxs", silent=0, data=MAINNET_200, blocks=75,
-                          clients={900: 1, 9000: 1}, per_loadgen=2250, servers=("explorerd",),
-                          clients_scale=0.9, set={"unsent_limit": 0},
-                          phases={"blocks 1-15": (0, 15), "blocks 16-60": (15, 60), "blocks 61-75": (60, 75)}),
+    "alone-nolimit": dict(SILENT_BASE, title="(f) baseline with WEBSOCKET_UNSENT_LIMIT=0",
+                          clients={900: 1, 9000: 1}, servers=("explorerd",), clients_scale=0.9,
+                          set={"unsent_limit": 0}),
     # How many connections one process holds (its open-file cap is the limit: each load generator
     # is a process with its own), what an idle subscribed one costs, and whether blocks still all
     # arrive.  Not in the default matrix: `--scenarios connections`.
@@ -128,10 +130,10 @@ QUICK = {
     "blocks": dict(FULL["blocks"], blocks=4, clients={100: 1, 1000: 1}),
     "txs": dict(FULL["txs"], blocks=4, clients={100: 1, 500: 1}, blocks_for={}),
     "batch": dict(FULL["batch"], blocks=4, clients={200: 1}),
-    "silent": dict(FULL["silent"], blocks=20, clients={200: 1}, phases={}),
-    "alone": dict(FULL["alone"], blocks=20, clients={180: 1}, phases={}),
-    "silent-nolimit": dict(FULL["silent-nolimit"], blocks=20, clients={200: 1}, phases={}),
-    "alone-nolimit": dict(FULL["alone-nolimit"], blocks=20, clients={180: 1}, phases={}),
+    "silent": dict(FULL["silent"], blocks=20, clients={200: 1}, phase_seconds={}),
+    "alone": dict(FULL["alone"], blocks=20, clients={180: 1}, phase_seconds={}),
+    "silent-nolimit": dict(FULL["silent-nolimit"], blocks=20, clients={200: 1}, phase_seconds={}),
+    "alone-nolimit": dict(FULL["alone-nolimit"], blocks=20, clients={180: 1}, phase_seconds={}),
     "connections": dict(FULL["connections"], blocks=4, clients={200: 1}),
     "e2e": dict(FULL["e2e"], blocks=4, clients={1: 1, 100: 1}),
     "logs": dict(FULL["logs"], blocks=4, clients={200: 1}),
@@ -576,7 +578,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
     cell = f"{scenario}-{variant + '-' if variant else ''}{server}-{n}-r{run_index}"
     log_dir = os.path.join(out_dir, "logs", cell)
     os.makedirs(log_dir, exist_ok=True)
-    rate, nblocks = spec.get("rate", 1.0), blocks_for(spec, n)
+    rate, nblocks = rate_for(spec, n), blocks_for(spec, n)
     result = {"scenario": scenario, "server": server, "clients": n, "run": run_index, "blocks": nblocks,
               "rate": rate, "channels": spec["channels"], "batch": bool(spec.get("batch")),
               "silent_share": spec.get("silent", 0), "errors": []}
@@ -673,6 +675,11 @@ def blocks_for(spec, n):
     return spec.get("blocks_for", {}).get(n, spec["blocks"])
 
 
+def rate_for(spec, n):
+    """Blocks per second at N clients."""
+    return spec.get("rate_for", {}).get(n, spec.get("rate", 1.0))
+
+
 def loadgen_sizes(spec, n):
     k = max(1, math.ceil(n / spec["per_loadgen"]))
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -747,8 +754,11 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
             received_by_block[h] = received_by_block.get(h, 0) + sum(min(k, exp_msgs) for k in e["n"])
             if "newTxs" in spec["channels"]:
                 tx_mismatch += sum(1 for k in e["txs"] if k != b["txs"])
-    for label, (lo, hi) in spec.get("phases", {}).items():
-        heights = [b["height"] for b in blocks[lo:hi]]
+    phase_blocks = {label: blocks[lo:hi] for label, (lo, hi) in spec.get("phases", {}).items()}
+    for label, (lo, hi) in spec.get("phase_seconds", {}).items():  # by hand-off time after the first block
+        phase_blocks[label] = [b for b in blocks if lo <= b["t"] - blocks[0]["t"] < hi]
+    for label, phase in phase_blocks.items():
+        heights = [b["height"] for b in phase]
         lat = [x for h in heights for x in per_block_first.get(h, [])]
         whole = [x for h in heights for x in per_block_last.get(h, [])]
         phases[label] = {"lat_p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
@@ -1099,9 +1109,11 @@ def silent_section(results, scenarios, files_by_scenario):
     if files:
         txs = files.get("txs_per_block", [])
         per_block = files["block_frame_bytes"] + files["tx_frame_bytes"] * statistics.mean(txs) if txs else 0
-        w(f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s, channels `{spec['channels']}` (a `newTx` frame "
-          f"per transaction); newBlock frame {files['block_frame_bytes']} B, newTx frame {files['tx_frame_bytes']} B, "
-          f"txs per block {min(txs)}–{max(txs)}: ~{per_block / 1024:.0f} KiB per client per block.\n")
+        w(f"Channels `{spec['channels']}` (a `newTx` frame per transaction); newBlock frame "
+          f"{files['block_frame_bytes']} B, newTx frame {files['tx_frame_bytes']} B, txs per block "
+          f"{min(txs)}–{max(txs)}: ~{per_block / 1024:.0f} KiB per client per block. *blocks*: how many, at what "
+          f"rate (one every 2 s at 9,000 and 10,000 clients: at 1 a second their ~1.7 M frames/s saturate this "
+          f"machine's two cores and a load generator that falls behind does not catch up).\n")
     w(f"Rows: **silent** = N clients of which {spec.get('silent', 0.1):.0%} stop reading once subscribed (they send "
       f"`{{\"action\":\"ping\"}}` every {spec.get('silent_keepalive', 15)} s, so they look alive, and never read); "
       "**alone** = only the reading clients of a silent row (N × 0.9), the baseline the issue asks for: "
@@ -1116,7 +1128,7 @@ def silent_section(results, scenarios, files_by_scenario):
       "/proc/net/sockstat's TCP `mem` at its highest during the run, machine-wide (on loopback it holds both ends: "
       "what the server's sockets hold unsent and what the clients' sockets hold unread). Median over runs, "
       "(min–max) with more than one.\n")
-    cols = ("| row | server | N | reading | runs | first frame p50 ms | first frame p99 ms | whole block p50 ms | "
+    cols = ("| row | server | N | reading | blocks | runs | first frame p50 ms | first frame p99 ms | whole block p50 ms | "
             "whole block p99 ms | p99 ÷ alone | whole p99 ÷ alone | closed too slow | pong timeout | still open | "
             "too-slow closes at s | pong closes at s | RSS peak MiB | RSS ÷ alone | queue peak | kernel TCP mem peak MiB | "
             "lost | loadgen CPU | foreign CPU | notes |")
@@ -1154,7 +1166,9 @@ def silent_section(results, scenarios, files_by_scenario):
         if behind > 0.5:
             notes.append(f"fell behind the block rate by up to {behind:.1f} s")
         lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
-        w(f"| {scenario} | {server} | {n:,} | {'–' if reading is None else f'{reading:,.0f}'} | {len(ok)}/{len(rs)} | "
+        blocks = f"{rs[0]['blocks']} at {rs[0]['rate']:g}/s"
+        w(f"| {scenario} | {server} | {n:,} | {'–' if reading is None else f'{reading:,.0f}'} | {blocks} | "
+          f"{len(ok)}/{len(rs)} | "
           f"{fmt([r.get('lat_p50_ms') for r in ok])} | {fmt([r.get('lat_p99_ms') for r in ok])} | "
           f"{fmt([r.get('whole_p50_ms') for r in ok])} | {fmt([r.get('whole_p99_ms') for r in ok])} | "
           f"{vs('lat_p99_ms')} | {vs('whole_p99_ms')} | "
@@ -1166,9 +1180,10 @@ def silent_section(results, scenarios, files_by_scenario):
           f"{sum(r.get('lost', 0) for r in ok)} | {'–' if lg is None else f'{lg:.0%}'} | "
           f"{fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | {'; '.join(notes)} |")
     w("")
-    phases = list(spec.get("phases") or {})
+    phases = list(spec.get("phase_seconds") or spec.get("phases") or {})
     if phases and any(r.get("phases") for r in rows):
-        w("The reading clients' p99 by phase of the run (first frame / whole block, ms; median over runs):\n")
+        w("The reading clients' p99 by phase of the run, in seconds after the first block (first frame / whole "
+          "block, ms; median over runs):\n")
         w("| row | server | N | " + " | ".join(phases) + " |")
         w("|---|---|---|" + "---|" * len(phases))
         for scenario, server, n in keys:
@@ -1635,6 +1650,7 @@ def main():
             spec.pop("peer_runs", None)
         if args.blocks:
             spec["blocks"] = args.blocks
+            spec["blocks_for"] = {}
         if max(spec["clients"]) / max(1, math.ceil(max(spec["clients"]) / spec["per_loadgen"])) > nofile - 100:
             raise SystemExit(f"bench: open-file limit {nofile} is too low")
         if s == "e2e" and any(x in e2e_modes for x in servers):  # --servers picks e2e modes too
