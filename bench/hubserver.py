@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -32,9 +33,48 @@ BENCH_SETTINGS = {"rate_limit": 0, "max_connections_per_ip": 0}
 
 
 class HubServer:
-    def __init__(self, daemon):
+    """
+    The Control's server object; also notes when the hub closes a client as too slow or drops
+    it on the pong timeout (time.monotonic(), the clock of the "block" lines), and samples the
+    longest queue a paused client holds and all the queues' total every 0.1 s.
+    """
+
+    def __init__(self, daemon, reactor):
         self.daemon = daemon
         self.hub = daemon.hub
+        self.slow_closes = []
+        self.ping_timeouts = []
+        self.queue_peak = 0
+        self.queued_peak = 0
+        self._watchCloses()
+        from twisted.internet import task
+
+        self._sampler = task.LoopingCall(self._sampleQueues)
+        self._sampler.clock = reactor
+        self._sampler.start(0.1, now=False)
+
+    def _watchCloses(self):
+        hub = self.hub
+        close, detach = hub.close, hub.detach
+
+        def closing(client, code, reason, error=None):
+            if error == "slow_client" and client.hub is not None:
+                self.slow_closes.append(time.monotonic())
+            return close(client, code, reason, error)
+
+        def detaching(client, reason):
+            if client.hub is not None and reason.startswith("no pong"):
+                self.ping_timeouts.append(time.monotonic())
+            return detach(client, reason)
+
+        # The keepalive and the delivery path call them through the hub object.
+        hub.close, hub.detach = closing, detaching
+
+    def _sampleQueues(self):
+        hub = self.hub
+        self.queued_peak = max(self.queued_peak, hub._queued_total)
+        for client in hub._paused:
+            self.queue_peak = max(self.queue_peak, len(client.queue))
 
     def clientCount(self):
         return self.hub.clientCount
@@ -45,7 +85,10 @@ class HubServer:
 
         return {"slow_closed": error_count("slow_client"), "ping_timeouts": error_count("ping_timeout"),
                 "queued": self.daemon.metrics.registry.get_sample_value("explorer_websocket_queued_messages"),
-                "connections": self.hub.connectionCount}
+                "connections": self.hub.connectionCount, "open_files": len(os.listdir("/proc/self/fd")),
+                "slow_close_t": [round(t, 3) for t in self.slow_closes],
+                "ping_timeout_t": [round(t, 3) for t in self.ping_timeouts],
+                "queue_peak": self.queue_peak, "queued_peak": self.queued_peak}
 
     def publish(self, i, item):
         block, logs = item["block"], item["logs"]
@@ -95,7 +138,7 @@ def main():
     config = Config.defaults(**settings)
     daemon = Daemon(config, reactor, web_root=args.web_root, tail=False)
     daemon.startService()
-    control = Control(reactor, HubServer(daemon), blocks[:args.count or None], args.rate, args.profile)
+    control = Control(reactor, HubServer(daemon, reactor), blocks[:args.count or None], args.rate, args.profile)
     control.start(daemon.address.port)
     reactor.run()
 

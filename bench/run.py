@@ -53,6 +53,12 @@ ANVIL = os.path.join(REPO, "tests", "node", "node_modules", "@foundry-rs", "anvi
 MAINNET_200 = {"recordings": ["mainnet_11880804-11880810"], "min_txs": 100}  # 6 blocks, 167-209 txs, 219-349 logs
 SMALL = {"recordings": ["mainnet_15478281-15478287"], "min_txs": 0}
 
+# (f) and its baselines: mainnet blocks of ~190 transactions, a newTx frame each; N and 0.9 N share a
+# rate and a length (10,000 and 9,000: one block every 2 s, 50 blocks).
+SILENT_BASE = dict(channels="newBlocks,newTxs", silent=0, data=MAINNET_200, blocks=75, per_loadgen=2500,
+                   rate_for={9000: 0.5, 10000: 0.5}, blocks_for={9000: 50, 10000: 50},
+                   phase_seconds={"0-15 s": (0, 15), "15-60 s": (15, 60), "60 s-end": (60, 1e9)})
+
 # Scenario -> how it runs.  "clients": {N: runs}.
 FULL = {
     "blocks": dict(title="(a) newBlocks only, 1 block/s", channels="newBlocks", data=SMALL, blocks=10,
@@ -63,16 +69,38 @@ FULL = {
     "batch": dict(title='(d) newBlocks + newTxs with "batch": true, mainnet blocks, 1 block/s',
                   channels="newBlocks,newTxs", batch=True, data=MAINNET_200, blocks=10,
                   clients={1000: 3}, per_loadgen=5000),
-    # A client that does not read has ~4.3 MB of kernel socket buffers on loopback (~62 mainnet
-    # blocks) before its server sees any backpressure, so the run must last well past a minute to
-    # show any policy.  The silent clients send an app-level ping every 15 s (they write, never
-    # read); explorerd counts only pongs to its own pings as signs of life, so its pong timeout
-    # (60 s, pings every 30 s) drops them, or the write deadline once the buffers are full.
-    "silent": dict(title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
-                   channels="newBlocks,newTxs", silent=0.1, data=MAINNET_200, blocks=75,
-                   silent_keepalive=15, clients={1000: 3}, peer_runs=1, per_loadgen=2500,
-                   phases={"blocks 1-50 (silent ones held by the kernel)": (0, 50),
-                           "blocks 63-75 (after)": (62, 75)}),
+    # The silent clients stop reading once subscribed and send an app-level ping every 15 s (they
+    # write, never read); explorerd counts only pongs to its own pings as signs of life.  With
+    # WEBSOCKET_UNSENT_LIMIT (128 KiB) a silent client's transport pauses within a few blocks and
+    # the write deadline (10 s) closes it as too slow; without it (silent-nolimit) the kernel
+    # takes ~4 MiB for each first (~35 of these blocks) and the pong timeout (60 s) drops them.
+    # The run lasts well past both.  At 10,000 clients the blocks come one every 2 s: at 1 a
+    # second 9,000 readers of ~190 frames a block saturate both cores (the load generators alone
+    # take ~1.6), and a load generator that falls behind never catches up (its unread queue grows
+    # by ~350 MB/s until the OOM killer takes it), with silent clients or without.  The peers fall
+    # far behind the block rate at 10,000 here.
+    "silent": dict(SILENT_BASE, title="(f) as (b) with 10% of clients never reading (but sending a ping every 15 s)",
+                   silent=0.1, silent_keepalive=15, clients={1000: 3, 10000: 2}, peer_runs=1,
+                   servers_for={"ws": (1000,), "ws-prepared": (1000,), "autobahn": (1000,)}),
+    # (f)'s reading clients alone (900 and 9,000): what "the others" get without the silent ones.
+    "alone": dict(SILENT_BASE, title="(f) baseline: the reading clients of (f) alone",
+                  clients={900: 2, 9000: 2}, servers=("explorerd",), clients_scale=0.9),
+    # (f) as explorerd was before WEBSOCKET_UNSENT_LIMIT: the kernel's own buffering.  Not in the
+    # default matrix: `--scenarios silent-nolimit`.
+    "silent-nolimit": dict(SILENT_BASE, title="(f) with WEBSOCKET_UNSENT_LIMIT=0",
+                           silent=0.1, silent_keepalive=15, clients={1000: 1, 10000: 1},
+                           servers=("explorerd",), set={"unsent_limit": 0}),
+    # The baseline as explorerd was: what the unsent limit costs clients that read.  Not in the
+    # default matrix: `--scenarios alone-nolimit`.
+    "alone-nolimit": dict(SILENT_BASE, title="(f) baseline with WEBSOCKET_UNSENT_LIMIT=0",
+                          clients={900: 1, 9000: 1}, servers=("explorerd",), clients_scale=0.9,
+                          set={"unsent_limit": 0}),
+    # How many connections one process holds (its open-file cap is the limit: each load generator
+    # is a process with its own), what an idle subscribed one costs, and whether blocks still all
+    # arrive.  Not in the default matrix: `--scenarios connections`.
+    "connections": dict(title="Connections one process holds: idle and subscribed, then newBlocks at 1 block/s",
+                        channels="newBlocks", data=SMALL, blocks=10, clients={10000: 1, 19000: 2, 19900: 1},
+                        per_loadgen=10000, servers=("explorerd",)),
     # bench/e2e.py: the node mining (anvil evm_mine) -> clients, explorerd at its default latency
     # settings against the node serving the clients itself; "servers" are its modes, all of them
     # in every run (node-direct-fetch only where it is listed in servers_for).
@@ -102,7 +130,11 @@ QUICK = {
     "blocks": dict(FULL["blocks"], blocks=4, clients={100: 1, 1000: 1}),
     "txs": dict(FULL["txs"], blocks=4, clients={100: 1, 500: 1}, blocks_for={}),
     "batch": dict(FULL["batch"], blocks=4, clients={200: 1}),
-    "silent": dict(FULL["silent"], blocks=13, clients={200: 1}, phases={}),
+    "silent": dict(FULL["silent"], blocks=20, clients={200: 1}, phase_seconds={}),
+    "alone": dict(FULL["alone"], blocks=20, clients={180: 1}, phase_seconds={}),
+    "silent-nolimit": dict(FULL["silent-nolimit"], blocks=20, clients={200: 1}, phase_seconds={}),
+    "alone-nolimit": dict(FULL["alone-nolimit"], blocks=20, clients={180: 1}, phase_seconds={}),
+    "connections": dict(FULL["connections"], blocks=4, clients={200: 1}),
     "e2e": dict(FULL["e2e"], blocks=4, clients={1: 1, 100: 1}),
     "logs": dict(FULL["logs"], blocks=4, clients={200: 1}),
 }
@@ -256,13 +288,73 @@ def system_busy():
     return sum(v) - idle, sum(v)
 
 
+def tcp_mem_pages():
+    """The kernel's TCP buffer memory, machine-wide, in pages (/proc/net/sockstat "TCP: ... mem N")."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("mem") + 1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# Slab caches a TCP connection's kernel objects live in: the socket, its inode, file and dentry,
+# its epoll entry.
+SOCKET_SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi")
+
+
+def kernel_memory():
+    """
+    Machine-wide kernel memory a connection costs besides its buffers: /proc/net/sockstat (TCP
+    sockets in use, their buffer memory in pages), /proc/meminfo's unreclaimable slab, and the
+    bytes of the socket slab caches (/proc/slabinfo, readable by root only).  On loopback both
+    ends of every connection are on this machine.
+    """
+    out = {"tcp_mem_pages": tcp_mem_pages(), "page_kb": os.sysconf("SC_PAGE_SIZE") // 1024}
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    out["tcp_inuse"] = int(fields[fields.index("inuse") + 1])
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Slab", "SUnreclaim"):
+                    out[key.lower() + "_kb"] = int(value.split()[0])
+    except OSError:
+        pass
+    try:
+        slabs = {}
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in SOCKET_SLABS:
+                    slabs[fields[0]] = int(fields[1]) * int(fields[3])  # active objects x object size
+        out["socket_slabs_kb"] = round(sum(slabs.values()) / 1024)
+        out["slabs_kb"] = {k: round(v / 1024) for k, v in slabs.items()}
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 class Sampler(threading.Thread):
-    """Samples a process's RSS every 0.1 s; .peak is the highest seen."""
+    """
+    Samples a process's RSS every 0.1 s, and the kernel's TCP buffer memory (machine-wide):
+    .peak and .tcp_mem_peak (pages) are the highest seen.
+    """
 
     def __init__(self, pid):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
+        self.tcp_mem_peak = 0
         self.stopped = threading.Event()
 
     def run(self):
@@ -270,6 +362,7 @@ class Sampler(threading.Thread):
             rss = proc_rss_kb(self.pid)
             if rss:
                 self.peak = max(self.peak, rss)
+            self.tcp_mem_peak = max(self.tcp_mem_peak, tcp_mem_pages() or 0)
             self.stopped.wait(0.1)
 
     def stop(self):
@@ -295,11 +388,14 @@ def pct(values, p):
     return values[k]
 
 
-def server_argv(server, files, rate, count, log_dir, profile=""):
+def server_argv(server, files, rate, count, log_dir, profile="", settings=None):
+    """C{settings}: explorerd settings other than its defaults (C{{name: value}}), for explorerd only."""
     common = ["--rate", str(rate), "--count", str(count)]
     if server.startswith("explorerd"):
         argv = [sys.executable, os.path.join(HERE, "hubserver.py"), "--events", files["raw"], *common,
                 "--log", os.path.join(log_dir, "explorerd.log")]
+        for name, value in (settings or {}).items():
+            argv += ["--set", f"{name}={value}"]
         if profile:
             argv += ["--profile", profile]
         return argv
@@ -482,12 +578,14 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
     cell = f"{scenario}-{variant + '-' if variant else ''}{server}-{n}-r{run_index}"
     log_dir = os.path.join(out_dir, "logs", cell)
     os.makedirs(log_dir, exist_ok=True)
-    rate, nblocks = spec.get("rate", 1.0), blocks_for(spec, n)
+    rate, nblocks = rate_for(spec, n), blocks_for(spec, n)
     result = {"scenario": scenario, "server": server, "clients": n, "run": run_index, "blocks": nblocks,
               "rate": rate, "channels": spec["channels"], "batch": bool(spec.get("batch")),
               "silent_share": spec.get("silent", 0), "errors": []}
     if variant:
         result["variant"] = variant
+    if spec.get("set"):
+        result["settings"] = dict(spec["set"])
     if spec.get("log_filters"):
         result["log_filters"] = spec["log_filters"]
     procs = []
@@ -496,13 +594,14 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         if spec.get("log_filters"):
             logs_filters = write_log_filters(files["raw"], nblocks, n, spec["log_filters"],
                                              os.path.join(out_dir, f"{scenario}-logs-filters-{n}-{nblocks}.json"))
-        srv = Proc("server", server_argv(server, files, rate, nblocks, log_dir, profile), log_dir)
+        srv = Proc("server", server_argv(server, files, rate, nblocks, log_dir, profile, spec.get("set")), log_dir)
         procs.append(srv)
         listening = srv.expect("listening", 60)
         port = listening["port"]
         time.sleep(0.5)
         srv.send("stats")
         base = srv.expect("stats", 30)
+        kernel = {"base": kernel_memory()}
         url = f"ws://127.0.0.1:{port}/v1/stream"
         setup_spy = start_pyspy(srv.pid, pyspy_setup, log_dir) if pyspy_setup else None
         max_seconds = 900 + n / 20 + nblocks / rate
@@ -522,6 +621,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         time.sleep(2.0)
         srv.send("stats")
         idle = srv.expect("stats", 30)
+        kernel["idle"] = kernel_memory()
         spy = start_pyspy(srv.pid, pyspy, log_dir) if pyspy else None
         sampler = Sampler(srv.pid)
         sampler.start()
@@ -537,6 +637,9 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         got, drain_s, how = drain(loadgens, expected_total, max_wait=60 + expected_total / 5e4)
         srv.send("stats")
         end = srv.expect("stats", 60)
+        kernel["end"] = kernel_memory()
+        kernel["tcp_mem_peak_pages"] = sampler.tcp_mem_peak
+        result["kernel"] = kernel
         if profile:
             srv.send("profile_stop")
         busy1 = system_busy()
@@ -572,6 +675,11 @@ def blocks_for(spec, n):
     return spec.get("blocks_for", {}).get(n, spec["blocks"])
 
 
+def rate_for(spec, n):
+    """Blocks per second at N clients."""
+    return spec.get("rate_for", {}).get(n, spec.get("rate", 1.0))
+
+
 def loadgen_sizes(spec, n):
     k = max(1, math.ceil(n / spec["per_loadgen"]))
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -580,6 +688,23 @@ def loadgen_sizes(spec, n):
 def round_silent(spec, size):
     share = spec.get("silent", 0)
     return sum(1 for i in range(size) if math.floor((i + 1) * share) > math.floor(i * share))
+
+
+def closes_after(blocks, stats):
+    """
+    When the server closed clients as too slow and dropped them on the pong timeout: how many,
+    and the first, median and last, in seconds after the first block's hand-off.
+    """
+    if not blocks or "slow_close_t" not in stats:
+        return None
+    t0 = blocks[0]["t"]
+    out = {}
+    for key, kind in (("slow_close_t", "too_slow"), ("ping_timeout_t", "pong_timeout")):
+        times = sorted(t - t0 for t in stats.get(key) or ())
+        out[kind] = {"n": len(times), "first": round(times[0], 1) if times else None,
+                     "p50": round(pct(times, 50), 1) if times else None,
+                     "last": round(times[-1], 1) if times else None}
+    return out
 
 
 def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
@@ -629,8 +754,11 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
             received_by_block[h] = received_by_block.get(h, 0) + sum(min(k, exp_msgs) for k in e["n"])
             if "newTxs" in spec["channels"]:
                 tx_mismatch += sum(1 for k in e["txs"] if k != b["txs"])
-    for label, (lo, hi) in spec.get("phases", {}).items():
-        heights = [b["height"] for b in blocks[lo:hi]]
+    phase_blocks = {label: blocks[lo:hi] for label, (lo, hi) in spec.get("phases", {}).items()}
+    for label, (lo, hi) in spec.get("phase_seconds", {}).items():  # by hand-off time after the first block
+        phase_blocks[label] = [b for b in blocks if lo <= b["t"] - blocks[0]["t"] < hi]
+    for label, phase in phase_blocks.items():
+        heights = [b["height"] for b in phase]
         lat = [x for h in heights for x in per_block_first.get(h, [])]
         whole = [x for h in heights for x in per_block_last.get(h, [])]
         phases[label] = {"lat_p99_ms": round(pct(lat, 99) * 1000, 2) if lat else None,
@@ -648,6 +776,10 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
     ms = lambda v: None if v is None else round(v * 1000, 2)
     fanout_rates = [m / c for m, c in zip(msgs_per_block, completion) if c > 0]
     out = {
+        "closes_s": closes_after(blocks, final if "slow_close_t" in final else end),
+        "queue_peak": (final if "queue_peak" in final else end).get("queue_peak"),
+        "queued_peak": (final if "queued_peak" in final else end).get("queued_peak"),
+        "open_files_base": base.get("open_files"), "open_files_idle": idle.get("open_files"),
         "non_silent": non_silent, "expected": expected, "delivered": delivered, "lost": lost, "dupes": dupes,
         "order_errors": order, "verify_errors": verify_err, "tx_count_mismatch": tx_mismatch,
         "lat_p50_ms": ms(pct(first_lat, 50)), "lat_p99_ms": ms(pct(first_lat, 99)),
@@ -677,6 +809,10 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
         "loadgen_loop_p99_ms": [round(x, 1) for x in loop_p99], "loadgen_loop_max_ms": [round(x, 1) for x in loop_max],
         "block_txs": [b["txs"] for b in blocks],
+        # Per block, in hand-off order: where a slow block (a GC, a burst of closes) shows.
+        "block_lat_p99_ms": [ms(pct(per_block_first.get(b["height"], []), 99)) for b in blocks],
+        "block_whole_p99_ms": [ms(pct(per_block_last.get(b["height"], []), 99)) for b in blocks],
+        "block_gc_ms": [b.get("gc_ms") for b in blocks],
         "block_logs": [b.get("logs") for b in blocks],
         "phases": phases,
     }
@@ -925,6 +1061,236 @@ def logs_section(spec, rows, files):
     return "\n".join(out)
 
 
+SILENT_FAMILY = ("silent", "alone", "silent-nolimit", "alone-nolimit")
+SILENT_TARGET = 1.2  # the reading clients' p99 with the silent ones within 20% of theirs alone
+
+
+def _mib(kb):
+    return None if kb is None else kb / 1024
+
+
+def _tcp_mem_mib(r):
+    k = r.get("kernel") or {}
+    peak = k.get("tcp_mem_peak_pages")
+    if peak is None:
+        return None
+    return peak * (k.get("base") or {}).get("page_kb", 4) / 1024
+
+
+def _baseline(rows, scenario, server, reading):
+    """
+    The runs a row is compared with: silent with alone, silent-nolimit with alone-nolimit (or
+    alone), alone-nolimit with alone (what the limit costs reading clients); the same number of
+    reading clients, the same server.
+    """
+    if scenario == "alone" or reading is None:
+        return []
+    names = {"silent": ("alone",), "silent-nolimit": ("alone-nolimit", "alone"),
+             "alone-nolimit": ("alone",)}.get(scenario, ())
+    for name in names:
+        found = [r for r in rows if r["scenario"] == name and r["server"] == server and "lat_p50_ms" in r
+                 and r["clients"] == round(reading)]
+        if found:
+            return found
+    return []
+
+
+def silent_section(results, scenarios, files_by_scenario):
+    """
+    (f) and its baseline side by side: per run of silent clients, how the server closed them and
+    when, and what the reading clients got against the same number of reading clients alone.
+    """
+    rows = [r for r in results if r["scenario"] in SILENT_FAMILY]
+    out = []
+    w = out.append
+    spec = scenarios.get("silent") or scenarios.get("silent-nolimit") or scenarios["alone"]
+    w(f"## {spec['title']}\n")
+    files = next((files_by_scenario[s] for s in SILENT_FAMILY if files_by_scenario.get(s)), {})
+    if files:
+        txs = files.get("txs_per_block", [])
+        per_block = files["block_frame_bytes"] + files["tx_frame_bytes"] * statistics.mean(txs) if txs else 0
+        w(f"Channels `{spec['channels']}` (a `newTx` frame per transaction); newBlock frame "
+          f"{files['block_frame_bytes']} B, newTx frame {files['tx_frame_bytes']} B, txs per block "
+          f"{min(txs)}–{max(txs)}: ~{per_block / 1024:.0f} KiB per client per block. *blocks*: how many, at what "
+          f"rate (one every 2 s at 9,000 and 10,000 clients: at 1 a second their ~1.7 M frames/s saturate this "
+          f"machine's two cores and a load generator that falls behind does not catch up).\n")
+    w(f"Rows: **silent** = N clients of which {spec.get('silent', 0.1):.0%} stop reading once subscribed (they send "
+      f"`{{\"action\":\"ping\"}}` every {spec.get('silent_keepalive', 15)} s, so they look alive, and never read); "
+      "**alone** = only the reading clients of a silent row (N × 0.9), the baseline the issue asks for: "
+      "\"the others' p99\" with and without the silent ones; **silent-nolimit**, **alone-nolimit** = the same with "
+      "`WEBSOCKET_UNSENT_LIMIT=0` (the kernel's own buffering: explorerd before this limit). *÷ alone*: against "
+      "the same number of reading clients alone (silent-nolimit against alone-nolimit, alone-nolimit against "
+      "alone). Latency figures are "
+      "the reading clients' only: *first frame* = block hand-off → a client's `newBlock`, *whole block* = → its last "
+      "`newTx` of the block. *closed too slow* / *pong timeout* = the server's closes of each kind "
+      "(`explorer_websocket_errors_total`), *at s* = when, after the first block (first–last); *queue peak* = the "
+      "longest send queue a paused client held (entries; WEBSOCKET_SEND_QUEUE is 256); *kernel TCP mem peak* = "
+      "/proc/net/sockstat's TCP `mem` at its highest during the run, machine-wide (on loopback it holds both ends: "
+      "what the server's sockets hold unsent and what the clients' sockets hold unread). Median over runs, "
+      "(min–max) with more than one.\n")
+    cols = ("| row | server | N | reading | blocks | runs | first frame p50 ms | first frame p99 ms | whole block p50 ms | "
+            "whole block p99 ms | p99 ÷ alone | whole p99 ÷ alone | closed too slow | pong timeout | still open | "
+            "too-slow closes at s | pong closes at s | RSS peak MiB | RSS ÷ alone | queue peak | kernel TCP mem peak MiB | "
+            "lost | loadgen CPU | foreign CPU | notes |")
+    w(cols)
+    w("|" + "---|" * cols.count(" | ") + "---|")
+    order = {s: i for i, s in enumerate(("alone", "alone-nolimit", "silent", "silent-nolimit"))}
+    keys = sorted({(r["scenario"], r["server"], r["clients"]) for r in rows},
+                  key=lambda k: (k[2] * (1 if k[0].startswith("alone") else 1 - spec.get("silent", 0.1)),
+                                 ALL_SERVERS.index(k[1]) if k[1] in ALL_SERVERS else 9, order[k[0]]))
+    for scenario, server, n in keys:
+        rs = [r for r in rows if (r["scenario"], r["server"], r["clients"]) == (scenario, server, n)]
+        ok = [r for r in rs if "lat_p50_ms" in r]
+        reading = median([r.get("non_silent") for r in ok])
+        alone = _baseline(rows, scenario, server, reading)
+        m = lambda rs_, key: median([r.get(key) for r in rs_])
+        vs = lambda key: ratio(m(ok, key), m(alone, key)) if alone else "–"
+        vs_rss = ratio(m(ok, "rss_peak_kb"), m(alone, "rss_peak_kb")) if alone else "–"
+
+        def closes(kind, what):
+            values = [((r.get("closes_s") or {}).get(kind) or {}).get(what) for r in ok]
+            return values
+
+        def span(kind):
+            firsts, lasts = closes(kind, "first"), closes(kind, "last")
+            if not any(v is not None for v in firsts):
+                return "–"
+            return "; ".join(f"{a}–{b}" for a, b in zip(firsts, lasts) if a is not None)
+
+        slow = [r.get("slow_closed") or 0 for r in ok]
+        pong = [r.get("ping_timeouts") or 0 for r in ok]
+        still = [r["silent"]["stillOpen"] for r in ok]
+        silent_n = median([r["silent"]["count"] for r in ok]) or 0
+        notes = [e for r in rs for e in r["errors"]]
+        behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
+        if behind > 0.5:
+            notes.append(f"fell behind the block rate by up to {behind:.1f} s")
+        lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
+        blocks = f"{rs[0]['blocks']} at {rs[0]['rate']:g}/s"
+        w(f"| {scenario} | {server} | {n:,} | {'–' if reading is None else f'{reading:,.0f}'} | {blocks} | "
+          f"{len(ok)}/{len(rs)} | "
+          f"{fmt([r.get('lat_p50_ms') for r in ok])} | {fmt([r.get('lat_p99_ms') for r in ok])} | "
+          f"{fmt([r.get('whole_p50_ms') for r in ok])} | {fmt([r.get('whole_p99_ms') for r in ok])} | "
+          f"{vs('lat_p99_ms')} | {vs('whole_p99_ms')} | "
+          f"{fmt(slow, 0) if silent_n else '–'} | {fmt(pong, 0) if silent_n else '–'} | {fmt(still, 0) if silent_n else '–'} | "
+          f"{span('too_slow')} | {span('pong_timeout')} | "
+          f"{fmt([_mib(r.get('rss_peak_kb')) for r in ok], 0)} | "
+          f"{vs_rss} | "
+          f"{fmt([r.get('queue_peak') for r in ok], 0)} | {fmt([_tcp_mem_mib(r) for r in ok], 0)} | "
+          f"{sum(r.get('lost', 0) for r in ok)} | {'–' if lg is None else f'{lg:.0%}'} | "
+          f"{fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | {'; '.join(notes)} |")
+    w("")
+    phases = list(spec.get("phase_seconds") or spec.get("phases") or {})
+    if phases and any(r.get("phases") for r in rows):
+        w("The reading clients' p99 by phase of the run, in seconds after the first block (first frame / whole "
+          "block, ms; median over runs):\n")
+        w("| row | server | N | " + " | ".join(phases) + " |")
+        w("|---|---|---|" + "---|" * len(phases))
+        for scenario, server, n in keys:
+            ok = [r for r in rows if (r["scenario"], r["server"], r["clients"]) == (scenario, server, n)
+                  and r.get("phases")]
+            if not ok:
+                continue
+            cells = []
+            for label in phases:
+                first = median([(r["phases"].get(label) or {}).get("lat_p99_ms") for r in ok])
+                whole = median([(r["phases"].get(label) or {}).get("whole_p99_ms") for r in ok])
+                cells.append("–" if first is None else f"{first:,.0f} / {whole:,.0f}")
+            w(f"| {scenario} | {server} | {n:,} | " + " | ".join(cells) + " |")
+        w("")
+    checks = []
+    for scenario, server, n in keys:
+        if scenario != "silent" or server != "explorerd":
+            continue
+        ok = [r for r in rows if (r["scenario"], r["server"], r["clients"]) == (scenario, server, n) and "lat_p50_ms" in r]
+        reading = median([r.get("non_silent") for r in ok])
+        alone = [r for r in rows if r["scenario"] == "alone" and r["server"] == server and "lat_p50_ms" in r
+                 and reading is not None and r["clients"] == round(reading)]
+        if not ok or not alone:
+            continue
+        worst = lambda rs_, key: max(r.get(key) for r in rs_)
+        best = lambda rs_, key: min(r.get(key) for r in rs_)
+        first = median([r.get("lat_p99_ms") for r in ok]) / median([r.get("lat_p99_ms") for r in alone])
+        whole = median([r.get("whole_p99_ms") for r in ok]) / median([r.get("whole_p99_ms") for r in alone])
+        first_worst = worst(ok, "lat_p99_ms") / best(alone, "lat_p99_ms")
+        whole_worst = worst(ok, "whole_p99_ms") / best(alone, "whole_p99_ms")
+        silent_n = sum(r["silent"]["count"] for r in ok)
+        slow = sum(r.get("slow_closed") or 0 for r in ok)
+        pong = sum(r.get("ping_timeouts") or 0 for r in ok)
+        met = first <= SILENT_TARGET and whole <= SILENT_TARGET and slow == silent_n and not pong
+        checks.append(f"| {n:,} | {first:.2f}× (worst run ÷ best alone {first_worst:.2f}×) | "
+                      f"{whole:.2f}× ({whole_worst:.2f}×) | {slow:.0f} of {silent_n} | {pong:.0f} | "
+                      f"{'yes' if met else '**no**'} |")
+    if checks:
+        w(f"Targets: every silent client closed as too slow (not on the pong timeout), and the reading clients' "
+          f"p99 within {SILENT_TARGET:g}× of theirs alone (medians over runs; in brackets the worst silent run "
+          f"against the best alone run):\n")
+        w("| N | first frame p99 | whole block p99 | closed too slow | pong timeout | met |")
+        w("|---|---|---|---|---|---|")
+        out += checks
+        w("")
+    return "\n".join(out)
+
+
+def connections_section(spec, rows, meta):
+    """
+    How many connections one process held, what an idle subscribed one cost (process RSS and the
+    kernel's socket memory), and whether blocks still all arrived.
+    """
+    out = []
+    w = out.append
+    w(f"## {spec['title']}\n")
+    w(f"Each row: N clients connect and subscribe to `{spec['channels']}` (from load generator processes of up "
+      f"to {spec['per_loadgen']:,} clients each: every process's open-file cap is {meta.get('nofile', '?'):,}, "
+      "explorerd's included), 2 s idle, then "
+      f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s. *open files* = explorerd's file descriptors with all "
+      "N connected (its cap is the same). *RSS/conn* = (RSS with N idle subscribed connections − RSS before any) "
+      "/ N. Kernel, machine-wide and so both ends of each loopback connection: *TCP buffers* = /proc/net/sockstat "
+      "TCP `mem` (pages) idle − before, / N; *socket slabs* = the slab caches a connection's kernel objects live in "
+      f"({', '.join(SOCKET_SLABS)}; /proc/slabinfo, active objects × size) idle − before, / N, both ends: "
+      "one server socket is about half; *slab* = /proc/meminfo Slab, idle − before, / N. Median over runs, "
+      "(min–max) with more than one.\n")
+    cols = ("| N | runs | subscribed | setup s | open files | RSS before MiB | RSS idle MiB | RSS/conn idle KiB | "
+            "TCP buffers/conn KiB | socket slabs/conn KiB (both ends) | slab/conn KiB (both ends) | "
+            "RSS peak MiB | expected | delivered | lost | lat p50 ms | lat p99 ms | fan-out ms | CPU µs/msg | "
+            "loadgen CPU | foreign CPU | notes |")
+    w(cols)
+    w("|" + "---|" * cols.count(" | ") + "---|")
+
+    def delta(r, key, per=None):
+        k = r.get("kernel") or {}
+        a, b = (k.get("base") or {}).get(key), (k.get("idle") or {}).get(key)
+        if a is None or b is None:
+            return None
+        return (b - a) / (per or r["clients"])
+
+    for n in sorted({r["clients"] for r in rows}):
+        rs = [r for r in rows if r["clients"] == n]
+        ok = [r for r in rs if "lat_p50_ms" in r]
+        page_kb = ((ok[0].get("kernel") or {}).get("base") or {}).get("page_kb", 4) if ok else 4
+        tcp = [None if delta(r, "tcp_mem_pages") is None else delta(r, "tcp_mem_pages") * page_kb for r in ok]
+        lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
+        notes = [e for r in rs for e in r["errors"]]
+        w(f"| {n:,} | {len(ok)}/{len(rs)} | {fmt([r.get('subscribed') for r in ok], 0)} | "
+          f"{fmt([r.get('connect_s') for r in ok])} | {fmt([r.get('open_files_idle') for r in ok], 0)} | "
+          f"{fmt([_mib(r.get('rss_base_kb')) for r in ok])} | {fmt([_mib(r.get('rss_idle_kb')) for r in ok])} | "
+          f"{fmt([r.get('rss_per_conn_idle_kb') for r in ok], 2)} | {fmt(tcp, 2)} | "
+          f"{fmt([delta(r, 'socket_slabs_kb') for r in ok], 2)} | {fmt([delta(r, 'slab_kb') for r in ok], 2)} | "
+          f"{fmt([_mib(r.get('rss_peak_kb')) for r in ok])} | {fmt([r.get('expected') for r in ok], 0)} | "
+          f"{fmt([r.get('delivered') for r in ok], 0)} | {sum(r.get('lost', 0) for r in ok)} | "
+          f"{fmt([r.get('lat_p50_ms') for r in ok])} | {fmt([r.get('lat_p99_ms') for r in ok])} | "
+          f"{fmt([r.get('completion_p50_ms') for r in ok])} | {fmt([r.get('cpu_us_per_msg') for r in ok], 2)} | "
+          f"{'–' if lg is None else f'{lg:.0%}'} | {fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | "
+          f"{'; '.join(notes)} |")
+    w("")
+    held = [r for r in rows if "lat_p50_ms" in r and not r.get("lost") and not r["errors"]]
+    if held:
+        top = max(held, key=lambda r: r["clients"])
+        w(f"Most held with every block delivered: **{top['clients']:,}** connections in one process "
+          f"({top.get('open_files_idle') or '?'} open files of its {meta.get('nofile', '?'):,}).\n")
+    return "\n".join(out)
+
+
 def side_sections(side):
     """The measurements without clients (bench/history_memory.py, bench/receipts_cost.py), as their scripts render them."""
     out = []
@@ -975,12 +1341,21 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
           "and every client's write; median). *setup s* = time for all N clients to connect and subscribe (200 "
           "handshakes in flight); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = busiest load generator's CPU share over its run (if near 100 % the "
           "client, not the server, is the limit). *lost* counts messages not received by the end of the run.\n")
+    silent_done = False
     for scenario in scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
         if not rows:
             continue
         spec = scenarios[scenario]
         files = files_by_scenario.get(scenario, {})
+        if scenario in SILENT_FAMILY:
+            if not silent_done:
+                w(silent_section(results, scenarios, files_by_scenario))
+                silent_done = True
+            continue
+        if scenario == "connections":
+            w(connections_section(spec, rows, meta))
+            continue
         if spec.get("variants"):
             w(logs_section(spec, rows, files))
             continue
@@ -1017,16 +1392,7 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             notes = []
             for r in rs:
                 notes += r["errors"]
-            if spec.get("silent"):
-                for r in ok:
-                    for label, ph in (r.get("phases") or {}).items():
-                        notes.append(f"{label}: p99 {ph['lat_p99_ms']} ms, whole p99 {ph['whole_p99_ms']} ms")
-                    s = r["silent"]
-                    notes.append(f"silent {s['count']}: server closed {r.get('slow_closed') or 0} as too slow, "
-                                 f"{r.get('ping_timeouts') or 0} on ping timeout; close codes seen "
-                                 f"{s['closeCodes'] or '{}'}, still open {s['stillOpen']}; RSS peak "
-                                 f"{r['rss_peak_kb'] / 1024:.0f} MiB")
-            elif any(r.get("slow_closed") for r in ok):
+            if any(r.get("slow_closed") for r in ok):
                 notes.append(f"slow-closed {sum(r.get('slow_closed') or 0 for r in ok)}")
             behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
             if behind > 0.5:
@@ -1284,11 +1650,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="smoke run: small N, 1 run per cell, few blocks")
-    p.add_argument("--scenarios", default="blocks,txs,batch,silent,e2e,logs,memory,receipts",
-                   help="comma list from: blocks, txs, batch, silent, e2e, logs, memory, receipts (default: all)")
+    p.add_argument("--scenarios", default="blocks,txs,batch,silent,alone,e2e,logs,memory,receipts",
+                   help="comma list from: blocks, txs, batch, silent, alone, silent-nolimit, connections, e2e, "
+                        "logs, memory, receipts (default: all but silent-nolimit and connections)")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help=f"comma list from: {', '.join(ALL_SERVERS)} (default: {','.join(SERVERS)})")
-    p.add_argument("--clients", default="", help="override N for every scenario, e.g. 1000,5000")
+    p.add_argument("--clients", default="", help="override N for every scenario, e.g. 1000,5000 "
+                   "(alone and alone-nolimit take 0.9 N: the reading clients of silent at N)")
     p.add_argument("--runs", type=int, default=0, help="override runs per cell")
     p.add_argument("--blocks", type=int, default=0, help="override blocks per run")
     p.add_argument("--verify", action="store_true", help="loadgen JSON.parses every message too (slower)")
@@ -1324,13 +1692,15 @@ def main():
     for s in chosen:
         spec = dict(base[s])
         if args.clients:
-            ns = [int(x) for x in args.clients.split(",")]
+            # A baseline of reading clients alone takes the share of N that reads in (f).
+            ns = [round(int(x) * spec.get("clients_scale", 1)) for x in args.clients.split(",")]
             spec["clients"] = {n: spec["clients"].get(n, max(spec["clients"].values())) for n in ns}
         if args.runs:
             spec["clients"] = {n: args.runs for n in spec["clients"]}
             spec.pop("peer_runs", None)
         if args.blocks:
             spec["blocks"] = args.blocks
+            spec["blocks_for"] = {}
         if max(spec["clients"]) / max(1, math.ceil(max(spec["clients"]) / spec["per_loadgen"])) > nofile - 100:
             raise SystemExit(f"bench: open-file limit {nofile} is too low")
         if s == "e2e" and any(x in e2e_modes for x in servers):  # --servers picks e2e modes too

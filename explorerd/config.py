@@ -311,6 +311,14 @@ SETTINGS = (
             parse_size, 1,
             "Unsent bytes a connection's transport may hold before it pauses the client "
             "(Twisted's `bufferSize`); the hub then queues for that client instead of writing."),
+    Setting("unsent_limit", "WEBSOCKET_UNSENT_LIMIT", "unsent-limit", "128KiB",
+            parse_size, 0,
+            "Bytes the kernel may hold for a connection that it has not yet sent (`TCP_NOTSENT_LOWAT`; "
+            "bytes in flight are left to the kernel's autotuning, so long fast links keep their "
+            "throughput). Past it the transport holds the rest, pauses the client and the write deadline "
+            "runs: a client that stops reading holds about this much of the server's kernel memory and "
+            "is closed as too slow within seconds, where Linux would otherwise buffer up to 4 MiB for it "
+            "first. 0 leaves it to the kernel (`net.ipv4.tcp_notsent_lowat`)."),
     Setting("max_message_size", "WEBSOCKET_MAX_MESSAGE_SIZE", "max-message-size", "1MiB",
             parse_size, 1,
             "Largest inbound frame or message; a larger one closes the connection with 1009."),

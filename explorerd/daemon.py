@@ -150,7 +150,8 @@ class Daemon(MultiService):
                           wamp_factory=self.wampFactory, rpc_factory=self.rpcFactory)
         self.site = Site(root, config, self.hub.slots, self.admission, reactor)
         self.listener = listening(reactor, config.listen, self.site, "explorerd",
-                                  sized_server(config.read_buffer_size, config.write_buffer_size),
+                                  sized_server(config.read_buffer_size, config.write_buffer_size,
+                                               config.unsent_limit),
                                   self.admission)
         self.listener.setServiceParent(self)
 

@@ -4,9 +4,10 @@ The hub: every client, what it subscribed to, and the fan-out of blocks.
 A block comes in as an L{Entry} (checked and framed once by its source) and
 the same bytes objects are written to (or queued for) every subscriber, so a
 client costs a write, not a JSON encode.  Each client is a streaming push
-producer on its transport: while the transport holds more than
-C{write_buffer_size} unsent bytes it pauses the client, and the hub queues
-references to the shared frames instead of writing.  A client whose queue
+producer on its transport: once the kernel holds C{unsent_limit} bytes it
+has not sent (L{explorerd.transport}) and the transport more than
+C{write_buffer_size}, it pauses the client, and the hub queues references
+to the shared frames instead of writing.  A client whose queue
 overflows, or that stays paused past the write deadline, is closed as too
 slow; nobody else waits for it.
 

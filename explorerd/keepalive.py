@@ -5,9 +5,11 @@ A client is alive while it answers our pings: each round's ping carries a
 new payload, and only a pong with one of those payloads counts.  The ping
 goes behind whatever is queued for the client, so its pong says the client
 has read everything sent before it; a client that keeps talking but stopped
-reading (its kernel buffers can hold megabytes before Twisted pauses us) is
-dropped after the pong timeout, not when the buffers fill.  A client whose
-transport stays paused past the write deadline is closed as too slow.
+reading on a slow stream (its receive window and the kernel's unsent limit,
+L{explorerd.transport.limitUnsent}, take minutes of C{newBlocks} before
+Twisted pauses us) is dropped after the pong timeout.  A client whose
+transport stays paused past the write deadline is closed as too slow: one
+that stops reading a busy stream, within seconds.
 
 There are no per-client timers: the hub's one sweep calls L{Keepalive.sweep}.
 """

@@ -1,13 +1,21 @@
 """
-The TCP transport explorerd's listener hands out: sized buffers, and writes
-that go straight to the socket when nothing is waiting.
+The TCP transport explorerd's listener hands out: sized buffers, a bound
+on what the kernel holds unsent, and writes that go straight to the socket
+when nothing is waiting.
 """
 
+import socket
 from errno import EAGAIN, EINTR, ENOBUFS, EWOULDBLOCK
 
 from twisted.internet import main, tcp
+from twisted.logger import Logger
 
 _RETRY_LATER = (EWOULDBLOCK, EAGAIN, EINTR, ENOBUFS)
+
+# Linux and macOS; None where the platform has no such option.
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+
+log = Logger()
 
 # Most bytes one readiness event reads from a client, however small the read size.
 READ_PER_EVENT = 65536
@@ -31,6 +39,12 @@ class SizedServer(tcp.Server):
     """
 
     readSize = 65536
+    unsentLimit = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.unsentLimit:
+            limitUnsent(self.socket, self.unsentLimit)
 
     def write(self, data):
         if (self.offset == len(self.dataBuffer) and not self._tempDataLen and data
@@ -41,6 +55,15 @@ class SizedServer(tcp.Server):
                 # A real error is found again, and reported, by the buffered path.
                 sent = 0 if e.args[0] in _RETRY_LATER else -1
             if sent == len(data):
+                return
+            if sent > 0 and len(data) - sent > self.bufferSize:
+                # The rest waits, and we will be paused: keep the payload
+                # itself (one broadcast's bytes, shared with every other
+                # client) and where we are in it, not a copy of the rest per
+                # client that stopped reading.
+                self.dataBuffer, self.offset = data, sent
+                self._maybePauseProducer()
+                self.startWriting()
                 return
             if sent > 0:
                 data = data[sent:]
@@ -79,7 +102,26 @@ class SizedServer(tcp.Server):
         return end
 
 
-def sized_server(read_size, write_size):
-    return type("SizedServer", (SizedServer,), {"readSize": read_size, "bufferSize": write_size})
+def limitUnsent(sock, limit):
+    """
+    Let the kernel hold at most about C{limit} bytes of C{sock}'s that it
+    has not sent yet (C{TCP_NOTSENT_LOWAT}): past that, C{send()} takes no
+    more and Twisted pauses the producer.  Unlike a smaller C{SO_SNDBUF},
+    it leaves the bytes in flight (what a long fast link needs) to the
+    kernel's autotuning; a peer that stops reading closes its window, so
+    what we hold for it is about C{limit}, not megabytes.
+    """
+    if TCP_NOTSENT_LOWAT is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, limit)
+    except OSError as e:
+        # Not TCP after all, or an old kernel: the connection works as before.
+        log.debug("could not limit unsent bytes: {error}", error=e)
+
+
+def sized_server(read_size, write_size, unsent_limit=0):
+    return type("SizedServer", (SizedServer,),
+                {"readSize": read_size, "bufferSize": write_size, "unsentLimit": unsent_limit})
 
 

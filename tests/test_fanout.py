@@ -1,8 +1,12 @@
 """Fan-out to many real clients, slow clients, liveness and churn."""
 
+import fcntl
 import gc
 import json
 import socket
+import struct
+import sys
+import termios
 import weakref
 
 import pytest_twisted
@@ -159,6 +163,88 @@ async def test_a_client_paused_past_the_write_deadline_is_closed(start_daemon):
     code, reason = await stuck.closed
     assert code == 1008 and "not reading" in reason
     await healthy.close()
+
+
+def hub_client_of(client, hub):
+    """The hub's view of one of our clients, found by its port."""
+    local = client.transport.getHost().port
+    for c in hub._clients.values():
+        if c.transport.getPeer().port == local:
+            return c
+    raise AssertionError("client not found in the hub")
+
+
+def unsent_in_kernel(transport):
+    """Bytes the kernel holds for this socket that the peer has not acknowledged (Linux C{SIOCOUTQ})."""
+    out = fcntl.ioctl(transport.getHandle().fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    return struct.unpack("i", out)[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_is_closed_as_too_slow_within_seconds(start_daemon):
+    # Nothing is narrowed on the server's side: on loopback the kernel would
+    # take some 4 MiB (~35 of these blocks) for a client that stopped
+    # reading before its transport paused, and the pong timeout would get
+    # there first.  WEBSOCKET_UNSENT_LIMIT has the transport pause within a
+    # few blocks, and the write deadline closes it 10 s later.
+    daemon = await start_daemon(write_deadline=10, ping_interval=30, pong_timeout=60)
+    hub, clock = daemon.hub, daemon.clock
+    reader = await connect(daemon.url)
+    await reader.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    stuck = await connect(daemon.url)
+    stuck.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    await stuck.request({"action": "subscribe", "channels": ["newBlocks", "newTxs"]})
+    stuck_client = hub_client_of(stuck, hub)
+    held = []
+    stuck.transport.pauseProducing()  # it never reads again
+
+    blocks = mainnet_run()[:6]
+    start = clock.seconds()
+    n = 0
+    while stuck_client.hub is not None:
+        assert clock.seconds() - start < 30, "not closed as too slow in 30 s"
+        block = blocks[n % len(blocks)]
+        n += 1
+        broadcast(hub, [block])
+        if stuck_client.paused and not held:
+            held.append(unsent_in_kernel(stuck_client.transport))
+        # The reader gets each whole block, one a second, as a chain would send them.
+        assert summary(await drain(reader)) == expected_messages([block], ["newBlocks", "newTxs"])
+        clock.advance(1)
+    closed_after = clock.seconds() - start
+    assert held, "closed before its transport paused"
+    assert closed_after <= 4 + 10 + 1, f"closed {closed_after:.0f} s after it stopped reading"
+    if sys.platform == "linux":
+        # What the kernel held for it: about the unsent limit, not megabytes.
+        assert held[0] <= 128 * 1024 + 64 * 1024, held
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="slow_client") == 1
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="ping_timeout") == 0
+
+    # When it reads again it finds what had reached it, then a close saying why.
+    stuck.transport.resumeProducing()
+    code, reason = await stuck.closed
+    assert code == 1008 and reason.startswith("too slow: not reading for 1"), reason
+    assert stuck.received and all(m["type"] in ("subscribed", "newBlock", "newTx") for m in stuck.received)
+    assert hub.clientCount == 1
+    assert await reader.request({"action": "ping"}) == {"type": "pong"}
+    await reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_connection_holds_at_most_the_unsent_limit_in_the_kernel(start_daemon):
+    daemon = await start_daemon(unsent_limit=65536)
+    client = await connect(daemon.url)
+    await client.request({"action": "subscribe", "channels": ["newBlocks"]})
+    server_socket = hub_client_of(client, daemon.hub).transport.getHandle()
+    assert server_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 65536
+    await client.close()
+
+    off = await start_daemon(unsent_limit=0)  # left to the kernel
+    client = await connect(off.url)
+    await client.request({"action": "subscribe", "channels": ["newBlocks"]})
+    server_socket = hub_client_of(client, off.hub).transport.getHandle()
+    assert server_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 0
+    await client.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -10,8 +10,10 @@ code leans on the hook.
 Twisted:
   - C{tcp.Port.transport}, the class a port builds connections with
     (daemon.Listener sets it to transport.SizedServer), TLS included;
-  - C{FileDescriptor.dataBuffer}, C{offset}, C{_tempDataLen}, C{bufferSize},
-    C{producer}, C{connected}, C{disconnecting}, C{_writeDisconnected}, and
+  - C{FileDescriptor.dataBuffer}, C{offset} (what is still to send: from
+    C{offset} on), C{_tempDataLen}, C{bufferSize}, C{_maybePauseProducer},
+    C{startWriting}, C{producer}, C{connected}, C{disconnecting},
+    C{_writeDisconnected}, and
     C{tcp.Connection.socket} and C{_dataReceived} (transport.SizedServer's
     write-through and reads; the hub's producers);
   - C{HTTPChannel._path}, C{allHeadersReceived}, C{allContentReceived} and
@@ -213,6 +215,33 @@ async def test_write_buffers_in_dataBuffer_and_tempDataLen_and_pauses_past_buffe
     assert transport.offset == len(transport.dataBuffer) and transport._tempDataLen == 0
     transport.unregisterProducer()
     assert transport.producer is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_waits_is_dataBuffer_from_offset_on(listen):
+    """
+    When the kernel takes part of a payload, transport.SizedServer.write
+    leaves the payload itself in C{dataBuffer} with C{offset} at what was
+    sent (no copy of the rest per paused client), then calls
+    C{_maybePauseProducer} and C{startWriting}: Twisted must send from
+    C{offset} on once the socket is writable, count C{len(dataBuffer)}
+    against C{bufferSize}, and resume the producer when all is out.
+    """
+    pair = await listen()
+    transport = pair.server.transport
+    producer = ProducerRecord()
+    transport.bufferSize = 1024
+    transport.registerProducer(producer, True)
+    payload = bytes(range(256)) * 64
+    transport.dataBuffer, transport.offset = payload, 5000
+    transport._maybePauseProducer()
+    assert producer.events == ["pause"]
+    transport.startWriting()
+    await eventually(lambda: len(pair.client.received) == len(payload) - 5000, what="the rest of the payload")
+    assert pair.client.received == payload[5000:]
+    await eventually(lambda: producer.events == ["pause", "resume"], what="the producer resumed")
+    assert transport.offset == len(transport.dataBuffer) and transport._tempDataLen == 0
+    transport.unregisterProducer()
 
 
 @pytest_twisted.ensureDeferred
