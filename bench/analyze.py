@@ -24,13 +24,18 @@ def main():
     p.add_argument("results", nargs="+")
     p.add_argument("--out", default="-")
     args = p.parse_args()
-    results, meta, command, side = [], None, None, {}
+    results, meta, commands, side = [], None, [], {}
     for path in args.results:
         with open(path) as f:
             data = json.load(f)
         results += data["results"]
-        meta = meta or data["meta"]
-        command = command or data["command"]
+        if meta is None:
+            meta = dict(data["meta"], out_dirs=[])
+        meta["out_dirs"].append(data["meta"]["out_dir"])
+        if data["meta"].get("finished"):  # merged runs: from the first one's start to the last one's end
+            meta["finished"], meta["loadavg_end"] = data["meta"]["finished"], data["meta"].get("loadavg_end", [])
+        if data["command"] not in commands:
+            commands.append(data["command"])
         for name, measured in (data.get("side") or {}).items():
             side.setdefault(name, measured)
     scenarios = {}
@@ -43,8 +48,14 @@ def main():
         if r["blocks"] != spec["blocks"]:
             spec["blocks_for"][r["clients"]] = r["blocks"]
     files = {}
+    for path in args.results:  # the blocks' facts, as run.py recorded them
+        with open(path) as f:
+            for name, facts in (json.load(f).get("files") or {}).items():
+                files.setdefault(name, facts)
     for name in scenarios:
         for path in args.results:
+            if name in files:
+                break
             d = os.path.dirname(path)
             wire = os.path.join(d, f"{name}.wire.json")
             if os.path.exists(wire):
@@ -52,6 +63,9 @@ def main():
                 break
     started, finished = _when(meta)
     out = args.out if args.out != "-" else "/dev/stdout"
+    command = "; ".join(commands)
+    if len(args.results) > 1:
+        command += "; merged: python3 bench/analyze.py " + " ".join(args.results) + " --out " + args.out
     run.report(results, meta, out, command, files, started, finished, scenarios, side=side)
 
 

@@ -32,6 +32,14 @@ from explorerd.history import Entry  # noqa: E402
 BENCH_SETTINGS = {"rate_limit": 0, "max_connections_per_ip": 0}
 
 
+def open_files():
+    """This process's file descriptors, or None when it cannot open one more (at its limit)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
 class HubServer:
     """
     The Control's server object; also notes when the hub closes a client as too slow or drops
@@ -85,7 +93,7 @@ class HubServer:
 
         return {"slow_closed": error_count("slow_client"), "ping_timeouts": error_count("ping_timeout"),
                 "queued": self.daemon.metrics.registry.get_sample_value("explorer_websocket_queued_messages"),
-                "connections": self.hub.connectionCount, "open_files": len(os.listdir("/proc/self/fd")),
+                "connections": self.hub.connectionCount, "open_files": open_files(),
                 "slow_close_t": [round(t, 3) for t in self.slow_closes],
                 "ping_timeout_t": [round(t, 3) for t in self.ping_timeouts],
                 "queue_peak": self.queue_peak, "queued_peak": self.queued_peak}

@@ -600,7 +600,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         port = listening["port"]
         time.sleep(0.5)
         srv.send("stats")
-        base = srv.expect("stats", 30)
+        base = own_rss(srv.expect("stats", 30), srv.pid)
         kernel = {"base": kernel_memory()}
         url = f"ws://127.0.0.1:{port}/v1/stream"
         setup_spy = start_pyspy(srv.pid, pyspy_setup, log_dir) if pyspy_setup else None
@@ -620,7 +620,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
             result["errors"].append(f"only {subscribed}/{n} clients subscribed (connect errors: {kinds})")
         time.sleep(2.0)
         srv.send("stats")
-        idle = srv.expect("stats", 30)
+        idle = own_rss(srv.expect("stats", 30), srv.pid)
         kernel["idle"] = kernel_memory()
         spy = start_pyspy(srv.pid, pyspy, log_dir) if pyspy else None
         sampler = Sampler(srv.pid)
@@ -636,7 +636,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         # Generous: an overloaded peer may take tens of seconds per block; a stall ends it sooner.
         got, drain_s, how = drain(loadgens, expected_total, max_wait=60 + expected_total / 5e4)
         srv.send("stats")
-        end = srv.expect("stats", 60)
+        end = own_rss(srv.expect("stats", 60), srv.pid)
         kernel["end"] = kernel_memory()
         kernel["tcp_mem_peak_pages"] = sampler.tcp_mem_peak
         result["kernel"] = kernel
@@ -669,6 +669,13 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
     with open(os.path.join(out_dir, f"{cell}.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def own_rss(stats, pid):
+    """A server's stats, with its RSS read from here when it could not read its own (at its open-file limit)."""
+    if stats.get("rss_kb") is None:
+        stats["rss_kb"] = proc_rss_kb(pid)
+    return stats
 
 
 def blocks_for(spec, n):
@@ -1218,15 +1225,21 @@ def silent_section(results, scenarios, files_by_scenario):
         slow = sum(r.get("slow_closed") or 0 for r in ok)
         pong = sum(r.get("ping_timeouts") or 0 for r in ok)
         met = first <= SILENT_TARGET and whole <= SILENT_TARGET and slow == silent_n and not pong
+        extra_kb = median([r.get("rss_peak_kb") for r in ok]) - median([r.get("rss_peak_kb") for r in alone])
+        per_silent = extra_kb / (silent_n / len(ok))
         checks.append(f"| {n:,} | {first:.2f}× (worst run ÷ best alone {first_worst:.2f}×) | "
                       f"{whole:.2f}× ({whole_worst:.2f}×) | {slow:.0f} of {silent_n} | {pong:.0f} | "
-                      f"{'yes' if met else '**no**'} |")
+                      f"{extra_kb / 1024:+.1f} MiB ({per_silent:.1f} KiB per silent client) | "
+                      f"{max(r.get('queue_peak') or 0 for r in ok)} | {'yes' if met else '**no**'} |")
     if checks:
         w(f"Targets: every silent client closed as too slow (not on the pong timeout), and the reading clients' "
           f"p99 within {SILENT_TARGET:g}× of theirs alone (medians over runs; in brackets the worst silent run "
-          f"against the best alone run):\n")
-        w("| N | first frame p99 | whole block p99 | closed too slow | pong timeout | met |")
-        w("|---|---|---|---|---|---|")
+          f"against the best alone run). *RSS*: the server's peak RSS against the reading clients alone, all of "
+          f"it and per silent client (an idle subscribed connection costs ~9 KiB, see RESULTS-connections.md); "
+          f"*queue*: the longest send queue a silent client held before it was closed (entries, each a reference "
+          f"to frames every other client shares; the queue's bound is WEBSOCKET_SEND_QUEUE, 256):\n")
+        w("| N | first frame p99 | whole block p99 | closed too slow | pong timeout | RSS | queue | met |")
+        w("|---|---|---|---|---|---|---|---|")
         out += checks
         w("")
     return "\n".join(out)
@@ -1288,6 +1301,15 @@ def connections_section(spec, rows, meta):
         top = max(held, key=lambda r: r["clients"])
         w(f"Most held with every block delivered: **{top['clients']:,}** connections in one process "
           f"({top.get('open_files_idle') or '?'} open files of its {meta.get('nofile', '?'):,}).\n")
+        rss = median([r.get("rss_per_conn_idle_kb") for r in held])
+        slabs = median([delta(r, "socket_slabs_kb") for r in held])
+        slab = median([delta(r, "slab_kb") for r in held])
+        if None not in (rss, slabs, slab):
+            w(f"Per idle subscribed connection (medians over those rows): **{rss:.1f} KiB** of explorerd's RSS; in "
+              f"the kernel, per socket (half of both ends), {slabs / 2:.1f} KiB in the socket slab caches and "
+              f"{slab / 2:.1f} KiB of slab in all, and no buffer memory while idle: about "
+              f"{rss + slab / 2:.0f} KiB on the server's side in all, {(rss + slab / 2) * 20000 / 1048576:.2f} GiB "
+              f"for 20,000.\n")
     return "\n".join(out)
 
 
@@ -1448,7 +1470,8 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             head = text.split("## top 30 by inclusive")[0].split("# pstats")[0].strip().splitlines()[:18]
             w("```\n" + "\n".join(head) + "\n```\n")
     w("Raw per-run JSON (every figure above, per run, plus loadgen event-loop delay, handoff times, silent "
-      f"clients' close codes): {raw_dirs(meta['out_dir'])}, committed with this report (the block files and the processes' logs are not).\n")
+      f"clients' close codes): {raw_dirs(meta.get('out_dirs') or meta['out_dir'])}, committed with this report "
+      "(the block files and the processes' logs are not).\n")
     with open(out_path, "w") as f:
         f.write("\n".join(lines))
 
@@ -1784,7 +1807,10 @@ def main():
         meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         meta["started"], meta["finished"] = started.isoformat(), finished.isoformat()
         with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump({"meta": meta, "command": command, "results": results, "side": side}, f, indent=1)
+            # The blocks' facts (frame sizes, txs per block) go with the results: the block files are not committed.
+            facts = {name: {k: v for k, v in known.items() if k not in ("raw", "wire")}
+                     for name, known in files_by_scenario.items()}
+            json.dump({"meta": meta, "command": command, "results": results, "side": side, "files": facts}, f, indent=1)
         if results or profiles or side:
             report(results, meta, out_path, command, files_by_scenario, started, finished, scenarios, profiles, side)
             print(f"bench: {len(results)} runs in {(time.monotonic() - t0) / 60:.1f} min; report: "

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from explorerd.admission import Admission, RefusingAtAccept
+from explorerd.filelimit import ensureFiles
 from explorerd.hub import Hub
 from explorerd.jsonrpc import JSONRPCClient
 from explorerd.livetail import LiveTail
@@ -171,6 +172,13 @@ class Daemon(MultiService):
     def _pushActive(self, active):
         """Adaptive polling is for a node that does not push: off while it does."""
         self.tail.adaptive = self.config.adaptive_polling and not active
+
+    def startService(self):
+        """Make room for C{max_connections} open files first (L{ensureFiles}), or say why there is none."""
+        warning = ensureFiles(self.config.max_connections)
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+        super().startService()
 
     def stopService(self):
         """Children stop in reverse (listener, tail, node, hub); then the node connections close."""

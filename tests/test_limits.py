@@ -464,3 +464,41 @@ async def test_an_oversized_or_ambiguous_request_is_refused_and_closed(start_dae
     assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), answer[:80]
     assert b'"status"' not in answer  # nothing was served
     await eventually(lambda: daemon.hub.slots.count == 0, what="the connection to be gone")
+
+
+class FileLimits:
+    """A process's open-file limits, as C{resource.getrlimit}/C{setrlimit} see them."""
+
+    def __init__(self, soft, hard, refuse=False):
+        self.soft, self.hard, self.refuse = soft, hard, refuse
+
+    def get(self, which):
+        return self.soft, self.hard
+
+    def set(self, which, limits):
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.soft, self.hard = limits
+
+
+def test_the_open_file_limit_is_raised_for_max_connections():
+    from explorerd.filelimit import RESERVE, ensureFiles
+
+    limits = FileLimits(1024, 1048576)
+    assert ensureFiles(20000, limits.get, limits.set) is None
+    assert limits.soft == 20000 + RESERVE and limits.hard == 1048576
+    roomy = FileLimits(65536, 65536)
+    assert ensureFiles(1000, roomy.get, roomy.set) is None and roomy.soft == 65536
+
+
+def test_too_few_open_files_for_max_connections_is_said_with_what_to_do():
+    from explorerd.filelimit import ensureFiles
+
+    limits = FileLimits(1024, 20000)
+    warning = ensureFiles(30000, limits.get, limits.set)
+    assert limits.soft == 20000, "raised as far as the hard limit goes"
+    assert warning.startswith("WEBSOCKET_MAX_CONNECTIONS is 30000, but this process may open only 20000 files")
+    assert "at most 19936" in warning and "ulimit -n" in warning
+
+    stuck = FileLimits(1024, 4096, refuse=True)
+    assert "may open only 1024 files" in ensureFiles(2000, stuck.get, stuck.set)

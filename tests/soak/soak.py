@@ -521,8 +521,9 @@ def verdict(r):
     held = slow.get("open_held_max") or {}
     # A silent client must be gone once the pong timeout (plus a sweep) has passed, a keepalive one
     # (talks, never reads) once a ping round more has; a burst client (it keeps pinging too) by
-    # whichever comes first: the write deadline and the close timeout once its replays fill the
-    # kernel buffers, or the pong timeout like a keepalive one.
+    # whichever comes first: the write deadline and the close timeout once its replays fill what
+    # the kernel holds for it (WEBSOCKET_UNSENT_LIMIT and its window), or the pong timeout like a
+    # keepalive one.  Silent and keepalive ones on a busy stream are closed that way too, sooner.
     talker = limits.get("pong_timeout", 60) + limits.get("ping_interval", 30) + 15
     bounds = {"silent": limits.get("pong_timeout", 60) + 15, "keepalive": talker,
               "burst": max(talker, limits.get("write_deadline", 10) + limits.get("shutdown_timeout", 5) + 20)}
