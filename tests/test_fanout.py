@@ -317,7 +317,7 @@ async def test_a_slow_reader_that_keeps_reading_is_not_dropped_by_the_pong_timeo
         assert slow_client.paused and slow_client.hub is hub
         # It reads everything, pongs, and stops again.
         slow.transport.resumeProducing()
-        await eventually(lambda: not slow_client.queue and not slow_client.paused, what="caught up")
+        await eventually(lambda: not slow_client.queue and not slow_client.paused, what="caught up", timeout=30.0)
         pinged_at = hub.clock.seconds()
         await eventually(lambda: slow_client.last_seen == pinged_at, what="its pong")
         slow.transport.pauseProducing()
