@@ -41,6 +41,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, REPO)
 
 import run  # noqa: E402
+from tests import scrapeflood  # noqa: E402
 from tests.soak import wsraw  # noqa: E402
 
 ATTACKER_SOURCES = [f"127.0.0.{i}" for i in range(2, 51)]
@@ -719,28 +720,6 @@ def fast_text(message):
     return fast_frame(json.dumps(message, separators=(",", ":")))
 
 
-async def read_http_answer(reader):
-    """One HTTP/1.1 answer from an asyncio reader: (status, body length)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        total = 0
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            total += size
-            if size == 0:
-                return status, total
-    length = int(headers.get(b"content-length", b"0"))
-    await reader.readexactly(length)
-    return status, length
-
-
 SCRAPE_PATHS = (b"/metrics", b"/healthz", b"/app.js")
 
 
@@ -774,7 +753,7 @@ async def attack_scrape_flood(a, tally):
             last = time.monotonic()
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
                 while True:
-                    status, length = await read_http_answer(reader)
+                    status, _, _ = await scrapeflood.read_answer(reader)
                     now = time.monotonic()
                     longest = max(longest, now - last)
                     last = now

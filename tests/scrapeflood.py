@@ -29,7 +29,7 @@ def say(**message):
 
 
 async def read_answer(reader):
-    """One HTTP/1.1 answer: (status, headers by lowercase name, body)."""
+    """One HTTP/1.1 answer (Content-Length or chunked): (status, headers by lowercase name, body)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -37,6 +37,13 @@ async def read_answer(reader):
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        chunks = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunks.append((await reader.readexactly(size + 2))[:size])
+            if size == 0:
+                return status, headers, b"".join(chunks)
     length = int(headers.get(b"content-length", b"0"))
     return status, headers, await reader.readexactly(length)
 
