@@ -6,7 +6,6 @@ reads, but slower than the chain, is closed as too slow once a broadcast
 has waited the write deadline for it.
 """
 
-import socket
 
 import pytest_twisted
 
