@@ -558,8 +558,12 @@ async function report(reason) {
       e.txs.push(b[4]);
     }
   }
+  // Reading clients the server closed during the run (e.g. 1013, overloaded): the code and the
+  // newest height each had, so that what they did not get after it is not counted as lost.
+  const serverClosed = [];
+  for (const c of clients) if (!c.silent && c.subscribed && c.closed !== null) serverClosed.push([c.closed, c.lastHeight]);
   const summary = {
-    event: "done", id, reason, base, protocol, clients: N, subscribed, failed, retries, opened, errors,
+    event: "done", id, reason, base, protocol, clients: N, subscribed, failed, retries, opened, errors, serverClosed,
     closed: closedN, closeCodes, errorKinds, nonSilent, verify, verifyErrors,
     silent: { count: silentClients.length, messages: silentClients.reduce((s, c) => s + c.silentMessages, 0),
       closeCodes: silentCloseCodes, stillOpen: silentOpen },
