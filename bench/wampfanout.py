@@ -126,7 +126,7 @@ class Crossbar:
     def __init__(self, log_dir, ticket):
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        cbdir = os.path.join(log_dir, "crossbar", ".crossbar")
+        cbdir = os.path.abspath(os.path.join(log_dir, "crossbar", ".crossbar"))
         os.makedirs(cbdir, exist_ok=True)
         shutil.copy(CROSSBAR_CONFIG, os.path.join(cbdir, "config.json"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPLORERD_", "WEBSOCKET_"))}
@@ -211,7 +211,8 @@ def start_explorerd(files, spec, n, log_dir, router=None, ticket=""):
 # One run of one cell.
 
 def run_cell(spec, mode, n, run_index, files, out_dir, verify=False):
-    cell = f"wamp-{mode}-{n}-r{run_index}"
+    tx = "tx-" if "newTxs" in spec["channels"] else ""
+    cell = f"wamp-{tx}{mode}-{n}-r{run_index}"
     log_dir = os.path.join(out_dir, "logs", cell)
     os.makedirs(log_dir, exist_ok=True)
     result = {"scenario": "wamp", "mode": mode, "server": mode, "clients": n, "run": run_index,
@@ -269,7 +270,7 @@ def run_cell(spec, mode, n, run_index, files, out_dir, verify=False):
         blocks = [srv.expect("block", 30 + n / 100 + (nblocks / spec["rate"] if i == 0 else 0)) for i in range(nblocks)]
         srv.expect("sent_all", 30 + n / 100)
         expected_total = sum(run.block_expectation(spec, b, subscribed)[0] for b in blocks)
-        got, drain_s, how = run.drain(loadgens, expected_total, max_wait=120 + expected_total / 2e4, stall=10.0)
+        got, drain_s, how = run.drain(loadgens, expected_total, max_wait=120 + expected_total / 1e4, stall=10.0)
         srv.send("stats")
         end = run.own_rss(srv.expect("stats", 60), srv.pid)
         cb1 = tree_cpu(router.pids) if router else None
@@ -443,6 +444,13 @@ def _mib(kb):
     return None if kb is None else kb / 1024
 
 
+TOPICS_LABEL = {"newBlocks": "block", "newBlocks,newTxs": "block + tx"}
+
+
+def _cell_order(r):
+    return ("newTxs" in r["channels"], r["clients"], MODES.index(r["mode"]), r["run"])
+
+
 def report(raw_dir, out_path):
     with open(os.path.join(raw_dir, "results.json")) as f:
         data = json.load(f)
@@ -453,6 +461,7 @@ def report(raw_dir, out_path):
             wire = json.load(f)
     m = meta["machine"]
     cb = meta.get("crossbar", {})
+    topics = meta["topics"]
     lines = [
         "# WAMP fan-out: explorerd's embedded broker against Crossbar.io",
         "",
@@ -469,14 +478,16 @@ def report(raw_dir, out_path):
         f"{meta['spec']['blocks']} real mainnet blocks (`{', '.join(meta['spec']['data']['recordings'])}`, "
         f"{meta.get('txs_per_block')} transactions) at {meta['spec']['rate']:g} block/s; N WAMP clients "
         "(`bench/loadgen.mjs --protocol wamp`: WebSocket, `wamp.2.json`, AutobahnJS's HELLO, SUBSCRIBE "
-        f"{', '.join(meta['topics'])}) on explorerd's `/v1/wamp` (**embedded**) or on a Crossbar.io router that "
-        "explorerd publishes to with `--wamp-router` (**crossbar**). Latency: from the hand-off to explorerd's hub "
-        "to the client's read (CLOCK_MONOTONIC both). CPU: user + system (`/proc/<pid>/stat`) from just before "
-        "the first block to the last delivery, divided by the events delivered; Crossbar's is its node "
-        "controller's and router worker's together. In crossbar mode explorerd also publishes each block's "
-        "transactions (`explorer.tx`) to the router, subscribed or not (what the tail does): that is in its "
-        "figure. *loadgen CPU*: the busiest load generator's share of a core (near 100 %: the clients set the "
-        "figure); *foreign CPU*: other processes' CPU meanwhile, in cores.",
+        f"`{topics['newBlocks']}`, and `{topics['newTxs']}` where the topics say *block + tx*) on explorerd's "
+        "`/v1/wamp` (**embedded**) or on a Crossbar.io router that explorerd publishes to with `--wamp-router` "
+        "(**crossbar**). Latency: from the hand-off to explorerd's hub to the client's read (CLOCK_MONOTONIC both), "
+        "to a block's `explorer.block` event (p50, p99, max) and to its last event (*whole block p99*). "
+        "CPU: user + system from just before the first block to the last delivery, divided by the events "
+        "delivered: explorerd's from its own getrusage, Crossbar's from `/proc/<pid>/stat` of its node "
+        "controller and its router worker together. In crossbar mode explorerd also publishes each block's "
+        "transactions (`explorer.tx`, one publication each) to the router, subscribed or not (what the tail does): "
+        "that is in its figure. *loadgen CPU*: the busiest load generator's share of a core (near 100 %: the "
+        "clients set the figure); *foreign CPU*: other processes' CPU meanwhile, in cores.",
         "",
     ]
     if wire is not None:
@@ -497,60 +508,59 @@ def report(raw_dir, out_path):
         "Medians over the runs that completed (range in brackets); failed runs are counted, listed below, "
         "and not in the medians.",
         "",
-        "| N | mode | runs ok | clients failed | p50 ms | p99 ms | max ms | lost / dup / order | explorerd µs/event "
-        "| Crossbar µs/event | total µs/event | explorerd RSS peak MiB | Crossbar RSS peak MiB | loadgen CPU | "
-        "foreign CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| topics | N | mode | runs ok | clients failed | p50 ms | p99 ms | max ms | whole block p99 ms | "
+        "lost / dup / order | explorerd µs/event | Crossbar µs/event | total µs/event | explorerd RSS peak MiB | "
+        "Crossbar RSS peak MiB | loadgen CPU | foreign CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ns = sorted({r["clients"] for r in results})
     by_cell = {}
-    for r in results:
-        by_cell.setdefault((r["clients"], r["mode"]), []).append(r)
-    for n in ns:
-        for mode in MODES:
-            rows = by_cell.get((n, mode), [])
-            if not rows:
-                continue
+    for r in sorted(results, key=_cell_order):
+        by_cell.setdefault((r["channels"], r["clients"]), {}).setdefault(r["mode"], []).append(r)
+    for (channels, n), modes in by_cell.items():
+        for mode, rows in modes.items():
             ok = [r for r in rows if not r["errors"]]
-            use = ok or []
             failed = sum(r.get("connect_failed", 0) or 0 for r in rows)
             lost = sum(r.get("lost", 0) or 0 for r in rows)
             dup = sum(r.get("dupes", 0) or 0 for r in rows)
             order = sum(r.get("order_errors", 0) or 0 for r in rows)
             lg = [max(r.get("loadgen_cpu_share") or [0]) for r in rows if r.get("loadgen_cpu_share")]
             foreign = [r.get("foreign_cpu_cores") for r in rows if r.get("foreign_cpu_cores") is not None]
-            rss = [dict(r, x=_mib(r.get("rss_peak_kb"))) for r in use]
-            cbrss = [dict(r, x=_mib(r.get("crossbar_rss_peak_kb"))) for r in use]
+            rss = [dict(r, x=_mib(r.get("rss_peak_kb"))) for r in ok]
+            cbrss = [dict(r, x=_mib(r.get("crossbar_rss_peak_kb"))) for r in ok]
+            crossbar = mode == "crossbar"
             lines.append(
-                f"| {n:,} | {mode} | {len(ok)}/{len(rows)} | {failed} | {_range(use, 'lat_p50_ms')} | "
-                f"{_range(use, 'lat_p99_ms')} | {_range(use, 'lat_max_ms')} | {lost} / {dup} / {order} | "
-                f"{_range(use, 'explorerd_cpu_us_per_event')} | "
-                f"{_range(use, 'crossbar_cpu_us_per_event') if mode == 'crossbar' else '–'} | "
-                f"{_range(use, 'total_cpu_us_per_event')} | {_range(rss, 'x', 0)} | "
-                f"{_range(cbrss, 'x', 0) if mode == 'crossbar' else '–'} | "
+                f"| {TOPICS_LABEL.get(channels, channels)} | {n:,} | {mode} | {len(ok)}/{len(rows)} | {failed} | "
+                f"{_range(ok, 'lat_p50_ms')} | {_range(ok, 'lat_p99_ms')} | {_range(ok, 'lat_max_ms')} | "
+                f"{_range(ok, 'whole_p99_ms')} | {lost} / {dup} / {order} | "
+                f"{_range(ok, 'explorerd_cpu_us_per_event')} | "
+                f"{_range(ok, 'crossbar_cpu_us_per_event') if crossbar else '–'} | "
+                f"{_range(ok, 'total_cpu_us_per_event')} | {_range(rss, 'x', 0)} | "
+                f"{_range(cbrss, 'x', 0) if crossbar else '–'} | "
                 f"{f'{max(lg):.0%}' if lg else '–'} | {_f(max(foreign), 2) if foreign else '–'} |")
     lines += ["", "Embedded ÷ crossbar (medians of the completed runs; below 1: the embedded broker costs less "
-              "or is faster):", "", "| N | total CPU per event | p50 | p99 |", "|---|---|---|---|"]
-    for n in ns:
-        e = [r for r in by_cell.get((n, "embedded"), []) if not r["errors"]]
-        c = [r for r in by_cell.get((n, "crossbar"), []) if not r["errors"]]
+              "or is faster):", "", "| topics | N | total CPU per event | p50 | p99 | whole block p99 |",
+              "|---|---|---|---|---|---|"]
+    for (channels, n), modes in by_cell.items():
+        e = [r for r in modes.get("embedded", []) if not r["errors"]]
+        c = [r for r in modes.get("crossbar", []) if not r["errors"]]
 
         def ratio(key):
             a, b = _med(e, key), _med(c, key)
             return "–" if a is None or not b else f"{a / b:.2f}"
 
-        lines.append(f"| {n:,} | {ratio('total_cpu_us_per_event')} | {ratio('lat_p50_ms')} | {ratio('lat_p99_ms')} |")
+        lines.append(f"| {TOPICS_LABEL.get(channels, channels)} | {n:,} | {ratio('total_cpu_us_per_event')} | "
+                     f"{ratio('lat_p50_ms')} | {ratio('lat_p99_ms')} | {ratio('whole_p99_ms')} |")
     lines += ["", "## Every run", "",
-              "| N | mode | run | subscribed | delivered / expected | p50 ms | p99 ms | max ms | explorerd CPU s "
-              "| Crossbar CPU s | explorerd ms/block | Crossbar ms/block | drain s | errors |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (r["clients"], MODES.index(r["mode"]), r["run"])):
+              "| topics | N | mode | run | subscribed | delivered / expected | p50 ms | p99 ms | max ms | "
+              "explorerd CPU s | Crossbar CPU s | explorerd ms/block | Crossbar ms/block | drain s | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=_cell_order):
         lines.append(
-            f"| {r['clients']:,} | {r['mode']} | {r['run']} | {r.get('subscribed', '–')} | "
-            f"{r.get('delivered', '–')} / {r.get('expected', '–')} | {_f(r.get('lat_p50_ms'))} | "
-            f"{_f(r.get('lat_p99_ms'))} | {_f(r.get('lat_max_ms'))} | {_f(r.get('explorerd_cpu_s'), 2)} | "
-            f"{_f(r.get('crossbar_cpu_s'), 2)} | {_f(r.get('cpu_ms_per_block'))} | "
-            f"{_f(r.get('crossbar_cpu_ms_per_block'))} | {_f(r.get('drain_s'))} | "
+            f"| {TOPICS_LABEL.get(r['channels'], r['channels'])} | {r['clients']:,} | {r['mode']} | {r['run']} | "
+            f"{r.get('subscribed', '–')} | {r.get('delivered', '–')} / {r.get('expected', '–')} | "
+            f"{_f(r.get('lat_p50_ms'))} | {_f(r.get('lat_p99_ms'))} | {_f(r.get('lat_max_ms'))} | "
+            f"{_f(r.get('explorerd_cpu_s'), 2)} | {_f(r.get('crossbar_cpu_s'), 2)} | "
+            f"{_f(r.get('cpu_ms_per_block'))} | {_f(r.get('crossbar_cpu_ms_per_block'))} | {_f(r.get('drain_s'))} | "
             f"{'; '.join(r['errors']) or '–'} |")
     lines.append("")
     with open(out_path, "w") as f:
@@ -581,7 +591,7 @@ def main():
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--blocks", type=int, default=SPEC["blocks"])
     p.add_argument("--rate", type=float, default=SPEC["rate"], help="blocks per second")
-    p.add_argument("--channels", default=SPEC["channels"], help="newBlocks (explorer.block), newBlocks,newTxs (+ explorer.tx)")
+    p.add_argument("--tx-clients", default="", help="N[:runs],... also with explorer.tx (newBlocks,newTxs), e.g. 1000:1")
     p.add_argument("--verify", action="store_true", help="clients JSON-parse and check every event too")
     p.add_argument("--wire-check", action="store_true", help="also check AutobahnJS against both, first")
     p.add_argument("--out-dir", default="", help="raw results (default bench/results/<date>-wamp)")
@@ -589,7 +599,7 @@ def main():
     p.add_argument("--report-from", default="", help="only regenerate the report from this directory's raw JSON")
     args = p.parse_args()
     if args.report_from:
-        print(report(args.report_from, args.out))
+        print(report(os.path.abspath(args.report_from), args.out))
         return
     run.ensure_node_deps()
     run.ensure_python_deps()
@@ -600,35 +610,41 @@ def main():
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r} (embedded, crossbar)")
-    spec = dict(SPEC, blocks=args.blocks, rate=args.rate, channels=args.channels)
-    out_dir = args.out_dir or os.path.join(HERE, "results", time.strftime("%Y%m%d-%H%M%S-wamp", time.gmtime()))
+    spec = dict(SPEC, blocks=args.blocks, rate=args.rate)
+    tx_spec = dict(spec, channels="newBlocks,newTxs")
+    tx_clients = {n: runs or args.runs or 1 for n, runs in parse_clients(args.tx_clients).items()} if args.tx_clients else {}
+    out_dir = os.path.abspath(args.out_dir or os.path.join(HERE, "results", time.strftime("%Y%m%d-%H%M%S-wamp",
+                                                                                          time.gmtime())))
     os.makedirs(out_dir, exist_ok=True)
     files = run.make_files(spec, out_dir, "blocks")
     topics = {"newBlocks": "explorer.block", "newTxs": "explorer.tx"}
     meta = {"command": "python3 bench/wampfanout.py " + shlex.join(sys.argv[1:]), "machine": run.machine(),
-            "crossbar": crossbar_versions(), "spec": spec, "clients": clients, "modes": modes,
-            "topics": [topics[c] for c in spec["channels"].split(",")], "txs_per_block": files["txs_per_block"],
+            "crossbar": crossbar_versions(), "spec": spec, "clients": clients, "tx_clients": tx_clients, "modes": modes,
+            "topics": {ch: topics[ch] for ch in tx_spec["channels"].split(",")}, "txs_per_block": files["txs_per_block"],
             "block_frame_bytes": files["block_frame_bytes"],
             "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "finished": None}
     results = []
     if args.wire_check:
         w = wire_check(files, spec, out_dir)
         print(f"wire check: {'ok' if w.get('ok') else 'FAILED'} {json.dumps(w)}", flush=True)
-    # Interleaved: every run index runs every N and mode in turn.
-    for run_index in range(max(clients.values())):
-        for n, runs in sorted(clients.items()):
-            if run_index >= runs:
-                continue
-            for mode in modes:
-                t0 = time.monotonic()
-                r = run_cell(spec, mode, n, run_index, files, out_dir, args.verify)
-                results.append(r)
-                meta["finished"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-                write_results(out_dir, meta, results)
-                print(f"{mode} N={n} run {run_index}: {time.monotonic() - t0:.0f}s p50 {r.get('lat_p50_ms')} ms "
-                      f"p99 {r.get('lat_p99_ms')} ms, explorerd {r.get('explorerd_cpu_us_per_event')} µs/event, "
-                      f"crossbar {r.get('crossbar_cpu_us_per_event')} µs/event, lost {r.get('lost')}, "
-                      f"errors {r['errors']}", flush=True)
+    # Interleaved: every run index runs every N and mode in turn; the explorer.tx cells after the rest.
+    plan = [(spec, clients), (tx_spec, tx_clients)]
+    for cell_spec, cell_clients in plan:
+        for run_index in range(max(cell_clients.values(), default=0)):
+            for n, runs in sorted(cell_clients.items()):
+                if run_index >= runs:
+                    continue
+                for mode in modes:
+                    t0 = time.monotonic()
+                    r = run_cell(cell_spec, mode, n, run_index, files, out_dir, args.verify)
+                    results.append(r)
+                    meta["finished"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+                    write_results(out_dir, meta, results)
+                    print(f"{r['channels']} {mode} N={n} run {run_index}: {time.monotonic() - t0:.0f}s "
+                          f"p50 {r.get('lat_p50_ms')} ms p99 {r.get('lat_p99_ms')} ms, "
+                          f"explorerd {r.get('explorerd_cpu_us_per_event')} µs/event, "
+                          f"crossbar {r.get('crossbar_cpu_us_per_event')} µs/event, lost {r.get('lost')}, "
+                          f"errors {r['errors']}", flush=True)
     for name in ("blocks.raw.json", "blocks.wire.json"):
         try:
             os.unlink(os.path.join(out_dir, name))
