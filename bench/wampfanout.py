@@ -546,10 +546,24 @@ def report(raw_dir, out_path):
 
         def ratio(key):
             a, b = _med(e, key), _med(c, key)
-            return "–" if a is None or not b else f"{a / b:.2f}"
+            return "–" if a is None or not b else f"{a / b:.2f}" if a / b >= 0.1 else f"{a / b:.2g}"
 
         lines.append(f"| {TOPICS_LABEL.get(channels, channels)} | {n:,} | {ratio('total_cpu_us_per_event')} | "
                      f"{ratio('lat_p50_ms')} | {ratio('lat_p99_ms')} | {ratio('whole_p99_ms')} |")
+    encodings = []
+    for (channels, n), modes in by_cell.items():
+        for r in modes.get("embedded", []):
+            m = r.get("wamp_metrics") or {}
+            enc = sum(v for k, v in m.items() if k.startswith("explorer_wamp_encodings_total"))
+            events = sum(v for k, v in m.items() if k.startswith("explorer_wamp_events_total"))
+            if enc and events and r.get("subscribed"):
+                encodings.append((TOPICS_LABEL.get(channels, channels), n, enc, events / r["subscribed"]))
+    if encodings:
+        cells = sorted({(t, n, e, p) for t, n, e, p in encodings})
+        lines += ["", "The embedded broker's encodings (`explorer_wamp_encodings_total` over the window) against its "
+                  "publications (`explorer_wamp_events_total` / subscribed clients), per run: "
+                  + "; ".join(f"{t} at {n:,}: {e:,.0f} for {p:,.0f}" for t, n, e, p in cells)
+                  + " (one encoding per publication and wire format, whatever N)."]
     lines += ["", "## Every run", "",
               "| topics | N | mode | run | subscribed | delivered / expected | p50 ms | p99 ms | max ms | "
               "explorerd CPU s | Crossbar CPU s | explorerd ms/block | Crossbar ms/block | drain s | errors |",
