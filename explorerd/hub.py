@@ -172,6 +172,7 @@ class Hub(Service):
         self._paused = {}
         self._queued_total = 0
         self._owed = Owed(clock if reactor is None else reactor, self._send, self._restDone)
+        self._previous = None  # the hub's clock when the previous publish began
         self._sweep = LoopingCall(self._sweepOnce)
         self._sweep.clock = clock
         self._observers = []
@@ -485,8 +486,11 @@ class Hub(Service):
         first.  The history refuses a block that does not link
         (L{BrokenChain}) before anyone is written to.
         """
-        start = time.perf_counter()
+        start, now = time.perf_counter(), self.clock.seconds()
         self.history.add(entry)
+        previous, self._previous = self._previous, now
+        if previous is not None and now - previous >= SHED_AFTER:
+            self._shedBehind(now)
         self._shedOverloaded(entry)
         recipients = self._pass(entry, blocks=True, txs=False)
         self.metrics.broadcast_latency.labels("block").observe(time.perf_counter() - start)
@@ -496,7 +500,7 @@ class Hub(Service):
             self._notify(lambda observer: observer.published(entry))
         logs = bool(entry.logs and self._subscribers["logs"])
         if entry.tx_count or logs:
-            self._owed.begin(entry)
+            self._owed.begin(entry, start)
             if entry.tx_count:
                 self._pass(entry, blocks=False, txs=True, owe=True)
             if logs:
@@ -510,6 +514,22 @@ class Hub(Service):
             self.metrics.broadcast_latency.labels("transactions").observe(seconds)
         if entry.logs:
             self.metrics.broadcast_latency.labels("logs").observe(seconds)
+
+    def _shedBehind(self, now):
+        """
+        A block comes a block time after the previous one, and a client
+        still has broadcasts waiting in its queue: the kernel holds
+        C{WEBSOCKET_UNSENT_LIMIT} unsent for it and its transport more, so
+        it has not taken in the blocks before this one in a block time and
+        cannot keep up with this chain.  It is closed as too slow, rather
+        than hear of this block seconds late.  Not when blocks come
+        together (a catch-up, see L{SHED_AFTER}), nor for a replay (it
+        waits behind none: L{Client.waiting_since}).
+        """
+        for client in tuple(self._paused):
+            since = client.waiting_since
+            if client.hub is not None and since is not None:
+                self.close(client, CLOSE_POLICY, f"too slow: {now - since:.1f}s behind the chain", "slow_client")
 
     def _shedOverloaded(self, entry):
         """

@@ -23,10 +23,11 @@ from collections import deque
 
 # Longest one slice writes before the reactor gets a turn (and the next block its chance).
 SLICE_SECONDS = 0.01
-# A block's rest that has been going this long when the next block comes is
-# shed; a younger one is finished first.  Blocks that come together (a
-# catch-up after a node outage, a batch of the live-tail) are not overload:
-# they all go to everyone, in order, as before.
+# A block whose publish began this long before the next block came and whose
+# rest has not reached every client yet is overload: those not reached are
+# shed.  Sooner, it is finished first: blocks that come together (a catch-up
+# after a node outage, a batch of the live-tail) all go to everyone, in
+# order, as before.
 SHED_AFTER = 0.5
 _CHECK_EVERY = 16
 
@@ -58,13 +59,16 @@ class Owed:
         return len(self._clients)
 
     def age(self):
-        """Seconds since the unfinished rest began; 0 when there is none."""
+        """Seconds since the publish of the unfinished rest's block began; 0 when there is none."""
         return 0.0 if self.entry is None else time.perf_counter() - self._started
 
-    def begin(self, entry):
-        """Start collecting what C{entry} owes (the previous block's rest was shed or paid)."""
+    def begin(self, entry, started):
+        """
+        Start collecting what C{entry} owes (the previous block's rest was
+        shed or paid); its publish began at C{started} (C{time.perf_counter()}).
+        """
         self.entry = entry
-        self._started = time.perf_counter()
+        self._started = started
 
     def owe(self, client, payload, counts):
         if not payload or client.hub is None:

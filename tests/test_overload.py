@@ -165,12 +165,14 @@ class Peer:
         self.closed = (code, reason)
 
 
-def test_a_client_that_reads_slower_than_the_chain_is_closed_as_too_slow():
-    # It reads every block, so its transport is resumed and paused again and
-    # again and never stays paused for the write deadline; but it reads less
-    # than a block a block, and what waits for it gets older with every
-    # block.  Closed once a broadcast waited the write deadline (10 s); a
-    # client that keeps up, beside it, is never queued for.
+def test_a_client_that_reads_slower_than_blocks_come_is_closed_by_the_write_deadline():
+    # Blocks come 0.25 s apart (faster than SHED_AFTER: the "behind the
+    # chain" rule stays out of it); the client reads every time, so its
+    # transport is resumed and paused again and again and never stays paused
+    # for the write deadline; but it reads half a block a block, and what
+    # waits for it gets older with every block.  Closed once a broadcast
+    # waited the write deadline (10 s); a client that keeps up is never
+    # queued for.
     from twisted.internet.task import Clock
 
     from explorerd.config import Config
@@ -187,17 +189,70 @@ def test_a_client_that_reads_slower_than_the_chain_is_closed_as_too_slow():
         hub.subscribe(client, BOTH)
     n = 0
     while slow.closed is None:
-        assert n < 40, "never closed"
+        assert n < 200, "never closed"
         hub.publish(Entry.fromNode(blocks[n % len(blocks)]))
         n += 1
-        clock.advance(1)
+        clock.advance(0.25)
         for p in (slow, fast):
             p.transport.read()
         assert not clients[0].paused or clock.seconds() - clients[0].paused_since < 10
     code, reason = slow.closed
     assert code == 1008 and reason.startswith("too slow: 1") and reason.endswith("s behind (write deadline 10s)"), reason
-    # Reading half a block a second it is t/2 s behind at t; a broadcast has
-    # waited 10 s in its queue (behind what its transport holds) by ~25 s.
-    assert 20 <= n <= 30, n
+    # Half a block a block: t/2 behind at t; a broadcast has waited 10 s in
+    # its queue (behind what its transport holds) at ~25 s, block ~100.
+    assert 80 <= n <= 120, n
     assert fast.closed is None and not clients[1].queue
     assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="slow_client") == 1
+
+
+def test_a_client_still_behind_when_the_next_block_comes_is_closed_as_too_slow():
+    # On a chain (blocks a block time apart, not a catch-up's burst) a client
+    # whose queue still holds broadcasts when the next block comes (its
+    # kernel and transport full ahead of them) is closed, instead of getting
+    # that block seconds late.
+    from twisted.internet.task import Clock
+
+    from explorerd.config import Config
+    from explorerd.hub import Hub
+    from explorerd.metrics import Metrics
+
+    clock = Clock()
+    hub = Hub(clock, Config.defaults(), Metrics())
+    blocks = mainnet_run()[:6]
+    stuck, fast = Peer(MeteredTransport(0)), Peer(MeteredTransport(10 ** 7))
+    clients = [hub.attach(p, "127.0.0.1") for p in (stuck, fast)]
+    for client in clients:
+        hub.subscribe(client, BOTH)
+    published = 0
+    for block in blocks:
+        hub.publish(Entry.fromNode(block))
+        published += 1
+        clock.advance(1)  # a block time, as on a chain
+        fast.transport.read()
+        if stuck.closed:
+            break
+    # Block 0 filled its transport (paused); block 1 was queued at t=1; when
+    # block 2 came at t=2, block 1 was still waiting.
+    assert published == 3
+    assert stuck.closed == (1008, "too slow: 1.0s behind the chain")
+    assert fast.closed is None and not clients[1].paused
+    assert sample(hub.metrics.registry, "explorer_websocket_errors_total", type="slow_client") == 1
+
+
+def test_blocks_that_come_together_keep_a_client_that_fell_behind_in_them():
+    # A catch-up's blocks come back to back: nobody is "behind the chain" for it.
+    from twisted.internet.task import Clock
+
+    from explorerd.config import Config
+    from explorerd.hub import Hub
+    from explorerd.metrics import Metrics
+
+    clock = Clock()
+    hub = Hub(clock, Config.defaults(), Metrics())
+    stuck = Peer(MeteredTransport(0))
+    client = hub.attach(stuck, "127.0.0.1")
+    hub.subscribe(client, BOTH)
+    for block in mainnet_run()[:6]:
+        hub.publish(Entry.fromNode(block))
+        clock.advance(0.01)
+    assert stuck.closed is None and client.paused and len(client.queue) > 4
