@@ -95,12 +95,14 @@ def plan(seconds, window, gap, restarts=(), kinds=KINDS, start=40.0, tail=60.0, 
     """
     The schedule: ``[{"at", "what": "fault", "kind", "until", "rate"} | {"at", "what": "restart", "how"}]``.
     Windows of each kind in turn (the first pass at a rate of 1: the node is down for that kind; later
-    passes 0.4: it is flaky), each followed by ``gap`` seconds honest; the restarts are spread
-    evenly over the run, each in a slot of its own (no fault meanwhile), and the last ``tail``
+    passes 0.4: it is flaky), each followed by ``gap`` seconds honest; the restarts come between
+    45% and 75% of the run (so that every lifetime is long enough to judge its RSS slope after
+    the history has filled), each in a slot of its own (no fault meanwhile), and the last ``tail``
     seconds are honest.
     """
     events = []
-    due = [(seconds * (i + 1) / (len(restarts) + 1), how) for i, how in enumerate(restarts)]
+    k = len(restarts)
+    due = [(seconds * (0.45 + 0.3 * i / (k - 1) if k > 1 else 0.5), how) for i, how in enumerate(restarts)]
     t, i = start, 0
     while True:
         if due and due[0][0] <= t + window / 2:
@@ -377,7 +379,10 @@ def run_faults(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10
         result["log_bad_samples"] = [line for life in lifetimes for line in life["watcher"].bad][:20]
         result["log_lines"] = sum(life["watcher"].lines for life in lifetimes)
         result["log_reasons"] = {k: sum(life["watcher"].reasons[k] for life in lifetimes) for k in soak.DETACH}
-        result["lifetimes"] = [lifetime_summary(life, result["samples"], warmup) for life in lifetimes]
+        # The first lifetime fills its history (256 blocks) as it goes; later ones restore it at start.
+        result["lifetimes"] = [lifetime_summary(life, result["samples"],
+                                                max(warmup, 256 * block_time + 60) if life["n"] == 1 else warmup)
+                               for life in lifetimes]
         result["exit_status"] = last.get("exit_status")
         if own_dir and not bad and report is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -471,7 +476,7 @@ def lifetime_summary(life, samples, warmup):
            "rss_first_mib": round(pts[0][1], 1) if pts else None, "rss_last_mib": round(pts[-1][1], 1) if pts else None,
            "rss_max_mib": round(max(y for _, y in pts), 1) if pts else None,
            "rss_slope_mib_h": _round(slope(pts)), "rss_slope_after_warmup_mib_h": _round(slope(warm)),
-           "warm_minutes": round((warm[-1][0] - warm[0][0]) * 60, 1) if len(warm) > 1 else 0.0,
+           "warmup_s": round(warmup), "warm_minutes": round((warm[-1][0] - warm[0][0]) * 60, 1) if len(warm) > 1 else 0.0,
            "fds_first": mine[0]["fds"] if mine else None, "fds_last": mine[-1]["fds"] if mine else None,
            "cpu_s": mine[-1]["cpu_s"] if mine else None,
            "restored": life.get("restored"), "restore_trouble": life.get("restore_trouble"), "log": life["log"]}
@@ -574,12 +579,14 @@ def markdown(r):
             f"- restarts: {', '.join(x['how'] for x in r.get('restarts') or []) or 'none'}; clients closed by them "
             f"(code: count): {soak.fmt(_sum_dicts(s.get('restart_closes') for s in roles.values()))}",
             f"- fds: {(r.get('baseline') or {}).get('fds')} at the first start, {(r.get('after') or {}).get('fds')} "
-            "after the clients left"]
+            "after the clients left",
+            f"- server CPU: {sum(x['cpu_s'] or 0 for x in r.get('lifetimes') or []):.1f} s over the run, all lifetimes "
+            "(each lifetime's last sample)"]
     for x in r.get("lifetimes") or []:
         out.append(f"- lifetime #{x['n']} (pid {x['pid']}, t {x['start_t']}–{x['end_t'] if x['end_t'] is not None else 'end'} s,"
                    f" exit {x['exit_status']}): RSS {x['rss_first_mib']} → {x['rss_last_mib']} MiB (max {x['rss_max_mib']}),"
                    f" slope {x['rss_slope_mib_h']} MiB/h over the lifetime, {x['rss_slope_after_warmup_mib_h']} MiB/h "
-                   f"after the warm-up ({x['warm_minutes']} min); fds {x['fds_first']} → {x['fds_last']}; CPU "
+                   f"after a {x['warmup_s']} s warm-up (over {x['warm_minutes']} min); fds {x['fds_first']} → {x['fds_last']}; CPU "
                    f"{x['cpu_s']} s ({x.get('cpu_pct_mean')}% of a core); restored history {x['restored'] or '–'}"
                    + (f"; restore trouble: {x['restore_trouble']}" if x['restore_trouble'] else ""))
     out += ["", "## Fault windows", "",
