@@ -574,8 +574,8 @@ def markdown(r):
             f"{sum(s.get('replayed', 0) for s in wb)}; outside the history (history_unavailable, counted apart): "
             f"{sum(s.get('history_unavailable', 0) for s in wb)}; refused within the history: "
             f"{sum(s.get('history_unavailable_within', 0) for s in wb)}",
-            f"- fault windows: {soak.fmt(_count(w['kind'] for w in r.get('windows') or []))}; proxy answers "
-            f"spoiled in all: {soak.fmt((r.get('node') or {}).get('proxy_counts'))}",
+            f"- fault windows: {soak.fmt(_count(w['kind'] for w in r.get('windows') or []))}; the proxy's answers "
+            f"over the run, by fault (`pass`: honest): {soak.fmt((r.get('node') or {}).get('proxy_counts'))}",
             f"- restarts: {', '.join(x['how'] for x in r.get('restarts') or []) or 'none'}; clients closed by them "
             f"(code: count): {soak.fmt(_sum_dicts(s.get('restart_closes') for s in roles.values()))}",
             f"- fds: {(r.get('baseline') or {}).get('fds')} at the first start, {(r.get('after') or {}).get('fds')} "
