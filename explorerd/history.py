@@ -272,6 +272,19 @@ class History:
         while len(self._orphans) > self.size:
             self._orphans.popitem(last=False)
 
+    def rememberOrphans(self, orphans):
+        """
+        Blocks a reorg removed before a restart (C{(height, hash, parent)}
+        each, oldest first), so that a client still holding one resumes as
+        it would have before the restart: told of the reorg, then the new
+        branch.  Their entries are not known (no logs to retract).
+        """
+        for height, block_hash, parent in orphans:
+            if parent is not None and block_hash not in self._by_hash and block_hash not in self._orphans:
+                self._orphans[block_hash] = (height, parent, None)
+        while len(self._orphans) > self.size:
+            self._orphans.popitem(last=False)
+
     def forget(self):
         """
         Start over from the next block added: a known gap (an edge whose

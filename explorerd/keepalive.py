@@ -81,6 +81,8 @@ class Keepalive:
         timeout = self.config.pong_timeout
         dead = []
         for client in clients:
+            if client.hub is None:
+                continue  # closed above as too slow (or gone since the hub listed it)
             if now - client.last_seen > timeout:
                 dead.append(client)
             elif ping is not None:

@@ -382,6 +382,10 @@ class LiveTail(Service):
         keep = self._chain.maxlen if remember is None else max(int(remember), self._chain.maxlen)
         self.remember = keep
         self._older = deque(maxlen=keep - self._chain.maxlen)
+        # Blocks reorgs removed after we published them: saved with the
+        # positions, so that after a restart a client still holding one can
+        # resume (the hub's history is told of them again).
+        self._orphaned = deque(maxlen=keep)
         # Whether blocks have left _chain at the bottom since we anchored
         # (if not, a fork below it is below the first block we published).
         self._trimmed = False
@@ -413,6 +417,7 @@ class LiveTail(Service):
             self._chain.extend(positions[-n:])
             self._older.extend(positions[:-n])
             self._trimmed = len(positions) >= n
+            self._orphaned.extend(Position(*p) for p in state.orphans)
             if positions:
                 self._restore = list(self._older) + list(self._chain)
                 self._restore_waiters = []
@@ -880,6 +885,7 @@ class LiveTail(Service):
         if self._restore is None:
             return
         positions, self._restore = self._restore, None
+        self.hub.history.rememberOrphans(self._orphaned)
         skipped, n = self._restore_skipped, self._restored
         if skipped:
             self.log.warn("the node has none of blocks {first}-{last} any more (pruned?); the "
@@ -1127,6 +1133,7 @@ class LiveTail(Service):
             self._trimmed = False
             self._start_at = lowest
         depth = len(removed)
+        self._orphaned.extend(removed)
         self.hub.publishReorg(depth, common,
                                 [{"height": p.height, "hash": p.hash} for p in removed])
         self.metrics.reorgs.inc()
@@ -1418,9 +1425,9 @@ class LiveTail(Service):
         positions = list(self._older) + list(self._chain) + list(ahead)
         try:
             if durable:
-                self.state.save(positions[-self.remember:])
+                self.state.save(positions[-self.remember:], self._orphaned)
             else:
-                self.state.write(positions[-self.remember:])
+                self.state.write(positions[-self.remember:], self._orphaned)
                 self._unsynced = True
         except OSError as e:
             # Publishing goes on; a restart would resume from an older

@@ -50,6 +50,8 @@ class TailState:
     def __init__(self, path):
         self.path = os.path.abspath(os.fspath(path))
         self.last = None
+        #: Blocks a reorg removed, as loaded (oldest first): clients may still hold one.
+        self.orphans = []
 
     def __repr__(self):
         return f"<TailState {self.path}>"
@@ -71,19 +73,24 @@ class TailState:
         except FileNotFoundError:
             return []
         try:
-            positions = _parse(raw)
+            positions, orphans = _parse(raw)
         except ValueError as e:
             self.log.error("ignoring unusable tail state {path}: {error}; starting at the node's head",
                            path=self.path, error=str(e))
             return []
         self.last = positions[-1] if positions else None
+        self.orphans = orphans
         return positions
 
-    def save(self, positions):
-        """Replace the file with C{positions} (oldest first), atomically and durably."""
-        self._replace(positions, durable=True)
+    def save(self, positions, orphans=()):
+        """
+        Replace the file with C{positions} (oldest first) and C{orphans}
+        (blocks a reorg removed, which clients may still hold), atomically
+        and durably.
+        """
+        self._replace(positions, orphans, durable=True)
 
-    def write(self, positions):
+    def write(self, positions, orphans=()):
         """
         Replace the file with C{positions} atomically but without waiting for
         the disk: once this returns, a killed process (even C{kill -9}) loses
@@ -92,7 +99,7 @@ class TailState:
         The live-tail calls this before a batch reaches clients, and L{sync}
         off the reactor thread after.
         """
-        self._replace(positions, durable=False)
+        self._replace(positions, orphans, durable=False)
 
     def sync(self):
         """
@@ -110,13 +117,15 @@ class TailState:
             os.close(fd)
         _fsync_directory(os.path.dirname(self.path))
 
-    def _replace(self, positions, durable):
+    def _replace(self, positions, orphans, durable):
         positions = [Position(int(p[0]), p[1], p[2]) for p in positions]
         body = {"version": VERSION}
         if positions:
             body["height"] = positions[-1].height
             body["hash"] = positions[-1].hash
         body["chain"] = [{"height": p.height, "hash": p.hash, "parent": p.parent} for p in positions]
+        if orphans:
+            body["orphans"] = [{"height": int(p[0]), "hash": p[1], "parent": p[2]} for p in orphans]
         data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
         directory = os.path.dirname(self.path)
         os.makedirs(directory, exist_ok=True)
@@ -164,10 +173,17 @@ def _parse(raw):
     chain = body.get("chain")
     if not isinstance(chain, list):
         raise ValueError("no chain list")
+    orphans = body.get("orphans", [])
+    if not isinstance(orphans, list):
+        raise ValueError("orphans is not a list")
+    return _positions(chain, "chain", linked=True), _positions(orphans, "orphans", linked=False)
+
+
+def _positions(items, what, linked):
     positions = []
-    for item in chain:
+    for item in items:
         if not isinstance(item, dict):
-            raise ValueError(f"chain entry is not an object: {item!r:.80}")
+            raise ValueError(f"{what} entry is not an object: {item!r:.80}")
         height, hash_, parent = item.get("height"), item.get("hash"), item.get("parent")
         if isinstance(height, bool) or not isinstance(height, int) or height < 0:
             raise ValueError(f"bad height {height!r:.40}")
@@ -175,9 +191,9 @@ def _parse(raw):
             raise ValueError(f"bad hash {hash_!r:.80} at height {height}")
         if parent is not None and (not isinstance(parent, str) or not _HASH.match(parent)):
             raise ValueError(f"bad parent hash {parent!r:.80} at height {height}")
-        if positions and height != positions[-1].height + 1:
+        if linked and positions and height != positions[-1].height + 1:
             raise ValueError(f"chain is not contiguous at height {height}")
-        if positions and parent is not None and parent != positions[-1].hash:
+        if linked and positions and parent is not None and parent != positions[-1].hash:
             raise ValueError(f"chain is not linked at height {height}: parent {parent} is not "
                              f"the hash of block {height - 1}")
         positions.append(Position(height, hash_, parent))

@@ -13,7 +13,13 @@ answers it badly instead:
     (a complete HTTP response whose body is not valid JSON);
   - C{cut}: forward, announce the full Content-Length, send half, abort;
   - C{garbage}: a 200 whose body is not JSON-RPC at all;
+  - C{slow}: forward, then trickle the answer out in C{slow_pieces} parts
+    spread over C{delay} seconds (a slow body: the headers come at once);
   - otherwise: pass the upstream answer through unchanged.
+
+C{lag}, if above 0, makes every C{eth_blockNumber} that passes answer
+that many blocks below the node's head, as a load-balanced provider does
+when it asks a backend that is behind: the head goes backwards.
 
 C{rates} maps fault names to probabilities; set it to C{{}} to make the
 proxy honest.  C{methods}, if given, names the JSON-RPC methods whose
@@ -40,6 +46,8 @@ from zope.interface import implementer
 from tests.serving import TrackingFactory
 
 FAULTS = ("drop", "error", "delay", "truncate", "cut", "garbage")
+#: Besides FAULTS (which the tests spoil "every kind" with): a slow body.
+KNOWN = FAULTS + ("slow",)
 
 _GARBAGE = (
     b"<html><body><h1>502 Bad Gateway</h1></body></html>",
@@ -118,15 +126,17 @@ class FaultProxy:
     → the proxy, listening at C{.url}.
     """
 
-    def __init__(self, reactor, upstream, *, seed=0, rates=None, delay=1.0, methods=None):
+    def __init__(self, reactor, upstream, *, seed=0, rates=None, delay=1.0, methods=None, slow_pieces=20):
         self.reactor = reactor
         self.upstream = upstream.encode("ascii") if isinstance(upstream, str) else upstream
         self.rng = random.Random(seed)
         self.rates = dict(rates or {})
-        unknown = set(self.rates) - set(FAULTS)
+        unknown = set(self.rates) - set(KNOWN)
         if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {KNOWN}")
         self.delay = delay
+        self.slow_pieces = slow_pieces
+        self.lag = 0
         self.methods = None if methods is None else frozenset(methods)
         self.counts = Counter()
         self.url = None
@@ -162,7 +172,7 @@ class FaultProxy:
     def choose(self):
         """The fault for the next request, or C{"pass"}."""
         r = self.rng.random()
-        for fault in FAULTS:
+        for fault in KNOWN:
             rate = self.rates.get(fault, 0.0)
             if r < rate:
                 return fault
@@ -201,10 +211,21 @@ class FaultProxy:
             code, data = result
             if gone:
                 return
+            if self.lag > 0:
+                data = _lagged(body, data, self.lag)
             if fault == "delay":
                 timer = self.reactor.callLater(self.delay, send, code, data)
                 self._timers.add(timer)
                 request.notifyFinish().addBoth(lambda _: timer.active() and timer.cancel())
+                return
+            if fault == "slow":
+                request.setResponseCode(code)
+                request.setHeader(b"Content-Type", b"application/json")
+                request.setHeader(b"Content-Length", str(len(data)).encode())
+                n = max(1, min(self.slow_pieces, len(data)))
+                bounds = [len(data) * i // n for i in range(n + 1)]
+                request.notifyFinish().addBoth(lambda _: [t.cancel() for t in pending if t.active()])
+                trickle(data, bounds, 0, self.delay / n)
                 return
             if fault == "truncate":
                 data = data[: max(1, len(data) // 3)]
@@ -215,6 +236,20 @@ class FaultProxy:
                 request.channel.transport.abortConnection()
                 return
             send(code, data)
+
+        pending = []  # a slow answer's next piece
+
+        def trickle(data, bounds, i, interval):
+            self._timers.difference_update([t for t in self._timers if not t.active()])
+            if gone:
+                return
+            request.write(data[bounds[i]:bounds[i + 1]])
+            if i + 2 == len(bounds):
+                request.finish()
+                return
+            timer = self.reactor.callLater(interval, trickle, data, bounds, i + 1, interval)
+            self._timers.add(timer)
+            pending.append(timer)
 
         def send(code, data):
             if gone:
@@ -246,3 +281,20 @@ class FaultProxy:
             return result
 
         return d.addBoth(done)
+
+
+def _lagged(body, data, lag):
+    """The answer with every C{eth_blockNumber} result C{lag} blocks lower."""
+    try:
+        calls, answers = json.loads(body), json.loads(data)
+    except ValueError:
+        return data
+    batch = isinstance(calls, list)
+    calls, listed = (calls if batch else [calls]), (answers if isinstance(answers, list) else [answers])
+    ids = {c.get("id") for c in calls if isinstance(c, dict) and c.get("method") == "eth_blockNumber"}
+    if not ids:
+        return data
+    for a in listed:
+        if isinstance(a, dict) and a.get("id") in ids and isinstance(a.get("result"), str):
+            a["result"] = hex(max(0, int(a["result"], 16) - lag))
+    return json.dumps(answers).encode()

@@ -87,3 +87,19 @@ async def test_stopping_waits_for_the_fsync_and_leaves_the_file_durable(env, tmp
     # The held one (begun for block 2), then the one for block 3's write, before stopping is done.
     assert [p.height for p in fsyncs] == [3, 3]
     assert TailState(path).load()[-1].height == 3
+
+
+def test_the_file_keeps_the_blocks_a_reorg_removed_for_clients_that_still_hold_them(tmp_path):
+    h = lambda n: "0x" + f"{n:064x}"  # noqa: E731
+    chain = [(5, h(5), h(4)), (6, h(6), h(5)), (7, h(7), h(6))]
+    orphans = [(6, h(106), h(5)), (7, h(107), h(106))]
+    state = TailState(tmp_path / "s.json")
+    state.save(chain, orphans)
+    again = TailState(tmp_path / "s.json")
+    assert [tuple(p) for p in again.load()] == chain
+    assert [tuple(p) for p in again.orphans] == orphans
+    # a file written before orphans were kept has none
+    state.save(chain)
+    assert "orphans" not in json.loads((tmp_path / "s.json").read_text())
+    again = TailState(tmp_path / "s.json")
+    assert len(again.load()) == 3 and again.orphans == []

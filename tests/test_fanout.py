@@ -299,6 +299,48 @@ async def test_a_client_that_talks_but_stopped_reading_is_dropped_by_the_pong_ti
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stalled_reader_past_both_deadlines_is_closed_once_and_the_sweep_goes_on(start_daemon):
+    # Found by the fault soak: a reader paused past the write deadline that is also past the pong
+    # timeout in the same sweep was closed as too slow, then dropped again as gone; its
+    # connection was already detached, the sweep failed (a logged traceback), and the clients
+    # after it in that sweep were neither dropped nor pinged.
+    from twisted.logger import globalLogPublisher
+
+    failures = []
+
+    def observe(event):
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        daemon = await start_daemon(ping_interval=30, pong_timeout=60, write_deadline=10, send_queue=100000)
+        hub = daemon.hub
+        stalled = await connect(daemon.url)
+        await stalled.request({"action": "subscribe", "channels": ["newTxs"]})
+        silent = await connect(daemon.url)
+        await silent.request({"action": "subscribe", "channels": ["newBlocks"]})
+        stalled_client = constrain(stalled, hub)
+        stalled.transport.pauseProducing()
+        silent.transport.pauseProducing()
+        block = mainnet_run()[0]
+        while not stalled_client.paused:
+            broadcast(hub, [block])
+        daemon.clock.advance(61)  # one sweep: past the write deadline and the pong timeout at once
+        assert failures == []
+        assert hub.clientCount == 0
+        registry = hub.metrics.registry
+        assert sample(registry, "explorer_websocket_errors_total", type="slow_client") == 1
+        assert sample(registry, "explorer_websocket_errors_total", type="ping_timeout") == 1
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    for client in (stalled, silent):
+        client.transport.resumeProducing()
+        daemon.clock.advance(10)  # past the close timeout of the one closed as too slow
+        await client.closed
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_slow_reader_that_keeps_reading_is_not_dropped_by_the_pong_timeout(start_daemon):
     # While it is paused its pings wait behind its queue; each pong it sends
     # once it has read that far keeps it alive, however long it stays behind

@@ -374,6 +374,38 @@ async def test_manual_reorg_and_mine(serve):
 
 
 @pytest_twisted.ensureDeferred
+async def test_reorg_to_a_shorter_branch_lowers_the_head(serve):
+    node = ReplayNode(Clock(), block_time=2.0)
+    rpc = await serve(node)
+    poller = Poller(rpc)
+    await poller.poll()
+    for _ in range(40):  # past the first recording, so the script's orphans come after the reorg
+        node.mine()
+    await poller.poll()
+    h = node.head.height
+    old = [(await rpc.call("eth_getBlockByNumber", hex(x), False))["hash"] for x in range(h - 4, h + 1)]
+    new_head = node.reorg(4, 2)
+    await poller.poll()
+    assert new_head.height == h - 2
+    assert await rpc.call("eth_blockNumber") == hex(h - 2)
+    assert await rpc.call("eth_getBlockByNumber", hex(h - 1), False) is None
+    new = [(await rpc.call("eth_getBlockByNumber", hex(x), False)) for x in range(h - 4, h - 1)]
+    assert new[0]["hash"] == old[0] and new[1]["parentHash"] == old[0]
+    assert {b["hash"] for b in new[1:]}.isdisjoint(old)
+    r = node.reorgs[-1]
+    assert (r.depth, r.ancestor.height, r.removed, len(r.added)) == (4, h - 4, tuple(old[1:]), 2)
+    assert poller.reorgs[-1][1:] == as_observed([r])[0][1:]  # [0] is the step: the poller saw fewer
+    # production goes on from the lower head, each block on the one before (orphans included)
+    for _ in range(60):
+        head = node.mine()
+        block = await rpc.call("eth_getBlockByHash", head.hash, False)
+        parent = await rpc.call("eth_getBlockByHash", block["parentHash"], False)
+        assert parent is not None and int(parent["number"], 16) == head.height - 1
+    with pytest.raises(ValueError):
+        node.reorg(2, 3)
+
+
+@pytest_twisted.ensureDeferred
 async def test_clock_drives_production(serve):
     clock = Clock()
     node = ReplayNode(clock, block_time=2.0, prefill=3)

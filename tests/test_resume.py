@@ -544,6 +544,40 @@ async def test_after_a_restart_a_client_resumes_across_a_reorg_that_happened_whi
 
 
 @pytest_twisted.ensureDeferred
+async def test_after_a_restart_a_client_resumes_from_a_block_a_reorg_removed_before_it(
+        start_daemon, replay_node, tmp_path):
+    # Found by the fault soak: a client that left holding a block which a reorg then removed (it
+    # never saw the reorg) came back after a restart and got history_unavailable, because the
+    # restarted daemon's history knew the canonical blocks only, not the orphans.
+    node = replay_node
+    node.node.mine()
+    first, tail = await tailing(start_daemon, node, tmp_path)
+    await tail.whenIdle()
+    client = await connect(first.url)
+    assert (await client.request({"action": "subscribe", "channels": BOTH}))["type"] == "subscribed"
+    for _ in range(6):
+        node.node.mine()
+        assert await tail.poll()
+    await drain(client)
+    await client.close()
+    last = ref(served_block(node.node, 7))
+    removed = [ref(served_block(node.node, h)) for h in (6, 7)]
+    node.node.reorg(2)
+    node.node.mine()
+    assert await tail.poll()  # the reorg, and 6-8 of the new branch: nobody is told
+    await stop(first)
+    second, tail = await tailing(start_daemon, node, tmp_path)
+    await tail.whenRestored()
+    await tail.whenIdle()
+    client = await resume(second.url, last)
+    assert await client.next() == {"type": "subscribed", "channels": BOTH, "replayed": 3}
+    assert await client.next() == {"type": "reorg", "data": {
+        "depth": 2, "common_ancestor": ref(served_block(node.node, 5)), "removed": removed}}
+    assert summary(await drain(client)) == expected([served_block(node.node, h) for h in range(6, 9)])
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_after_resuming_across_a_restart_live_blocks_follow(start_daemon, replay_node, tmp_path):
     node = replay_node
     client, tail, _, _, _, _ = await resumed_after_the_restart(start_daemon, node, tmp_path)

@@ -161,17 +161,21 @@ class Chain:
         self._setHead(block, "script")
         return self.head
 
-    def reorg(self, depth, now):
+    def reorg(self, depth, now, length=None):
         """
-        Replace the last C{depth} canonical blocks with new ones (same
-        transactions, new hashes, same heights), like C{anvil_reorg}.  Only
-        an endless chain may: a recording's hashes are real.
+        Replace the last C{depth} canonical blocks with C{length} (default
+        C{depth}) new ones (same transactions, new hashes, the same heights
+        from the ancestor up), like C{anvil_reorg}.  A shorter branch makes
+        the head's height go down, as when a node switches to a fork that
+        is behind in height but heavier.  Only an endless chain may: a
+        recording's hashes are real.
         """
         if self.mode != "endless":
             raise RuntimeError("reorg() makes up hashes: only an endless chain may")
         head = self._head
-        if head is None or depth < 1:
-            raise ValueError("reorg needs a head and depth >= 1")
+        length = depth if length is None else length
+        if head is None or depth < 1 or not 1 <= length <= depth:
+            raise ValueError("reorg needs a head, depth >= 1 and 1 <= length <= depth")
         base_height = head.height - depth
         base_hash = self._canonical.get(base_height)
         if base_hash is None or base_hash not in self._by_hash:
@@ -180,13 +184,14 @@ class Chain:
         n = self._manual_reorgs
         parent = self._by_hash[base_hash]
         new = None
-        for height in range(base_height + 1, head.height + 1):
+        for height in range(base_height + 1, base_height + length + 1):
             old = self._by_hash[self._canonical[height]]
             new = _Block(height, _sha(f"{self.chain_id}-{height}-{old.round}-{old.template['hash']}-reorg{n}"),
                          parent.hash, max(int(now), parent.timestamp), old.template, old.logs, old.round, False)
             self._by_hash[new.hash] = new
             parent = new
         self._tip = new
+        self._offset -= depth - length  # the script's next blocks (orphans too) come down with the tip
         self._setHead(new, "manual")
         return self.head
 

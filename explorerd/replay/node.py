@@ -104,9 +104,12 @@ class ReplayNode:
         """Apply the next head event now, whatever the clock says; C{None} once finished."""
         return self._advance(self.clock.seconds())
 
-    def reorg(self, depth):
-        """Replace the last C{depth} blocks by new ones at the same heights (endless mode only)."""
-        head = self.chain.reorg(depth, self.clock.seconds())
+    def reorg(self, depth, length=None):
+        """
+        Replace the last C{depth} blocks by C{length} (default C{depth}) new
+        ones from the same height up (endless mode only): shorter, the head goes down.
+        """
+        head = self.chain.reorg(depth, self.clock.seconds(), length)
         self._logReorg()
         self.heads.announce(head)
         return head

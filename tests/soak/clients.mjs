@@ -5,7 +5,7 @@
 //        --roles batch=300,blocks=300,hashes=150,pertx=50,churn=100,slow=50,hostile=50 \
 //        [--ramp 10] [--seed 1] [--id 0] [--slow-hold 75] [--history-seconds 300]
 //        [--slow-kinds silent,keepalive,burst,late] [--late-after 13.5]
-//        [--since-height H --since-hash 0x..]
+//        [--since-height H --since-hash 0x..] [--resume]
 //
 // Roles (well-behaved ones verify their sequence; see Chain below):
 //   batch    newBlocks + newTxs, "batch": true (one newTxs frame per block, full txs)
@@ -20,6 +20,15 @@
 //   hostile  garbage JSON, unknown actions, invalid messages, binary frames (answered with
 //            errors), floods past the message budget (close 1008), frames and fragmented
 //            messages over 1 MiB (1009), invalid UTF-8 (1007); reconnects after each close
+//
+// --resume (the fault soak): every well-behaved client, not only churners, reconnects after an
+// unexpected close with "since" = the last block it holds complete, and must see no gap and no
+// duplicate across it.  While the runner says on stdin that the server is restarting
+// ({"restarting": true} ... {"restarting": false}), a close with 1001 (going away) or 1006 (the
+// process was killed) is what a restart looks like: counted in restart_closes, not unexpected.
+// A history_unavailable answer is counted as outside the history when the "since" sent is below
+// the oldest block the server holds (oldest_height - 1 is still resumable), else as
+// history_unavailable_within: a server that lost what it had published.
 //
 // stdout, JSON lines: {"kind":"progress", ...} every --report-every seconds, then one
 // {"kind":"final", ...}, then the process exits (bounded: --seconds + 20 s at most).
@@ -46,6 +55,8 @@ const SECONDS = parseFloat(args.seconds || "60");
 const RAMP = parseFloat(args.ramp || String(Math.min(10, SECONDS / 6)));
 const REPORT_EVERY = parseFloat(args["report-every"] || "10");
 const SLOW_HOLD = parseFloat(args["slow-hold"] || "75");
+const RESUME = args.resume === "true";
+let restarting = false;
 const HISTORY_SECONDS = parseFloat(args["history-seconds"] || "300");
 const ID = parseInt(args.id || "0", 10);
 const ROLES = {};
@@ -81,13 +92,20 @@ function newStats() {
   return {
     clients: 0, connects: 0, opens: 0, connect_errors: {}, closes: {}, messages: 0, blocks: 0,
     txs: 0, reorgs: 0, reorg_depths: {}, errors: {}, violations: 0, resumes: 0, replayed: 0,
-    history_unavailable: 0, attacks: {}, outcomes: {}, unexpected: 0, unexpected_samples: [],
+    history_unavailable: 0, history_unavailable_within: 0, history_unavailable_samples: [], restart_closes: {},
+    attacks: {}, outcomes: {}, unexpected: 0, unexpected_samples: [],
     violation_samples: [], still_open_after_hold: 0, bytes: 0, kinds: {}, dropped_after: {}, open_at_end: {}, open_held_max: {},
   };
 }
 const stats = {};
 for (const role of Object.keys(ROLES)) stats[role] = newStats();
 const bump = (obj, key, n = 1) => { obj[key] = (obj[key] || 0) + n; };
+// A close that a restart explains (the runner said one is under way): counted, not unexpected.
+function restartClose(role, code) {
+  if (!restarting || (code !== 1001 && code !== 1006)) return false;
+  bump(stats[role].restart_closes, String(code));
+  return true;
+}
 
 function violation(role, client, what) {
   const s = stats[role];
@@ -261,9 +279,12 @@ function wellBehaved(role, n) {
     answered = false;
     const ws = open(role, (ws) => {
       const msg = { ...SUBSCRIBE[role] };
-      if (role === "churn") {
+      ws.__since = null;
+      if (role === "churn" || RESUME) {
         const since = chain.resumePoint();
-        if (since) { msg.since = since; s.resumes++; }
+        if (since) { msg.since = since; s.resumes++; ws.__since = since; }
+      }
+      if (role === "churn") {
         later(between(3, 20), () => { if (!stopping && ws.readyState === WebSocket.OPEN) ws.close(1000); });
       }
       ws.send(JSON.stringify(msg));
@@ -281,7 +302,17 @@ function wellBehaved(role, n) {
           return;
         case "error":
           bump(s.errors, m.error.code);
-          if (m.error.code === "history_unavailable") { s.history_unavailable++; chain.reset(); }
+          if (m.error.code === "history_unavailable") {
+            const oldest = m.error.oldest_height;
+            const since = ws.__since;
+            if (since && typeof oldest === "number" && since.height >= oldest - 1) {
+              s.history_unavailable_within++;
+              if (s.history_unavailable_samples.length < 20) {
+                s.history_unavailable_samples.push({ t: +elapsed().toFixed(2), client: n, since: since.height, oldest, message: m.error.message });
+              }
+            } else s.history_unavailable++;
+            chain.reset();
+          }
           else chain.bad(`error ${m.error.code}: ${m.error.message}`);
           return;
         default: return chain.bad(`unexpected message type ${m.type}`);
@@ -294,9 +325,9 @@ function wellBehaved(role, n) {
         later(long ? HISTORY_SECONDS + between(10, 40) : between(0.2, 3), () => connect(0));
         return;
       }
-      if (opened) unexpected(role, n, `closed with ${code}${ws.__error ? " " + ws.__error : ""}`);
+      if (opened && !restartClose(role, code)) unexpected(role, n, `closed with ${code}${ws.__error ? " " + ws.__error : ""}`);
       // reconnect after a failed connect or an unexpected close, with backoff
-      if (role === "churn") chain.resumePoint(); else chain.reset();
+      if (role === "churn" || RESUME) chain.resumePoint(); else chain.reset();
       later(Math.min(10, 0.5 * 2 ** Math.min(attempt, 5)) * between(0.5, 1.5), () => connect(attempt + 1));
     });
     ws.__chain = chain;
@@ -374,6 +405,7 @@ function slow(n, index) {
       });
     }, (ws, opened, code) => {
       ended = true;
+      if (opened && !stopping) restartClose(role, code);
       if (opened && pausedAt !== null && !stopping) {
         bump(s.outcomes, `${kind}_${code}${ws.__error ? "_" + ws.__error : ""}`);
 
@@ -399,7 +431,11 @@ process.stdin.on("data", (chunk) => {
   while ((i = stdinBuf.indexOf("\n")) >= 0) {
     const line = stdinBuf.slice(0, i);
     stdinBuf = stdinBuf.slice(i + 1);
-    try { const m = JSON.parse(line); if (m.since) oldSince = m.since; } catch { /* ignore */ }
+    try {
+      const m = JSON.parse(line);
+      if (m.since) oldSince = m.since;
+      if (typeof m.restarting === "boolean") restarting = m.restarting;
+    } catch { /* ignore */ }
   }
 });
 process.stdin.on("error", () => {});
@@ -497,8 +533,8 @@ function hostile(n) {
           list.push(+(elapsed() - openedAt).toFixed(2));
           if (list.length > 2000) list.shift();
         }
-        if (!EXPECT[attack].includes(String(code)) && ws.__error !== "timeout") unexpected(role, n, `${attack} ended with ${code}${ws.__error ? " " + ws.__error : ""}`);
-        if (attack === "garbage" && !errors) unexpected(role, n, "garbage got no error replies");
+        if (!EXPECT[attack].includes(String(code)) && ws.__error !== "timeout" && !restartClose(role, code)) unexpected(role, n, `${attack} ended with ${code}${ws.__error ? " " + ws.__error : ""}`);
+        if (attack === "garbage" && !errors && code === 1000) unexpected(role, n, "garbage got no error replies");
       }
       if (stopping) return;
       later(opened ? between(0.5, 3) : Math.min(10, 0.5 * 2 ** Math.min(attempt, 5)), () => connect(opened ? 0 : attempt + 1));

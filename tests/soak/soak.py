@@ -117,8 +117,8 @@ def cpu_seconds(pid):
 class Daemon:
     """A real ``twistd -n explorerd``, its log in a file; finds its ports in the log."""
 
-    def __init__(self, args, workdir, timeout=30):
-        self.log_path = os.path.join(workdir, "explorerd.log")
+    def __init__(self, args, workdir, timeout=30, log_name="explorerd.log"):
+        self.log_path = os.path.join(workdir, log_name)
         self._log = open(self.log_path, "w")
         argv = [_bin("twistd"), "-n", "--pidfile=", "explorerd"] + list(args)
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=clean_env(),
@@ -283,7 +283,7 @@ class ClientProcess:
     """One ``node clients.mjs``; keeps its last progress line and its final one."""
 
     def __init__(self, url, seconds, roles, ident, seed, slow_hold, ramp, report_every, history_seconds,
-                 slow_kinds, late_after, since=None):
+                 slow_kinds, late_after, since=None, resume=False):
         argv = ["node", CLIENTS_MJS, "--url", url, "--seconds", str(seconds), "--id", str(ident),
                 "--seed", str(seed), "--slow-hold", str(slow_hold), "--ramp", str(ramp),
                 "--report-every", str(report_every), "--history-seconds", str(history_seconds),
@@ -291,6 +291,8 @@ class ClientProcess:
                 "--roles", ",".join(f"{k}={v}" for k, v in roles.items() if v)]
         if since:
             argv += ["--since-height", str(since["height"]), "--since-hash", since["hash"]]
+        if resume:
+            argv += ["--resume"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT)
         self.progress = []
@@ -647,7 +649,23 @@ def fmt(d):
     return ", ".join(f"{k}: {v}" for k, v in sorted(d.items(), key=lambda kv: str(kv[0])))
 
 
+def commit():
+    """The checkout's commit, ``-dirty`` if it has changes (what a report ran at)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("-dirty" if dirty else "")) or None
+
+
 def main(argv=None):
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from tests.soak import faultsoak  # it builds on this module's parts
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--clients", type=int, default=2000)
@@ -659,9 +677,36 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also dump every figure as JSON here")
     p.add_argument("--slow-kinds", default="silent,keepalive,burst",
                    help="slow clients' kinds (silent, keepalive, burst, late); see clients.mjs")
+    p.add_argument("--faults", action="store_true",
+                   help="the node fails in windows (reset, 5xx, stall, slow-body, head-lag, truncate, cut, garbage, "
+                        "reorg-shorter), each then honest; implies --external-node")
+    p.add_argument("--restarts", default="",
+                   help="restart the daemon under load, in this order, spread over the run: e.g. term,kill "
+                        "(SIGTERM, SIGKILL); implies --external-node")
+    p.add_argument("--external-node", action="store_true",
+                   help="the replay node in its own process behind the fault proxy (tests/soak/faultnode.py), "
+                        "the daemon with a state directory, every well-behaved client resuming with since")
+    p.add_argument("--fault-kinds", default=",".join(faultsoak.KINDS), help="the windows' kinds, in turn")
+    p.add_argument("--window", type=float, default=40.0, help="seconds of each fault window")
+    p.add_argument("--gap", type=float, default=40.0, help="honest seconds after each window")
+    p.add_argument("--rpc-timeout", type=float, default=10.0, help="the daemon's --rpc-timeout (s)")
+    p.add_argument("--rpc-retry", type=float, default=5.0, help="the daemon's --rpc-retry (s)")
     a = p.parse_args(argv)
-    r = run(minutes=a.minutes, clients=a.clients, procs=a.procs, report=a.report, sample_every=a.sample_every,
-            slow_hold=a.slow_hold, slow_kinds=tuple(a.slow_kinds.split(",")))
+    restarts = tuple(x for x in a.restarts.split(",") if x)
+    if any(x not in ("term", "kill") for x in restarts):
+        p.error("--restarts: a comma-separated list of term and kill")
+    kinds = tuple(x for x in a.fault_kinds.split(",") if x)
+    if any(k not in faultsoak.KINDS for k in kinds):
+        p.error(f"--fault-kinds: of {', '.join(faultsoak.KINDS)}")
+    if a.faults or restarts or a.external_node:
+        r = faultsoak.run_faults(
+            minutes=a.minutes, clients=a.clients, procs=a.procs, report=a.report, sample_every=a.sample_every,
+            slow_hold=a.slow_hold, slow_kinds=tuple(a.slow_kinds.split(",")), faults=a.faults, restarts=restarts,
+            kinds=kinds, window=a.window, gap=a.gap, rpc_timeout=a.rpc_timeout, rpc_retry=a.rpc_retry,
+            commit=commit())
+    else:
+        r = run(minutes=a.minutes, clients=a.clients, procs=a.procs, report=a.report, sample_every=a.sample_every,
+                slow_hold=a.slow_hold, slow_kinds=tuple(a.slow_kinds.split(",")))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({k: v for k, v in r.items() if k != "verdict"} | {"verdict": {k: list(v) for k, v in r["verdict"].items()}},
