@@ -68,7 +68,7 @@ FULL = {
                    clients={100: 3, 1000: 3, 5000: 3, 10000: 3}, per_loadgen=10000),
     "txs": dict(title="(b)/(c) newBlocks + newTxs, mainnet blocks (~190 txs), 1 block/s",
                 channels="newBlocks,newTxs", data=MAINNET_200, blocks=10,
-                clients={100: 3, 1000: 3, 5000: 1, 10000: 1}, blocks_for={5000: 5, 10000: 5}, per_loadgen=2500),
+                clients={100: 3, 1000: 3, 5000: 1, 10000: 1}, blocks_for={5000: 5, 10000: 15}, per_loadgen=2500),
     "batch": dict(title='(d) newBlocks + newTxs with "batch": true, mainnet blocks, 1 block/s',
                   channels="newBlocks,newTxs", batch=True, data=MAINNET_200, blocks=10,
                   clients={1000: 3}, per_loadgen=5000),
@@ -661,9 +661,10 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         except BenchError:
             final = end
         result.update(analyze(spec, blocks, dones, base, idle, end, final, sampler.peak, n))
-        # A delivery that ended short only by what the server did not send the clients it closed is
-        # complete: the closes are a result (reported), not a failed measurement.
-        if how != "complete" and (result["lost"] > 0 or not result["server_closed"]):
+        # A delivery that ended short only by the clients the server closed is complete: the closes
+        # are a result (reported, and what they missed of their last block counted as lost), not a
+        # failed measurement.
+        if how != "complete" and (result["lost"] > result["lost_rest_at_close"] or not result["server_closed"]):
             result["errors"].append(f"delivery {result['delivery']}")
         result["foreign_cpu_cores"] = foreign_cores(busy0, busy1, ours0, ours1)
         result["loadavg"] = open("/proc/loadavg").read().split()[:3]
@@ -712,7 +713,7 @@ def closes_after(blocks, stats):
         return None
     t0 = blocks[0]["t"]
     out = {}
-    for key, kind in (("slow_close_t", "too_slow"), ("ping_timeout_t", "pong_timeout")):
+    for key, kind in (("slow_close_t", "too_slow"), ("ping_timeout_t", "pong_timeout"), ("overload_close_t", "overloaded")):
         times = sorted(t - t0 for t in stats.get(key) or ())
         out[kind] = {"n": len(times), "first": round(times[0], 1) if times else None,
                      "p50": round(pct(times, 50), 1) if times else None,
@@ -781,12 +782,13 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
     delivered = sum(received_by_block.values())
     lost = expected - delivered
     # Reading clients the server closed during the run (1013 overloaded, 1008 too slow; from load
-    # generators that report them, with the newest height each had): what they were not sent after
-    # their close is not lost (a real client resumes with `since`, the close reason names where).
-    # Not sent: every block after its newest, and the rest of that one, taken as the smallest
-    # counts of that block (exact when the clients that stayed open got all of it).  With log
-    # filters a closed client's share is an upper bound.
-    server_closed, closed_at, not_sent = {}, {}, 0
+    # generators that report them, with the newest height each had): the blocks after its newest
+    # were not sent to it and are not lost (a real client resumes with `since`, the close reason
+    # names where); what it did not get of its newest block and before still is.  *rest_at_close*:
+    # that part of lost, taken as the smallest counts of that block (exact when the clients that
+    # stayed open got all of it), so a delivery short only by the closed clients can be told from
+    # one where open clients lost messages.  With log filters a closed client's share is an upper bound.
+    server_closed, closed_at, not_sent, rest_at_close = {}, {}, 0, 0
     for d in dones:
         for code, newest in d.get("serverClosed") or ():
             server_closed[str(code)] = server_closed.get(str(code), 0) + 1
@@ -801,9 +803,10 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
             not_sent += per * sum(k for newest, k in closed_at.items() if newest is None or newest < b["height"])
             k = closed_at.get(b["height"], 0)
             if k:
-                not_sent += sum(per - x for x in sorted(min(x, per) for x in counts_by_block.get(b["height"], []))[:k])
+                rest_at_close += sum(per - x for x in sorted(min(x, per) for x in counts_by_block.get(b["height"], []))[:k])
     not_sent = min(not_sent, expected - delivered)
     lost = expected - delivered - not_sent
+    rest_at_close = min(rest_at_close, lost)
     completion = []
     for h in per_block_first:
         completion.append(max(per_block_last[h]) - min(per_block_first[h]))
@@ -842,7 +845,7 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "rss_per_conn_load_kb": round((max(rss_peak, end["rss_kb"]) - base["rss_kb"]) / n, 2),
         "server_clients_end": end.get("clients"), "slow_closed": final.get("slow_closed", end.get("slow_closed")),
         "overload_closed": final.get("overload_closed", end.get("overload_closed")),
-        "server_closed": server_closed, "not_sent_after_close": not_sent,
+        "server_closed": server_closed, "not_sent_after_close": not_sent, "lost_rest_at_close": rest_at_close,
         "ping_timeouts": final.get("ping_timeouts", end.get("ping_timeouts")),
         "silent": silent,
         "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
@@ -1493,10 +1496,11 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
           "handshakes in flight per load generator); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = "
           "busiest load generator's CPU share over its run (if near 100 % the "
           "client, not the server, is the limit). *lost* = messages expected (every client, every block the server "
-          "handed off) and not received by the end of the run, summed over runs, but for what the server did not send "
-          "the reading clients it closed, after their close: *closed by server* = those clients by close code (1013 "
+          "handed off) and not received by the end of the run, summed over runs, but for the blocks after the newest "
+          "one a reading client the server closed had: *closed by server* = those clients by close code (1013 "
           "overloaded, 1008 too slow) and the messages they were not sent (a real client resumes with `since`; the "
-          "close reason names the block). A delivery that ended short only by those is complete.\n")
+          "close reason names the block); what they did not get of their last block and before counts as lost. A "
+          "delivery that ended short only by the closed clients is complete.\n")
     silent_done = False
     for scenario in scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
@@ -1593,7 +1597,11 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
 
 
 def closed_cell(ok):
-    """The *closed by server* cell: reading clients the server closed over a cell's runs, by code, and what they were not sent."""
+    """
+    The *closed by server* cell over a cell's runs: reading clients the server closed, by code,
+    what they were not sent after, when (s after the first block: first–last, 1008 and 1013),
+    and how many clients were still connected at the end.
+    """
     if not any("server_closed" in r for r in ok):
         return "–"  # raw results from before the load generators reported them
     closed = {}
@@ -1603,7 +1611,17 @@ def closed_cell(ok):
     if not closed:
         return "0"
     codes = ", ".join(f"{code} ×{k:,}" for code, k in sorted(closed.items()))
-    return f"{codes} ({sum(r.get('not_sent_after_close') or 0 for r in ok):,} msgs not sent after)"
+    when = []
+    for r in ok:
+        for kind, code in (("too_slow", "1008"), ("overloaded", "1013")):
+            c = ((r.get("closes_s") or {}).get(kind) or {})
+            if c.get("n"):
+                when.append(f"{code} at {c['first']}–{c['last']} s")
+    left = [r.get("server_clients_end") for r in ok if r.get("server_clients_end") is not None]
+    return (f"{codes}; {sum(r.get('not_sent_after_close') or 0 for r in ok):,} msgs not sent after, "
+            f"{sum(r.get('lost_rest_at_close') or 0 for r in ok):,} of lost the rest of their last block"
+            + (f"; {', '.join(when)}" if when else "")
+            + (f"; {', '.join(f'{x:,}' for x in left)} clients left at the end" if left else ""))
 
 
 def best_peer_section(spec, rows):
