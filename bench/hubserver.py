@@ -51,6 +51,7 @@ class HubServer:
         self.daemon = daemon
         self.hub = daemon.hub
         self.slow_closes = []
+        self.overload_closes = []
         self.ping_timeouts = []
         self.queue_peak = 0
         self.queued_peak = 0
@@ -68,6 +69,8 @@ class HubServer:
         def closing(client, code, reason, error=None):
             if error == "slow_client" and client.hub is not None:
                 self.slow_closes.append(time.monotonic())
+            elif error == "overloaded" and client.hub is not None:
+                self.overload_closes.append(time.monotonic())
             return close(client, code, reason, error)
 
         def detaching(client, reason):
@@ -94,7 +97,9 @@ class HubServer:
         return {"slow_closed": error_count("slow_client"), "ping_timeouts": error_count("ping_timeout"),
                 "queued": self.daemon.metrics.registry.get_sample_value("explorer_websocket_queued_messages"),
                 "connections": self.hub.connectionCount, "open_files": open_files(),
+                "overload_closed": error_count("overloaded"),
                 "slow_close_t": [round(t, 3) for t in self.slow_closes],
+                "overload_close_t": [round(t, 3) for t in self.overload_closes],
                 "ping_timeout_t": [round(t, 3) for t in self.ping_timeouts],
                 "queue_peak": self.queue_peak, "queued_peak": self.queued_peak}
 

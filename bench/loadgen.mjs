@@ -43,6 +43,14 @@
 // eth_getBlockReceipts [n], ids 2n and 2n+1): the block counts as delivered when the batch's
 // answer has come (its first arrival is the notification's, its last the answer's).  An answer
 // with an error or a null result counts as a fetch error and not as delivered.
+//
+// --protocol wamp speaks WAMP v2 over WebSocket with JSON (subprotocol wamp.2.json), what AutobahnJS
+// puts on the wire: HELLO (realm --realm, default "explorer", AutobahnJS's roles), on WELCOME one
+// SUBSCRIBE per topic (--channels newBlocks -> explorer.block, newTxs -> explorer.tx), subscribed
+// once every SUBSCRIBED has come; each EVENT counts as the raw protocol's newBlock (its "height")
+// or newTx ("block_height", "tx_index") by the subscription it is for, with the same bookkeeping.
+// An ABORT or ERROR before that is a failed client (its reason in errorKinds).  Works against
+// explorerd's /v1/wamp and any WAMP router (Crossbar.io) alike.
 import WebSocket from "ws";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
@@ -72,11 +80,12 @@ const reportFile = args["report-file"] || "";
 const logPlan = args["logs-filters"] ? JSON.parse(readFileSync(args["logs-filters"], "utf8")) : null;
 const clientOffset = parseInt(args["client-offset"] || "0", 10);
 const protocol = args.protocol || "stream";
-if (!["stream", "eth-subscribe", "eth-subscribe-fetch"].includes(protocol)) {
-  process.stderr.write(`loadgen: unknown --protocol ${protocol} (stream, eth-subscribe, eth-subscribe-fetch)\n`);
+if (!["stream", "eth-subscribe", "eth-subscribe-fetch", "wamp"].includes(protocol)) {
+  process.stderr.write(`loadgen: unknown --protocol ${protocol} (stream, eth-subscribe, eth-subscribe-fetch, wamp)\n`);
   process.exit(2);
 }
-const rpcProtocol = protocol !== "stream";
+const wampProtocol = protocol === "wamp";
+const rpcProtocol = protocol !== "stream" && !wampProtocol;
 const fetchBlocks = protocol === "eth-subscribe-fetch";
 
 const mono = () => Number(process.hrtime.bigint()) / 1e9;
@@ -189,11 +198,17 @@ function isSilent(i) {
 function onMessage(c, data) {
   if (rpcProtocol) { onRpcMessage(c, data); return; }
   const t = c.tData;
-  let p = fastParse(data);
-  if (p === null) p = slowParse(data);
-  else if (verify) {
-    const q = slowParse(data);
-    if (q[0] !== p[0] || q[1] !== p[1] || q[2] !== p[2]) verifyErrors++;
+  let p;
+  if (wampProtocol) {
+    p = wampParse(c, data);
+    if (p === null) return;
+  } else {
+    p = fastParse(data);
+    if (p === null) p = slowParse(data);
+    else if (verify) {
+      const q = slowParse(data);
+      if (q[0] !== p[0] || q[1] !== p[1] || q[2] !== p[2]) verifyErrors++;
+    }
   }
   const type = p[0];
   if (c.silent) c.silentMessages++;
@@ -346,6 +361,77 @@ function onFetchAnswer(c, data, t) {
   if (!c.silent) totalUnique++;
 }
 
+// --protocol wamp: one client's WAMP session.  Message types (WAMP v2): HELLO 1, WELCOME 2, ABORT 3,
+// GOODBYE 6, ERROR 8, SUBSCRIBE 32, SUBSCRIBED 33, EVENT 36.
+const WAMP_TOPICS = { newBlocks: "explorer.block", newTxs: "explorer.tx" };
+const realm = args.realm || "explorer";
+// AutobahnJS's HELLO details (lib/session.js WAMP_FEATURES), no authmethods: anonymous.
+const WAMP_HELLO = JSON.stringify([1, realm, { roles: {
+  caller: { features: { caller_identification: true, call_canceling: true, progressive_call_results: true } },
+  callee: { features: { caller_identification: true, pattern_based_registration: true, shared_registration: true,
+    progressive_call_results: true, registration_revocation: true } },
+  publisher: { features: { publisher_identification: true, subscriber_blackwhite_listing: true, publisher_exclusion: true } },
+  subscriber: { features: { publisher_identification: true, pattern_based_subscription: true, subscription_revocation: true } },
+} }]);
+const wampTopics = wampProtocol ? channels.map((ch) => {
+  if (!WAMP_TOPICS[ch]) { process.stderr.write(`loadgen: --protocol wamp has no topic for channel ${ch}\n`); process.exit(2); }
+  return WAMP_TOPICS[ch];
+}) : [];
+const K_EVENT = Buffer.from("[36,");
+
+function wampType(buf) {
+  if (buf[0] !== 0x5b) return -1;
+  let v = 0, j = 1;
+  for (; j < buf.length && j < 4; j++) {
+    const ch = buf[j];
+    if (ch < 48 || ch > 57) break;
+    v = v * 10 + (ch - 48);
+  }
+  return j > 1 ? v : -1;
+}
+
+function wampFail(c, key) {
+  errorKinds[key] = (errorKinds[key] || 0) + 1;
+  subscribeErrors++;
+  if (!c.subscribed && !c.gaveUp) { c.gaveUp = true; failed++; settle(); }
+  c.ws.terminate();
+}
+
+// -> [type, height, txIndex] as fastParse, or null for a message that is not an event (handled here).
+function wampParse(c, data) {
+  if (data.length > 4 && data.compare(K_EVENT, 0, 4, 0, 4) === 0) {
+    const kind = c.subKinds.get(intAfter(data, K_EVENT));
+    let p;
+    if (kind === "explorer.block") p = [T_BLOCK, intAfter(data, K_HEIGHT, 8), 0];
+    else if (kind === "explorer.tx") p = [T_TX, intAfter(data, K_BHEIGHT, 8), intAfter(data, K_INDEX, 8)];
+    else p = [T_OTHER, 0, 0];
+    if (verify) {
+      let q = [-1, -1, -1];
+      try {
+        const d = JSON.parse(data.toString("utf8"))[4][0];
+        q = kind === "explorer.block" ? [T_BLOCK, d.height, 0]
+          : kind === "explorer.tx" ? [T_TX, d.block_height, d.tx_index] : [T_OTHER, 0, 0];
+      } catch (e) { /* counted below */ }
+      if (q[0] !== p[0] || q[1] !== p[1] || q[2] !== p[2]) verifyErrors++;
+    }
+    return p;
+  }
+  const type = wampType(data);
+  let m = null;
+  try { m = JSON.parse(data.toString("utf8")); } catch (e) { /* not JSON */ }
+  if (type === 2) {                                  // WELCOME: subscribe to every topic
+    wampTopics.forEach((topic, k) => c.ws.send(JSON.stringify([32, k + 1, {}, topic])));
+  } else if (type === 33 && m !== null) {            // SUBSCRIBED [33, request, subscription]
+    c.subKinds.set(m[2], wampTopics[m[1] - 1]);
+    if (c.subKinds.size === wampTopics.length) return [T_SUB, 0, 0];
+  } else if ((type === 3 || type === 8) && !c.subscribed) {   // ABORT [3, details, reason] / ERROR [8, type, request, details, error]
+    wampFail(c, String(m === null ? "unparsable" : type === 3 ? "abort: " + m[2] : "error: " + m[4]).slice(0, 60));
+  } else {
+    otherMessages++;
+  }
+  return null;
+}
+
 const RPC_SUBSCRIBE = '{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}';
 const subscribeMessage = rpcProtocol ? RPC_SUBSCRIBE : JSON.stringify(Object.assign({ action: "subscribe", channels }, batch ? { batch: true } : {}));
 const wantsBlocks = channels.includes("newBlocks");
@@ -455,7 +541,8 @@ function onChunk(c, chunk) {
 
 function connect(c, done) {
   const localAddress = `127.0.0.${hostBase + (c.i % hosts)}`;
-  const ws = new WebSocket(url, { perMessageDeflate: false, localAddress, skipUTF8Validation: !verify, handshakeTimeout: 30000 });
+  const options = { perMessageDeflate: false, localAddress, skipUTF8Validation: !verify, handshakeTimeout: 30000 };
+  const ws = wampProtocol ? new WebSocket(url, "wamp.2.json", options) : new WebSocket(url, options);
   c.ws = ws;
   let isOpen = false;
   ws.on("open", () => {
@@ -467,7 +554,8 @@ function connect(c, done) {
     socket.on("data", (chunk) => enqueue(c, chunk));
     socket.on("end", () => enqueue(c, null));
     socket.on("close", () => { c.socketClosed = true; });   // after ws's own close handling
-    ws.send(c.subscribe);
+    if (wampProtocol && ws.protocol !== "wamp.2.json") wampFail(c, `subprotocol ${JSON.stringify(ws.protocol)}`);
+    else ws.send(wampProtocol ? WAMP_HELLO : c.subscribe);
     done();
   });
   // Messages ws parsed itself (fragmented ones, or data read at close): same bookkeeping.
@@ -505,7 +593,7 @@ const t0 = mono();
       const i = next++;
       const c = { i, silent: isSilent(i), wantsBlocks, ws: null, blocks: new Map(), lastHeight: -1, tData: 0,
         subscribe: subscribeFor(i), expect: expectFor(i),
-        subscribed: false, attempts: 0, closed: null, gaveUp: false, silentMessages: 0, parts: null, partsLen: 0, need: -1, onEnd: null, socketClosed: false };
+        subscribed: false, subKinds: new Map(), attempts: 0, closed: null, gaveUp: false, silentMessages: 0, parts: null, partsLen: 0, need: -1, onEnd: null, socketClosed: false };
       clients.push(c);
       inFlight++;
       let once = false;
@@ -558,8 +646,12 @@ async function report(reason) {
       e.txs.push(b[4]);
     }
   }
+  // Reading clients the server closed during the run (e.g. 1013, overloaded): the code and the
+  // newest height each had, so that what they did not get after it is not counted as lost.
+  const serverClosed = [];
+  for (const c of clients) if (!c.silent && c.subscribed && c.closed !== null) serverClosed.push([c.closed, c.lastHeight]);
   const summary = {
-    event: "done", id, reason, base, protocol, clients: N, subscribed, failed, retries, opened, errors,
+    event: "done", id, reason, base, protocol, clients: N, subscribed, failed, retries, opened, errors, serverClosed,
     closed: closedN, closeCodes, errorKinds, nonSilent, verify, verifyErrors,
     silent: { count: silentClients.length, messages: silentClients.reduce((s, c) => s + c.silentMessages, 0),
       closeCodes: silentCloseCodes, stillOpen: silentOpen },

@@ -299,7 +299,9 @@ SETTINGS = (
             "not its own pings or messages."),
     Setting("write_deadline", "WEBSOCKET_WRITE_DEADLINE", "write-deadline", "10s",
             parse_duration, 0.01,
-            "A client whose transport stays paused (not reading) this long is disconnected as too slow."),
+            "A client whose transport stays paused (not reading) this long, or for whom a broadcast has "
+            "waited this long in explorerd's queue (it reads, but slower than the chain goes), is "
+            "disconnected as too slow."),
     Setting("send_queue", "WEBSOCKET_SEND_QUEUE", "send-queue", "256",
             parse_int, 1,
             "Broadcasts held for a client while its transport is paused (a block, or one block's "

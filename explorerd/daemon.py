@@ -83,7 +83,7 @@ class Daemon(MultiService):
         self.config = config
         self.started_at = time.time()
         self.metrics = Metrics()
-        self.hub = Hub(clock, config, self.metrics)
+        self.hub = Hub(clock, config, self.metrics, reactor=reactor)
         self.hub.setServiceParent(self)
         self.broker = Broker(self.hub, config.wamp_realm, self.metrics.registry)
         self.broker.setServiceParent(self)

@@ -35,6 +35,7 @@ from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, P
 from explorerd.idle import SubscribeDeadline
 from explorerd.interfaces import IBlockSink, IHeadObserver, IPublicationObserver, IResumeHint
 from explorerd.keepalive import CLOSE_POLICY, Keepalive
+from explorerd.owed import SHED_AFTER, Owed
 from explorerd.slots import ConnectionSlots
 
 CHANNELS = ("newBlocks", "newTxs", "logs")
@@ -42,6 +43,7 @@ _PER_TX_MODES = (PLAIN, HASHES, PLAIN_INPUT)
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
@@ -83,7 +85,7 @@ class Client:
 
     __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels", "tx_options",
                  "log_filter", "group", "log_index", "paused", "paused_since", "queue", "queued", "backlog",
-                 "last_seen", "__weakref__")
+                 "waiting_since", "replayed_at", "owed", "last_seen", "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -102,6 +104,9 @@ class Client:
         self.queue = deque()
         self.queued = 0
         self.backlog = 0  # replayed blocks in the queue: not counted against send_queue
+        self.waiting_since = None  # when the oldest broadcast still in the queue was queued
+        self.replayed_at = None  # when the last replay ahead of queued broadcasts was sent
+        self.owed = None  # what the newest block still owes it (L{Owed})
         self.last_seen = hub.clock.seconds()
 
     def __repr__(self):
@@ -133,6 +138,8 @@ class Hub(Service):
     Owns all clients and their subscriptions; publishes blocks to them.
 
     @ivar clock: an L{IReactorTime} for the sweep and for timestamps.
+    @param reactor: the L{IReactorTime} whose turns a block's transactions
+        are written between (L{Owed}); the clock when not given.
     @ivar slots: the L{ConnectionSlots} every connection takes one of.
     @ivar history: the L{History} resuming clients are served from.
     """
@@ -140,7 +147,7 @@ class Hub(Service):
     name = "hub"
     log = Logger()
 
-    def __init__(self, clock, config, metrics):
+    def __init__(self, clock, config, metrics, reactor=None):
         self.clock = clock
         self.config = config
         self.metrics = metrics
@@ -164,6 +171,8 @@ class Hub(Service):
         self._logs_scan = {}
         self._paused = {}
         self._queued_total = 0
+        self._owed = Owed(clock if reactor is None else reactor, self._send, self._restDone)
+        self._previous = None  # the hub's clock when the previous publish began
         self._sweep = LoopingCall(self._sweepOnce)
         self._sweep.clock = clock
         self._observers = []
@@ -254,11 +263,13 @@ class Hub(Service):
             self._subscribers[channel].pop(client, None)
         self._ungroup(client)
         self._paused.pop(client, None)
+        self._owed.forget(client)
         self._queued_total -= client.queued
         self.metrics.queued_messages.set(self._queued_total)
         client.queue.clear()
         client.queued = 0
         client.backlog = 0
+        client.waiting_since = None
         if client.transport is not None:
             client.transport.unregisterProducer()
         client.hub = client.protocol = client.transport = None
@@ -470,26 +481,80 @@ class Hub(Service):
         client's block waits behind other clients' transaction payloads;
         measured at 1,000 clients with ~190-tx blocks this cut first-frame
         p99 from 235 to 63 ms and left whole-block latency as it was.  The
-        history refuses a block that does not link (L{BrokenChain}) before
-        anyone is written to.
+        transactions and logs are written in slices of the reactor's time
+        (L{Owed}); clients the previous block had not reached yet are closed
+        first.  The history refuses a block that does not link
+        (L{BrokenChain}) before anyone is written to.
         """
-        start = time.perf_counter()
+        start, now = time.perf_counter(), self.clock.seconds()
         self.history.add(entry)
+        previous, self._previous = self._previous, now
+        if previous is not None and now - previous >= SHED_AFTER:
+            self._shedBehind(now)
+        self._shedOverloaded(entry)
         recipients = self._pass(entry, blocks=True, txs=False)
         self.metrics.broadcast_latency.labels("block").observe(time.perf_counter() - start)
-        if entry.tx_count:
-            start = time.perf_counter()
-            self._pass(entry, blocks=False, txs=True)
-            self.metrics.broadcast_latency.labels("transactions").observe(time.perf_counter() - start)
-        if entry.logs and self._subscribers["logs"]:
-            start = time.perf_counter()
-            self._logsPass(entry)
-            self.metrics.broadcast_latency.labels("logs").observe(time.perf_counter() - start)
         self.log.info("block {height} {hash} ({txs} txs) to {clients} clients",
                       height=entry.height, hash=entry.hash, txs=entry.tx_count, clients=recipients)
         if self._observers:
             self._notify(lambda observer: observer.published(entry))
+        logs = bool(entry.logs and self._subscribers["logs"])
+        if entry.tx_count or logs:
+            self._owed.begin(entry, start)
+            if entry.tx_count:
+                self._pass(entry, blocks=False, txs=True, owe=True)
+            if logs:
+                self._logsPass(entry, owe=True)
+            self._owed.run()
         return recipients
+
+    def _restDone(self, entry, seconds):
+        """Every client was paid what C{entry} owed it: its transactions and logs took C{seconds}."""
+        if entry.tx_count:
+            self.metrics.broadcast_latency.labels("transactions").observe(seconds)
+        if entry.logs:
+            self.metrics.broadcast_latency.labels("logs").observe(seconds)
+
+    def _shedBehind(self, now):
+        """
+        A block comes a block time after the previous one, and a client
+        still has broadcasts waiting in its queue: the kernel holds
+        C{WEBSOCKET_UNSENT_LIMIT} unsent for it and its transport more, so
+        it has not taken in the blocks before this one in a block time and
+        cannot keep up with this chain.  It is closed as too slow, rather
+        than hear of this block seconds late.  Not when blocks come
+        together (a catch-up, see L{SHED_AFTER}), nor for a replay (it
+        waits behind none: L{Client.waiting_since}).
+        """
+        for client in tuple(self._paused):
+            since = client.waiting_since
+            if client.hub is not None and since is not None:
+                self.close(client, CLOSE_POLICY, f"too slow: {now - since:.1f}s behind the chain", "slow_client")
+
+    def _shedOverloaded(self, entry):
+        """
+        A new block came before the previous one's transactions and logs
+        reached every client.  If they have been going for L{SHED_AFTER}
+        the server cannot serve them all at this rate: the ones not reached
+        are closed (1013, try again later) with where to resume, so that
+        everyone else gets this block on time.  Younger, they are finished
+        first (blocks that come together, as after a node outage).
+        """
+        behind = self._owed.entry
+        if behind is None:
+            return
+        if self._owed.age() < SHED_AFTER:
+            self._owed.finish()  # blocks that come together: not overload
+            return
+        shed = self._owed.shed()
+        if not shed:
+            return
+        # Within the 123 bytes a close reason has: the block before the one not sent.
+        reason = f"overloaded; resume with since {behind.height - 1} {behind.parent_hash}"
+        for client in shed:
+            self.close(client, CLOSE_TRY_AGAIN_LATER, reason, "overloaded")
+        self.log.warn("overloaded: block {height} had not reached {n} clients when block {next} came; "
+                      "closed them (1013)", height=behind.height, n=len(shed), next=entry.height)
 
     def remember(self, entry):
         """Add a block to the history without sending it: what clients saw before a restart."""
@@ -535,8 +600,11 @@ class Hub(Service):
             self._notify(lambda observer: observer.reorganized(data, gone))
         return sent
 
-    def _pass(self, entry, blocks, txs):
-        """One pass over every subscriber: the block frames, or the transaction frames."""
+    def _pass(self, entry, blocks, txs, owe=False):
+        """
+        One pass over every subscriber: the block frames, or the transaction
+        frames (C{owe}: recorded as owed, written by L{Owed}).
+        """
         recipients = 0
         for (takes_blocks, mode), group in self._groups.items():
             if not group:
@@ -548,10 +616,22 @@ class Hub(Service):
             payload, count = entry.payload(wants_blocks, wants_mode)
             if not count:
                 continue
-            recipients += self.fanout(group, payload, self._counts(wants_blocks, wants_mode, entry))
+            counts = self._counts(wants_blocks, wants_mode, entry)
+            if owe:
+                recipients += self._oweAll(group, payload, counts)
+            else:
+                recipients += self.fanout(group, payload, counts)
         if self._filtered:
-            recipients += self._passFiltered(entry, blocks, txs)
+            recipients += self._passFiltered(entry, blocks, txs, owe)
         return recipients
+
+    def _oweAll(self, subscribers, payload, counts):
+        owe = self._owed.owe
+        for client in subscribers:
+            owe(client, payload, counts)
+        for kind, n in counts:
+            self.metrics.broadcast_recipients.labels(kind).inc(len(subscribers))
+        return len(subscribers)
 
     @staticmethod
     def _counts(blocks, mode, entry):
@@ -564,7 +644,7 @@ class Hub(Service):
             counts.append(("newTxs", 1))
         return tuple(counts)
 
-    def _passFiltered(self, entry, blocks, txs):
+    def _passFiltered(self, entry, blocks, txs, owe=False):
         """Address filters: O(transactions + matches), not O(clients x transactions)."""
         matches = {}
         if txs:
@@ -591,19 +671,26 @@ class Hub(Service):
                 counts.append(("newBlock", 1))
             if n:
                 counts.append(("newTx" if mode in _PER_TX_MODES else "newTxs", n))
-            self._send(client, payload, tuple(counts))
+            if owe:
+                self._owed.owe(client, payload, tuple(counts))
+            else:
+                self._send(client, payload, tuple(counts))
             recipients += 1
         return recipients
 
-    def _logsPass(self, entry, removed=False):
+    def _logsPass(self, entry, removed=False, owe=False):
         """
         A block's logs to their subscribers: O(logs + matches) through the
         indexes, not O(clients x logs).  Clients whose logs are the same
-        share one frame.
+        share one frame.  C{owe}: recorded as owed, written by L{Owed}.
         """
         counts = (("logs", 1),)
+        send = self._owed.owe if owe else self._send
         if self._logs_all:
-            self.fanout(self._logs_all, entry.logFrame(None, removed), counts)
+            if owe:
+                self._oweAll(self._logs_all, entry.logFrame(None, removed), counts)
+            else:
+                self.fanout(self._logs_all, entry.logFrame(None, removed), counts)
         matches = {}
         by_address, by_topic, scan = self._logs_by_address, self._logs_by_topic, self._logs_scan
         for i, log in enumerate(entry.logs):
@@ -622,7 +709,7 @@ class Hub(Service):
             payload = shared.get(key)
             if payload is None:
                 payload = shared[key] = entry.logFrame(indexes, removed)
-            self._send(client, payload, counts)
+            send(client, payload, counts)
 
     def _logsFor(self, client, entry, removed=False):
         """C{(payload, counts)} of one block's logs for one client (replays)."""
@@ -646,6 +733,8 @@ class Hub(Service):
         status, ancestor, removed = self.history.resume(since["height"], since["hash"])
         if status != "ok":
             return None
+        if client.owed is not None:
+            self._owed.pay(client)
         entries = self.history.after(ancestor["height"])
         if announce is not None:
             announce(len(entries))
@@ -728,6 +817,8 @@ class Hub(Service):
         """
         if client.hub is None:
             return
+        if client.owed is not None:
+            self._owed.pay(client)
         for payload, counts in items:
             self._enqueue(client, payload, counts, replayed=True)
         if not client.paused:
@@ -743,6 +834,10 @@ class Hub(Service):
 
     def sendControl(self, client, payload):
         """A control frame (our ping) behind whatever is queued for C{client}; not a message."""
+        if client.owed is not None:
+            self._owed.pay(client)
+            if client.hub is None:
+                return
         if client.paused or client.queue:
             self._enqueue(client, payload, (), replayed=True)
         else:
@@ -760,6 +855,10 @@ class Hub(Service):
 
     def _deliver(self, client, payload, counts):
         """Write now, or queue while the transport is paused; True if written."""
+        if client.owed is not None:
+            self._owed.pay(client)  # what an earlier block owes it goes first
+            if client.hub is None:
+                return False
         if client.paused or client.queue:
             waiting = len(client.queue) - client.backlog
             if waiting >= self.config.send_queue:
@@ -776,9 +875,15 @@ class Hub(Service):
         return True
 
     def _enqueue(self, client, payload, counts, replayed=False):
-        """Queue C{payload}; C{replayed} entries (replays, pings) do not count against the send queue."""
+        """
+        Queue C{payload}; C{replayed} entries (replays, pings) do not count
+        against the send queue, nor start the write deadline's clock.
+        """
         count = sum(n for _, n in counts)
-        client.queue.append((payload, counts, replayed))
+        queued_at = None if replayed else self.clock.seconds()
+        client.queue.append((payload, counts, replayed, queued_at))
+        if len(client.queue) == 1:
+            client.waiting_since = queued_at
         client.backlog += replayed
         client.queued += count
         self._queued_total += count
@@ -787,14 +892,27 @@ class Hub(Service):
     def _flush(self, client):
         """The transport drained: write what waited, until it pauses us again."""
         sent = {}
+        replayed_some = False
         while client.queue and not client.paused and client.hub is not None:
-            payload, counts, replayed = client.queue.popleft()
+            payload, counts, replayed, _ = client.queue.popleft()
+            replayed_some |= bool(replayed and counts)  # a replay, not a ping
             client.backlog -= replayed
             for kind, n in counts:
                 client.queued -= n
                 self._queued_total -= n
                 sent[kind] = sent.get(kind, 0) + n
             client.transport.write(payload)
+        # The write deadline's clock for the oldest broadcast now waiting: it
+        # runs from when it was queued, or from when the replay ahead of it
+        # (which is not lag, and can take long on a slow link) was sent.
+        if replayed_some:
+            client.replayed_at = self.clock.seconds()
+        head = client.queue[0][3] if client.queue else None
+        if head is None:
+            client.replayed_at = None if not client.queue else client.replayed_at
+        elif client.replayed_at is not None:
+            head = max(head, client.replayed_at)
+        client.waiting_since = head
         for kind, n in sent.items():
             self.metrics.messages_sent.labels(kind).inc(n)
         self.metrics.queued_messages.set(self._queued_total)
@@ -833,6 +951,7 @@ class Hub(Service):
         self.slots.stopping = True
         if self._sweep.running:
             self._sweep.stop()
+        self._owed.shed()  # everyone is closed with 1001 and resumes with since
         for client in tuple(self._clients.values()):
             self.close(client, CLOSE_GOING_AWAY, "server shutting down")
         self.slots.abortUnfinished()

@@ -49,14 +49,25 @@ class Keepalive:
             client.last_seen = sent
 
     def stalled(self, client, now):
-        """Whether C{client}'s transport has been paused for longer than the write deadline."""
-        return client.paused and now - client.paused_since > self.config.write_deadline
+        """
+        Whether C{client}'s transport has been paused for longer than the
+        write deadline, or a broadcast has waited in its queue that long: a
+        client that reads, but slower than the chain goes, is resumed and
+        paused again and again and would otherwise fall further behind
+        for as long as its send queue lasts.
+        """
+        deadline = self.config.write_deadline
+        if client.paused and now - client.paused_since > deadline:
+            return True
+        return client.waiting_since is not None and now - client.waiting_since > deadline
 
     def closeStalled(self, client, now):
-        waited = now - client.paused_since
-        self.hub.close(client, CLOSE_POLICY,
-                       f"too slow: not reading for {waited:.1f}s (write deadline {self.config.write_deadline:g}s)",
-                       "slow_client")
+        deadline = self.config.write_deadline
+        if client.paused and now - client.paused_since > deadline:
+            reason = f"too slow: not reading for {now - client.paused_since:.1f}s (write deadline {deadline:g}s)"
+        else:
+            reason = f"too slow: {now - client.waiting_since:.1f}s behind (write deadline {deadline:g}s)"
+        self.hub.close(client, CLOSE_POLICY, reason, "slow_client")
 
     def sweep(self, now, clients, paused):
         """Close stalled writers, drop clients that stopped answering, and ping the rest when due."""

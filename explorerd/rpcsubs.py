@@ -316,7 +316,7 @@ class RpcSubscriptions:
         everything before that block.  C{False} when a notification in the
         queue is too old to tell.
         """
-        for payload, counts, _ in queue:
+        for payload, counts, *_ in queue:
             if not any(kind in ("rpc_newHeads", "rpc_logs") for kind, _ in counts):
                 continue
             found = self._recent.get(id(payload))
