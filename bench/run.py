@@ -952,7 +952,9 @@ def machine():
 def make_files(spec, out_dir, key):
     """The run's blocks: raw JSON-RPC blocks with their logs for explorerd and wire events for the peers."""
     data = spec["data"]
-    raw = blockdata.raw_blocks(data["recordings"], spec["blocks"], min_txs=data["min_txs"])
+    # As many blocks as the longest run takes (a cell may run more than the scenario's default).
+    count = max([spec["blocks"], *spec.get("blocks_for", {}).values()])
+    raw = blockdata.raw_blocks(data["recordings"], count, min_txs=data["min_txs"])
     wire = blockdata.wire_events(raw)
     files = {"raw": os.path.join(out_dir, f"{key}.raw.json"), "wire": os.path.join(out_dir, f"{key}.wire.json")}
     with open(files["raw"], "w") as f:
