@@ -1553,8 +1553,10 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
             foreign = fmt([r.get("foreign_cpu_cores") for r in ok], 2)
             notes = []
+            several = len({r.get("source") for r in rs}) > 1  # runs from several raw directories
             for r in rs:
-                notes += [f"run {r['run'] + 1}{'' if 'lat_p50_ms' in r else ' failed'}: {e}" for e in r["errors"]]
+                which = f"{r['source']} run {r['run'] + 1}" if several else f"run {r['run'] + 1}"
+                notes += [f"{which}{'' if 'lat_p50_ms' in r else ' failed'}: {e}" for e in r["errors"]]
             if any(r.get("slow_closed") for r in ok):
                 notes.append(f"slow-closed {sum(r.get('slow_closed') or 0 for r in ok)}")
             behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
@@ -1562,6 +1564,8 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
                 notes.append(f"fell behind the block rate by up to {behind:.1f} s")
             if blocks_for(spec, n) != spec["blocks"]:
                 notes.append(f"{blocks_for(spec, n)} blocks")
+            if not ok:  # no run with figures: nothing was counted
+                lost = dup = order = "–"
             w(f"| {n:,} | {server} | {runs_ok(rs)} | " + " | ".join(cells) +
               f" | {lost} | {closed_cell(ok)} | {dup} | {order} | {'–' if lg is None else f'{lg:.0%}'} | {foreign} | "
               f"{'; '.join(notes)} |")
@@ -1646,7 +1650,8 @@ def best_peer_section(spec, rows):
            "|---|" + "---|" * len(figures) + "---|"]
     for n in sorted({r["clients"] for r in rows}):
         lost = {s: sum(r.get("lost", 0) for r in rows if r["clients"] == n and r["server"] == s and "lat_p50_ms" in r)
-                for s in ["explorerd"] + peers if any(r["clients"] == n and r["server"] == s for r in rows)}
+                for s in ["explorerd"] + peers
+                if any(r["clients"] == n and r["server"] == s and "lat_p50_ms" in r for r in rows)}
         lost_cell = f"{lost.get('explorerd', '–')} / " + ", ".join(f"{p} {v}" for p, v in lost.items() if p != "explorerd")
         out.append(f"| {n:,} | " + " | ".join(vs_best(rows, n, key, higher) for _, key, higher in figures)
                    + f" | {lost_cell} |")
@@ -1864,6 +1869,9 @@ def report_again(raw_dir, out_path):
     raw = raws[0]
     meta, results = dict(raw["meta"]), [r for each in raws for r in each["results"]]
     meta["parts"] = raw_parts(raws, dirs)
+    for each, d in zip(raws, dirs):  # which run of the suite a result is from, for the notes
+        for r in each["results"]:
+            r["source"] = os.path.basename(os.path.normpath(d))
     if len(dirs) > 1:
         meta["out_dir"] = [os.path.join(HERE, "results", os.path.basename(d.rstrip("/"))) for d in dirs]
         if "finished" in raws[-1]["meta"]:
