@@ -1562,8 +1562,9 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
             if behind > 0.5:
                 notes.append(f"fell behind the block rate by up to {behind:.1f} s")
-            if blocks_for(spec, n) != spec["blocks"]:
-                notes.append(f"{blocks_for(spec, n)} blocks")
+            ran = sorted({r.get("blocks", blocks_for(spec, n)) for r in rs})  # as the runs recorded it
+            if ran != [spec["blocks"]]:
+                notes.append(f"{' or '.join(map(str, ran))} blocks a run")
             if not ok:  # no run with figures: nothing was counted
                 lost = dup = order = "–"
             w(f"| {n:,} | {server} | {runs_ok(rs)} | " + " | ".join(cells) +
