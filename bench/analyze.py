@@ -24,10 +24,11 @@ def main():
     p.add_argument("results", nargs="+")
     p.add_argument("--out", default="-")
     args = p.parse_args()
-    results, meta, commands, side = [], None, [], {}
+    results, meta, commands, side, raws = [], None, [], {}, []
     for path in args.results:
         with open(path) as f:
             data = json.load(f)
+        raws.append(data)
         results += data["results"]
         if meta is None:
             meta = dict(data["meta"], out_dirs=[])
@@ -61,6 +62,7 @@ def main():
             if os.path.exists(wire):
                 files[name] = run.file_facts(wire, os.path.join(d, f"{name}.raw.json"))
                 break
+    meta["parts"] = run.raw_parts(raws, [os.path.dirname(os.path.abspath(p)) for p in args.results])
     started, finished = _when(meta)
     out = args.out if args.out != "-" else "/dev/stdout"
     command = "; ".join(commands)

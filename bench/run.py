@@ -6,8 +6,8 @@ explorerd's benchmark suite, in one command.
   python3 bench/run.py                # the full matrix, 3 runs per key cell (see bench/README.md)
 
 Runs explorerd (bench/hubserver.py: the real Daemon fed at a fixed block rate) and the peer
-servers (bench/peers/: a minimal Node "ws" server and a minimal Autobahn prepared-message
-server) against the same load from bench/loadgen.mjs; measures, without clients, the block
+servers (bench/peers/: a minimal Node "ws" server, as the idiom and as ws-prepared, and a minimal
+Autobahn prepared-message server) against the same load from bench/loadgen.mjs; measures, without clients, the block
 history's memory (bench/history_memory.py) and what fetching receipts from anvil costs
 (bench/receipts_cost.py); and writes bench/RESULTS.md (or --out) plus raw JSON under
 bench/results/<date>/.  The Python running this script runs
@@ -45,7 +45,10 @@ if __name__ == "__main__":
     # bench/e2e.py imports this module as `run`: let it find this one, not a second copy.
     sys.modules.setdefault("run", sys.modules[__name__])
 
-SERVERS = ("explorerd", "ws", "autobahn")
+# ws-prepared (frames each message once, one corked write per client and block) is the strongest
+# fair peer: in every default run, so that every table has it.
+SERVERS = ("explorerd", "ws", "ws-prepared", "autobahn")
+PEERS = ("ws", "ws-prepared", "autobahn")
 # explorerd-split (broadcastBlock then broadcastTransactions) is gone with that API; the name stays
 # so that committed raw results that have it still render.
 ALL_SERVERS = ("explorerd", "explorerd-split", "ws", "ws-prepared", "autobahn")
@@ -65,7 +68,7 @@ FULL = {
                    clients={100: 3, 1000: 3, 5000: 3, 10000: 3}, per_loadgen=10000),
     "txs": dict(title="(b)/(c) newBlocks + newTxs, mainnet blocks (~190 txs), 1 block/s",
                 channels="newBlocks,newTxs", data=MAINNET_200, blocks=10,
-                clients={100: 3, 1000: 3, 5000: 1, 10000: 1}, blocks_for={5000: 5, 10000: 5}, per_loadgen=2500),
+                clients={100: 3, 1000: 3, 5000: 1, 10000: 1}, blocks_for={5000: 5, 10000: 15}, per_loadgen=2500),
     "batch": dict(title='(d) newBlocks + newTxs with "batch": true, mainnet blocks, 1 block/s',
                   channels="newBlocks,newTxs", batch=True, data=MAINNET_200, blocks=10,
                   clients={1000: 3}, per_loadgen=5000),
@@ -646,8 +649,7 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         ours1 = sum(filter(None, (proc_cpu(p.pid) for p in procs)))
         sampler.stop()
         stop_pyspy(spy)
-        if how != "complete":
-            result["errors"].append(f"delivery {how} after {drain_s:.1f}s: {got}/{expected_total} messages")
+        result["delivery"] = f"{how} after {drain_s:.1f}s: {got}/{expected_total} messages"
         dones = []
         for lg in loadgens:
             lg.send("report")
@@ -659,6 +661,11 @@ def run_cell(scenario, spec, server, n, run_index, files, out_dir, verify=False,
         except BenchError:
             final = end
         result.update(analyze(spec, blocks, dones, base, idle, end, final, sampler.peak, n))
+        # A delivery that ended short only by the clients the server closed is complete: the closes
+        # are a result (reported, and what they missed of their last block counted as lost), not a
+        # failed measurement.
+        if how != "complete" and (result["lost"] > result["lost_rest_at_close"] or not result["server_closed"]):
+            result["errors"].append(f"delivery {result['delivery']}")
         result["foreign_cpu_cores"] = foreign_cores(busy0, busy1, ours0, ours1)
         result["loadavg"] = open("/proc/loadavg").read().split()[:3]
     except BenchError as e:
@@ -706,7 +713,7 @@ def closes_after(blocks, stats):
         return None
     t0 = blocks[0]["t"]
     out = {}
-    for key, kind in (("slow_close_t", "too_slow"), ("ping_timeout_t", "pong_timeout")):
+    for key, kind in (("slow_close_t", "too_slow"), ("ping_timeout_t", "pong_timeout"), ("overload_close_t", "overloaded")):
         times = sorted(t - t0 for t in stats.get(key) or ())
         out[kind] = {"n": len(times), "first": round(times[0], 1) if times else None,
                      "p50": round(pct(times, 50), 1) if times else None,
@@ -774,6 +781,32 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
     expected = sum(msgs_per_block)
     delivered = sum(received_by_block.values())
     lost = expected - delivered
+    # Reading clients the server closed during the run (1013 overloaded, 1008 too slow; from load
+    # generators that report them, with the newest height each had): the blocks after its newest
+    # were not sent to it and are not lost (a real client resumes with `since`, the close reason
+    # names where); what it did not get of its newest block and before still is.  *rest_at_close*:
+    # that part of lost, taken as the smallest counts of that block (exact when the clients that
+    # stayed open got all of it), so a delivery short only by the closed clients can be told from
+    # one where open clients lost messages.  With log filters a closed client's share is an upper bound.
+    server_closed, closed_at, not_sent, rest_at_close = {}, {}, 0, 0
+    for d in dones:
+        for code, newest in d.get("serverClosed") or ():
+            server_closed[str(code)] = server_closed.get(str(code), 0) + 1
+            closed_at[newest] = closed_at.get(newest, 0) + 1
+    if closed_at:
+        counts_by_block = {}
+        for d in dones:
+            for h, e in d["blocks"].items():
+                counts_by_block.setdefault(int(h), []).extend(e["n"])
+        for b in blocks:
+            per = block_expectation(spec, b, 1, logs_expect)[1]
+            not_sent += per * sum(k for newest, k in closed_at.items() if newest is None or newest < b["height"])
+            k = closed_at.get(b["height"], 0)
+            if k:
+                rest_at_close += sum(per - x for x in sorted(min(x, per) for x in counts_by_block.get(b["height"], []))[:k])
+    not_sent = min(not_sent, expected - delivered)
+    lost = expected - delivered - not_sent
+    rest_at_close = min(rest_at_close, lost)
     completion = []
     for h in per_block_first:
         completion.append(max(per_block_last[h]) - min(per_block_first[h]))
@@ -811,6 +844,8 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "setup_cpu_us_per_conn": round((idle["cpu"] - base["cpu"]) / n * 1e6) if "cpu" in base else None,
         "rss_per_conn_load_kb": round((max(rss_peak, end["rss_kb"]) - base["rss_kb"]) / n, 2),
         "server_clients_end": end.get("clients"), "slow_closed": final.get("slow_closed", end.get("slow_closed")),
+        "overload_closed": final.get("overload_closed", end.get("overload_closed")),
+        "server_closed": server_closed, "not_sent_after_close": not_sent, "lost_rest_at_close": rest_at_close,
         "ping_timeouts": final.get("ping_timeouts", end.get("ping_timeouts")),
         "silent": silent,
         "loadgen_cpu_share": [round(x, 2) for x in lg_cpu],
@@ -917,7 +952,9 @@ def machine():
 def make_files(spec, out_dir, key):
     """The run's blocks: raw JSON-RPC blocks with their logs for explorerd and wire events for the peers."""
     data = spec["data"]
-    raw = blockdata.raw_blocks(data["recordings"], spec["blocks"], min_txs=data["min_txs"])
+    # As many blocks as the longest run takes (a cell may run more than the scenario's default).
+    count = max([spec["blocks"], *spec.get("blocks_for", {}).values()])
+    raw = blockdata.raw_blocks(data["recordings"], count, min_txs=data["min_txs"])
     wire = blockdata.wire_events(raw)
     files = {"raw": os.path.join(out_dir, f"{key}.raw.json"), "wire": os.path.join(out_dir, f"{key}.wire.json")}
     with open(files["raw"], "w") as f:
@@ -978,6 +1015,63 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 
+def run_states(rs):
+    """
+    A cell's runs as complete, partial (figures, but an error: not every client subscribed, or
+    the delivery stalled or timed out) and failed (no figures).  Partial runs stay in the
+    medians and are named; none is dropped or replaced.
+    """
+    complete = [r for r in rs if "lat_p50_ms" in r and not r["errors"]]
+    partial = [r for r in rs if "lat_p50_ms" in r and r["errors"]]
+    failed = [r for r in rs if "lat_p50_ms" not in r]
+    return complete, partial, failed
+
+
+def runs_ok(rs):
+    """The *runs ok* cell: complete runs / runs, and how many of the others were partial or failed."""
+    complete, partial, failed = run_states(rs)
+    more = [f"{len(which)} {what}" for which, what in ((partial, "partial"), (failed, "failed")) if which]
+    return f"{len(complete)}/{len(rs)}" + (f" ({', '.join(more)})" if more else "")
+
+
+# The figures the peers are compared on: (label, key, higher is better).
+RATIO_FIGURES = [
+    ("lat p99", "lat_p99_ms", False), ("whole block p99", "whole_p99_ms", False),
+    ("fan-out", "completion_p50_ms", False), ("fan-out msg/s", "fanout_msgs_per_s", True),
+    ("CPU µs/msg", "cpu_us_per_msg", False), ("RSS/conn idle", "rss_per_conn_idle_kb", False),
+    ("RSS/conn load", "rss_per_conn_load_kb", False),
+]
+
+
+def best_peer(rows, n, key, higher=False, peers=PEERS):
+    """
+    The best peer at N for one figure (the lowest median, or the highest for a rate), its
+    median, and whether any of its runs was partial; (None, None, False) without peer runs.
+    """
+    found = []
+    for peer in peers:
+        measured = [r for r in rows if r["clients"] == n and r["server"] == peer and "lat_p50_ms" in r]
+        value = median([r.get(key) for r in measured])
+        if value is not None:
+            found.append((-value if higher else value, peers.index(peer), peer, value,
+                          any(r["errors"] for r in measured)))
+    if not found:
+        return None, None, False
+    _, _, peer, value, partial = min(found)
+    return peer, value, partial
+
+
+def vs_best(rows, n, key, higher=False):
+    """A ratio cell: explorerd ÷ the best peer at N for this figure, naming the peer (and † for partial runs)."""
+    measured = [r for r in rows if r["clients"] == n and r["server"] == "explorerd" and "lat_p50_ms" in r]
+    mine = median([r.get(key) for r in measured])
+    peer, theirs, partial = best_peer(rows, n, key, higher)
+    if peer is None or mine is None:
+        return "–"
+    dagger = "†" if partial or any(r["errors"] for r in measured) else ""
+    return f"{ratio(mine, theirs)}{dagger} ({peer})"
+
+
 COLUMNS = [
     ("lat p50 ms", "lat_p50_ms", 1), ("lat p99 ms", "lat_p99_ms", 1), ("lat max ms", "lat_max_ms", 1),
     ("fan-out ms", "completion_p50_ms", 1), ("msg/s", "msgs_per_s", 0), ("fan-out msg/s", "fanout_msgs_per_s", 0),
@@ -1021,7 +1115,7 @@ def logs_section(spec, rows, files):
       f"block (for logs its one `logs` message, for batch its `newTxs` frame); *CPU ms/block* = the server's CPU "
       f"from just before the first block to the last delivery, / blocks; *logs/msg*, *B/msg*: logs and bytes per "
       f"`logs` message received.\n")
-    w("| subscription | N | runs | " + " | ".join(c[0] for c in LOGS_COLUMNS)
+    w("| subscription | N | runs ok | " + " | ".join(c[0] for c in LOGS_COLUMNS)
       + " | logs/msg | B/msg | lost | dup | order | unexpected | count mismatch | loadgen CPU | foreign CPU | notes |")
     w("|---|---|---|" + "---|" * len(LOGS_COLUMNS) + "---|---|---|---|---|---|---|---|---|---|")
     for n in sorted({r["clients"] for r in rows}):
@@ -1041,7 +1135,7 @@ def logs_section(spec, rows, files):
             behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
             if behind > 0.5:
                 notes.append(f"fell behind the block rate by up to {behind:.1f} s")
-            w(f"| {variant} | {n:,} | {len(ok)}/{len(rs)} | " + " | ".join(cells) +
+            w(f"| {variant} | {n:,} | {runs_ok(rs)} | " + " | ".join(cells) +
               f" | {per_msg} | {bytes_msg} | {sum(r.get('lost', 0) for r in ok)} | {sum(r.get('dupes', 0) for r in ok)} | "
               f"{sum(r.get('order_errors', 0) for r in ok)} | {unexpected} | {mismatch} | "
               f"{'–' if lg is None else f'{lg:.0%}'} | {fmt([r.get('foreign_cpu_cores') for r in ok], 2)} | "
@@ -1135,7 +1229,7 @@ def silent_section(results, scenarios, files_by_scenario):
       "/proc/net/sockstat's TCP `mem` at its highest during the run, machine-wide (on loopback it holds both ends: "
       "what the server's sockets hold unsent and what the clients' sockets hold unread). Median over runs, "
       "(min–max) with more than one.\n")
-    cols = ("| row | server | N | reading | blocks | runs | first frame p50 ms | first frame p99 ms | whole block p50 ms | "
+    cols = ("| row | server | N | reading | blocks | runs ok | first frame p50 ms | first frame p99 ms | whole block p50 ms | "
             "whole block p99 ms | p99 ÷ alone | whole p99 ÷ alone | closed too slow | pong timeout | still open | "
             "too-slow closes at s | pong closes at s | RSS peak MiB | RSS ÷ alone | queue peak | kernel TCP mem peak MiB | "
             "lost | loadgen CPU | foreign CPU | notes |")
@@ -1175,7 +1269,7 @@ def silent_section(results, scenarios, files_by_scenario):
         lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
         blocks = f"{rs[0]['blocks']} at {rs[0]['rate']:g}/s"
         w(f"| {scenario} | {server} | {n:,} | {'–' if reading is None else f'{reading:,.0f}'} | {blocks} | "
-          f"{len(ok)}/{len(rs)} | "
+          f"{runs_ok(rs)} | "
           f"{fmt([r.get('lat_p50_ms') for r in ok])} | {fmt([r.get('lat_p99_ms') for r in ok])} | "
           f"{fmt([r.get('whole_p50_ms') for r in ok])} | {fmt([r.get('whole_p99_ms') for r in ok])} | "
           f"{vs('lat_p99_ms')} | {vs('whole_p99_ms')} | "
@@ -1263,7 +1357,7 @@ def connections_section(spec, rows, meta):
       f"({', '.join(SOCKET_SLABS)}; /proc/slabinfo, active objects × size) idle − before, / N, both ends: "
       "one server socket is about half; *slab* = /proc/meminfo Slab, idle − before, / N. Median over runs, "
       "(min–max) with more than one.\n")
-    cols = ("| N | runs | subscribed | setup s | open files | RSS before MiB | RSS idle MiB | RSS/conn idle KiB | "
+    cols = ("| N | runs ok | subscribed | setup s | open files | RSS before MiB | RSS idle MiB | RSS/conn idle KiB | "
             "TCP buffers/conn KiB | socket slabs/conn KiB (both ends) | slab/conn KiB (both ends) | "
             "RSS peak MiB | expected | delivered | lost | lat p50 ms | lat p99 ms | fan-out ms | CPU µs/msg | "
             "loadgen CPU | foreign CPU | notes |")
@@ -1284,7 +1378,7 @@ def connections_section(spec, rows, meta):
         tcp = [None if delta(r, "tcp_mem_pages") is None else delta(r, "tcp_mem_pages") * page_kb for r in ok]
         lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
         notes = [e for r in rs for e in r["errors"]]
-        w(f"| {n:,} | {len(ok)}/{len(rs)} | {fmt([r.get('subscribed') for r in ok], 0)} | "
+        w(f"| {n:,} | {runs_ok(rs)} | {fmt([r.get('subscribed') for r in ok], 0)} | "
           f"{fmt([r.get('connect_s') for r in ok])} | {fmt([r.get('open_files_idle') for r in ok], 0)} | "
           f"{fmt([_mib(r.get('rss_base_kb')) for r in ok])} | {fmt([_mib(r.get('rss_idle_kb')) for r in ok])} | "
           f"{fmt([r.get('rss_per_conn_idle_kb') for r in ok], 2)} | {fmt(tcp, 2)} | "
@@ -1332,37 +1426,83 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
     lines = []
     w = lines.append
     w("# explorerd benchmark results\n")
-    w(f"Command: `{command}`  ")
-    if finished > started:
-        w(f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} min)  ")
-    else:  # re-rendered from a run that did not record its end
-        w(f"Date: {started:%Y-%m-%d %H:%M} UTC (start; the end was not recorded)  ")
+    parts = meta.get("parts") or []
+    software = ("python", "twisted", "autobahn", "node", "ws")
+    if len(parts) > 1:  # one report of several runs of the suite: each with its own command, date and commit
+        w(f"One report of {len(parts)} runs of the suite, each from its own raw results:\n")
+        for part in parts:
+            begin, end = (datetime.datetime.fromisoformat(part["meta"][k]) if part["meta"].get(k) else None
+                          for k in ("started", "finished"))
+            when = ("date not recorded" if begin is None else f"{begin:%Y-%m-%d %H:%M} UTC (end not recorded)" if end is None
+                    else f"{begin:%Y-%m-%d %H:%M} – {end:%H:%M} UTC ({(end - begin).total_seconds() / 60:.1f} min)")
+            differs = [f"{k} {part['meta'].get(k)}" for k in software
+                       if len({p["meta"].get(k) for p in parts}) > 1]
+            w(f"- {raw_dirs(part['dir'])}: scenarios {', '.join(f'`{x}`' for x in part['scenarios'])}, explorerd at "
+              f"`{part['meta'].get('git', '?')}`; `{part['command']}`; {when}; load average at start "
+              f"{' '.join(part['meta'].get('loadavg_start', []))}, at end {' '.join(part['meta'].get('loadavg_end', []))}"
+              + (f"; {', '.join(differs)}" if differs else ""))
+        w("")
+    else:
+        w(f"Command: `{command}`  ")
+        if finished > started:
+            w(f"Date: {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} min)  ")
+        else:  # re-rendered from a run that did not record its end
+            w(f"Date: {started:%Y-%m-%d %H:%M} UTC (start; the end was not recorded)  ")
     w(f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['ram_gib']} GiB RAM, Linux {meta['kernel']}, "
       f"open files {meta['nofile']}, somaxconn {meta['somaxconn']}  ")
-    w(f"Software: Python {meta['python']}, Twisted {meta['twisted']}, Autobahn {meta['autobahn']}, "
-      f"Node {meta['node']}, ws {meta['ws']}; explorerd at `{meta['git']}`  ")
-    w(f"Load average at start: {' '.join(meta['loadavg_start'])}; at end: {' '.join(meta.get('loadavg_end', []))}\n")
+    same = [k for k in software if len({p["meta"].get(k) for p in parts}) <= 1]
+    names = {"python": "Python", "twisted": "Twisted", "autobahn": "Autobahn", "node": "Node", "ws": "ws"}
+    w("Software: " + ", ".join(f"{names[k]} {meta[k]}" for k in same)
+      + ("" if len(parts) > 1 else f"; explorerd at `{meta['git']}`") + "  ")
+    if len(parts) <= 1:
+        w(f"Load average at start: {' '.join(meta['loadavg_start'])}; at end: {' '.join(meta.get('loadavg_end', []))}  ")
+    shown = os.path.relpath(out_path, REPO) if os.path.abspath(out_path).startswith(REPO + os.sep) else "this report"
+    w(f"Written by bench/run.py from the raw results only (no hand edits; `bench/run.py --report-from` writes it "
+      f"again); the earlier versions of {shown} are in git history (`git log -p -- {shown}`).\n"
+      if shown != "this report" else
+      "Written by bench/run.py from the raw results only (no hand edits; `bench/run.py --report-from` writes it again).\n")
     if any(scenario != "e2e" for scenario in scenarios):  # the fan-out scenarios' servers and figures
-        w("Servers: **explorerd** = the real Daemon (bench/hubserver.py, `hub.publish`: every client's `newBlock`, then every "
-          "client's transactions, one write per client per pass); **ws** = minimal Node `ws` server, `client.send(str)` per message (bench/peers/ws_server.mjs); "
-          "**ws-prepared** = the same framing each message once and writing a client's frames in one corked write; "
-          "**autobahn** = minimal Autobahn server, `prepareMessage` once, `sendPreparedMessage` per client and message "
-          "(bench/peers/autobahn_server.py). All load from bench/loadgen.mjs (Node `ws` clients), same blocks, same rate.\n")
-        w("Figures are the median over runs, with (min–max) when there was more than one run. Latency: from the "
-          "server's hand-off of the block (hub/broadcast call) to the moment each client process read the first frame of "
-          "the block (CLOCK_MONOTONIC on both sides); *whole block* = its last transaction frame. *Fan-out* = last "
+        w("Servers: **explorerd** = the real Daemon (bench/hubserver.py: each JSON-RPC block checked into an `Entry` and "
+          "handed to `hub.publish`, which writes in passes: every client's `newBlock`, then every client's transactions, "
+          "then every client's logs, one write per client per pass; since the overload change (c1a15d1) the "
+          "transactions and logs go out in 10 ms slices of the reactor's time, and when the next block comes the "
+          "clients the previous one's slices had not reached are closed 1013 (overloaded) and those with broadcasts "
+          "still queued a block time later 1008 (too slow), both naming where to resume: *closed by server*); **ws** = minimal Node `ws` server, `client.send(str)` per client and message, "
+          "each message stringified once (bench/peers/ws_server.mjs); **ws-prepared** = the same server with each "
+          "message also framed once (`ws` `Sender.frame`) and a client's frames of a block (its `newBlock` and its "
+          "transactions) written in one corked write, in one pass over the clients; **autobahn** = minimal Autobahn "
+          "server, `prepareMessage` once per message, `sendPreparedMessage` per client and message "
+          "(bench/peers/autobahn_server.py). The peers have no slow-client policy (a client that does not keep up has "
+          "its frames buffered without bound) and are handed the blocks already in wire shape; explorerd converts and "
+          "checks each JSON-RPC block itself, inside the timed hand-off. All load from bench/loadgen.mjs (Node `ws` "
+          "clients), same blocks, same rate.\n")
+        w("Figures are the median over the runs that produced figures, with (min–max) when there was more than one. "
+          "*runs ok* = complete runs / runs; a *partial* run (not every client subscribed, or the delivery stalled for "
+          "4 s or timed out) stays in the medians and its error is in the notes; a *failed* run has no figures, and its "
+          "error is in the notes too. Latency: from the "
+          "server's hand-off of the block (just before the hub/broadcast call) to the moment each client process read the "
+          "first frame of the block (CLOCK_MONOTONIC on both sides); *whole block* = its last frame of the block (its last "
+          "`newTx`, or with `batch` its `newTxs`). *Fan-out* = last "
           "client's last frame − first client's first frame, per block (median over blocks). *msg/s* = messages "
           "delivered / (last arrival − first hand-off); *fan-out msg/s* = one block's messages / its fan-out time. "
           "*CPU µs/msg* = server process user+sys CPU (getrusage / process.cpuUsage) from just before the first block "
-          "to the last delivery, / messages delivered; *of it sys* = the kernel's share of that CPU (on loopback a "
+          "to the end of the delivery (every expected message arrived, or it stalled or timed out), / messages "
+          "delivered; *of it sys* = the kernel's share of that CPU (on loopback a "
           "sender's send() also runs the receiving side's TCP processing, so sys time is higher than over a NIC). "
           "*RSS/conn* = (RSS with N subscribed idle clients − RSS before any "
           "client) / N; *load* uses the peak RSS sampled every 0.1 s during the run. `foreign CPU` = cores' worth of "
           "CPU used by other processes on the machine during the window (noise indicator). *publish call* = "
-          "time inside the server's publish call for one block (for explorerd: JSON-RPC → wire conversion, encoding "
-          "and every client's write; median). *setup s* = time for all N clients to connect and subscribe (200 "
-          "handshakes in flight); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = busiest load generator's CPU share over its run (if near 100 % the "
-          "client, not the server, is the limit). *lost* counts messages not received by the end of the run.\n")
+          "time inside the server's publish call for one block (median; for explorerd: JSON-RPC → `Entry`, encoding, "
+          "the `newBlock` pass and, since the overload change, the first 10 ms slice of the transactions, the rest "
+          "going out in later reactor turns; before it, every pass's writes). *setup s* = time for all N clients to connect and subscribe (200 "
+          "handshakes in flight per load generator); *setup CPU* = server CPU for that, per connection. *loadgen CPU* = "
+          "busiest load generator's CPU share over its run (if near 100 % the "
+          "client, not the server, is the limit). *lost* = messages expected (every client, every block the server "
+          "handed off) and not received by the end of the run, summed over runs, but for the blocks after the newest "
+          "one a reading client the server closed had: *closed by server* = those clients by close code (1013 "
+          "overloaded, 1008 too slow) and the messages they were not sent (a real client resumes with `since`; the "
+          "close reason names the block); what they did not get of their last block and before counts as lost. A "
+          "delivery that ended short only by the closed clients is complete.\n")
     silent_done = False
     for scenario in scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
@@ -1398,8 +1538,9 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             w(f"{spec['blocks']} blocks at {spec.get('rate', 1)}/s, channels `{spec['channels']}`, "
               f"{spec.get('txs_per_block', 0)} txs per block\n")
         cols = TX_COLUMNS if "newTxs" in spec["channels"] else COLUMNS
-        w("| N | server | runs | " + " | ".join(c[0] for c in cols) + " | lost | dup | order | loadgen CPU | foreign CPU | notes |")
-        w("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|")
+        w("| N | server | runs ok | " + " | ".join(c[0] for c in cols)
+          + " | lost | closed by server | dup | order | loadgen CPU | foreign CPU | notes |")
+        w("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|---|")
         keys = sorted({(r["clients"], r["server"]) for r in rows},
                       key=lambda k: (k[0], ALL_SERVERS.index(k[1]) if k[1] in ALL_SERVERS else 99))
         for n, server in keys:
@@ -1412,39 +1553,25 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             lg = max((x for r in ok for x in r.get("loadgen_cpu_share", [])), default=None)
             foreign = fmt([r.get("foreign_cpu_cores") for r in ok], 2)
             notes = []
+            several = len({r.get("source") for r in rs}) > 1  # runs from several raw directories
             for r in rs:
-                notes += r["errors"]
+                which = f"{r['source']} run {r['run'] + 1}" if several else f"run {r['run'] + 1}"
+                notes += [f"{which}{'' if 'lat_p50_ms' in r else ' failed'}: {e}" for e in r["errors"]]
             if any(r.get("slow_closed") for r in ok):
                 notes.append(f"slow-closed {sum(r.get('slow_closed') or 0 for r in ok)}")
             behind = max((r.get("behind_schedule_max_s") or 0 for r in ok), default=0)
             if behind > 0.5:
                 notes.append(f"fell behind the block rate by up to {behind:.1f} s")
-            if blocks_for(spec, n) != spec["blocks"]:
-                notes.append(f"{blocks_for(spec, n)} blocks")
-            w(f"| {n:,} | {server} | {len(ok)}/{len(rs)} | " + " | ".join(cells) +
-              f" | {lost} | {dup} | {order} | {'–' if lg is None else f'{lg:.0%}'} | {foreign} | {'; '.join(notes)} |")
+            ran = sorted({r.get("blocks", blocks_for(spec, n)) for r in rs})  # as the runs recorded it
+            if ran != [spec["blocks"]]:
+                notes.append(f"{' or '.join(map(str, ran))} blocks a run")
+            if not ok:  # no run with figures: nothing was counted
+                lost = dup = order = "–"
+            w(f"| {n:,} | {server} | {runs_ok(rs)} | " + " | ".join(cells) +
+              f" | {lost} | {closed_cell(ok)} | {dup} | {order} | {'–' if lg is None else f'{lg:.0%}'} | {foreign} | "
+              f"{'; '.join(notes)} |")
         w("")
-        # Ratios explorerd / peer for the key figures.
-        peers = [s for s in ALL_SERVERS if s not in ("explorerd", "explorerd-split") and any(r["server"] == s for r in rows)]
-        if any(r["server"] == "explorerd" for r in rows) and peers:
-            w("explorerd ÷ peer (medians; < 1 means explorerd is lower, i.e. better):\n")
-            w("| N | vs | lat p99 | " + ("whole block p99 | " if "newTxs" in spec["channels"] else "")
-              + "fan-out | CPU µs/msg | RSS/conn idle | RSS/conn load |")
-            w("|---|---|---|---|---|---|---|" + ("---|" if "newTxs" in spec["channels"] else ""))
-            for n in sorted({r["clients"] for r in rows}):
-                e = [r for r in rows if r["clients"] == n and r["server"] == "explorerd" and "lat_p50_ms" in r]
-                for peer in peers:
-                    p = [r for r in rows if r["clients"] == n and r["server"] == peer and "lat_p50_ms" in r]
-                    if not e or not p:
-                        continue
-                    m = lambda rs, key: median([r.get(key) for r in rs])
-                    whole = f"{ratio(m(e, 'whole_p99_ms'), m(p, 'whole_p99_ms'))} | " if "newTxs" in spec["channels"] else ""
-                    w(f"| {n:,} | {peer} | {ratio(m(e, 'lat_p99_ms'), m(p, 'lat_p99_ms'))} | {whole}"
-                      f"{ratio(m(e, 'completion_p50_ms'), m(p, 'completion_p50_ms'))} | "
-                      f"{ratio(m(e, 'cpu_us_per_msg'), m(p, 'cpu_us_per_msg'))} | "
-                      f"{ratio(m(e, 'rss_per_conn_idle_kb'), m(p, 'rss_per_conn_idle_kb'))} | "
-                      f"{ratio(m(e, 'rss_per_conn_load_kb'), m(p, 'rss_per_conn_load_kb'))} |")
-            w("")
+        w(best_peer_section(spec, rows))
         variants = [s for s in ("explorerd-split",) if any(r["server"] == s for r in rows)]
         for variant in variants:
             w(f"{variant} ÷ explorerd (medians):\n")
@@ -1476,40 +1603,132 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
         f.write("\n".join(lines))
 
 
-def summary_section(results):
-    """Scenarios (a)-(f) as rows: explorerd's key figure and its ratio to each peer."""
-    def med(scenario, server, n, key):
-        return median([r.get(key) for r in results if r["scenario"] == scenario and r["server"] == server
-                       and r["clients"] == n and "lat_p50_ms" in r])
+def closed_cell(ok):
+    """
+    The *closed by server* cell over a cell's runs: reading clients the server closed, by code,
+    what they were not sent after, when (s after the first block: first–last, 1008 and 1013),
+    and how many clients were still connected at the end.
+    """
+    if not any("server_closed" in r for r in ok):
+        return "–"  # raw results from before the load generators reported them
+    closed = {}
+    for r in ok:
+        for code, k in (r.get("server_closed") or {}).items():
+            closed[code] = closed.get(code, 0) + k
+    if not closed:
+        return "0"
+    codes = ", ".join(f"{code} ×{k:,}" for code, k in sorted(closed.items()))
+    when = []
+    for r in ok:
+        for kind, code in (("too_slow", "1008"), ("overloaded", "1013")):
+            c = ((r.get("closes_s") or {}).get(kind) or {})
+            if c.get("n"):
+                when.append(f"{code} at {c['first']}–{c['last']} s")
+    left = [r.get("server_clients_end") for r in ok if r.get("server_clients_end") is not None]
+    return (f"{codes}; {sum(r.get('not_sent_after_close') or 0 for r in ok):,} msgs not sent after, "
+            f"{sum(r.get('lost_rest_at_close') or 0 for r in ok):,} of lost the rest of their last block"
+            + (f"; {', '.join(when)}" if when else "")
+            + (f"; {', '.join(f'{x:,}' for x in left)} clients left at the end" if left else ""))
 
-    def pick(scenario, wanted):
+
+def best_peer_section(spec, rows):
+    """
+    explorerd ÷ the best peer, per N and figure: the lowest of the peers' medians (the highest
+    for a rate), whichever peer that is; and the messages each lost.
+    """
+    peers = [p for p in PEERS if any(r["server"] == p for r in rows)]
+    if not any(r["server"] == "explorerd" for r in rows) or not peers:
+        return ""
+    figures = [f for f in RATIO_FIGURES if f[1] != "whole_p99_ms" or "newTxs" in spec["channels"]]
+    missing = [p for p in PEERS if p not in peers]
+    out = [f"explorerd ÷ the best peer in each cell (medians; the best of the peers run here ({', '.join(peers)}"
+           f"{'; not run: ' + ', '.join(missing) if missing else ''}) for each figure on its own, named in brackets: "
+           "the lowest, or the highest for *fan-out msg/s*; < 1 means explorerd "
+           "is lower: better, except for *fan-out msg/s*, where > 1 is better; † = the figure includes a "
+           "partial run, see the notes above):\n",
+           "| N | " + " | ".join(label + (" (higher is better)" if higher else "") for label, _, higher in figures)
+           + " | lost: explorerd / peers |",
+           "|---|" + "---|" * len(figures) + "---|"]
+    for n in sorted({r["clients"] for r in rows}):
+        lost = {s: sum(r.get("lost", 0) for r in rows if r["clients"] == n and r["server"] == s and "lat_p50_ms" in r)
+                for s in ["explorerd"] + peers
+                if any(r["clients"] == n and r["server"] == s and "lat_p50_ms" in r for r in rows)}
+        lost_cell = f"{lost.get('explorerd', '–')} / " + ", ".join(f"{p} {v}" for p, v in lost.items() if p != "explorerd")
+        out.append(f"| {n:,} | " + " | ".join(vs_best(rows, n, key, higher) for _, key, higher in figures)
+                   + f" | {lost_cell} |")
+    return "\n".join(out) + "\n"
+
+
+def summary_section(results):
+    """
+    Scenarios (a)-(f) as rows: explorerd's key figures, every peer's, and explorerd ÷ the best
+    peer for each figure (named); the cells' partial and failed runs in the notes.
+    """
+    def cell(scenario, server, n):
+        return [r for r in results if r["scenario"] == scenario and r["server"] == server and r["clients"] == n]
+
+    def pick(scenario, wanted, exact):
         ns = sorted({r["clients"] for r in results if r["scenario"] == scenario})
-        if not ns:
+        if not ns or (exact and wanted not in ns):
             return None
         return wanted if wanted in ns else ns[-1] if wanted > ns[-1] else min(ns, key=lambda x: abs(x - wanted))
 
-    rows = []
-    spec = [("(a) newBlocks subscribers at 1 block/s", "blocks", 10000, [("lat p99 ms", "lat_p99_ms"), ("fan-out ms", "completion_p50_ms")]),
-            ("(b) newBlocks+newTxs, ~190-tx blocks", "txs", 1000, [("msg/s", "msgs_per_s"), ("fan-out msg/s", "fanout_msgs_per_s"), ("CPU µs/msg", "cpu_us_per_msg")]),
-            ("(c) whole block (block + all tx frames)", "txs", 100, [("whole block p99 ms", "whole_p99_ms")]),
-            ("(d) batch mode", "batch", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms")]),
-            ("(e) idle connections", "blocks", 10000, [("RSS/conn idle KiB", "rss_per_conn_idle_kb")]),
-            ("(f) 10% never reading: others' p99", "silent", 1000, [("lat p99 ms", "lat_p99_ms"), ("whole block p99 ms", "whole_p99_ms"), ("RSS peak MiB", "rss_peak_kb")])
-]
+    # (title, scenario, N wanted, only that N, [(label, key, higher is better)])
+    spec = [("(a) newBlocks subscribers at 1 block/s", "blocks", 10000, False,
+             [("lat p99 ms", "lat_p99_ms", False), ("fan-out ms", "completion_p50_ms", False),
+              ("CPU µs/msg", "cpu_us_per_msg", False)]),
+            ("(b) newBlocks+newTxs, ~190-tx blocks", "txs", 1000, False,
+             [("lat p99 ms", "lat_p99_ms", False), ("fan-out msg/s", "fanout_msgs_per_s", True),
+              ("CPU µs/msg", "cpu_us_per_msg", False)]),
+            ("(b) at 10,000 clients: one frame per transaction", "txs", 10000, True,
+             [("lat p99 ms", "lat_p99_ms", False), ("whole block p99 ms", "whole_p99_ms", False),
+              ("CPU µs/msg", "cpu_us_per_msg", False), ("lost messages", "lost", False)]),
+            ("(c) whole block (block + all tx frames)", "txs", 100, False, [("whole block p99 ms", "whole_p99_ms", False)]),
+            ("(d) batch mode", "batch", 1000, False,
+             [("lat p99 ms", "lat_p99_ms", False), ("whole block p99 ms", "whole_p99_ms", False)]),
+            ("(e) idle connections", "blocks", 10000, False, [("RSS/conn idle KiB", "rss_per_conn_idle_kb", False)]),
+            ("(f) 10% never reading: others' p99", "silent", 1000, False,
+             [("lat p99 ms", "lat_p99_ms", False), ("whole block p99 ms", "whole_p99_ms", False),
+              ("RSS peak MiB", "rss_peak_kb", False)])]
+    peers = [p for p in PEERS if any(r["server"] == p for r in results)]
     out = ["## Summary: scenarios as rows (medians)\n",
-           "| scenario | N | figure | explorerd | ws | autobahn | ÷ ws | ÷ autobahn |", "|---|---|---|---|---|---|---|---|"]
-    for title, scenario, wanted, figures in spec:
-        n = pick(scenario, wanted)
+           "*best peer*: the best of the peers' medians for that figure (the lowest; the highest for msg/s), "
+           "and explorerd ÷ it (< 1: explorerd lower; for msg/s > 1 is better); † = it includes a partial run. "
+           "*lost messages* is the sum over the cell's runs.\n",
+           "| scenario | N | figure | explorerd | " + " | ".join(peers) + " | best peer | explorerd ÷ best | notes |",
+           "|---|---|---|---|" + "---|" * len(peers) + "---|---|---|"]
+    header = len(out)
+    for title, scenario, wanted, exact, figures in spec:
+        n = pick(scenario, wanted, exact)
         if n is None:
             continue
-        for label, key in figures:
-            vals = {s: med(scenario, s, n, key) for s in ("explorerd", "ws", "autobahn")}
-            if key == "rss_peak_kb":
-                vals = {s: (v / 1024 if v is not None else None) for s, v in vals.items()}
-            f = lambda v: "–" if v is None else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
-            out.append(f"| {title} | {n:,} | {label} | {f(vals['explorerd'])} | {f(vals['ws'])} | {f(vals['autobahn'])} | "
-                       f"{ratio(vals['explorerd'], vals['ws'])} | {ratio(vals['explorerd'], vals['autobahn'])} |")
-    if len(out) == 3:
+        rows = [r for r in results if r["scenario"] == scenario]
+        notes = []
+        for server in ["explorerd"] + peers:
+            rs = cell(scenario, server, n)
+            complete, partial, failed = run_states(rs)
+            if partial or failed:
+                notes.append(f"{server}: runs ok {runs_ok(rs)}")
+        for label, key, higher in figures:
+            scale = 1 / 1024 if key == "rss_peak_kb" else 1
+            if key == "lost":
+                vals = {s: (sum(r.get("lost", 0) for r in cell(scenario, s, n) if "lat_p50_ms" in r)
+                            if any("lat_p50_ms" in r for r in cell(scenario, s, n)) else None)
+                        for s in ["explorerd"] + peers}
+                found = [(v, peers.index(p), p) for p, v in vals.items() if p != "explorerd" and v is not None]
+                peer, theirs = (min(found)[2], min(found)[0]) if found else (None, None)
+                best = "–" if peer is None else f"{peer}: {theirs:,}"
+                versus = "–"
+            else:
+                vals = {s: median([r.get(key) for r in cell(scenario, s, n) if "lat_p50_ms" in r]) for s in ["explorerd"] + peers}
+                vals = {s: None if v is None else v * scale for s, v in vals.items()}
+                peer, theirs, partial = best_peer(rows, n, key, higher, tuple(peers))
+                best = "–" if peer is None else f"{peer}{'†' if partial else ''}"
+                versus = "–" if peer is None else vs_best(rows, n, key, higher).split(" (")[0]
+            f = lambda v: "–" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+            out.append(f"| {title} | {n:,} | {label} | {f(vals['explorerd'])} | "
+                       + " | ".join(f(vals[p]) for p in peers) + f" | {best} | {versus} | {'; '.join(notes)} |")
+    if len(out) == header:
         return ""  # none of (a)-(f) ran
     return "\n".join(out) + "\n"
 
@@ -1631,6 +1850,13 @@ def raw_dirs(out_dir):
     return ", ".join(f"`{os.path.relpath(d, REPO)}/`" for d in dirs)
 
 
+def raw_parts(raws, dirs):
+    """Each raw results file's own run of the suite: where, its command, its meta (commit, dates), its scenarios."""
+    return [{"dir": os.path.join(HERE, "results", os.path.basename(os.path.normpath(d))), "command": raw["command"],
+             "meta": raw["meta"], "scenarios": list(dict.fromkeys(r["scenario"] for r in raw["results"]))
+             + list(raw.get("side") or {})} for raw, d in zip(raws, dirs)]
+
+
 def report_again(raw_dir, out_path):
     """The report of a finished run, from its raw results only (the report is never edited by hand)."""
     import tempfile
@@ -1643,6 +1869,10 @@ def report_again(raw_dir, out_path):
     # Several runs of the same command (a re-run on a quieter machine): one report of all their runs.
     raw = raws[0]
     meta, results = dict(raw["meta"]), [r for each in raws for r in each["results"]]
+    meta["parts"] = raw_parts(raws, dirs)
+    for each, d in zip(raws, dirs):  # which run of the suite a result is from, for the notes
+        for r in each["results"]:
+            r["source"] = os.path.basename(os.path.normpath(d))
     if len(dirs) > 1:
         meta["out_dir"] = [os.path.join(HERE, "results", os.path.basename(d.rstrip("/"))) for d in dirs]
         if "finished" in raws[-1]["meta"]:
