@@ -14,6 +14,7 @@ from explorerd.owed import SHED_AFTER
 from tests.chaindata import mainnet_run
 from tests.clients import connect, connect_many, drain
 from tests.conftest import eventually
+from tests.test_fanout import hub_client_of
 from tests.metricvalues import sample
 
 BOTH = ["newBlocks", "newTxs"]
@@ -29,14 +30,6 @@ def expected(blocks):
 
 def summary(messages):
     return [(m["type"], m["data"]["hash"]) for m in messages if m["type"] in ("newBlock", "newTx")]
-
-
-def hub_client_of(client, hub):
-    local = client.transport.getHost().port
-    for c in hub._clients.values():
-        if c.transport.getPeer().port == local:
-            return c
-    raise AssertionError("client not found in the hub")
 
 
 @pytest_twisted.ensureDeferred
