@@ -34,9 +34,10 @@ from explorerd.events import frame
 from explorerd.history import BATCH, BATCH_HASHES, BATCH_INPUT, HASHES, PLAIN, PLAIN_INPUT, History
 from explorerd.idle import SubscribeDeadline
 from explorerd.interfaces import IBlockSink, IHeadObserver, IPublicationObserver, IResumeHint
-from explorerd.keepalive import CLOSE_POLICY, Keepalive
+from explorerd.keepalive import CLOSE_POLICY, Keepalive, probeFrame
 from explorerd.owed import SHED_AFTER, Owed
 from explorerd.slots import ConnectionSlots
+from explorerd.transport import readPending
 
 CHANNELS = ("newBlocks", "newTxs", "logs")
 _PER_TX_MODES = (PLAIN, HASHES, PLAIN_INPUT)
@@ -85,7 +86,8 @@ class Client:
 
     __slots__ = ("id", "hub", "protocol", "transport", "peer", "kind", "channels", "tx_options",
                  "log_filter", "group", "log_index", "paused", "paused_since", "queue", "queued", "backlog",
-                 "waiting_since", "replayed_at", "owed", "last_seen", "__weakref__")
+                 "waiting_since", "replayed_at", "owed", "last_seen", "probe_height", "probe_at", "probe_last",
+                 "probe_free", "__weakref__")
 
     def __init__(self, hub, client_id, protocol, peer, kind):
         self.id = client_id
@@ -108,6 +110,10 @@ class Client:
         self.replayed_at = None  # when the last replay ahead of queued broadcasts was sent
         self.owed = None  # what the newest block still owes it (L{Owed})
         self.last_seen = hub.clock.seconds()
+        # Its oldest read probe not answered yet (L{Keepalive.probeSent}), the newest sent,
+        # and whether it is catching up from a replay (not judged by its probes meanwhile).
+        self.probe_height = self.probe_at = self.probe_last = None
+        self.probe_free = False
 
     def __repr__(self):
         return f"<Client {self.id} {self.peer} {self.kind}>"
@@ -171,8 +177,10 @@ class Hub(Service):
         self._logs_scan = {}
         self._paused = {}
         self._queued_total = 0
-        self._owed = Owed(clock if reactor is None else reactor, self._send, self._restDone)
+        self._owed = Owed(clock if reactor is None else reactor, self._payOwed, self._restDone)
+        self._probe = None  # the newest block's read probe frame, and its height
         self._previous = None  # the hub's clock when the previous publish began
+        self._steady = False  # whether the previous block came a block time after the one before
         self._sweep = LoopingCall(self._sweepOnce)
         self._sweep.clock = clock
         self._observers = []
@@ -264,6 +272,7 @@ class Hub(Service):
         self._ungroup(client)
         self._paused.pop(client, None)
         self._owed.forget(client)
+        self.keepalive.forget(client)
         self._queued_total -= client.queued
         self.metrics.queued_messages.set(self._queued_total)
         client.queue.clear()
@@ -487,9 +496,13 @@ class Hub(Service):
         (L{BrokenChain}) before anyone is written to.
         """
         start, now = time.perf_counter(), self.clock.seconds()
-        self.history.add(entry)
         previous, self._previous = self._previous, now
-        if previous is not None and now - previous >= SHED_AFTER:
+        steady = previous is not None and now - previous >= SHED_AFTER
+        if steady and self._steady:
+            self._shedUnread(now)
+        self._steady = steady
+        self.history.add(entry)
+        if steady:
             self._shedBehind(now)
         self._shedOverloaded(entry)
         recipients = self._pass(entry, blocks=True, txs=False)
@@ -500,6 +513,7 @@ class Hub(Service):
             self._notify(lambda observer: observer.published(entry))
         logs = bool(entry.logs and self._subscribers["logs"])
         if entry.tx_count or logs:
+            self._probe = (probeFrame(entry.height), entry.height)
             self._owed.begin(entry, start)
             if entry.tx_count:
                 self._pass(entry, blocks=False, txs=True, owe=True)
@@ -514,6 +528,56 @@ class Hub(Service):
             self.metrics.broadcast_latency.labels("transactions").observe(seconds)
         if entry.logs:
             self.metrics.broadcast_latency.labels("logs").observe(seconds)
+
+    def _payOwed(self, client, owed):
+        """
+        Write what a block owes C{client} (L{Owed}), followed by the block's
+        read probe (L{probeFrame}), in one C{send()}; queued behind what
+        waits for it instead when its transport is paused, and then without
+        a probe (the rules for a queue judge it).
+        """
+        if client.paused or client.queue:
+            for payload, counts in owed:
+                if not self._send(client, payload, counts) and client.hub is None:
+                    return
+            return
+        probe, height = self._probe
+        client.transport.writeSequence([payload for payload, _ in owed] + [probe])
+        self.keepalive.probeSent(client, height, self.clock.seconds())
+        messages_sent = self.metrics.messages_sent
+        for _, counts in owed:
+            for kind, n in counts:
+                messages_sent.labels(kind).inc(n)
+
+    def _shedUnread(self, now):
+        """
+        A block comes a block time after the previous one: a client that
+        has not answered the read probe of a block written to it
+        L{SHED_AFTER} or more ago has not read that block yet (it waits in
+        the client's receive buffer, unseen), so it cannot keep up with
+        this chain; it is closed as too slow rather than hear of the new
+        block that late, while everyone else does on time.  Their pongs
+        may be waiting in our own socket buffers because the reactor was
+        busy (the verdict is about the client, not about us): each one is
+        read first.
+        """
+        late = self.keepalive.unread(now, SHED_AFTER)
+        if not late:
+            return
+        for client in late:
+            if client.hub is not None:
+                readPending(client.transport)
+        closed = 0
+        for client in late:
+            if client.hub is not None and client.probe_at is not None and not client.probe_free:
+                age = now - client.probe_at
+                if age >= SHED_AFTER:
+                    self.close(client, CLOSE_POLICY,
+                               f"too slow: block {client.probe_height} not read {age:.1f}s after it was sent",
+                               "slow_client")
+                    closed += 1
+        if closed:
+            self.log.info("closed {n} clients that had not read a block sent a block time ago", n=closed)
 
     def _shedBehind(self, now):
         """
@@ -774,6 +838,8 @@ class Hub(Service):
         # Through the queue, one block per write: the transport pauses us
         # after each and resumes us once it drained, so the write deadline
         # measures progress, and a long replay is not "too slow" by itself.
+        if items:
+            self.keepalive.replayed(client)
         for payload, counts in items:
             self._enqueue(client, payload, counts, replayed=True)
         if not client.paused:
@@ -819,6 +885,8 @@ class Hub(Service):
             return
         if client.owed is not None:
             self._owed.pay(client)
+        if items:
+            self.keepalive.replayed(client)
         for payload, counts in items:
             self._enqueue(client, payload, counts, replayed=True)
         if not client.paused:

@@ -11,6 +11,14 @@ Twisted pauses us) is dropped after the pong timeout.  A client whose
 transport stays paused past the write deadline is closed as too slow: one
 that stops reading a busy stream, within seconds.
 
+A client that takes a block's transactions or logs is also sent a ping
+right behind them, one per block (a I{read probe}, L{probeFrame}): its pong
+says the client has read that block.  On loopback and fast links the
+kernel's receive buffer autotunes to megabytes, tens of blocks that a
+client has not read yet and that the server cannot see; the probe is how
+the hub tells a client that keeps up from one that is blocks behind
+(L{Keepalive.unread}).
+
 There are no per-client timers: the hub's one sweep calls L{Keepalive.sweep}.
 """
 
@@ -21,6 +29,14 @@ from collections import OrderedDict
 # An unmasked PING frame with an 8-byte payload (the round's number): the same
 # bytes for every client in a round.
 _PING_HEADER = b"\x89\x08"
+# A read probe: an unmasked PING with a 9-byte payload, b"B" and the block's height.
+_PROBE_HEADER = b"\x89\x09B"
+_PROBE = struct.Struct("!Q")
+
+
+def probeFrame(height):
+    """The read probe that follows block C{height}'s frames: the same bytes for every client."""
+    return _PROBE_HEADER + _PROBE.pack(height)
 
 CLOSE_POLICY = 1008
 
@@ -33,6 +49,7 @@ class Keepalive:
         self._next_ping = None
         self._pings = OrderedDict()  # payload of each recent ping round -> when it was sent
         self._rounds = itertools.count(1)
+        self.probed = {}  # clients with a read probe not answered yet (an ordered set)
 
     def start(self, now):
         self._next_ping = now + self.config.ping_interval
@@ -44,9 +61,63 @@ class Keepalive:
         Unsolicited pongs, and pings or messages from the client, say
         nothing about whether it reads, and do not count.
         """
-        sent = self._pings.get(bytes(payload))
+        payload = bytes(payload)
+        if len(payload) == 9 and payload[:1] == b"B":
+            self._probeAnswered(client, _PROBE.unpack_from(payload, 1)[0])
+            return
+        sent = self._pings.get(payload)
         if sent is not None and sent > client.last_seen:
             client.last_seen = sent
+
+    # Read probes.
+
+    def probeSent(self, client, height, now):
+        """C{client} was written block C{height}'s read probe at C{now}."""
+        if client.probe_height is None:
+            client.probe_height, client.probe_at = height, now
+            self.probed[client] = None
+        client.probe_last = (height, now)
+
+    def _probeAnswered(self, client, height):
+        """
+        Pongs come in the order of the pings: one for block C{height} says
+        every probe up to it was read.  The oldest still unanswered is then
+        the newest sent (a client may answer only the latest of several
+        pings), or none.
+        """
+        if client.probe_height is None or height < client.probe_height:
+            return  # a probe from before a replay (see L{replayed}), or not ours
+        if client.probe_at > client.last_seen:
+            client.last_seen = client.probe_at
+        client.probe_free = False
+        last_height, last_at = client.probe_last
+        if height >= last_height:
+            client.probe_height = client.probe_at = None
+            self.probed.pop(client, None)
+        else:
+            client.probe_height, client.probe_at = last_height, last_at
+
+    def replayed(self, client):
+        """
+        C{client} was sent a replay (it resumed with C{since}): how long it
+        takes to read it says nothing about keeping up with the chain, so it
+        is not judged by its probes until it answers one sent after it.
+        """
+        self.forget(client)
+        client.probe_free = True
+
+    def forget(self, client):
+        client.probe_height = client.probe_at = None
+        self.probed.pop(client, None)
+
+    def unread(self, now, older_than):
+        """
+        The clients that have not answered a read probe written C{older_than}
+        seconds ago or more (and are not catching up from a replay): the
+        blocks before it are still unread, somewhere between us and them.
+        """
+        return [client for client in self.probed
+                if now - client.probe_at >= older_than and not client.probe_free and client.hub is not None]
 
     def stalled(self, client, now):
         """

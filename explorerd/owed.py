@@ -40,8 +40,8 @@ class Owed:
 
     @param clock: an L{IReactorTime}; a slice that runs out of time goes on
         in C{clock.callLater(0, ...)}, after the reactor's I/O.
-    @param send: C{send(client, payload, counts)}, the hub's write under the
-        slow-client policy.
+    @param send: C{send(client, owed)}: the hub's write of a client's
+        C{[(payload, counts), ...]}, under the slow-client policy.
     @param done: C{done(entry, seconds)}, told when every client was paid.
     """
 
@@ -81,11 +81,8 @@ class Owed:
     def pay(self, client):
         """Write what C{client} is owed now (before anything else is written to it)."""
         owed, client.owed = client.owed, None
-        if owed:
-            for payload, counts in owed:
-                if client.hub is None:
-                    break
-                self._send(client, payload, counts)
+        if owed and client.hub is not None:
+            self._send(client, owed)
 
     def forget(self, client):
         client.owed = None

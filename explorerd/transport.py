@@ -8,6 +8,8 @@ import socket
 from errno import EAGAIN, EINTR, ENOBUFS, EWOULDBLOCK
 
 from twisted.internet import main, tcp
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.logger import Logger
 
 _RETRY_LATER = (EWOULDBLOCK, EAGAIN, EINTR, ENOBUFS)
@@ -69,6 +71,35 @@ class SizedServer(tcp.Server):
                 data = data[sent:]
         super().write(data)
 
+    def writeSequence(self, iovec):
+        """
+        Several payloads in one C{sendmsg()} when nothing is waiting (a
+        block's transactions and its read probe): one system call, and no
+        copy of the shared payloads into one per client.
+        """
+        if (self.offset == len(self.dataBuffer) and not self._tempDataLen and iovec
+                and self.connected and not self.disconnecting and not self._writeDisconnected):
+            try:
+                sent = self.socket.sendmsg(iovec)
+            except OSError as e:
+                sent = 0 if e.args[0] in _RETRY_LATER else -1
+            if sent >= 0:
+                for i, data in enumerate(iovec):
+                    if sent >= len(data):
+                        sent -= len(data)
+                        continue
+                    # As in write(): keep the shared payload and where we are in it.
+                    self.dataBuffer, self.offset = data, sent
+                    rest = iovec[i + 1:]
+                    if rest:
+                        super().writeSequence(rest)
+                    else:
+                        self._maybePauseProducer()
+                        self.startWriting()
+                    return
+                return
+        super().writeSequence(iovec)
+
     def doRead(self):
         """
         Read what is there in C{recv()}s of at most C{readSize}, up to
@@ -118,6 +149,21 @@ def limitUnsent(sock, limit):
     except OSError as e:
         # Not TCP after all, or an old kernel: the connection works as before.
         log.debug("could not limit unsent bytes: {error}", error=e)
+
+
+def readPending(transport):
+    """
+    Read now what a connection's peer has sent and the reactor has not read
+    yet (through TLS if the transport is), as the reactor would.  The end
+    of the connection, if that is what is there, is left for the reactor to
+    find again on its next turn.
+    """
+    while not IReadDescriptor.providedBy(transport):
+        if not isinstance(transport, ProtocolWrapper):
+            return
+        transport = transport.transport
+    if transport.connected and not transport.disconnecting:
+        transport.doRead()
 
 
 def sized_server(read_size, write_size, unsent_limit=0):

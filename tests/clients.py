@@ -28,6 +28,7 @@ class RecordingClient(WebSocketClientProtocol):
 
     def onPing(self, payload):
         self.pings += 1
+        self.last_ping = payload
         if self.answer_pings:
             super().onPing(payload)
 

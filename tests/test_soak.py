@@ -63,13 +63,15 @@ def test_clients_that_stop_reading_are_dropped_by_the_ping_sweep(short_soak):
     reasons = short_soak["log_reasons"]
     # A silent one, and one that keeps sending pings but never reads, are dropped: by the ping
     # sweep once the pong timeout has passed (their own messages do not count as signs of life),
-    # or sooner as too slow, now that the kernel holds little unsent for them (WEBSOCKET_UNSENT_LIMIT)
-    # and the write deadline runs (1008, or 1006 where the close handshake could not get through).
+    # or sooner as too slow: the read probe after a block's transactions goes unanswered, or the
+    # kernel holds little unsent for them (WEBSOCKET_UNSENT_LIMIT) and the write deadline runs
+    # (1008, or 1006 where the close handshake could not get through).
     silent = {k: v for k, v in outcomes.items() if k.startswith("silent_")}
     assert silent and all(k.startswith(("silent_1006", "silent_1008")) for k in silent), outcomes
     keepalive = {k: v for k, v in outcomes.items() if k.startswith("keepalive_")}
     assert keepalive and all(k.startswith(("keepalive_1006", "keepalive_1008")) for k in keepalive), outcomes
-    dropped = reasons["ping timeout"] + reasons["too slow (write deadline)"] + reasons["too slow (queue limit)"]
+    dropped = (reasons["ping timeout"] + reasons["too slow (write deadline)"] + reasons["too slow (queue limit)"]
+               + reasons["too slow (read probe)"])
     assert dropped >= sum(silent.values()) + sum(keepalive.values())
     assert slow["still_open_after_hold"] == 0 and slow["unexpected"] == 0, slow["unexpected_samples"]
 

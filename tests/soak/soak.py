@@ -207,6 +207,7 @@ PUBLISHED = re.compile(r"\] block (\d+) (0x[0-9a-f]{64}) \(")
 DETACH = {
     "too slow (queue limit)": re.compile(r"detached: too slow: \d+ messages waiting"),
     "too slow (write deadline)": re.compile(r"detached: too slow: (not reading|[\d.]+s behind)"),
+    "too slow (read probe)": re.compile(r"detached: too slow: block \d+ not read"),
     "ping timeout": re.compile(r"detached: no pong to our pings"),
     "message budget": re.compile(r"exceeded its message budget"),
 }
