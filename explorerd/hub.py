@@ -181,6 +181,7 @@ class Hub(Service):
         self._probe = None  # the newest block's read probe frame, and its height
         self._previous = None  # the hub's clock when the previous publish began
         self._steady = False  # whether the previous block came a block time after the one before
+        self._spared = False  # whether the previous block spared late clients (L{_shedUnread})
         self._sweep = LoopingCall(self._sweepOnce)
         self._sweep.clock = clock
         self._observers = []
@@ -498,8 +499,10 @@ class Hub(Service):
         start, now = time.perf_counter(), self.clock.seconds()
         previous, self._previous = self._previous, now
         steady = previous is not None and now - previous >= SHED_AFTER
-        if steady and self._steady:
-            self._shedUnread(now)
+        if steady and self._steady and not self._spared:
+            self._spared = self._shedUnread(now, max(1, self.clientCount // 2))
+        else:
+            self._spared = False
         self._steady = steady
         self.history.add(entry)
         if steady:
@@ -549,7 +552,7 @@ class Hub(Service):
             for kind, n in counts:
                 messages_sent.labels(kind).inc(n)
 
-    def _shedUnread(self, now):
+    def _shedUnread(self, now, limit):
         """
         A block comes a block time after the previous one: a client that
         has not answered the read probe of a block written to it
@@ -563,21 +566,33 @@ class Hub(Service):
         """
         late = self.keepalive.unread(now, SHED_AFTER)
         if not late:
-            return
+            return False
         for client in late:
             if client.hub is not None:
                 readPending(client.transport)
-        closed = 0
-        for client in late:
-            if client.hub is not None and client.probe_at is not None and not client.probe_free:
-                age = now - client.probe_at
-                if age >= SHED_AFTER:
-                    self.close(client, CLOSE_POLICY,
-                               f"too slow: block {client.probe_height} not read {age:.1f}s after it was sent",
-                               "slow_client")
-                    closed += 1
-        if closed:
-            self.log.info("closed {n} clients that had not read a block sent a block time ago", n=closed)
+        late = [client for client in late if client.hub is not None and client.probe_at is not None
+                and not client.probe_free and now - client.probe_at >= SHED_AFTER]
+        if not late:
+            return False
+        # At most C{limit} (half of the clients) a block: when many fall
+        # behind together (the machine they read on, or the link they
+        # share, is what is slow), closing the ones furthest behind first
+        # lets the rest catch up, instead of closing everyone at once.
+        # Those spared are judged again by the probes sent from now on, and
+        # not at the next block: what they still have to read was sent
+        # while the others were there, and so is what their machine still
+        # reads for the clients just closed.
+        late.sort(key=lambda client: client.probe_at)
+        for client in late[:limit]:
+            age = now - client.probe_at
+            self.close(client, CLOSE_POLICY,
+                       f"too slow: block {client.probe_height} not read {age:.1f}s after it was sent", "slow_client")
+        for client in late[limit:]:
+            self.keepalive.forget(client)
+        closed = min(limit, len(late))
+        self.log.info("closed {n} clients that had not read a block sent a block time ago ({left} more are late)",
+                      n=closed, left=len(late) - closed)
+        return closed < len(late)
 
     def _shedBehind(self, now):
         """
