@@ -24,6 +24,53 @@ def rows(directory):
         yield meta, r
 
 
+def from_load_generators(directory, r):
+    """
+    For a run that failed after its delivery (the server did not answer the
+    closing 'stats'): its per-block p99s and the clients left open, from the
+    load generators' own files and the server's hand-off times
+    (CLOCK_MONOTONIC on both sides), as run.py would have computed them.
+    """
+    logs = os.path.join(directory, "logs", f"txs-{r['server']}-{r['clients']}-r{r['run']}")
+    handoff = {}
+    try:
+        with open(os.path.join(logs, "server.stdout")) as f:
+            for line in f:
+                event = json.loads(line)
+                if event.get("event") == "block":
+                    handoff[str(event["height"])] = event["t"]
+    except OSError:
+        return None
+    first, whole, still_open, closes = {}, {}, 0, {}
+    for path in sorted(glob.glob(os.path.join(logs, "loadgen*.json"))):
+        with open(path) as f:
+            try:
+                g = json.load(f)
+            except ValueError:
+                return None
+        still_open += g.get("opened", 0) - g.get("closed", 0)
+        for code, n in (g.get("closeCodes") or {}).items():
+            closes[code] = closes.get(code, 0) + n
+        for height, b in (g.get("blocks") or {}).items():
+            if height not in handoff:
+                continue
+            t0 = handoff[height] - g["base"]
+            first.setdefault(height, []).extend(us / 1e6 - t0 for us in b["first"])
+            whole.setdefault(height, []).extend(us / 1e6 - t0 for us in b["last"])
+    if not first:
+        return None
+
+    def p99(values):
+        values = sorted(values)
+        return 1000 * values[min(len(values) - 1, int(len(values) * 0.99))]
+
+    heights = sorted(first, key=int)
+    return {"block_lat_p99_ms": [p99(first[h]) for h in heights],
+            "block_whole_p99_ms": [p99(whole[h]) for h in heights],
+            "clients_per_block": [len(first[h]) for h in heights],
+            "server_clients_end": still_open, "close_codes": closes}
+
+
 def fmt(values):
     return " / ".join("–" if v is None else f"{v / 1000:.2f}" for v in values)
 
@@ -35,12 +82,24 @@ def main(dirs):
         "directories (`bench/run.py` scenario `txs`: `newBlocks` + `newTxs`, one frame per transaction, mainnet "
         "blocks of 167–209 transactions at 1 block/s; explorerd only). Seconds; per block: p99 over the clients "
         "that got it. *closed 1008* = too slow (the server's count); the 1013 *overloaded* closes are the rest of "
-        "*subscribed − open at end*. Every run is listed, failed ones too.\n\n")
+        "*subscribed − open at end*. Every run is listed, failed ones too; for a run that failed only after "
+        "its delivery (the server did not answer the final 'stats'), the figures are computed from the load "
+        "generators' files and the server's hand-off times, and the errors column says so.\n\n")
     out("| raw results | commit | started | machine | N | blocks | subscribed | open at end | closed 1008 | "
         "hand-offs late by, max | first frame p99 per block, s | whole block p99 per block, s | errors |\n")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for d in dirs:
         for meta, r in rows(d):
+            recovered = None
+            if not r.get("block_lat_p99_ms"):
+                recovered = from_load_generators(d, r)
+                if recovered:
+                    r = {**r, **recovered}
+                    codes = ", ".join(f"{code} ×{n:,}" for code, n in sorted(recovered["close_codes"].items()))
+                    got = " / ".join(str(n) for n in recovered["clients_per_block"])
+                    r["errors"] = list(r.get("errors") or []) + [
+                        f"figures from the load generators' files (clients that got each block: {got}; "
+                        f"closes they saw: {codes})"]
             out(f"| `{os.path.relpath(d)}` | `{meta.get('git')}` | {meta.get('started', '')[:16]} | "
                 f"{meta.get('nproc')} × {meta.get('cpu')} | {r.get('clients')} | {r.get('blocks')} | "
                 f"{r.get('subscribed', '–')} | {r.get('server_clients_end', '–')} | {r.get('slow_closed') or 0:.0f} | "
