@@ -313,3 +313,39 @@ def test_blocks_that_come_together_keep_a_client_that_fell_behind_in_them():
         hub.publish(Entry.fromNode(block))
         clock.advance(0.01)
     assert stuck.closed is None and client.paused and len(client.queue) > 4
+
+
+def test_when_many_are_late_at_once_at_most_half_are_closed_a_block_furthest_behind_first():
+    # Clients that fall behind together (one machine reading for all of
+    # them, a shared link) are not all closed at once: at most half of the
+    # clients a block, the ones whose unanswered probe is oldest first; the
+    # others are judged again by the probes sent after that, two blocks on.
+    from twisted.internet.task import Clock
+
+    from explorerd.config import Config
+    from explorerd.hub import Hub
+    from explorerd.metrics import Metrics
+
+    clock = Clock()
+    hub = Hub(clock, Config.defaults(), Metrics())
+    blocks = mainnet_run()[:8]
+    late = [Peer(MeteredTransport(0, limit=10 ** 9)) for _ in range(4)]  # read nothing, never paused
+    reader = Peer(MeteredTransport(10 ** 7))
+    clients = [hub.attach(p, "127.0.0.1") for p in late + [reader]]
+    for client in clients:
+        hub.subscribe(client, BOTH)
+    closed_at = {}
+    for n, block in enumerate(blocks):
+        hub.publish(Entry.fromNode(block))
+        for i, p in enumerate(late):
+            if p.closed and i not in closed_at:
+                closed_at[i] = n
+        reader.transport.read()
+        clock.advance(1)
+    # Block 2: 5 clients, 4 late: 2 closed.  Block 3: none judged.  Block 4:
+    # 3 clients, 2 late: 1 closed.  Block 6: the last one.
+    assert closed_at == {0: 2, 1: 2, 2: 4, 3: 6}, closed_at
+    first = int(blocks[0]["number"], 16)
+    assert late[0].closed == (1008, f"too slow: block {first} not read 2.0s after it was sent")
+    assert late[2].closed[1].startswith(f"too slow: block {first + 2} not read 2.0s")
+    assert reader.closed is None and clients[-1].hub is hub
