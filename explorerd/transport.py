@@ -48,9 +48,13 @@ class SizedServer(tcp.Server):
         if self.unsentLimit:
             limitUnsent(self.socket, self.unsentLimit)
 
+    def _nothingWaiting(self):
+        """Whether a write can go straight to the socket: nothing buffered, and the connection open."""
+        return (self.offset == len(self.dataBuffer) and not self._tempDataLen
+                and self.connected and not self.disconnecting and not self._writeDisconnected)
+
     def write(self, data):
-        if (self.offset == len(self.dataBuffer) and not self._tempDataLen and data
-                and self.connected and not self.disconnecting and not self._writeDisconnected):
+        if data and self._nothingWaiting():
             try:
                 sent = self.socket.send(data)
             except OSError as e:
@@ -77,8 +81,7 @@ class SizedServer(tcp.Server):
         block's transactions and its read probe): one system call, and no
         copy of the shared payloads into one per client.
         """
-        if (self.offset == len(self.dataBuffer) and not self._tempDataLen and iovec
-                and self.connected and not self.disconnecting and not self._writeDisconnected):
+        if iovec and self._nothingWaiting():
             try:
                 sent = self.socket.sendmsg(iovec)
             except OSError as e:
