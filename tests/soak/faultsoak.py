@@ -391,7 +391,7 @@ def run_faults(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10
         result["log_reasons"] = {k: sum(life["watcher"].reasons[k] for life in lifetimes) for k in soak.DETACH}
         # The first lifetime fills its history (256 blocks) as it goes. Later ones restore it at start,
         # but take every client's resume at once and then the same faults: at 385e2f1 their RSS rose for
-        # 4-5 minutes to the first lifetime's plateau (and no further), so they get the same warm-up.
+        # 4-6 minutes to the first lifetime's plateau (and no further), so they get the same warm-up.
         result["lifetimes"] = [lifetime_summary(life, result["samples"], warmup) for life in lifetimes]
         result["exit_status"] = last.get("exit_status")
         if own_dir and not bad and report is None:
