@@ -499,14 +499,19 @@ class Hub(Service):
         start, now = time.perf_counter(), self.clock.seconds()
         previous, self._previous = self._previous, now
         steady = previous is not None and now - previous >= SHED_AFTER
-        if steady and self._steady and not self._spared:
+        # Clients are judged only on a chain that has settled: this block and
+        # the one before it each came a block time after the one before.  A
+        # catch-up's burst (after a node outage) is read at the reader's own
+        # pace for a block time before anyone is judged on it.
+        settled = steady and self._steady
+        if settled and not self._spared:
             self._spared = self._shedUnread(now, max(1, self.clientCount // 2))
         else:
             self._spared = False
         self._steady = steady
         self.history.add(entry)
-        if steady:
-            self._shedBehind(now)
+        if settled:
+            self._shedBehind(now, previous)
         self._shedOverloaded(entry)
         recipients = self._pass(entry, blocks=True, txs=False)
         self.metrics.broadcast_latency.labels("block").observe(time.perf_counter() - start)
@@ -594,20 +599,23 @@ class Hub(Service):
                       n=closed, left=len(late) - closed)
         return closed < len(late)
 
-    def _shedBehind(self, now):
+    def _shedBehind(self, now, previous):
         """
-        A block comes a block time after the previous one, and a client
-        still has broadcasts waiting in its queue: the kernel holds
-        C{WEBSOCKET_UNSENT_LIMIT} unsent for it and its transport more, so
-        it has not taken in the blocks before this one in a block time and
-        cannot keep up with this chain.  It is closed as too slow, rather
-        than hear of this block seconds late.  Not when blocks come
-        together (a catch-up, see L{SHED_AFTER}), nor for a replay (it
-        waits behind none: L{Client.waiting_since}).
+        Blocks come a block time apart, and a client still has a broadcast
+        waiting in its queue that was queued before the previous block
+        (at C{previous}): the kernel holds C{WEBSOCKET_UNSENT_LIMIT} unsent
+        for it and its transport more, so it has not taken in the blocks
+        before this one in a block time and cannot keep up with this chain.
+        It is closed as too slow, rather than hear of this block seconds
+        late.  Not for what was queued since the previous block (written
+        late because the server was busy paying that block to everyone:
+        the client has not had a block time for it), nor in a catch-up
+        (L{SHED_AFTER}), nor for a replay (it waits behind none:
+        L{Client.waiting_since}).
         """
         for client in tuple(self._paused):
             since = client.waiting_since
-            if client.hub is not None and since is not None:
+            if client.hub is not None and since is not None and since <= previous:
                 self.close(client, CLOSE_POLICY, f"too slow: {now - since:.1f}s behind the chain", "slow_client")
 
     def _shedOverloaded(self, entry):

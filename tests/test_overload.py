@@ -315,6 +315,51 @@ def test_blocks_that_come_together_keep_a_client_that_fell_behind_in_them():
     assert stuck.closed is None and client.paused and len(client.queue) > 4
 
 
+def test_the_first_block_after_a_catch_up_does_not_close_a_client_still_reading_it():
+    # The soak's node stalled, then 17 blocks (some of 300 transactions) came
+    # together; the next block came 0.8 s later, and 313 clients that were
+    # reading the burst at their own pace were closed as "0.8s behind the
+    # chain".  A client is judged only once blocks come a block time apart
+    # again, and only on what it has had a block time for; one that reads
+    # nothing is still closed then.
+    from twisted.internet.task import Clock
+
+    from explorerd.config import Config
+    from explorerd.hub import Hub
+    from explorerd.metrics import Metrics
+
+    clock = Clock()
+    hub = Hub(clock, Config.defaults(), Metrics())
+    blocks = mainnet_run()
+    reader, stuck = Peer(MeteredTransport(2 * 10 ** 5)), Peer(MeteredTransport(0))
+    clients = [hub.attach(p, "127.0.0.1") for p in (reader, stuck)]
+    for client in clients:
+        hub.subscribe(client, BOTH)
+    clock.advance(1)
+    for block in blocks[:4]:  # the catch-up
+        hub.publish(Entry.fromNode(block))
+        clock.advance(0.01)
+    closed_at = {}
+    for n, block in enumerate(blocks[4:], start=4):
+        for _ in range(1 if n == 4 else 20):
+            reader.transport.read()
+        if n == 4:
+            assert clients[0].paused and clients[0].queue  # still reading the catch-up
+        clock.advance(0.8 if n == 4 else 1)
+        hub.publish(Entry.fromNode(block))
+        for i, p in enumerate((reader, stuck)):
+            if p.closed and i not in closed_at:
+                closed_at[i] = n
+    # Block 4 (0.8 s after the burst) judges nobody; block 5, a block time
+    # after it, does: the stuck client has not read the first block of all.
+    assert closed_at == {1: 5}, (closed_at, reader.closed)
+    first = int(blocks[0]["number"], 16)
+    assert stuck.closed == (1008, f"too slow: block {first} not read 1.8s after it was sent"), stuck.closed
+    for _ in range(20):
+        reader.transport.read()
+    assert reader.closed is None and clients[0].hub is hub and not clients[0].queue
+
+
 def test_when_many_are_late_at_once_at_most_half_are_closed_a_block_furthest_behind_first():
     # Clients that fall behind together (one machine reading for all of
     # them, a shared link) are not all closed at once: at most half of the
