@@ -84,3 +84,28 @@ def test_the_server_comes_back_to_its_baseline(fault_soak):
     assert after["fds"] <= base["fds"] + 3, (base, after)
     assert fault_soak["log_bad_lines"] == 0, fault_soak["log_bad_samples"]
     assert [life["exit_status"] for life in fault_soak["lifetimes"]] == [-15, -9, -15]
+
+
+def test_a_refused_resume_at_the_edge_of_the_history_is_judged_by_the_node(monkeypatch):
+    # "since" at the oldest block held less one resumes when that block is
+    # canonical (it is the oldest block's parent); a block a reorg orphaned
+    # while the client was away cannot, since the canonical block at its
+    # height is no longer held.  The soak's 45-minute run counted three of
+    # the latter as "refused within the history".
+    asked = []
+
+    def canonical_hashes(node_port, heights):
+        asked.append((node_port, sorted(heights)))
+        return {91: "0x" + "3" * 64, 574: "0x" + "5" * 64}
+
+    monkeypatch.setattr(soak, "canonical_hashes", canonical_hashes)
+    roles = {"churn": {"history_unavailable": 2, "history_unavailable_within": 0, "history_unavailable_edge": {
+        "91:0x" + "7" * 64: 1, "574:0x" + "5" * 64: 2}}, "batch": {"history_unavailable_edge": {}}}
+    soak.settle_edge_refusals(4321, roles)
+    assert asked == [(4321, [91, 574])]
+    churn = roles["churn"]
+    assert (churn["history_unavailable"], churn["history_unavailable_orphaned"], churn["history_unavailable_within"]) \
+        == (3, 1, 2)
+    assert churn["history_unavailable_samples"][0]["since"] == 574 and "history_unavailable_edge" not in churn
+    verdict = faultsoak.verdict({"roles": roles})
+    assert verdict["no resume within the history refused"][0] is False

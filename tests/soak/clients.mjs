@@ -27,8 +27,10 @@
 // ({"restarting": true} ... {"restarting": false}), a close with 1001 (going away) or 1006 (the
 // process was killed) is what a restart looks like: counted in restart_closes, not unexpected.
 // A history_unavailable answer is counted as outside the history when the "since" sent is below
-// the oldest block the server holds (oldest_height - 1 is still resumable), else as
-// history_unavailable_within: a server that lost what it had published.
+// the oldest block the server holds less one, as history_unavailable_within (a server that lost
+// what it had published) when it is at or above it, and at oldest_height - 1 in
+// history_unavailable_edge ("height:hash" -> count): resumable if that block is canonical (the
+// oldest block's parent), not if a reorg the client missed orphaned it; the runner asks the node.
 //
 // stdout, JSON lines: {"kind":"progress", ...} every --report-every seconds, then one
 // {"kind":"final", ...}, then the process exits (bounded: --seconds + 20 s at most).
@@ -92,7 +94,7 @@ function newStats() {
   return {
     clients: 0, connects: 0, opens: 0, connect_errors: {}, closes: {}, messages: 0, blocks: 0,
     txs: 0, reorgs: 0, reorg_depths: {}, errors: {}, violations: 0, resumes: 0, replayed: 0,
-    history_unavailable: 0, history_unavailable_within: 0, history_unavailable_samples: [], restart_closes: {},
+    history_unavailable: 0, history_unavailable_within: 0, history_unavailable_samples: [], history_unavailable_edge: {}, restart_closes: {},
     attacks: {}, outcomes: {}, unexpected: 0, unexpected_samples: [],
     violation_samples: [], still_open_after_hold: 0, bytes: 0, kinds: {}, dropped_after: {}, open_at_end: {}, open_held_max: {},
   };
@@ -305,11 +307,17 @@ function wellBehaved(role, n) {
           if (m.error.code === "history_unavailable") {
             const oldest = m.error.oldest_height;
             const since = ws.__since;
-            if (since && typeof oldest === "number" && since.height >= oldest - 1) {
+            if (since && typeof oldest === "number" && since.height >= oldest) {
               s.history_unavailable_within++;
               if (s.history_unavailable_samples.length < 20) {
                 s.history_unavailable_samples.push({ t: +elapsed().toFixed(2), client: n, since: since.height, oldest, message: m.error.message });
               }
+            } else if (since && since.height === oldest - 1) {
+              // Resumable if the block is canonical (the oldest block's
+              // parent); not if a reorg this client missed orphaned it (the
+              // canonical block at its height is gone): the soak asks the node.
+              const key = `${since.height}:${since.hash}`;
+              s.history_unavailable_edge[key] = (s.history_unavailable_edge[key] || 0) + 1;
             } else s.history_unavailable++;
             chain.reset();
           }

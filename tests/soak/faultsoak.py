@@ -365,6 +365,7 @@ def run_faults(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10
         result["roles"] = soak.merge_roles(finals)
         result["loop_delay_ms"] = [f["loop_delay_ms"] for f in finals]
         result["chain"] = soak.compare_chains(daemon, finals)
+        soak.settle_edge_refusals(daemon.node_port, result["roles"])
         status = node.command(cmd="status")
         result["node"] = {"head": status["head"], "reorgs": status["reorgs"], "proxy_counts": status["counts"]}
     finally:
@@ -585,7 +586,9 @@ def markdown(r):
             f"- lost or doubled blocks / sequence violations: {sum(s.get('violations', 0) for s in wb)}",
             f"- resumes with `since`: {sum(s.get('resumes', 0) for s in wb)}, blocks replayed to them "
             f"{sum(s.get('replayed', 0) for s in wb)}; outside the history (history_unavailable, counted apart): "
-            f"{sum(s.get('history_unavailable', 0) for s in wb)}; refused within the history: "
+            f"{sum(s.get('history_unavailable', 0) for s in wb)} (of them at the oldest block held less one, "
+            f"orphaned by a reorg the client missed: {sum(s.get('history_unavailable_orphaned', 0) for s in wb)}); "
+            "refused within the history: "
             f"{sum(s.get('history_unavailable_within', 0) for s in wb)}",
             f"- fault windows: {soak.fmt(_count(w['kind'] for w in r.get('windows') or []))}; the proxy's answers "
             f"over the run, by fault (`pass`: honest): {soak.fmt((r.get('node') or {}).get('proxy_counts'))}",

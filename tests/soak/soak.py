@@ -455,6 +455,7 @@ def run(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10.0, slo
         result["roles"] = roles
         result["loop_delay_ms"] = [f["loop_delay_ms"] for f in finals]
         result["chain"] = compare_chains(daemon, finals)
+        settle_edge_refusals(daemon.node_port, result["roles"])
         result["head_after"] = int(rpc(daemon.node_port, [("eth_blockNumber", [])])[0], 16)
     finally:
         for n in nodes:
@@ -480,6 +481,36 @@ def run(minutes=30.0, clients=2000, procs=2, report=None, sample_every=10.0, slo
             f.write(markdown(result))
         echo(f"report written to {report}")
     return result
+
+
+def settle_edge_refusals(node_port, roles):
+    """
+    A resume refused with "since" at the oldest block held less one
+    (C{history_unavailable_edge}, "height:hash" -> count) was right if a reorg
+    the client did not see orphaned that block: the canonical block at its
+    height, which it would need first, is no longer held.  It was wrong if the
+    block is canonical (the oldest block's parent resumes).  The node says
+    which; the counts move to C{history_unavailable} (with
+    C{history_unavailable_orphaned}) or C{history_unavailable_within}.
+    """
+    edges = {role: roles[role].pop("history_unavailable_edge", None) or {}
+             for role in WELL_BEHAVED if role in roles}
+    heights = {int(key.split(":")[0]) for edge in edges.values() for key in edge}
+    canon = canonical_hashes(node_port, heights) if heights else {}
+    for role, edge in edges.items():
+        s = roles[role]
+        s.setdefault("history_unavailable_orphaned", 0)
+        for key, n in edge.items():
+            height, block_hash = key.split(":")
+            if canon.get(int(height)) == block_hash:
+                s["history_unavailable_within"] = s.get("history_unavailable_within", 0) + n
+                samples = s.setdefault("history_unavailable_samples", [])
+                if len(samples) < 20:
+                    samples.append({"since": int(height), "hash": block_hash, "clients": n,
+                                    "what": "canonical, the parent of the oldest block held"})
+            else:
+                s["history_unavailable"] = s.get("history_unavailable", 0) + n
+                s["history_unavailable_orphaned"] += n
 
 
 def compare_chains(daemon, finals):
