@@ -6,8 +6,8 @@ verify every message and resume with "since" after every drop; one short window 
 to a shorter branch, truncated, cut and garbage answers), and the daemon restarted under load by
 SIGTERM and by SIGKILL.  The full run is
 
-    python tests/soak/soak.py --faults --restarts term,kill --minutes 45 --clients 2000 \\
-        --report tests/soak/RESULTS-faults-45min.md --json tests/soak/results-faults-45min.json
+    python tests/soak/soak.py --faults --restarts term,kill --minutes 60 --clients 2000 \\
+        --report tests/soak/RESULTS-faults-60min.md --json tests/soak/results-faults-60min.json
 """
 
 import os
@@ -34,7 +34,7 @@ def fault_soak(tmp_path_factory):
         # capped at 1 s so that it is back within the gap after it
         window=2.5, gap=2.0, start=5.0, tail=6.0, restart_slot=8.0, restart_grace=6.0,
         rpc_timeout=1.5, rpc_retry=1.0, warmup=20.0, echo=lambda *a: None,
-        slope_minutes=0)  # a minute's RSS slope says nothing: the 45-minute run judges it
+        slope_minutes=0)  # a minute's RSS slope says nothing: the 60-minute run judges it
     result["markdown"] = faultsoak.markdown(result)
     return result
 

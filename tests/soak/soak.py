@@ -700,7 +700,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=None,
-                   help="30 (45 with --faults or --restarts: each lifetime needs 5 minutes after its warm-up)")
+                   help="30 (60 with --faults or --restarts: each lifetime needs 5 minutes after its warm-up, and a step "
+                        "of the heap reads as a slope over few)")
     p.add_argument("--clients", type=int, default=2000)
     p.add_argument("--procs", type=int, default=2, help="Node processes the clients are split across")
     p.add_argument("--report", default=None, help="write a markdown report here")
@@ -732,7 +733,7 @@ def main(argv=None):
     if any(k not in faultsoak.KINDS for k in kinds):
         p.error(f"--fault-kinds: of {', '.join(faultsoak.KINDS)}")
     if a.faults or restarts or a.external_node:
-        a.minutes = 45.0 if a.minutes is None else a.minutes
+        a.minutes = 60.0 if a.minutes is None else a.minutes
         r = faultsoak.run_faults(
             minutes=a.minutes, clients=a.clients, procs=a.procs, report=a.report, sample_every=a.sample_every,
             slow_hold=a.slow_hold, slow_kinds=tuple(a.slow_kinds.split(",")), faults=a.faults, restarts=restarts,
