@@ -149,9 +149,16 @@ QUICK = {
 _procs = []
 
 
+# --pin: CPU lists by process kind ("server", "loadgen") for taskset, e.g. {"server": "0", "loadgen": "1"}.
+PIN = {}
+
+
 class Proc:
     def __init__(self, name, argv, log_dir, json_lines=True, cwd=None, env=None):
         self.name = name
+        cpus = PIN.get(name.rstrip("0123456789"))
+        if cpus:
+            argv = ["taskset", "-c", cpus] + list(argv)
         self.json_lines = json_lines
         self.stderr_path = os.path.join(log_dir, f"{name}.stderr")
         self.stdout_path = os.path.join(log_dir, f"{name}.stdout")
@@ -946,6 +953,7 @@ def machine():
         "somaxconn": read("/proc/sys/net/core/somaxconn").strip(),
         "loadavg_start": read("/proc/loadavg").split()[:3],
         "git": cmd(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+        "pin": dict(PIN),
     }
 
 
@@ -1450,6 +1458,9 @@ def report(results, meta, out_path, command, files_by_scenario, started, finishe
             w(f"Date: {started:%Y-%m-%d %H:%M} UTC (start; the end was not recorded)  ")
     w(f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['ram_gib']} GiB RAM, Linux {meta['kernel']}, "
       f"open files {meta['nofile']}, somaxconn {meta['somaxconn']}  ")
+    if meta.get("pin"):
+        w("Pinned (taskset): " + ", ".join(f"{kind} on CPU {cpus}" for kind, cpus in sorted(meta["pin"].items()))
+          + "; otherwise every process shares every CPU  ")
     same = [k for k in software if len({p["meta"].get(k) for p in parts}) <= 1]
     names = {"python": "Python", "twisted": "Twisted", "autobahn": "Autobahn", "node": "Node", "ws": "ws"}
     w("Software: " + ", ".join(f"{names[k]} {meta[k]}" for k in same)
@@ -1919,6 +1930,9 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="also profile explorerd in (a) and (b): cProfile, and py-spy if installed (PYSPY=path)")
     p.add_argument("--profile-only", action="store_true", help="only the profiled runs (full-size N unless --quick)")
+    p.add_argument("--pin", default="", metavar="SERVER_CPUS/LOADGEN_CPUS",
+                   help="run the server and the load generators on separate CPUs (taskset), e.g. 0/1: "
+                        "tells the server's limits from those of the machine its clients share with it")
     p.add_argument("--out", default="", help="report path (default bench/RESULTS.md, or bench/RESULTS-quick.md with --quick)")
     p.add_argument("--report-from", default="", metavar="DIR[,DIR...]",
                    help="write the report again from committed raw results (DIR/results.json; several: one "
@@ -1926,6 +1940,11 @@ def main():
     args = p.parse_args()
     if args.report_from:
         return report_again(args.report_from, args.out)
+    if args.pin:
+        server_cpus, _, loadgen_cpus = args.pin.partition("/")
+        if not server_cpus or not loadgen_cpus or not shutil.which("taskset"):
+            p.error("--pin takes SERVER_CPUS/LOADGEN_CPUS (e.g. 0/1) and needs taskset (util-linux)")
+        PIN.update(server=server_cpus, loadgen=loadgen_cpus)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
