@@ -862,6 +862,8 @@ def analyze(spec, blocks, dones, base, idle, end, final, rss_peak, n):
         "block_lat_p99_ms": [ms(pct(per_block_first.get(b["height"], []), 99)) for b in blocks],
         "block_whole_p99_ms": [ms(pct(per_block_last.get(b["height"], []), 99)) for b in blocks],
         "block_gc_ms": [b.get("gc_ms") for b in blocks],
+        # Every collection from the first block to the end, by generation: those outside a publish too.
+        "server_gc": end.get("gc"),
         "block_logs": [b.get("logs") for b in blocks],
         "phases": phases,
     }
